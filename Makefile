@@ -1,0 +1,37 @@
+# pilotlogger — two commands matter: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+SOURCES := $(wildcard pilotlogger/*.py)
+
+.PHONY: run test bundle venv clean
+
+## make run: a demo pilot lifecycle into a temporary spool, replayed to stdout (no broker needed).
+run: dist/pilotlog
+	@bash examples/demo-pilot.sh
+
+## make bundle: the single-file zipapp a worker node runs.
+bundle: dist/pilotlog
+
+dist/pilotlog: $(SOURCES) Makefile
+	@rm -rf build/bundle && mkdir -p build/bundle/pilotlogger dist
+	@cp $(SOURCES) build/bundle/pilotlogger/
+	@$(PYTHON) -m zipapp build/bundle -m 'pilotlogger.cli:main' -p '/usr/bin/env python3' -c -o dist/pilotlog.tmp
+	@chmod 0755 dist/pilotlog.tmp && mv dist/pilotlog.tmp dist/pilotlog
+	@echo "built dist/pilotlog: $$(wc -c < dist/pilotlog) bytes"
+
+## make venv: the test tooling (pytest, hypothesis, jsonschema, stomp.py).
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: tests/requirements.txt
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@$(VPY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+## make test: everything the tests need, then the whole suite (unit, bundle, version matrix).
+test: venv dist/pilotlog
+	@$(VPY) -m pytest tests
+
+clean:
+	rm -rf build dist $(VENV) .pytest_cache

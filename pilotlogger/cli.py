@@ -1,0 +1,302 @@
+"""Command line: one sub-command, one function; the exit codes are defined here and only here.
+
+Never harm the pilot: apart from a usage error (exit 2), the commands a pilot runs
+(``emit``, ``replay``) exit 0 whatever happens to the disk or the network, and say what
+went wrong in one stderr line.
+"""
+
+import os
+import sys
+
+from . import __version__
+from .config import SETTINGS, ConfigError
+from .events import STATUSES, EventError
+
+#: Exit codes — documented in README.md ("Exit codes").
+EXIT_OK = 0
+EXIT_FAILED = 1  # an informational command (status, config) could not do its job
+EXIT_USAGE = 2  # bad arguments, bad config: the caller must fix something
+EXIT_UNDELIVERED = 3  # replay --strict only: events are still in the spool
+
+PROG = "pilotlog"
+
+EXAMPLES = """\
+examples:
+  pilotlog emit boot -m "booted up"
+  pilotlog emit power -m "power of 11 HS06" -d hs06:=11
+  pilotlog emit nomatch -m "failed to match" --status warning
+  PILOTLOG_SINK=stdout pilotlog replay
+  pilotlog status --json
+"""
+
+
+def warn(message: str) -> None:
+    """One line on stderr, prefixed with the program name.  Never raises."""
+    try:
+        sys.stderr.write("%s: %s\n" % (PROG, message))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class UsageError(Exception):
+    """The command line is wrong: exit 2 with this one line."""
+
+
+def _parser():
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # argparse prints usage + message; we want one clear line
+            raise UsageError("%s (see '%s --help')" % (message, self.prog))
+
+    settings = Parser(add_help=False)
+    group = settings.add_argument_group("settings (flag > PILOTLOG_<NAME> env > config file > default)")
+    for s in SETTINGS:
+        group.add_argument(
+            "--" + s.name.replace("_", "-"),
+            dest=s.name,
+            metavar=s.name.upper() if not s.choices else "{%s}" % ",".join(s.choices),
+            help="%s [env %s]" % (s.help, s.env),
+        )
+
+    top = Parser(
+        prog=PROG,
+        description="Structured lifecycle logging for grid pilots: spool locally, ship to a broker.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version="%s %s" % (PROG, __version__))
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help):
+        return sub.add_parser(
+            name, help=help, description=help, parents=[settings], epilog=EXAMPLES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    emit = command("emit", "record one event in the spool")
+    emit.add_argument("phase", help="boot, install, power, os, match, nomatch, shutdown, log, or any name")
+    emit.add_argument("-m", "--message", default="", help="human-readable text")
+    emit.add_argument("-s", "--status", default="info", choices=STATUSES, help="level (default: info)")
+    emit.add_argument("--data", dest="data_json", metavar="JSON", help="a JSON object of extra fields")
+    emit.add_argument(
+        "-d", dest="data_pairs", metavar="KEY=VALUE", action="append", default=[],
+        help="one extra field; KEY=text is a string, KEY:=json a JSON value (repeatable)",
+    )
+
+    replay = command("replay", "ship spooled events to the sink, oldest first")
+    replay.add_argument("--strict", action="store_true", help="exit 3 when events are left in the spool")
+
+    status = command("status", "show the spool: depth, size, oldest/newest, last delivery error")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    conf = command("config", "show the effective configuration and where each value comes from")
+    conf.add_argument("--json", action="store_true", help="machine-readable output")
+    return top
+
+
+def parse_data(data_json, pairs) -> dict:
+    """``--data`` and ``-d`` options → one dict (pairs win); raise UsageError with the reason."""
+    import json
+
+    data = {}
+    if data_json is not None:
+        try:
+            data = json.loads(data_json)
+        except ValueError as exc:
+            raise UsageError("--data is not valid JSON (%s)" % exc) from None
+        if not isinstance(data, dict):
+            raise UsageError("--data must be a JSON object, e.g. '{\"hs06\": 11}'")
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if key.endswith(":"):
+            key = key[:-1]
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise UsageError("-d %s: the value after ':=' is not JSON (%s)" % (pair, exc)) from None
+        if not sep or not key:
+            raise UsageError("-d %r must be KEY=VALUE or KEY:=JSON" % pair)
+        data[key] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands.  Each takes (args, config) and returns an exit code.
+
+
+def open_spool(config):
+    from .spool import Spool
+
+    return Spool(
+        config.spool,
+        max_events=config.max_events,
+        max_bytes=config.max_bytes,
+        max_event_bytes=config.max_event_bytes,
+    )
+
+
+def cmd_emit(args, config) -> int:
+    from .events import make_event, status_rank, to_json
+    from .spool import SpoolError
+
+    data = parse_data(args.data_json, args.data_pairs)
+    pilot, _ = config.resolved_pilot()
+    context = config.context()
+
+    def build(seq, epoch, pilot_id=None):
+        return make_event(
+            args.phase, args.message, args.status, config.source, data,
+            pilot=pilot_id or pilot, context=context, seq=seq, epoch=epoch,
+        )
+
+    # Validate everything (and the size) before the spool is touched: nothing half-written.
+    draft = build(1, 0.0, pilot_id=pilot or "0" * 36)
+    if len(to_json(draft)) + 32 > config.max_event_bytes:
+        raise UsageError(
+            "event is larger than max_event_bytes=%d (shorten --message/--data)" % config.max_event_bytes
+        )
+    if status_rank(args.status) < status_rank(config.level):
+        return EXIT_OK  # below the configured level: filtered by design
+
+    spool = open_spool(config)
+    try:
+        if pilot is None:
+            pilot = spool.pilot_id()
+        result = spool.put(build)
+    except SpoolError as exc:
+        warn("event not recorded: %s; the pilot goes on" % exc)
+        return EXIT_OK
+    if not result.stored:
+        warn(
+            "spool %s is full (max_events=%d, max_bytes=%d) and holds no log events to evict: "
+            "this %s event was dropped; run 'pilotlog replay' or raise the bounds"
+            % (spool.path, config.max_events, config.max_bytes, args.phase)
+        )
+        _count_drop(spool)
+    elif result.evicted:
+        warn(
+            "spool %s is full: evicted the %d oldest log event(s) to keep this %s event"
+            % (spool.path, result.evicted, args.phase)
+        )
+        _count_drop(spool, result.evicted)
+    return EXIT_OK
+
+
+def _count_drop(spool, n: int = 1) -> None:
+    from .spool import SpoolError
+
+    try:
+        spool.update_state(dropped_total=n)
+    except SpoolError:
+        pass
+
+
+def cmd_replay(args, config) -> int:
+    from .ship import ship
+    from .sinks import describe, open_sink
+
+    spool = open_spool(config)
+    if not spool.exists():
+        warn("nothing to replay: no spool at %s" % spool.path)
+        return EXIT_OK
+    sink = open_sink(config, sys.stdout)
+    progress = None
+    if sys.stderr.isatty():
+        def progress(n):
+            sys.stderr.write("\r%s: %d events delivered" % (PROG, n))
+            sys.stderr.flush()
+    try:
+        result = ship(spool, sink, config.format, progress=progress)
+    finally:
+        sink.close()
+    if progress:
+        sys.stderr.write("\n")
+    where = describe(config.sink)
+    if result.error:
+        warn(
+            "%s; delivered %d, %d event(s) kept in spool %s"
+            % (result.error, result.delivered, result.remaining, spool.path)
+        )
+    else:
+        warn(
+            "replayed %d event(s) to %s in %.2f s; %d left in spool %s"
+            % (result.delivered, where, result.seconds, result.remaining, spool.path)
+        )
+    if args.strict and result.remaining:
+        return EXIT_UNDELIVERED
+    return EXIT_OK
+
+
+def cmd_status(args, config) -> int:
+    from .events import to_json
+
+    spool = open_spool(config)
+    pilot, origin = config.resolved_pilot()
+    if pilot is None:
+        try:
+            with open(os.path.join(spool.path, "pilot-uuid")) as f:
+                pilot, origin = f.read().strip(), "spool"
+        except OSError:
+            pilot, origin = None, "not yet generated"
+    report = {"spool": spool.path, "exists": spool.exists(), "pilot": pilot, "pilot_origin": origin}
+    report.update(spool.stats())
+    state = spool.read_state()
+    for key in ("delivered_total", "dropped_total"):
+        report[key] = state.get(key, 0)
+    for key in ("last_delivery", "last_error", "last_error_time"):
+        report[key] = state.get(key)
+    report["sink"] = config.masked()["sink"]
+    if args.json:
+        print(to_json(report))
+        return EXIT_OK
+    for key, value in report.items():
+        if key in ("last_delivery", "last_error_time") and value:
+            from .events import rfc3339
+
+            value = rfc3339(value)
+        print("%-16s %s" % (key + ":", "-" if value is None else value))
+    return EXIT_OK
+
+
+def cmd_config(args, config) -> int:
+    from .events import to_json
+
+    shown = config.masked()
+    if args.json:
+        print(to_json({k: {"value": v, "from": config.origin[k]} for k, v in shown.items()}))
+        return EXIT_OK
+    for key, value in shown.items():
+        print("%-16s %-40s (%s)" % (key, "-" if value is None else value, config.origin[key]))
+    pilot, origin = config.resolved_pilot()
+    print("%-16s %-40s (%s)" % ("pilot (resolved)", pilot or "-", origin or "generated once per spool"))
+    return EXIT_OK
+
+
+COMMANDS = {"emit": cmd_emit, "replay": cmd_replay, "status": cmd_status, "config": cmd_config}
+#: Commands a pilot runs: an unexpected failure must still exit 0.
+PILOT_SAFE = ("emit", "replay")
+
+
+def main(argv=None) -> int:
+    """Run one command; return its exit code.  Never raises (except SystemExit from --help)."""
+    from . import config as config_module
+
+    argv = sys.argv[1:] if argv is None else argv
+    command = None
+    try:
+        args = _parser().parse_args(argv)
+        command = args.command
+        if command is None:
+            raise UsageError("a command is required: %s (see '%s --help')" % (", ".join(COMMANDS), PROG))
+        flags = {s.name: getattr(args, s.name) for s in SETTINGS}
+        return COMMANDS[command](args, config_module.load(flags))
+    except (UsageError, ConfigError, EventError) as exc:
+        warn(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: never a traceback into a pilot log
+        warn("internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc))
+        return EXIT_OK if command in PILOT_SAFE else EXIT_FAILED

@@ -1,0 +1,294 @@
+"""Configuration: one table of settings, resolved once per command from four layers.
+
+Precedence, highest first: command-line flags > ``PILOTLOG_*`` environment > config file
+(``--config`` / ``PILOTLOG_CONFIG``: our JSON, or a DIRAC ``pilot.json``) > defaults.
+
+This is the only module that reads the environment.  Everything a command needs is
+resolved here and passed down as a :class:`Config`, which also remembers where each
+value came from (``pilotlog config`` shows it, with secrets masked).
+"""
+
+import os
+
+from .events import CONTEXT_KEYS, FORMATS, STATUSES, EventError, check_name, check_pilot
+from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
+
+DEFAULT_SPOOL = ".pilotlog-spool"
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value or the config file is unusable; the message names which."""
+
+
+class Setting:
+    """One configuration key: its name in files, its environment variable, type and default."""
+
+    __slots__ = ("name", "kind", "default", "help", "choices", "secret")
+
+    def __init__(self, name, kind, default, help, choices=None, secret=False):
+        self.name, self.kind, self.default, self.help = name, kind, default, help
+        self.choices, self.secret = choices, secret
+
+    @property
+    def env(self) -> str:
+        return "PILOTLOG_" + self.name.upper()
+
+    def parse(self, value, where: str):
+        """Coerce ``value`` (a string from env/flags, or a JSON value from a file) to this type."""
+        try:
+            if self.kind is int:
+                if isinstance(value, bool):
+                    raise ValueError
+                value = int(value)
+                if value <= 0:
+                    raise ValueError
+            elif self.kind is float:
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+                if not value > 0:
+                    raise ValueError
+            elif not isinstance(value, str):
+                raise ValueError
+        except (TypeError, ValueError):
+            expected = {int: "a positive integer", float: "a positive number"}.get(self.kind, "a string")
+            raise ConfigError("%s: %r is not %s" % (where, value, expected)) from None
+        if self.choices and value not in self.choices:
+            raise ConfigError("%s: %r is not one of %s" % (where, value, ", ".join(self.choices)))
+        return value
+
+
+SETTINGS = (
+    Setting("config", str, None, "JSON config file, or a DIRAC pilot.json"),
+    Setting("spool", str, DEFAULT_SPOOL, "spool directory (relative paths are under the working directory)"),
+    Setting("pilot_uuid", str, None, "pilot id; default: DIRAC_PILOT_STAMP, grid job id, else one generated per spool"),
+    Setting("sink", str, "stdout", "where replay sends events: stdout (JSON lines) or a broker/HTTPS URL"),
+    Setting("format", str, "native", "event rendering on the sink", choices=FORMATS),
+    Setting("source", str, "pilot", "default source of emitted events"),
+    Setting("level", str, "debug", "events below this status are not recorded", choices=STATUSES),
+    Setting("site", str, None, "site name attached to events (e.g. LCG.CERN.cern)"),
+    Setting("ce", str, None, "computing element attached to events"),
+    Setting("queue", str, None, "CE queue attached to events"),
+    Setting("max_events", int, DEFAULT_MAX_EVENTS, "spool bound: number of events"),
+    Setting("max_bytes", int, DEFAULT_MAX_BYTES, "spool bound: total bytes of events"),
+    Setting("max_event_bytes", int, DEFAULT_MAX_EVENT_BYTES, "largest accepted event, in bytes"),
+    Setting("setup", str, None, "DIRAC setup to read in pilot.json (default: its DefaultSetup)"),
+    Setting("vo", str, None, "VO to read in pilot.json"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+#: Batch systems recognised from the job environment: (variable, batch_system).
+BATCH_JOB_VARS = (
+    ("SLURM_JOB_ID", "slurm"),
+    ("PBS_JOBID", "pbs"),
+    ("LSB_JOBID", "lsf"),
+    ("JOB_ID", "sge"),  # only with SGE_ROOT, see batch_context()
+    ("_CONDOR_JOB_AD", "htcondor"),
+)
+
+
+class Config:
+    """Resolved settings (attribute access) plus ``origin``: where each value came from."""
+
+    def __init__(self, values: dict, origin: dict, environ):
+        self.__dict__.update(values)
+        self.origin = origin
+        self._environ = environ
+
+    def masked(self) -> dict:
+        """Settings for display: secrets replaced by ``****``, credentials cut from URLs."""
+        shown = {}
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if value is not None and s.secret:
+                value = "****"
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            shown[s.name] = value
+        return shown
+
+    def resolved_pilot(self):
+        """(pilot id, where from) from settings and DIRAC's variables, or (None, None).
+
+        DIRAC's order: explicit id, then ``DIRAC_PILOT_STAMP`` (the pilot wrapper's),
+        then a VM's id (``vm://CE/CE:VMTYPE:VM_UUID``, as the legacy PilotLogger built
+        it), then the grid job id.  None means "let the spool generate and persist one".
+        """
+        if self.pilot_uuid:
+            return self.pilot_uuid, self.origin["pilot_uuid"]
+        env = self._environ
+        if env.get("DIRAC_PILOT_STAMP"):
+            return env["DIRAC_PILOT_STAMP"], "env DIRAC_PILOT_STAMP"
+        if env.get("VM_UUID") and env.get("CE_NAME") and env.get("VMTYPE"):
+            ce = env["CE_NAME"]
+            return "vm://%s/%s:%s:%s" % (ce, ce, env["VMTYPE"], env["VM_UUID"]), "env VM_UUID"
+        for var in ("GRID_GLOBAL_JOBID", "CREAM_JOBID"):
+            if env.get(var):
+                return env[var], "env " + var
+        return None, None
+
+    def context(self) -> dict:
+        """Context attached to every event: host, site/CE/queue when known, batch job id."""
+        ctx = {"host": os.uname().nodename, "site": self.site, "ce": self.ce, "queue": self.queue}
+        ctx.update(batch_context(self._environ))
+        return {k: ctx[k] for k in CONTEXT_KEYS if ctx.get(k)}
+
+
+def batch_context(environ) -> dict:
+    for var, system in BATCH_JOB_VARS:
+        value = environ.get(var)
+        if not value or (system == "sge" and not environ.get("SGE_ROOT")):
+            continue
+        if system == "htcondor":
+            return {"batch_system": system}  # the job id lives inside the job ad file
+        return {"batch_system": system, "batch_job": value}
+    return {}
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:secret@host/...`` → ``scheme://user:****@host/...``."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return "%s%s%s:****@%s%s%s" % (scheme, sep, user, hostport, slash, path)
+
+
+def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
+    """Resolve every setting.  ``flags`` holds only the options given on the command line."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    values, origin = {}, {}
+
+    def take(name, value, where):
+        values[name] = BY_NAME[name].parse(value, where)
+        origin[name] = where
+
+    for s in SETTINGS:
+        values[s.name], origin[s.name] = s.default, "default"
+    if "config" in flags:
+        take("config", flags["config"], "--config")
+    elif environ.get("PILOTLOG_CONFIG"):
+        take("config", environ["PILOTLOG_CONFIG"], "env PILOTLOG_CONFIG")
+    if values["config"]:
+        # The file needs setup/vo to be read, and those may come from flags or env.
+        hint = {k: flags.get(k) or environ.get(BY_NAME[k].env) for k in ("setup", "vo")}
+        for name, (value, where) in read_file(values["config"], hint).items():
+            take(name, value, where)
+    for s in SETTINGS:
+        if s.name != "config" and environ.get(s.env) not in (None, ""):
+            take(s.name, environ[s.env], "env " + s.env)
+    for name, value in flags.items():
+        if name != "config":
+            take(name, value, "--" + name.replace("_", "-"))
+
+    values["spool"] = os.path.join(cwd or os.getcwd(), os.path.expanduser(values["spool"]))
+    for name, check in (("source", lambda v: check_name("source", v)), ("pilot_uuid", check_pilot)):
+        try:
+            if values[name]:
+                check(values[name])
+        except EventError as exc:
+            raise ConfigError("%s: %s" % (origin[name], exc)) from None
+    return Config(values, origin, environ)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files
+
+
+def read_file(path: str, hint: dict) -> dict:
+    """Settings from a config file, as ``{name: (value, where)}``.
+
+    Our own format is a flat JSON object of setting names; unknown keys are an error
+    (a typo must not silently fall back to a default).  A file with DIRAC's top-level
+    keys (``Setups``, ``DefaultSetup``, ``Defaults``) is read as a DIRAC pilot.json.
+    """
+    import json
+
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ConfigError("config file %s cannot be read (%s)" % (path, exc.strerror or exc)) from None
+    except ValueError as exc:
+        raise ConfigError("config file %s is not valid JSON (%s)" % (path, exc)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("config file %s must hold a JSON object" % path)
+    if any(k in data for k in ("Setups", "DefaultSetup", "Defaults")):
+        return {k: (v, "%s (DIRAC pilot.json %s)" % (path, where)) for k, (v, where) in from_dirac(data, hint).items()}
+    unknown = sorted(set(data) - set(BY_NAME) - {"config"}) + (["config"] if "config" in data else [])
+    if unknown:
+        raise ConfigError(
+            "config file %s: unknown key %r (known keys: %s)"
+            % (path, unknown[0], ", ".join(s.name for s in SETTINGS if s.name != "config"))
+        )
+    return {k: (v, "%s key %s" % (path, k)) for k, v in data.items()}
+
+
+_DIRAC_LEVELS = {
+    "DEBUG": "debug",
+    "VERBOSE": "debug",
+    "INFO": "info",
+    "NOTICE": "info",
+    "ALWAYS": "info",
+    "WARN": "warning",
+    "WARNING": "warning",
+    "ERROR": "error",
+    "FATAL": "error",
+}
+
+
+def _path(data: dict, keys) -> dict:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def from_dirac(data: dict, hint: dict) -> dict:
+    """Translate a DIRAC pilot.json into our settings: ``{name: (value, where-in-file)}``.
+
+    * Legacy MQ logging: ``Setups/<setup>/Logging`` with ``Host``, ``Port``, ``Queue``
+      (or ``QueuePath``), ``HostKey``, ``HostCertificate``, ``CACertificate`` → a
+      ``stomp+ssl://`` sink in DIRAC's six-field ``dirac`` format (what its
+      PilotsLogging consumer reads).
+    * Current remote logging: ``RemoteLogging``, ``RemoteLoggerURL``, ``PilotLogLevel``
+      looked up along ``Defaults/Pilot``, ``<setup>/Pilot``, ``<vo>/Defaults/Pilot``,
+      ``<vo>/<setup>/Pilot`` (the most specific wins) → an ``https://`` sink.  The MQ
+      road, when configured, is preferred.
+    """
+    out = {}
+    setup, vo = hint.get("setup"), hint.get("vo")
+    if not setup and isinstance(data.get("DefaultSetup"), str) and data["DefaultSetup"]:
+        setup = data["DefaultSetup"]
+        out["setup"] = (setup, "DefaultSetup")
+
+    pilot = {}
+    for where in (("Defaults", "Pilot"), (setup, "Pilot"), (vo, "Defaults", "Pilot"), (vo, setup, "Pilot")):
+        if None not in where:
+            for key, value in _path(data, where).items():
+                pilot[key] = (value, "/".join(where) + "/" + key)
+    if "PilotLogLevel" in pilot:
+        value, where = pilot["PilotLogLevel"]
+        level = _DIRAC_LEVELS.get(str(value).upper())
+        if level is None:
+            raise ConfigError("DIRAC pilot.json %s: unknown log level %r" % (where, value))
+        out["level"] = (level, where)
+    enabled = str(pilot.get("RemoteLogging", ("", ""))[0]).lower() in ("true", "yes", "1", "y")
+    if enabled and "RemoteLoggerURL" in pilot:
+        out["sink"] = pilot["RemoteLoggerURL"]
+
+    logging = _path(data, ("Setups", setup, "Logging")) if setup else {}
+    if logging.get("Host") and (logging.get("LoggingType", "MQ") == "MQ"):
+        where = "Setups/%s/Logging" % setup
+        queue = logging.get("QueuePath") or logging.get("Queue") or ""
+        if isinstance(queue, list):
+            queue = queue[0] if queue else ""
+        queue = str(queue).split(",")[0].strip()
+        if not queue:
+            raise ConfigError("DIRAC pilot.json %s: Host is set but Queue is missing" % where)
+        destination = queue if queue.startswith("/") else "/queue/" + queue
+        out["sink"] = ("stomp+ssl://%s:%s%s" % (logging["Host"], logging.get("Port", 61614), destination), where)
+        out["format"] = ("dirac", where)
+    return out

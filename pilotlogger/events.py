@@ -1,0 +1,253 @@
+"""The Event: what one lifecycle record holds, how it is checked, and how it is rendered.
+
+An event is a plain ``dict`` (schema v1, documented in ``docs/events.md`` and
+``docs/event.schema.json``).  Plain dicts keep the hot path cheap and make the
+on-disk form, the wire form and the Python form the same thing.
+
+This module imports nothing of ours and reads no environment: callers pass in
+everything (pilot id, context, clock), so it is trivially testable.
+"""
+
+import os
+import time
+
+SCHEMA_VERSION = 1
+
+#: Phases with a meaning in the pilot lifecycle; any other well-formed name is allowed too.
+LIFECYCLE_PHASES = ("boot", "install", "power", "os", "match", "nomatch", "shutdown")
+#: The phase of free log lines: the first to go when the spool is full.
+LOG_PHASE = "log"
+
+#: DIRAC's levels (PilotLoggerTools.isMessageFormatCorrect), lowest first.
+STATUSES = ("debug", "info", "warning", "error")
+
+#: Context keys an event may carry, in rendering order.
+CONTEXT_KEYS = ("host", "site", "ce", "queue", "batch_system", "batch_job")
+
+#: The flat record DIRAC's pilot-logging consumers read: six non-empty strings.
+DIRAC_FIELDS = ("pilotUUID", "timestamp", "source", "phase", "status", "messageContent")
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+MAX_NAME_LEN = 64
+MAX_PILOT_LEN = 256
+
+
+class EventError(ValueError):
+    """An event (or a part of one) is malformed; the message says which field and why."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Validate a phase or source name: 1-64 chars of ``[A-Za-z0-9_.-]``, starting with a letter.
+
+    Names end up in file names, STOMP headers and selectors, so they are kept to a
+    character set that needs no escaping anywhere.
+    """
+    if not isinstance(value, str) or not value:
+        raise EventError("%s must be a non-empty name" % kind)
+    if len(value) > MAX_NAME_LEN:
+        raise EventError("%s %r is longer than %d characters" % (kind, value[:20] + "...", MAX_NAME_LEN))
+    if not value[0].isalpha() or not _NAME_CHARS.issuperset(value):
+        raise EventError(
+            "%s %r may only hold letters, digits, '_', '.', '-' and must start with a letter" % (kind, value)
+        )
+    return value
+
+
+def check_status(value: str) -> str:
+    if value not in STATUSES:
+        raise EventError("status %r is not one of %s" % (value, ", ".join(STATUSES)))
+    return value
+
+
+def check_pilot(value: str) -> str:
+    """A pilot id is any printable string without whitespace (UUID, DIRAC stamp, grid job URL)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_PILOT_LEN:
+        raise EventError("pilot id must be a non-empty string of at most %d characters" % MAX_PILOT_LEN)
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise EventError("pilot id %r must be printable and hold no whitespace" % value)
+    return value
+
+
+def new_id() -> str:
+    """A random (version 4) UUID string, made without importing :mod:`uuid` (slow to import)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_id(value: str) -> str:
+    """An event id is a lowercase random UUID: ``8-4-4-4-12`` hex digits, version 4."""
+    parts = value.split("-")
+    if [len(p) for p in parts] != [8, 4, 4, 4, 12] or not _HEX.issuperset(value.replace("-", "")) or value[14] != "4":
+        raise EventError("id %r is not a lowercase version-4 UUID" % (value,))
+    return value
+
+
+def rfc3339(epoch: float) -> str:
+    """UTC time as RFC 3339 with microseconds, e.g. ``2026-11-28T02:23:19.123456Z``."""
+    seconds = int(epoch)
+    micros = int(round((epoch - seconds) * 1e6))
+    if micros >= 1000000:
+        seconds, micros = seconds + 1, micros - 1000000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % micros
+
+
+def parse_rfc3339(text: str) -> float:
+    """Inverse of :func:`rfc3339` (only the exact form this module writes)."""
+    import calendar
+
+    if len(text) != 27 or text[19] != "." or text[26] != "Z":
+        raise EventError("time %r is not RFC 3339 UTC with microseconds" % (text,))
+    try:
+        base = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+        return base + int(text[20:26]) / 1e6
+    except ValueError:
+        raise EventError("time %r is not RFC 3339 UTC with microseconds" % (text,)) from None
+
+
+def make_event(
+    phase: str,
+    message: str = "",
+    status: str = "info",
+    source: str = "pilot",
+    data: dict = None,
+    pilot: str = "",
+    context: dict = None,
+    seq: int = 1,
+    epoch: float = None,
+    event_id: str = None,
+) -> dict:
+    """Build and validate a schema-v1 event.
+
+    ``seq`` and ``epoch`` are normally filled in by the spool, under its lock, so that
+    (time, seq) order is the order events were accepted in.
+    """
+    event = {
+        "v": SCHEMA_VERSION,
+        "id": event_id or new_id(),
+        "pilot": pilot,
+        "seq": seq,
+        "time": rfc3339(time.time() if epoch is None else epoch),
+        "phase": phase,
+        "status": status,
+        "source": source,
+        "message": message,
+        "data": {} if data is None else data,
+        "context": {k: v for k, v in (context or {}).items() if v},
+    }
+    validate(event)
+    return event
+
+
+_TYPES = {
+    "v": int,
+    "id": str,
+    "pilot": str,
+    "seq": int,
+    "time": str,
+    "phase": str,
+    "status": str,
+    "source": str,
+    "message": str,
+    "data": dict,
+    "context": dict,
+}
+
+
+def validate(event: dict) -> dict:
+    """Check an event against schema v1; raise :class:`EventError` naming the first bad field.
+
+    Used on the way in (emit) and on the way out (replay reads files that may have been
+    damaged or planted), so a bad file is quarantined instead of crashing a command.
+    """
+    if not isinstance(event, dict):
+        raise EventError("an event must be a JSON object")
+    for key, typ in _TYPES.items():
+        if key not in event:
+            raise EventError("field %r is missing" % key)
+        value = event[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise EventError("field %r must be of type %s" % (key, typ.__name__))
+    extra = set(event) - set(_TYPES)
+    if extra:
+        raise EventError("unknown field(s): %s" % ", ".join(sorted(extra)))
+    if event["v"] != SCHEMA_VERSION:
+        raise EventError("schema version %r is not supported (this is v%d)" % (event["v"], SCHEMA_VERSION))
+    check_id(event["id"])
+    if event["seq"] < 1:
+        raise EventError("seq must be a positive integer")
+    check_pilot(event["pilot"])
+    parse_rfc3339(event["time"])
+    check_name("phase", event["phase"])
+    check_name("source", event["source"])
+    check_status(event["status"])
+    for key, value in event["context"].items():
+        if key not in CONTEXT_KEYS or not isinstance(value, str):
+            raise EventError("context.%s is not a known string field (%s)" % (key, ", ".join(CONTEXT_KEYS)))
+    return event
+
+
+def status_rank(status: str) -> int:
+    """Order of a status for level filtering (debug < info < warning < error)."""
+    return STATUSES.index(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderings.  ``native`` is the event itself; ``dirac`` is DIRAC's six-field record.
+
+
+def to_json(obj) -> str:
+    """The one JSON encoding used for events on disk and on the wire: compact, UTF-8, stable."""
+    import json
+
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+
+
+def readable_line(event: dict) -> str:
+    """One human line: ``<time> <STATUS> [<source>] <phase>: <message> {data}``.
+
+    It follows DIRAC's pilot ``Logger.messageTemplate`` (time, level, [name], text), so
+    a file of these lines reads like a DIRAC pilot log.
+    """
+    text = event["message"] or event["phase"]
+    line = "%s %s [%s] %s: %s" % (event["time"], event["status"].upper(), event["source"], event["phase"], text)
+    if event["data"]:
+        line += " " + to_json(event["data"])
+    return line
+
+
+def to_dirac(event: dict) -> dict:
+    """DIRAC's flat record (DIRACGrid/Pilot ``PilotLoggerTools``): six non-empty strings.
+
+    DIRAC has no field for data, context, id or seq, so they move into
+    ``messageContent`` after the message, readably: ``message | key=value ...``.
+    The event id stays in there so a DIRAC consumer can still de-duplicate.
+    """
+    extras = ["id=%s" % event["id"], "seq=%d" % event["seq"]]
+    extras += ["%s=%s" % (k, v) for k, v in event["context"].items()]
+    if event["data"]:
+        extras.append("data=" + to_json(event["data"]))
+    content = (event["message"] or event["phase"]) + " | " + " ".join(extras)
+    return {
+        "pilotUUID": event["pilot"],
+        "timestamp": "%.6f" % parse_rfc3339(event["time"]),
+        "source": event["source"],
+        "phase": event["phase"],
+        "status": event["status"],
+        "messageContent": content,
+    }
+
+
+FORMATS = ("native", "dirac")
+
+
+def render(event: dict, fmt: str) -> str:
+    """The wire text of an event in format ``fmt`` (``native`` or ``dirac``)."""
+    if fmt == "dirac":
+        return to_json(to_dirac(event))
+    return to_json(event)

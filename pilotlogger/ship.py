@@ -1,0 +1,85 @@
+"""Shipping: move events from the spool to a sink.  The one place delivery semantics live.
+
+* Oldest first, in batches, streaming: the spool is walked a chunk at a time and never
+  loaded whole.
+* An event leaves the spool only after the sink confirmed its id (at-least-once: a
+  crash between confirmation and removal re-sends it, with the same id).
+* A sink failure stops the run; what was not confirmed stays spooled, and the error is
+  recorded in the spool state for ``pilotlog status``.
+"""
+
+import time
+
+from .events import render
+from .sinks import SinkError
+from .spool import SpoolError
+
+DEFAULT_BATCH = 500
+
+
+class ShipResult:
+    """Counts of one shipping run, and the error that stopped it (None when it finished)."""
+
+    __slots__ = ("delivered", "remaining", "error", "seconds")
+
+    def __init__(self):
+        self.delivered, self.remaining, self.error, self.seconds = 0, 0, None, 0.0
+
+
+def _batches(spool, fmt: str, size: int):
+    """Yield lists of ``(name, event, body)``; unreadable files are quarantined by the spool."""
+    batch = []
+    for name in spool.entries():
+        event = spool.load(name)
+        if event is None:
+            continue
+        batch.append((name, event, render(event, fmt)))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def ship(spool, sink, fmt: str, batch_size: int = DEFAULT_BATCH, progress=None) -> ShipResult:
+    """Send everything in ``spool`` through ``sink``; return what happened.
+
+    ``progress(delivered)`` is called after each batch when given (the CLI passes one
+    only when stderr is a terminal).
+    """
+    result = ShipResult()
+    started = time.monotonic()
+    try:
+        for batch in _batches(spool, fmt, batch_size):
+            names = {event["id"]: name for name, event, _ in batch}
+            try:
+                confirmed = sink.send([(event, body) for _, event, body in batch])
+            except SinkError as exc:
+                confirmed, result.error = exc.confirmed, str(exc)
+            for event_id in confirmed:
+                spool.ack(names.pop(event_id))
+            result.delivered += len(confirmed)
+            if progress:
+                progress(result.delivered)
+            if result.error:
+                break
+    except SpoolError as exc:
+        result.error = str(exc)
+    result.seconds = time.monotonic() - started
+    result.remaining = spool.stats()["depth"]
+    _record(spool, result)
+    return result
+
+
+def _record(spool, result: ShipResult) -> None:
+    """Keep the outcome for `pilotlog status`; bookkeeping never fails a delivery."""
+    now = time.time()
+    changes = {"delivered_total": result.delivered, "last_attempt": now}
+    if result.error:
+        changes.update(last_error=result.error, last_error_time=now)
+    elif result.delivered:
+        changes.update(last_delivery=now)
+    try:
+        spool.update_state(**changes)
+    except SpoolError:
+        pass
