@@ -1,0 +1,228 @@
+"""The spool: durability, ordering, concurrency, bounds, quarantine, permissions."""
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, clean_env
+from pilotlogger.events import make_event
+from pilotlogger.spool import EventName, Spool, SpoolError
+
+PILOT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+
+
+def builder(phase="boot", message="m", **kw):
+    return lambda seq, epoch: make_event(phase, message, pilot=PILOT, seq=seq, epoch=epoch, **kw)
+
+
+def names(spool):
+    return sorted(os.listdir(spool.events_dir))
+
+
+def test_put_is_durable_ordered_and_readable(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    results = [spool.put(builder("boot", "m%d" % i)) for i in range(5)]
+    assert [r.event["seq"] for r in results] == [1, 2, 3, 4, 5]
+    assert all(r.stored for r in results)
+    listed = names(spool)
+    assert listed == [EventName.for_event(r.event) for r in results]  # name order == acceptance order
+    assert [spool.load(n) for n in listed] == [r.event for r in results]
+    assert os.listdir(spool.tmp_dir) == []
+
+
+def test_permissions_are_private(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    spool.put(builder())
+    spool.pilot_id()
+    for d in (spool.path, spool.events_dir, spool.tmp_dir, spool.quarantine_dir):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
+    for root, _, files in os.walk(spool.path):
+        for f in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode) == 0o600, f
+
+
+def test_seq_continues_above_queued_events_when_the_counter_is_lost(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    for _ in range(3):
+        spool.put(builder())
+    os.unlink(os.path.join(spool.path, "seq"))  # e.g. lost in a crash
+    assert spool.put(builder()).event["seq"] == 4
+
+
+def test_debris_of_a_killed_writer_is_cleared(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    spool.ensure()
+    debris = os.path.join(spool.tmp_dir, "half-written.json")
+    with open(debris, "w") as f:
+        f.write('{"v":1,"id":')
+    spool.put(builder())
+    assert not os.path.exists(debris)
+
+
+def test_entries_stream_in_chunks_in_order(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    stored = [spool.put(builder()).event for _ in range(10)]
+    assert list(spool.entries(chunk=3)) == [EventName.for_event(e) for e in stored]
+
+
+def test_pilot_id_is_generated_once_and_reused(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    first = spool.pilot_id()
+    assert first == Spool(str(tmp_path / "s")).pilot_id()
+    assert len(first) == 36
+
+
+def test_lock_held_elsewhere_times_out_with_a_clear_error(tmp_path):
+    import fcntl
+
+    spool = Spool(str(tmp_path / "s"), lock_timeout=0.2)
+    spool.ensure()
+    fd = os.open(os.path.join(spool.path, "lock"), os.O_RDWR | os.O_CREAT)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], pass_fds=(fd,))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(SpoolError) as err:
+            spool.put(builder())
+        assert time.monotonic() - started < 2
+        assert "locked by another process" in str(err.value)
+    finally:
+        holder.kill()
+        os.close(fd)
+
+
+# -- bounds ------------------------------------------------------------------------------------
+
+
+def test_full_spool_evicts_oldest_log_events_and_keeps_lifecycle(tmp_path):
+    spool = Spool(str(tmp_path / "s"), max_events=5)
+    for phase in ("boot", "log", "log", "os", "log"):
+        spool.put(builder(phase))
+    r = spool.put(builder("power"))  # full: the oldest log goes
+    assert r.stored and r.evicted == 1
+    r = spool.put(builder("log", "newest line"))  # full: logs rotate, newest kept
+    assert r.stored and r.evicted == 1
+    kept = [spool.load(n) for n in names(spool)]
+    assert [e["phase"] for e in kept] == ["boot", "os", "log", "power", "log"]
+    assert kept[-1]["message"] == "newest line"
+    assert len(kept) == 5
+
+
+def test_full_spool_of_lifecycle_events_drops_the_new_event(tmp_path):
+    spool = Spool(str(tmp_path / "s"), max_events=3)
+    for phase in ("boot", "os", "power"):
+        spool.put(builder(phase))
+    r = spool.put(builder("match"))
+    assert not r.stored
+    assert [EventName(n).phase for n in names(spool)] == ["boot", "os", "power"]
+
+
+def test_byte_bound_is_respected(tmp_path):
+    spool = Spool(str(tmp_path / "s"), max_events=1000, max_bytes=3000, max_event_bytes=600)
+    for i in range(40):
+        spool.put(builder("log" if i % 4 else "install", "x" * random.randint(10, 300)))
+        total = sum(os.path.getsize(os.path.join(spool.events_dir, n)) for n in names(spool))
+        assert total <= 3000
+    assert any(EventName(n).phase == "install" for n in names(spool))
+
+
+# -- quarantine --------------------------------------------------------------------------------
+
+
+def test_bad_files_are_quarantined_with_a_reason_and_links_never_followed(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    good = spool.put(builder("boot")).event
+    template = EventName.for_event(good)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("do not touch")
+    planted = {
+        "foreign.txt": "hello",
+        template.replace("_boot_", "_os_"): "{not json",  # well-formed name, garbage content
+        template.replace("_boot_", "_install_"): json.dumps(dict(good, seq="x")),
+    }
+    for name, content in planted.items():
+        with open(os.path.join(spool.events_dir, name), "w") as f:
+            f.write(content)
+    link = template.replace("_boot_", "_power_")
+    os.symlink(str(outside), os.path.join(spool.events_dir, link))
+
+    loaded = [spool.load(n) for n in spool.entries()]
+    assert [e for e in loaded if e] == [good]
+    assert names(spool) == [template]
+    q = sorted(os.listdir(spool.quarantine_dir))
+    assert len([n for n in q if n.endswith(".reason")]) == 4
+    reasons = " ".join(open(os.path.join(spool.quarantine_dir, n)).read() for n in q if n.endswith(".reason"))
+    for needle in ("not one pilotlog writes", "not a valid event", "symbolic link"):
+        assert needle in reasons
+    assert outside.read_text() == "do not touch"
+    assert os.path.islink(os.path.join(spool.quarantine_dir, link))  # the link moved, not its target
+    assert spool.stats()["quarantined"] == 4
+
+
+# -- many processes, kill -9 -------------------------------------------------------------------
+
+
+def run_loops(tags, count, spool_dir, source):
+    env = clean_env(PILOTLOG_SPOOL=spool_dir, PILOTLOG_PILOT_UUID=PILOT)
+    return [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "emit_loop.py"), source, tag, str(count)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+        )
+        for tag in tags
+    ]
+
+
+def test_concurrent_emitters_lose_nothing_and_share_no_seq(tmp_path, bundle):
+    n, m = 8, 40
+    spool = Spool(str(tmp_path / "s"))
+    procs = run_loops(["p%d" % i for i in range(n)], m, spool.path, str(bundle))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outputs]
+    stored = [spool.load(name) for name in names(spool)]
+    assert len(stored) == n * m
+    seqs = [e["seq"] for e in stored]
+    assert len(set(seqs)) == n * m
+    assert seqs == sorted(seqs)  # file-name order is seq order: replay keeps acceptance order
+    assert {e["message"] for e in stored} == {"p%d-%d" % (i, j) for i in range(n) for j in range(m)}
+
+
+def test_concurrent_first_emitters_agree_on_the_generated_pilot_id(tmp_path, bundle):
+    spool_dir = str(tmp_path / "s")
+    env = clean_env(PILOTLOG_SPOOL=spool_dir)
+    procs = [
+        subprocess.Popen([sys.executable, "-I", "-S", str(bundle), "emit", "boot"], env=env)
+        for _ in range(6)
+    ]
+    assert [p.wait(60) for p in procs] == [0] * 6
+    spool = Spool(spool_dir)
+    pilots = {spool.load(n)["pilot"] for n in names(spool)}
+    assert pilots == {spool.pilot_id()}
+
+
+def test_kill_9_at_random_moments_loses_no_acknowledged_event(tmp_path, bundle):
+    """>= 50 trials: every event whose emit returned is in the spool, whole and valid."""
+    spool = Spool(str(tmp_path / "s"))
+    rng = random.Random(20261128)
+    acknowledged = stored = set()
+    for trial in range(60):
+        proc = run_loops(["t%d" % trial], 10000, spool.path, str(bundle))[0]
+        time.sleep(rng.uniform(0.03, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        acknowledged = acknowledged | set(out.split())
+        events = [spool.load(n) for n in names(spool)]  # load() quarantines anything broken
+        stored = stored | {e["message"] for e in events if e}
+        missing = acknowledged - stored
+        assert not missing, "trial %d lost acknowledged events %s" % (trial, sorted(missing)[:5])
+    assert len(acknowledged) > 60
+    assert spool.stats()["quarantined"] == 0, "a killed writer left a broken event"
+    seqs = [EventName(n).seq for n in names(spool)]
+    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
