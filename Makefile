@@ -17,7 +17,8 @@ bundle: dist/pilotlog
 dist/pilotlog: $(SOURCES) Makefile
 	@rm -rf build/bundle && mkdir -p build/bundle/pilotlogger dist
 	@cp $(SOURCES) build/bundle/pilotlogger/
-	@$(PYTHON) -m zipapp build/bundle -m 'pilotlogger.cli:main' -p '/usr/bin/env python3' -c -o dist/pilotlog.tmp
+	@cp pilotlogger/__main__.py build/bundle/__main__.py  # zipapp's own -m drops the exit code
+	@$(PYTHON) -m zipapp build/bundle -p '/usr/bin/env python3' -c -o dist/pilotlog.tmp
 	@chmod 0755 dist/pilotlog.tmp && mv dist/pilotlog.tmp dist/pilotlog
 	@echo "built dist/pilotlog: $$(wc -c < dist/pilotlog) bytes"
 

@@ -300,3 +300,20 @@ def main(argv=None) -> int:
     except Exception as exc:  # the last line of defence: never a traceback into a pilot log
         warn("internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc))
         return EXIT_OK if command in PILOT_SAFE else EXIT_FAILED
+    finally:
+        _settle_stdout()
+
+
+def _settle_stdout() -> None:
+    """Flush stdout now; if its reader is gone, point it at /dev/null.
+
+    Otherwise the interpreter's own flush at exit fails again on the buffered data and
+    turns our exit code into 120 with a "BrokenPipeError" line.
+    """
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass

@@ -35,6 +35,7 @@ class Setting:
 
     def parse(self, value, where: str):
         """Coerce ``value`` (a string from env/flags, or a JSON value from a file) to this type."""
+        given = value
         try:
             if self.kind is int:
                 if isinstance(value, bool):
@@ -52,7 +53,7 @@ class Setting:
                 raise ValueError
         except (TypeError, ValueError):
             expected = {int: "a positive integer", float: "a positive number"}.get(self.kind, "a string")
-            raise ConfigError("%s: %r is not %s" % (where, value, expected)) from None
+            raise ConfigError("%s: %r is not %s" % (where, given, expected)) from None
         if self.choices and value not in self.choices:
             raise ConfigError("%s: %r is not one of %s" % (where, value, ", ".join(self.choices)))
         return value

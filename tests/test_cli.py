@@ -1,0 +1,258 @@
+"""The command line, run as users run it: the bundle, isolated (python -I -S), outside the repo."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT, clean_env, stderr_lines
+
+STAMP = "0123456789abcdef0123456789abcdef"
+
+
+def test_bundle_is_a_small_executable_zipapp(bundle):
+    assert os.stat(str(bundle)).st_mode & stat.S_IXUSR
+    assert bundle.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(str(bundle)) as z:
+        listed = z.namelist()
+    assert "__main__.py" in listed and "pilotlogger/cli.py" in listed
+    assert not [n for n in listed if "test" in n or n.endswith(".pyc")]
+    assert bundle.stat().st_size < 64 * 1024
+
+
+def test_bundle_is_importable(bundle, tmp_path):
+    code = "import sys; sys.path.insert(0, %r); import pilotlogger, pilotlogger.events as e; print(pilotlogger.__file__, e.new_id())"
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code % str(bundle)], cwd=str(tmp_path),
+        stdout=subprocess.PIPE, universal_newlines=True, check=True,
+    ).stdout
+    assert out.startswith(str(bundle) + "/pilotlogger/__init__.py ")
+
+
+def test_emit_replay_status_round_trip(pilotlog):
+    p = pilotlog("emit", "boot", "-m", "booted up", env={"DIRAC_PILOT_STAMP": STAMP, "PILOTLOG_SITE": "LCG.X.fr"})
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+    p = pilotlog("emit", "power", "-m", "power of 11 HS06", "-d", "hs06:=11", "-d", "unit=HS06",
+                 "--status", "debug", "--source", "CheckWorkerNode", env={"DIRAC_PILOT_STAMP": STAMP})
+    assert p.returncode == 0
+    spooled = pilotlog.events()
+    assert [e["seq"] for e in spooled] == [1, 2]
+    assert spooled[1]["data"] == {"hs06": 11, "unit": "HS06"} and spooled[1]["source"] == "CheckWorkerNode"
+    assert spooled[0]["context"]["site"] == "LCG.X.fr" and spooled[0]["pilot"] == STAMP
+
+    status = json.loads(pilotlog("status", "--json", env={"DIRAC_PILOT_STAMP": STAMP}).stdout)
+    assert (status["depth"], status["quarantined"], status["pilot"]) == (2, 0, STAMP)
+    assert status["pilot_origin"] == "env DIRAC_PILOT_STAMP"
+    assert status["oldest"] < status["newest"]
+
+    p = pilotlog("replay")
+    assert p.returncode == 0
+    assert [json.loads(line) for line in p.stdout.splitlines()] == spooled
+    (summary,) = stderr_lines(p)
+    assert summary.startswith("pilotlog: replayed 2 event(s) to stdout in ")
+    assert summary.endswith("; 0 left in spool %s" % pilotlog.spool)
+    status = json.loads(pilotlog("status", "--json").stdout)
+    assert (status["depth"], status["delivered_total"], status["last_error"]) == (0, 2, None)
+    assert pilotlog("replay").stdout == ""  # acknowledged events are gone
+
+
+def test_replay_in_dirac_format(pilotlog):
+    pilotlog("emit", "match", "-m", "matched a job", env={"PILOTLOG_PILOT_UUID": STAMP})
+    p = pilotlog("replay", "--format", "dirac")
+    (record,) = [json.loads(line) for line in p.stdout.splitlines()]
+    assert set(record) == {"pilotUUID", "timestamp", "source", "phase", "status", "messageContent"}
+    assert all(isinstance(v, str) and v for v in record.values())
+    assert (record["pilotUUID"], record["phase"]) == (STAMP, "match")
+    assert record["messageContent"].startswith("matched a job | id=")
+
+
+def test_generated_pilot_id_is_reused_by_later_calls(pilotlog):
+    for phase in ("boot", "os", "shutdown"):
+        assert pilotlog("emit", phase).returncode == 0
+    pilots = {e["pilot"] for e in pilotlog.events()}
+    assert len(pilots) == 1
+    assert pilots == {(pilotlog.spool / "pilot-uuid").read_text().strip()}
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["emit"], "required: phase"),
+        (["emit", "boot", "--data", "{nope"], "--data is not valid JSON"),
+        (["emit", "boot", "--data", "[1]"], "--data must be a JSON object"),
+        (["emit", "boot", "-d", "novalue"], "must be KEY=VALUE or KEY:=JSON"),
+        (["emit", "boot", "-d", "n:=nan-ish"], "is not JSON"),
+        (["emit", "boot", "-m", "x" * 70000], "larger than max_event_bytes"),
+        (["emit", "boot", "--status", "fatal"], "invalid choice"),
+        (["emit", "has space"], "phase"),
+        (["emit", "boot", "--max-events", "0"], "--max-events: '0' is not a positive integer"),
+        (["emit", "boot", "--bogus"], "unrecognized arguments: --bogus"),
+        (["frobnicate"], "invalid choice"),
+        ([], "a command is required"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_and_write_nothing(pilotlog, args, needle):
+    p = pilotlog(*args)
+    assert p.returncode == 2
+    lines = stderr_lines(p)
+    assert len(lines) == 1 and lines[0].startswith("pilotlog: ") and needle in lines[0], lines
+    assert "Traceback" not in p.stderr
+    assert pilotlog.events() == []
+
+
+def test_bad_config_file_exits_2_naming_the_key(pilotlog, tmp_path):
+    conf = tmp_path / "pilotlog.json"
+    conf.write_text('{"sink": "stdout", "max_event": 5}')
+    p = pilotlog("emit", "boot", env={"PILOTLOG_CONFIG": conf})
+    assert p.returncode == 2 and "unknown key 'max_event'" in p.stderr and str(conf) in p.stderr
+
+
+def test_status_below_level_is_not_recorded(pilotlog):
+    assert pilotlog("emit", "log", "--status", "debug", env={"PILOTLOG_LEVEL": "info"}).returncode == 0
+    assert pilotlog("emit", "log", "--status", "error", env={"PILOTLOG_LEVEL": "info"}).returncode == 0
+    assert [e["status"] for e in pilotlog.events()] == ["error"]
+
+
+def test_unwritable_spool_exits_0_with_one_warning(pilotlog, tmp_path):
+    """As root, permissions do not bite: run the bundle as nobody against a root-only dir."""
+    import shutil
+    import tempfile
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    python, preexec = sys.executable, None
+    if os.getuid() == 0:
+        # nobody needs an interpreter and a bundle it may read: Debian's python3 and a copy in /tmp.
+        python = "/usr/bin/python3"
+        public = tempfile.mkdtemp(dir="/tmp")
+        os.chmod(public, 0o755)
+        bundle = shutil.copy(str(pilotlog.bundle), public)
+        preexec = lambda: (os.setgid(65534), os.setuid(65534))  # noqa: E731
+    else:
+        locked.chmod(0o500)
+        bundle = str(pilotlog.bundle)
+    p = subprocess.run(
+        [python, "-I", "-S", bundle, "emit", "boot", "-m", "booted up"],
+        cwd="/", env=clean_env(PILOTLOG_SPOOL=locked / "spool"), preexec_fn=preexec,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60,
+    )
+    assert p.returncode == 0
+    (line,) = stderr_lines(p)
+    assert line.startswith("pilotlog: event not recorded: cannot") and "Permission denied" in line
+    assert "the pilot goes on" in line
+    assert not (locked / "spool").exists()
+
+
+def test_spool_path_that_is_a_file_exits_0(pilotlog, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    p = pilotlog("emit", "boot", env={"PILOTLOG_SPOOL": blocker / "spool"})
+    assert p.returncode == 0 and "event not recorded" in p.stderr
+
+
+def test_full_spool_warns_once_per_emit_and_keeps_lifecycle(pilotlog):
+    env = {"PILOTLOG_MAX_EVENTS": 3}
+    for phase in ("boot", "log", "log"):
+        assert pilotlog("emit", phase, env=env).stderr == ""
+    p = pilotlog("emit", "install", env=env)
+    assert p.returncode == 0 and "evicted the 1 oldest log event(s) to keep this install event" in p.stderr
+    pilotlog("emit", "os", env=env)
+    p = pilotlog("emit", "match", env=env)
+    (line,) = stderr_lines(p)
+    assert p.returncode == 0 and "is full" in line and "this match event was dropped" in line
+    assert [e["phase"] for e in pilotlog.events()] == ["boot", "install", "os"]
+    assert json.loads(pilotlog("status", "--json").stdout)["dropped_total"] == 3
+
+
+def test_replay_quarantines_a_corrupt_file_and_ships_the_rest(pilotlog):
+    pilotlog("emit", "boot")
+    (pilotlog.spool / "events" / "junk.json").write_text("{")
+    p = pilotlog("replay")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 1
+    assert json.loads(pilotlog("status", "--json").stdout)["quarantined"] == 1
+    assert (pilotlog.spool / "quarantine" / "junk.json.reason").read_text().strip()
+
+
+def test_replay_without_spool_and_unknown_sink(pilotlog):
+    p = pilotlog("replay")
+    assert p.returncode == 0 and "nothing to replay" in p.stderr
+    pilotlog("emit", "boot")
+    p = pilotlog("replay", "--sink", "ftp://user:hunter2@h/x")
+    assert p.returncode == 2 and "not supported" in p.stderr and "hunter2" not in p.stderr
+
+
+def test_replay_strict_exit_code_when_sink_fails(pilotlog):
+    pilotlog("emit", "boot")
+    # stdout closed: the stdout sink cannot deliver, the event stays.
+    p = subprocess.run(
+        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay", "--strict"], cwd=str(pilotlog.cwd),
+        env=pilotlog.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True,
+        stdin=subprocess.DEVNULL, timeout=60,
+    )
+    assert p.returncode == 0  # /dev/null accepts: delivered
+    pilotlog("emit", "boot")
+    r, w = os.pipe()
+    os.close(r)  # writing to a pipe nobody reads: EPIPE
+    p = subprocess.run(
+        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay", "--strict"], cwd=str(pilotlog.cwd),
+        env=pilotlog.env, stdout=w, stderr=subprocess.PIPE, universal_newlines=True, timeout=60,
+    )
+    os.close(w)
+    assert p.returncode == 3
+    assert "cannot write to stdout" in p.stderr and "1 event(s) kept in spool" in p.stderr
+    status = json.loads(pilotlog("status", "--json").stdout)
+    assert status["depth"] == 1 and "cannot write to stdout" in status["last_error"]
+
+
+def test_config_shows_origins_and_masks_secrets(pilotlog):
+    p = pilotlog("config", "--json", env={"PILOTLOG_SINK": "https://u:topsecret@h:8444/p", "PILOTLOG_SITE": "S"})
+    shown = json.loads(p.stdout)
+    assert shown["site"] == {"value": "S", "from": "env PILOTLOG_SITE"}
+    assert shown["sink"]["value"] == "https://u:****@h:8444/p" and "topsecret" not in p.stdout
+    assert "topsecret" not in pilotlog("config", env={"PILOTLOG_SINK": "https://u:topsecret@h/p"}).stdout
+
+
+def test_version_and_help(pilotlog):
+    from pilotlogger import __version__
+
+    p = pilotlog("--version")
+    assert p.returncode == 0 and p.stdout.strip() == "pilotlog " + __version__
+    p = pilotlog("emit", "--help")
+    assert p.returncode == 0 and "examples:" in p.stdout and "PILOTLOG_SPOOL" in p.stdout
+
+
+def test_module_launcher_and_bundle_behave_the_same(pilotlog, tmp_path):
+    env = clean_env(PILOTLOG_SPOOL=tmp_path / "s2", PILOTLOG_PILOT_UUID=STAMP)
+    runs = {
+        "bundle": [sys.executable, "-I", "-S", str(pilotlog.bundle)],
+        "module": [sys.executable, "-m", "pilotlogger"],
+        "launcher": [sys.executable, str(ROOT / "bin" / "pilotlog")],
+    }
+    outputs = {}
+    for how, cmd in runs.items():
+        emitted = subprocess.run(cmd + ["emit", "os", "-m", how], env=env, cwd=str(ROOT), timeout=60)
+        assert emitted.returncode == 0
+        outputs[how] = subprocess.run(
+            cmd + ["config", "--json"], env=env, cwd=str(ROOT), stdout=subprocess.PIPE, timeout=60,
+            universal_newlines=True,
+        ).stdout
+    assert outputs["bundle"] == outputs["module"] == outputs["launcher"]
+    assert subprocess.run(runs["bundle"] + ["--version"], stdout=subprocess.PIPE).stdout == \
+        subprocess.run(runs["module"] + ["--version"], cwd=str(ROOT), stdout=subprocess.PIPE).stdout
+
+
+def test_make_run_demo_shows_the_whole_lifecycle(bundle, tmp_path):
+    p = subprocess.run(
+        ["bash", str(ROOT / "examples" / "demo-pilot.sh"), str(bundle)], cwd=str(tmp_path),
+        env=clean_env(PILOTLOG_SPOOL=tmp_path / "demo"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    shipped = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [e["phase"] for e in shipped] == ["boot", "boot", "os", "power", "install", "match", "shutdown"]
+    assert shipped[3]["message"] == "power of 11 HS06" and shipped[3]["data"] == {"hs06": 11}
+    assert len({e["pilot"] for e in shipped}) == 1
