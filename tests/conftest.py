@@ -61,3 +61,13 @@ def pilotlog(bundle, tmp_path) -> Pilotlog:
 
 def stderr_lines(proc) -> list:
     return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which Python versions ran the bundle's smoke suite, and how it went."""
+    from test_matrix import RESULTS
+
+    if RESULTS:
+        terminalreporter.section("version matrix (bundle smoke suite)")
+        for key in sorted(RESULTS, key=lambda k: [int(x) if x.isdigit() else 0 for x in k.split()[0].split(".")]):
+            terminalreporter.write_line("  %-34s %s" % (key, RESULTS[key]))

@@ -1,0 +1,76 @@
+"""Version matrix: the bundle's smoke suite on every installed CPython.
+
+Interpreters come from ``pyenv versions`` and from ``python3`` on PATH.  A Python older
+than 3.6 is reported (skipped with its version), not failed; the terminal summary lists
+which versions passed.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import clean_env
+
+RESULTS = {}  # label -> "passed" / "FAILED" / "older than 3.6", for the terminal summary
+
+VERSION = "import sys; print('.'.join(map(str, sys.version_info[:3])))"
+
+
+def _run(cmd):
+    try:
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def interpreters() -> list:
+    """(label, executable) for every CPython found, de-duplicated by real path."""
+    found = {}
+    root = _run(["pyenv", "root"]) or os.path.expanduser("~/.pyenv")
+    for name in _run(["pyenv", "versions", "--bare"]).split():
+        exe = os.path.join(root, "versions", name, "bin", "python")
+        if os.access(exe, os.X_OK):
+            found.setdefault(os.path.realpath(exe), "pyenv " + name)
+    path_python = shutil.which("python3")
+    if path_python:
+        real = _run([path_python, "-c", "import sys; print(sys.executable)"]) or path_python
+        found.setdefault(os.path.realpath(real), "PATH python3")
+    return sorted((label, exe) for exe, label in found.items())
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("label,python", interpreters(), ids=lambda v: v if " " not in v else v.replace(" ", "-"))
+def test_bundle_smoke(label, python, bundle):
+    version = _run([python, "-c", VERSION])
+    key = "%s (%s)" % (version or "?", label)
+    if tuple(int(x) for x in version.split(".")[:2]) < (3, 6):
+        RESULTS[key] = "older than 3.6, not supported"
+        pytest.skip("Python %s is older than 3.6: reported, not supported" % version)
+    RESULTS[key] = "FAILED"
+    with tempfile.TemporaryDirectory() as cwd:
+        env = clean_env(PILOTLOG_SPOOL=os.path.join(cwd, "spool"), DIRAC_PILOT_STAMP="a" * 32)
+
+        def pilotlog(*args):
+            p = subprocess.run([python, "-I", "-S", str(bundle)] + list(args), cwd=cwd, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+            assert p.returncode == 0, "%s %s: %s" % (key, args, p.stderr)
+            return p
+
+        pilotlog("emit", "boot", "-m", "booted up")
+        pilotlog("emit", "power", "-m", "power of 11 HS06", "-d", "hs06:=11")
+        status = json.loads(pilotlog("status", "--json").stdout)
+        assert status["depth"] == 2 and status["pilot"] == "a" * 32
+        shown = json.loads(pilotlog("config", "--json").stdout)
+        assert shown["spool"]["from"] == "env PILOTLOG_SPOOL"
+        shipped = [json.loads(line) for line in pilotlog("replay").stdout.splitlines()]
+        assert [(e["phase"], e["seq"], e["data"]) for e in shipped] == [("boot", 1, {}), ("power", 2, {"hs06": 11})]
+        pilotlog("emit", "shutdown", "-m", "about to shutdown")
+        (record,) = [json.loads(line) for line in pilotlog("replay", "--format", "dirac").stdout.splitlines()]
+        assert record["phase"] == "shutdown" and record["pilotUUID"] == "a" * 32
+        assert json.loads(pilotlog("status", "--json").stdout)["depth"] == 0
+    RESULTS[key] = "passed"
