@@ -53,6 +53,8 @@ def _parser():
     settings = Parser(add_help=False)
     group = settings.add_argument_group("settings (flag > PILOTLOG_<NAME> env > config file > default)")
     for s in SETTINGS:
+        if not s.flag:
+            continue
         group.add_argument(
             "--" + s.name.replace("_", "-"),
             dest=s.name,
@@ -83,6 +85,10 @@ def _parser():
     emit.add_argument(
         "-d", dest="data_pairs", metavar="KEY=VALUE", action="append", default=[],
         help="one extra field; KEY=text is a string, KEY:=json a JSON value (repeatable)",
+    )
+    emit.add_argument(
+        "--send", action="store_true",
+        help="after spooling, try to ship the spool at once (within --deadline); what fails stays spooled",
     )
 
     replay = command("replay", "ship spooled events to the sink, oldest first")
@@ -181,6 +187,11 @@ def cmd_emit(args, config) -> int:
             % (spool.path, result.evicted, args.phase)
         )
         _count_drop(spool, result.evicted)
+    if args.send:
+        try:
+            deliver(config, spool, report_success=False)
+        except ConfigError as exc:  # the event is safe in the spool: a warning, not a usage error
+            warn("not sent: %s; the event stays in spool %s" % (exc, spool.path))
     return EXIT_OK
 
 
@@ -193,14 +204,11 @@ def _count_drop(spool, n: int = 1) -> None:
         pass
 
 
-def cmd_replay(args, config) -> int:
+def deliver(config, spool, report_success: bool = True):
+    """Ship the spool to the configured sink and say how it went in one stderr line."""
     from .ship import ship
     from .sinks import describe, open_sink
 
-    spool = open_spool(config)
-    if not spool.exists():
-        warn("nothing to replay: no spool at %s" % spool.path)
-        return EXIT_OK
     sink = open_sink(config, sys.stdout)
     progress = None
     if sys.stderr.isatty():
@@ -213,17 +221,25 @@ def cmd_replay(args, config) -> int:
         sink.close()
     if progress:
         sys.stderr.write("\n")
-    where = describe(config.sink)
     if result.error:
         warn(
             "%s; delivered %d, %d event(s) kept in spool %s"
             % (result.error, result.delivered, result.remaining, spool.path)
         )
-    else:
+    elif report_success:
         warn(
             "replayed %d event(s) to %s in %.2f s; %d left in spool %s"
-            % (result.delivered, where, result.seconds, result.remaining, spool.path)
+            % (result.delivered, describe(config.sink), result.seconds, result.remaining, spool.path)
         )
+    return result
+
+
+def cmd_replay(args, config) -> int:
+    spool = open_spool(config)
+    if not spool.exists():
+        warn("nothing to replay: no spool at %s" % spool.path)
+        return EXIT_OK
+    result = deliver(config, spool)
     if args.strict and result.remaining:
         return EXIT_UNDELIVERED
     return EXIT_OK
@@ -290,7 +306,7 @@ def main(argv=None) -> int:
         command = args.command
         if command is None:
             raise UsageError("a command is required: %s (see '%s --help')" % (", ".join(COMMANDS), PROG))
-        flags = {s.name: getattr(args, s.name) for s in SETTINGS}
+        flags = {s.name: getattr(args, s.name) for s in SETTINGS if s.flag}
         return COMMANDS[command](args, config_module.load(flags))
     except (UsageError, ConfigError, EventError) as exc:
         warn(str(exc))

@@ -23,11 +23,11 @@ class ConfigError(ValueError):
 class Setting:
     """One configuration key: its name in files, its environment variable, type and default."""
 
-    __slots__ = ("name", "kind", "default", "help", "choices", "secret")
+    __slots__ = ("name", "kind", "default", "help", "choices", "secret", "flag")
 
-    def __init__(self, name, kind, default, help, choices=None, secret=False):
+    def __init__(self, name, kind, default, help, choices=None, secret=False, flag=True):
         self.name, self.kind, self.default, self.help = name, kind, default, help
-        self.choices, self.secret = choices, secret
+        self.choices, self.secret, self.flag = choices, secret, flag
 
     @property
     def env(self) -> str:
@@ -75,6 +75,18 @@ SETTINGS = (
     Setting("max_event_bytes", int, DEFAULT_MAX_EVENT_BYTES, "largest accepted event, in bytes"),
     Setting("setup", str, None, "DIRAC setup to read in pilot.json (default: its DefaultSetup)"),
     Setting("vo", str, None, "VO to read in pilot.json"),
+    # Delivery to a broker (STOMP) -- see README "Sending to a broker".
+    Setting("user", str, None, "STOMP login"),
+    Setting("passcode", str, None, "STOMP passcode: environment or config file only, never a flag", secret=True, flag=False),
+    Setting("passcode_file", str, None, "file holding the STOMP passcode (first line)"),
+    Setting("vhost", str, "/", "STOMP CONNECT host header (RabbitMQ virtual host)"),
+    Setting("ca_file", str, None, "PEM file of trusted CAs"),
+    Setting("ca_dir", str, None, "hashed CA directory (default: X509_CERT_DIR, else /etc/grid-security/certificates)"),
+    Setting("cert", str, None, "client certificate (default: X509_USER_CERT, else the proxy X509_USER_PROXY)"),
+    Setting("key", str, None, "client key (default: X509_USER_KEY; none for a proxy, whose key is inside)"),
+    Setting("timeout", float, 5.0, "seconds allowed for each network step: connect, TLS, CONNECTED, each receipt"),
+    Setting("deadline", float, 20.0, "seconds allowed for reaching a broker (all addresses, retries) or reconnecting"),
+    Setting("window", int, 200, "SEND frames in flight awaiting their receipts"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -186,6 +198,9 @@ def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
             take(name, value, "--" + name.replace("_", "-"))
 
     values["spool"] = os.path.join(cwd or os.getcwd(), os.path.expanduser(values["spool"]))
+    _grid_defaults(values, origin, environ)
+    if values["passcode_file"]:
+        values["passcode"], origin["passcode"] = _read_secret(values["passcode_file"]), "passcode_file"
     for name, check in (("source", lambda v: check_name("source", v)), ("pilot_uuid", check_pilot)):
         try:
             if values[name]:
@@ -193,6 +208,32 @@ def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
         except EventError as exc:
             raise ConfigError("%s: %s" % (origin[name], exc)) from None
     return Config(values, origin, environ)
+
+
+def _grid_defaults(values: dict, origin: dict, environ) -> None:
+    """Fill CA dir and client credentials from the grid's X509_* variables when unset."""
+    if not values["ca_dir"] and not values["ca_file"] and environ.get("X509_CERT_DIR"):
+        values["ca_dir"], origin["ca_dir"] = environ["X509_CERT_DIR"], "env X509_CERT_DIR"
+    if values["cert"]:
+        return
+    if environ.get("X509_USER_CERT"):
+        values["cert"], origin["cert"] = environ["X509_USER_CERT"], "env X509_USER_CERT"
+        if not values["key"] and environ.get("X509_USER_KEY"):
+            values["key"], origin["key"] = environ["X509_USER_KEY"], "env X509_USER_KEY"
+    elif environ.get("X509_USER_PROXY"):
+        values["cert"], origin["cert"] = environ["X509_USER_PROXY"], "env X509_USER_PROXY"
+
+
+def _read_secret(path: str) -> str:
+    """The first line of a secret file.  Errors name the file, never its content."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            secret = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("passcode_file %s cannot be read (%s)" % (path, getattr(exc, "strerror", None) or exc)) from None
+    if not secret:
+        raise ConfigError("passcode_file %s is empty" % path)
+    return secret
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,4 +333,7 @@ def from_dirac(data: dict, hint: dict) -> dict:
         destination = queue if queue.startswith("/") else "/queue/" + queue
         out["sink"] = ("stomp+ssl://%s:%s%s" % (logging["Host"], logging.get("Port", 61614), destination), where)
         out["format"] = ("dirac", where)
+        for key, name in (("HostCertificate", "cert"), ("HostKey", "key"), ("CACertificate", "ca_file")):
+            if logging.get(key):
+                out[name] = (logging[key], "%s/%s" % (where, key))
     return out

@@ -53,7 +53,15 @@ def open_sink(config, stdout):
     url = config.sink
     if url == "stdout":
         return StdoutSink(stdout)
+    if url.startswith(("stomp+ssl://", "stomp://")):
+        from .stompclient import StompSink
+        from .tls import TLSConfigError
+
+        try:
+            return StompSink(config)
+        except (ValueError, TLSConfigError) as exc:
+            raise ConfigError("sink %s: %s" % (describe(url), exc)) from None
     raise ConfigError(
-        "sink %r is not supported by this version (use 'stdout'; network sinks come with STOMP/HTTPS support)"
+        "sink %r is not supported (use stdout, stomp+ssl://host:port/queue/name or stomp://… for plain TCP)"
         % describe(url)
     )

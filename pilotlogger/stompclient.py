@@ -1,0 +1,441 @@
+"""STOMP 1.2 client over TCP or TLS: connect with failover, pipelined SENDs with receipts.
+
+Layers, bottom up:
+    Transport        a connected (TLS) socket with a deadline on every call
+    StompConnection  CONNECT/CONNECTED, heart-beats, a window of SEND frames each with a
+                     receipt, ERROR frames, DISCONNECT — frames built and parsed by
+                     :mod:`stompcodec`, which knows nothing of sockets
+    connect()        DNS expansion + shuffled failover with backoff and jitter inside a deadline
+    StompSink        the sink surface (send(batch) -> confirmed ids) for ship.py
+
+Deadlines: ``timeout`` bounds each step (TCP connect, TLS handshake, CONNECTED, the wait
+for the next RECEIPT); ``deadline`` bounds the whole failover loop, and the reconnection
+after a connection is lost mid-stream.  Nothing here can hang.
+"""
+
+import collections
+import random
+import socket
+import ssl
+import time
+
+from .stompcodec import FrameParser, ProtocolError, encode_frame
+
+DEFAULT_PORTS = {"stomp": 61613, "stomp+ssl": 61614}
+HEARTBEAT_MS = 10000  # what we offer and ask for: an EOL at least every 10 s when idle
+DEFAULT_WINDOW = 200
+
+
+class StompError(Exception):
+    """Delivery over STOMP failed.  ``confirmed``: ids receipted before the failure.
+
+    ``retryable`` says whether another attempt (another address, a reconnection) can
+    help: a refused or lost connection can, a wrong password or an untrusted
+    certificate cannot.
+    """
+
+    def __init__(self, message: str, retryable: bool = True, confirmed=()):
+        super().__init__(message)
+        self.retryable = retryable
+        self.confirmed = list(confirmed)
+
+
+# ---------------------------------------------------------------------------------------------
+# URLs and destinations
+
+
+def normalise_destination(path: str) -> str:
+    """``/queue/x``, ``/topic/x`` (any ``/...`` form passes) or DIRAC's ``host::Queues::x``."""
+    if "::" in path:
+        parts = path.lstrip("/").split("::")
+        if len(parts) == 3 and parts[2]:
+            kind = parts[1].lower().rstrip("s")
+            if kind in ("queue", "topic"):
+                return "/%s/%s" % (kind, parts[2])
+        raise ValueError("destination %r is not DIRAC's host::Queue::name or host::Topic::name" % path)
+    if not path.startswith("/") or path.rstrip("/").count("/") < 2:
+        raise ValueError("destination %r must look like /queue/name or /topic/name" % path)
+    return path
+
+
+def parse_url(url: str):
+    """``stomp+ssl://h1[:p1][,h2[:p2]…][:port]/destination`` → (use_tls, [(host, port)…], destination).
+
+    A host without its own port takes the port written last (or the scheme's default:
+    61614 with TLS, 61613 plain).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in DEFAULT_PORTS:
+        raise ValueError("STOMP URL %r must start with stomp+ssl:// (or stomp:// for plain TCP)" % url)
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        raise ValueError("put credentials in user/passcode settings, not in the STOMP URL")
+    hosts = []
+    for item in netloc.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or host.count(":") and not host.endswith("]"):  # no port, or a bare IPv6 address
+            host, port = item.strip(), ""
+        host = host.strip("[]")
+        if not host:
+            raise ValueError("STOMP URL %r has an empty host" % url)
+        if port and not port.isdigit():
+            raise ValueError("STOMP URL %r has a bad port %r" % (url, port))
+        hosts.append((host, int(port) if port else None))
+    default = next((p for _, p in reversed(hosts) if p), DEFAULT_PORTS[scheme])
+    destination = normalise_destination("/" + path if slash else "")
+    return scheme == "stomp+ssl", [(h, p or default) for h, p in hosts], destination
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport
+
+
+class Transport:
+    """A connected socket where every operation has a deadline (``socket.timeout`` past it)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    @classmethod
+    def open(cls, host: str, sockaddr, family, context, timeout: float):
+        """TCP connect, then (with a context) a TLS handshake verifying ``host``."""
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+                sock.settimeout(timeout)
+                sock.do_handshake()
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    def send_all(self, data: bytes, timeout: float) -> None:
+        self.sock.settimeout(max(timeout, 0.001))
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float) -> bytes:
+        """Up to 64 KiB; ``b""`` when the peer closed; ``socket.timeout`` past ``timeout``."""
+        self.sock.settimeout(max(timeout, 0.001))
+        return self.sock.recv(65536)
+
+    def readable_now(self) -> bool:
+        import select
+
+        pending = getattr(self.sock, "pending", None)
+        if pending is not None and pending():
+            return True
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection
+
+
+def _heartbeats(offered: str):
+    """(send every, expect every) in seconds from the server's heart-beat header; 0 = none."""
+    try:
+        sx, sy = (int(x) for x in offered.split(","))
+    except ValueError:
+        sx = sy = 0
+    send = max(HEARTBEAT_MS, sy) / 1000.0 if sy else 0.0
+    expect = max(HEARTBEAT_MS, sx) / 1000.0 if sx else 0.0
+    return send, expect
+
+
+def _error_text(frame) -> str:
+    """One line from an ERROR frame: its message header, plus the body's first line."""
+    message = frame.headers.get("message", "").strip()
+    detail = frame.body.decode("utf-8", "replace").strip().split("\n")[0][:200]
+    if detail and detail not in message:
+        message = "%s (%s)" % (message, detail) if message else detail
+    return message or "ERROR frame without a message"
+
+
+class StompConnection:
+    """One STOMP session on a transport.  Use :func:`connect` to get one."""
+
+    def __init__(self, transport: Transport, where: str, timeout: float):
+        self.transport = transport
+        self.where = where
+        self.timeout = timeout
+        self.parser = FrameParser()
+        self.server = ""
+        self.send_every = self.expect_every = 0.0
+        self._last_sent = self._last_received = time.monotonic()
+
+    # -- low level --------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.transport.send_all(data, self.timeout)
+        except socket.timeout:
+            raise StompError("%s: write timed out after %g s" % (self.where, self.timeout)) from None
+        except OSError as exc:
+            raise StompError("%s: connection lost while sending (%s)" % (self.where, exc)) from None
+        self._last_sent = time.monotonic()
+
+    def _receive(self, until: float, block: bool):
+        """Frames available now, or (``block``) the first ones to arrive before ``until``.
+
+        While waiting, sends heart-beat EOLs when they are due and gives up on a server
+        that has been silent for twice its heart-beat interval.
+        """
+        frames = []
+        while True:
+            try:
+                frame = self.parser.next_frame()
+            except ProtocolError as exc:
+                raise StompError("%s: broker broke the protocol: %s" % (self.where, exc), retryable=False) from None
+            if frame is not None:
+                frames.append(frame)
+                continue
+            if frames or (not block and not self.transport.readable_now()):
+                return frames
+            now = time.monotonic()
+            if now >= until:
+                return frames
+            if self.expect_every and now - self._last_received > 2 * self.expect_every:
+                raise StompError("%s: broker silent for %.0f s (heart-beats missed)" % (self.where, now - self._last_received))
+            wait = until - now
+            if self.send_every:
+                due = self._last_sent + self.send_every - now
+                if due <= 0:
+                    self._send(b"\n")
+                    continue
+                wait = min(wait, due)
+            try:
+                data = self.transport.recv(wait)
+            except socket.timeout:
+                continue
+            except ssl.SSLError as exc:  # e.g. the broker rejected our certificate after the handshake
+                raise StompError("%s: TLS error from broker (%s)" % (self.where, exc.reason or exc), retryable=False) from None
+            except OSError as exc:
+                raise StompError("%s: connection lost (%s)" % (self.where, exc)) from None
+            if not data:
+                raise StompError("%s: broker closed the connection" % self.where)
+            self._last_received = time.monotonic()
+            self.parser.feed(data)
+
+    # -- STOMP -------------------------------------------------------------------------------
+
+    def handshake(self, vhost: str, login=None, passcode=None) -> None:
+        headers = [("accept-version", "1.2"), ("host", vhost), ("heart-beat", "%d,%d" % (HEARTBEAT_MS, HEARTBEAT_MS))]
+        if login:
+            headers.append(("login", login))
+        if passcode:
+            headers.append(("passcode", passcode))
+        self._send(encode_frame("CONNECT", headers))
+        frames = self._receive(time.monotonic() + self.timeout, block=True)
+        if not frames:
+            raise StompError("%s: no CONNECTED frame within %g s" % (self.where, self.timeout))
+        frame = frames[0]
+        if frame.command == "ERROR":
+            raise StompError("%s: broker refused the connection: %s" % (self.where, _error_text(frame)), retryable=False)
+        if frame.command != "CONNECTED":
+            raise StompError("%s: expected CONNECTED, got %s" % (self.where, frame.command), retryable=False)
+        if frame.headers.get("version", "1.0") != "1.2":
+            raise StompError("%s: broker does not speak STOMP 1.2 (version %r)" % (self.where, frame.headers.get("version")), retryable=False)
+        self.server = frame.headers.get("server", "")
+        self.send_every, self.expect_every = _heartbeats(frame.headers.get("heart-beat", "0,0"))
+
+    def send_frames(self, frames, window: int) -> list:
+        """Send ``(receipt_id, frame_bytes)`` pairs, at most ``window`` unreceipted at a time.
+
+        Returns the receipt ids confirmed, in arrival order — all of them on success.
+        Each frame counts as delivered only when its *own* RECEIPT arrives.  On failure
+        raises :class:`StompError` whose ``confirmed`` holds what got through.
+        """
+        confirmed, pending = [], collections.OrderedDict()
+        queue = collections.deque(frames)
+        progress = time.monotonic()
+        try:
+            while queue or pending:
+                if queue and len(pending) < window:
+                    chunk = []
+                    while queue and len(pending) < window:
+                        receipt, data = queue.popleft()
+                        pending[receipt] = None
+                        chunk.append(data)
+                    self._send(b"".join(chunk))
+                    progress = time.monotonic()
+                block = not queue or len(pending) >= window
+                for frame in self._receive(progress + self.timeout, block):
+                    if frame.command == "RECEIPT":
+                        receipt = frame.headers.get("receipt-id")
+                        if pending.pop(receipt, False) is None:
+                            confirmed.append(receipt)
+                            progress = time.monotonic()
+                    elif frame.command == "ERROR":
+                        raise StompError("%s: broker error: %s" % (self.where, _error_text(frame)), retryable=False)
+                if block and pending and time.monotonic() >= progress + self.timeout:
+                    raise StompError(
+                        "%s: no RECEIPT within %g s (%d frame(s) unconfirmed)" % (self.where, self.timeout, len(pending))
+                    )
+        except StompError as exc:
+            exc.confirmed = confirmed + exc.confirmed
+            raise
+        return confirmed
+
+    def close(self) -> None:
+        """DISCONNECT with a receipt (so the broker has everything), bounded by a short wait."""
+        try:
+            self._send(encode_frame("DISCONNECT", [("receipt", "bye")]))
+            self._receive(time.monotonic() + min(self.timeout, 2.0), block=True)
+        except StompError:
+            pass
+        finally:
+            self.transport.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Failover
+
+
+def _resolve(hosts, rng):
+    """Every (host, port, family, sockaddr) for the hosts, DNS aliases expanded, shuffled."""
+    found, errors = [], []
+    for host, port in hosts:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            errors.append("%s: cannot resolve (%s)" % (host, exc.strerror or exc))
+            continue
+        seen = set()
+        for family, _, _, _, sockaddr in infos:
+            if sockaddr not in seen:
+                seen.add(sockaddr)
+                found.append((host, port, family, sockaddr))
+    rng.shuffle(found)
+    return found, errors
+
+
+def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, deadline=20.0, rng=None):
+    """A connected, CONNECTED session to one of ``hosts`` ([(host, port)…]).
+
+    Addresses are tried in shuffled order; between rounds we back off (0.2 s doubling to
+    5 s, ±50 % jitter) while ``deadline`` lasts.  Errors that another try cannot fix
+    (authentication, certificate) end the loop at once.
+    """
+    from .tls import describe_verify_error, is_verify_error
+
+    rng = rng or random.Random()
+    end = time.monotonic() + deadline
+    backoff, last = 0.2, "no address to try"
+    names = ",".join("%s:%d" % hp for hp in hosts)
+    while True:
+        addresses, errors = _resolve(hosts, rng)
+        if errors:
+            last = errors[-1]
+        for host, port, family, sockaddr in addresses:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            step = min(timeout, remaining)
+            where = "broker %s:%d (%s)" % (host, port, sockaddr[0])
+            try:
+                transport = Transport.open(host, sockaddr, family, context, step)
+            except (ssl.SSLError, ssl.CertificateError) as exc:  # CertificateError: host name, Python 3.6
+                if is_verify_error(exc):
+                    raise StompError("%s: %s" % (where, describe_verify_error(exc)), retryable=False) from None
+                last = "%s: %s" % (where, describe_verify_error(exc))
+                continue
+            except socket.timeout:
+                last = "%s: timed out after %g s" % (where, step)
+                continue
+            except OSError as exc:
+                last = "%s: %s" % (where, exc.strerror or exc)
+                continue
+            conn = StompConnection(transport, where, timeout)
+            try:
+                conn.handshake(vhost, login, passcode)
+                return conn
+            except StompError as exc:
+                transport.close()
+                if not exc.retryable:
+                    raise
+                last = str(exc)
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise StompError("cannot reach broker %s within %g s (last: %s)" % (names, deadline, last))
+        time.sleep(min(remaining, backoff * rng.uniform(0.5, 1.5)))
+        backoff = min(backoff * 2, 5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sink
+
+
+class StompSink:
+    """Ship events as SEND frames: one per event, each with its own receipt.
+
+    Every message is ``persistent`` JSON and carries headers consumers can filter on
+    with selectors: ``pilot_id``, ``event_id``, ``phase``, ``status`` (JMS selector
+    identifiers, hence underscores).  A connection lost mid-batch is re-established
+    (failover again, within ``deadline``) and only unconfirmed events are re-sent.
+    """
+
+    def __init__(self, config):
+        from .tls import client_context
+
+        use_tls, self.hosts, self.destination = parse_url(config.sink)
+        self.context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if use_tls else None
+        self.config = config
+        self.conn = None
+
+    def _headers(self, event: dict):
+        return [
+            ("destination", self.destination),
+            ("content-type", "application/json;charset=utf-8"),
+            ("persistent", "true"),
+            ("receipt", event["id"]),
+            ("pilot_id", event["pilot"]),
+            ("event_id", event["id"]),
+            ("phase", event["phase"]),
+            ("status", event["status"]),
+        ]
+
+    def _connect(self, deadline: float) -> StompConnection:
+        c = self.config
+        return connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, deadline)
+
+    def send(self, batch) -> list:
+        from .sinks import SinkError
+
+        frames = [(event["id"], encode_frame("SEND", self._headers(event), body.encode("utf-8"))) for event, body in batch]
+        confirmed, end = [], None  # end: when reconnecting after a lost connection must stop
+        while frames:
+            if self.conn is None:
+                budget = self.config.deadline if end is None else end - time.monotonic()
+                try:
+                    self.conn = self._connect(max(budget, 0.0))
+                except StompError as exc:  # failover already spent its deadline
+                    raise SinkError(str(exc), confirmed) from None
+            try:
+                confirmed += self.conn.send_frames(frames, self.config.window)
+                frames = []
+            except StompError as exc:
+                confirmed += exc.confirmed
+                self.conn.transport.close()
+                self.conn = None
+                if not exc.retryable:
+                    raise SinkError(str(exc), confirmed) from None
+                done = set(exc.confirmed)
+                frames = [f for f in frames if f[0] not in done]
+                if end is None:
+                    end = time.monotonic() + self.config.deadline
+        return confirmed
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -1,0 +1,92 @@
+"""The only place an ``SSLContext`` is made, so that every connection gets the same rules.
+
+* Verification is always on: certificate chain and host name.  There is no switch to
+  turn it off; plain TCP must be asked for by URL scheme (``stomp://``), never by accident.
+* Trust: a CA file, a CA directory (``X509_CERT_DIR``, OpenSSL hashed layout, the grid
+  convention), or — when neither is configured — ``/etc/grid-security/certificates`` if it
+  exists, else the system's default CAs.
+* Client identity: a certificate and key, or a grid proxy (``X509_USER_PROXY``: the
+  certificate, its key and the chain in one PEM file, so no separate key).
+* Errors name the file and say what to do; key contents never appear in a message.
+"""
+
+import os
+
+GRID_CA_DIR = "/etc/grid-security/certificates"
+
+
+class TLSConfigError(Exception):
+    """The TLS settings cannot be used (missing or unreadable file, key does not match...)."""
+
+
+def _check_readable(kind: str, path: str) -> None:
+    if not os.path.exists(path):
+        raise TLSConfigError("%s %s does not exist" % (kind, path))
+    if not os.access(path, os.R_OK):
+        raise TLSConfigError("%s %s is not readable by this user" % (kind, path))
+
+
+def client_context(ca_file=None, ca_dir=None, cert=None, key=None):
+    """A client context with verification on, trust and identity loaded from the given files."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
+    if hasattr(context, "minimum_version"):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:  # Python 3.6
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    if ca_file:
+        _check_readable("CA file", ca_file)
+    if ca_dir:
+        _check_readable("CA directory", ca_dir)
+    if not ca_file and not ca_dir and os.path.isdir(GRID_CA_DIR):
+        ca_dir = GRID_CA_DIR
+    try:
+        if ca_file or ca_dir:
+            context.load_verify_locations(cafile=ca_file, capath=ca_dir)
+        else:
+            context.load_default_certs()
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError("cannot load CA certificates from %s (%s)" % (ca_file or ca_dir, _reason(exc))) from None
+    if cert:
+        _check_readable("client certificate", cert)
+        if key:
+            _check_readable("client key", key)
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise TLSConfigError(
+                "cannot use client certificate %s%s (%s: is the key in it or given, unencrypted, and matching?)"
+                % (cert, " with key %s" % key if key else "", _reason(exc))
+            ) from None
+        except OSError as exc:
+            raise TLSConfigError("cannot read client certificate %s (%s)" % (cert, _reason(exc))) from None
+    elif key:
+        raise TLSConfigError("a client key %s is configured without a certificate (set cert as well)" % key)
+    return context
+
+
+def _reason(exc) -> str:
+    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+
+
+def is_verify_error(exc) -> bool:
+    """Did the server's certificate fail verification (chain or host name)?  Retrying cannot help."""
+    import ssl
+
+    verify_error = getattr(ssl, "SSLCertVerificationError", ())
+    return (
+        isinstance(exc, verify_error)
+        or isinstance(exc, ssl.CertificateError)
+        or "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    )
+
+
+def describe_verify_error(exc) -> str:
+    """One line for a failed handshake: what did not verify, and what to check."""
+    text = getattr(exc, "verify_message", None) or _reason(exc)
+    if "hostname" in str(exc).lower() or "IP address mismatch" in str(exc):
+        return "server certificate does not match the host name (%s)" % text
+    if getattr(exc, "verify_code", None) is not None or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return "server certificate not trusted (%s): check ca_file/ca_dir" % text
+    return "TLS handshake failed (%s)" % text
