@@ -47,6 +47,10 @@ def _parser():
     import argparse
 
     class Parser(argparse.ArgumentParser):
+        def __init__(self, **kw):
+            # No prefix matching: "--passcode X" must not silently become "--passcode-file X".
+            super().__init__(allow_abbrev=False, **kw)
+
         def error(self, message):  # argparse prints usage + message; we want one clear line
             raise UsageError("%s (see '%s --help')" % (message, self.prog))
 

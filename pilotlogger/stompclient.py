@@ -195,7 +195,7 @@ class StompConnection:
             try:
                 frame = self.parser.next_frame()
             except ProtocolError as exc:
-                raise StompError("%s: broker broke the protocol: %s" % (self.where, exc), retryable=False) from None
+                raise StompError("%s broke the protocol: %s" % (self.where, exc), retryable=False) from None
             if frame is not None:
                 frames.append(frame)
                 continue
@@ -205,7 +205,7 @@ class StompConnection:
             if now >= until:
                 return frames
             if self.expect_every and now - self._last_received > 2 * self.expect_every:
-                raise StompError("%s: broker silent for %.0f s (heart-beats missed)" % (self.where, now - self._last_received))
+                raise StompError("%s silent for %.0f s (heart-beats missed)" % (self.where, now - self._last_received))
             wait = until - now
             if self.send_every:
                 due = self._last_sent + self.send_every - now
@@ -218,11 +218,11 @@ class StompConnection:
             except socket.timeout:
                 continue
             except ssl.SSLError as exc:  # e.g. the broker rejected our certificate after the handshake
-                raise StompError("%s: TLS error from broker (%s)" % (self.where, exc.reason or exc), retryable=False) from None
+                raise StompError("%s: TLS error (%s)" % (self.where, exc.reason or exc), retryable=False) from None
             except OSError as exc:
                 raise StompError("%s: connection lost (%s)" % (self.where, exc)) from None
             if not data:
-                raise StompError("%s: broker closed the connection" % self.where)
+                raise StompError("%s closed the connection" % self.where)
             self._last_received = time.monotonic()
             self.parser.feed(data)
 
@@ -240,11 +240,11 @@ class StompConnection:
             raise StompError("%s: no CONNECTED frame within %g s" % (self.where, self.timeout))
         frame = frames[0]
         if frame.command == "ERROR":
-            raise StompError("%s: broker refused the connection: %s" % (self.where, _error_text(frame)), retryable=False)
+            raise StompError("%s refused the connection: %s" % (self.where, _error_text(frame)), retryable=False)
         if frame.command != "CONNECTED":
             raise StompError("%s: expected CONNECTED, got %s" % (self.where, frame.command), retryable=False)
         if frame.headers.get("version", "1.0") != "1.2":
-            raise StompError("%s: broker does not speak STOMP 1.2 (version %r)" % (self.where, frame.headers.get("version")), retryable=False)
+            raise StompError("%s does not speak STOMP 1.2 (version %r)" % (self.where, frame.headers.get("version")), retryable=False)
         self.server = frame.headers.get("server", "")
         self.send_every, self.expect_every = _heartbeats(frame.headers.get("heart-beat", "0,0"))
 
@@ -276,7 +276,7 @@ class StompConnection:
                             confirmed.append(receipt)
                             progress = time.monotonic()
                     elif frame.command == "ERROR":
-                        raise StompError("%s: broker error: %s" % (self.where, _error_text(frame)), retryable=False)
+                        raise StompError("%s sent an ERROR: %s" % (self.where, _error_text(frame)), retryable=False)
                 if block and pending and time.monotonic() >= progress + self.timeout:
                     raise StompError(
                         "%s: no RECEIPT within %g s (%d frame(s) unconfirmed)" % (self.where, self.timeout, len(pending))
@@ -341,7 +341,7 @@ def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, d
             if remaining <= 0:
                 break
             step = min(timeout, remaining)
-            where = "broker %s:%d (%s)" % (host, port, sockaddr[0])
+            where = "broker %s:%d [%s]" % (host, port, sockaddr[0])
             try:
                 transport = Transport.open(host, sockaddr, family, context, step)
             except (ssl.SSLError, ssl.CertificateError) as exc:  # CertificateError: host name, Python 3.6
@@ -350,7 +350,7 @@ def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, d
                 last = "%s: %s" % (where, describe_verify_error(exc))
                 continue
             except socket.timeout:
-                last = "%s: timed out after %g s" % (where, step)
+                last = "%s: timed out after %.1f s" % (where, step)
                 continue
             except OSError as exc:
                 last = "%s: %s" % (where, exc.strerror or exc)

@@ -1,22 +1,10 @@
-"""Shared fixtures: the bundle as a user runs it, a hermetic environment, spool helpers."""
+"""Shared fixtures: the bundle (built once per session) and a Pilotlog runner per test."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ROOT / "dist" / "pilotlog"
-sys.path.insert(0, str(ROOT))  # in-process tests import the package from the checkout
-
-
-def build_bundle() -> Path:
-    """Build dist/pilotlog with the Makefile rule (a no-op when it is up to date)."""
-    subprocess.run(["make", "-s", "-C", str(ROOT), "dist/pilotlog"], check=True, stdout=subprocess.DEVNULL)
-    return BUNDLE
+from helpers import Pilotlog, build_bundle
 
 
 @pytest.fixture(scope="session")
@@ -24,43 +12,9 @@ def bundle() -> Path:
     return build_bundle()
 
 
-def clean_env(**extra) -> dict:
-    """An environment with nothing of ours or DIRAC's leaking in from the caller."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-class Pilotlog:
-    """Runs ``python -I -S dist/pilotlog ...`` from a directory outside the repository."""
-
-    def __init__(self, bundle: Path, cwd: Path, python: str = sys.executable):
-        self.bundle, self.cwd, self.python = bundle, cwd, python
-        self.spool = cwd / "spool"
-        self.env = clean_env(PILOTLOG_SPOOL=self.spool)
-
-    def __call__(self, *args, env=None, input=None, timeout=60, **kw) -> subprocess.CompletedProcess:
-        full_env = dict(self.env)
-        full_env.update({k: str(v) for k, v in (env or {}).items()})
-        return subprocess.run(
-            [self.python, "-I", "-S", str(self.bundle)] + [str(a) for a in args],
-            cwd=str(self.cwd), env=full_env, input=input, timeout=timeout,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kw
-        )
-
-    def events(self) -> list:
-        """The events in the spool, oldest file name first."""
-        d = self.spool / "events"
-        return [json.loads((d / n).read_text()) for n in sorted(os.listdir(str(d)))] if d.is_dir() else []
-
-
 @pytest.fixture
 def pilotlog(bundle, tmp_path) -> Pilotlog:
     return Pilotlog(bundle, tmp_path)
-
-
-def stderr_lines(proc) -> list:
-    return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT, clean_env, stderr_lines
+from helpers import ROOT, clean_env, stderr_lines
 
 STAMP = "0123456789abcdef0123456789abcdef"
 
@@ -256,3 +256,26 @@ def test_make_run_demo_shows_the_whole_lifecycle(bundle, tmp_path):
     assert [e["phase"] for e in shipped] == ["boot", "boot", "os", "power", "install", "match", "shutdown"]
     assert shipped[3]["message"] == "power of 11 HS06" and shipped[3]["data"] == {"hs06": 11}
     assert len({e["pilot"] for e in shipped}) == 1
+
+
+def test_passcode_is_never_a_command_line_value(pilotlog):
+    p = pilotlog("replay", "--passcode", "hunter2")
+    assert p.returncode == 2 and "unrecognized arguments: --passcode" in p.stderr
+    assert "hunter2" not in pilotlog("config", env={"PILOTLOG_PASSCODE": "hunter2"}).stdout
+
+
+def test_emit_send_to_an_unreachable_broker_keeps_the_event_and_exits_0(pilotlog):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PILOTLOG_SINK": "stomp+ssl://localhost:%d/queue/q" % port, "PILOTLOG_DEADLINE": "1"}
+    p = pilotlog("emit", "boot", "--send", env=env)
+    assert p.returncode == 0
+    (line,) = stderr_lines(p)
+    assert "cannot reach broker localhost:%d within 1 s" % port in line and "1 event(s) kept in spool" in line
+    assert len(pilotlog.events()) == 1
+    p = pilotlog("emit", "boot", "--send", env=dict(env, PILOTLOG_CERT="/no/such/cert.pem"))
+    assert p.returncode == 0 and "not sent" in p.stderr and "/no/such/cert.pem does not exist" in p.stderr
+    assert len(pilotlog.events()) == 2

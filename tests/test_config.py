@@ -184,3 +184,44 @@ def test_dirac_bad_level_and_missing_queue(tmp_path):
     del data["Setups"]["LHCb-Certification"]["Logging"]["Queue"]
     with pytest.raises(ConfigError, match="Queue is missing"):
         load({"config": write(tmp_path, data)})
+
+
+# -- broker settings ---------------------------------------------------------------------------
+
+
+def test_grid_x509_variables_are_the_defaults():
+    env = {"X509_CERT_DIR": "/grid/certs", "X509_USER_PROXY": "/tmp/x509up_u1"}
+    c = load(env=env)
+    assert (c.ca_dir, c.cert, c.key) == ("/grid/certs", "/tmp/x509up_u1", None)
+    assert c.origin["cert"] == "env X509_USER_PROXY"
+    c = load(env=dict(env, X509_USER_CERT="/u/cert.pem", X509_USER_KEY="/u/key.pem"))
+    assert (c.cert, c.key) == ("/u/cert.pem", "/u/key.pem")
+    c = load(env=dict(env, PILOTLOG_CERT="/mine.pem", PILOTLOG_CA_FILE="/ca.pem"))
+    assert (c.cert, c.ca_file, c.ca_dir) == ("/mine.pem", "/ca.pem", None)  # an explicit CA file replaces the dir
+
+
+def test_passcode_from_file_and_masked(tmp_path):
+    secret = tmp_path / "passcode"
+    secret.write_text("hunter2-x\n")
+    c = load({"passcode_file": str(secret)})
+    assert c.passcode == "hunter2-x" and c.origin["passcode"] == "passcode_file"
+    assert c.masked()["passcode"] == "****" and "hunter2" not in json.dumps(c.masked())
+    assert load(env={"PILOTLOG_PASSCODE": "p"}).masked()["passcode"] == "****"
+    with pytest.raises(ConfigError) as err:
+        load({"passcode_file": str(tmp_path / "missing")})
+    assert "passcode_file" in str(err.value) and "cannot be read" in str(err.value)
+
+
+def test_network_settings_types():
+    c = load(env={"PILOTLOG_TIMEOUT": "0.5", "PILOTLOG_DEADLINE": "3", "PILOTLOG_WINDOW": "7"})
+    assert (c.timeout, c.deadline, c.window) == (0.5, 3.0, 7)
+    with pytest.raises(ConfigError, match="PILOTLOG_TIMEOUT: '-1' is not a positive number"):
+        load(env={"PILOTLOG_TIMEOUT": "-1"})
+    assert load().vhost == "/"
+
+
+def test_dirac_legacy_credentials(tmp_path):
+    c = load({"config": write(tmp_path, LEGACY, "pilot.json")})
+    assert (c.cert, c.key, c.ca_file) == (
+        "/etc/grid-security/hostcert.pem", "/etc/grid-security/hostkey.pem", "/etc/grid-security/allCAs.pem",
+    )

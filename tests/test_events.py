@@ -5,7 +5,7 @@ import json
 import jsonschema
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from pilotlogger import events
 from pilotlogger.events import EventError, make_event
 

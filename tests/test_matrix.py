@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from conftest import clean_env
+from helpers import clean_env
 
 RESULTS = {}  # label -> "passed" / "FAILED" / "older than 3.6", for the terminal summary
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, clean_env
+from helpers import ROOT, clean_env
 from pilotlogger.events import make_event
 from pilotlogger.spool import EventName, Spool, SpoolError
 

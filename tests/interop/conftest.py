@@ -1,0 +1,120 @@
+"""Real brokers for the interop tests, started once per session on loopback.
+
+With CI=true a broker that cannot be started fails the tests that need it (never a
+silent skip); on a developer machine without the packages they are skipped with the
+command that installs them.
+"""
+
+import os
+import shutil
+import threading
+import time
+import uuid
+
+import pytest
+import stomp
+
+from brokers import PASSWORD, PKI, USER, ActiveMQ, BrokerError, RabbitMQ
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def unavailable(reason: str):
+    if IN_CI:
+        pytest.fail("CI=true and a broker test cannot run: " + reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    for tool in ("openssl", "keytool"):
+        if not shutil.which(tool):
+            unavailable("%s is needed to make the test PKI" % tool)
+    return PKI(str(tmp_path_factory.mktemp("pki")))
+
+
+def _start(cls, path, pki, tmp_path_factory):
+    try:
+        return cls(str(tmp_path_factory.mktemp(cls.name.lower())), pki).start()
+    except (BrokerError, OSError) as exc:
+        unavailable("%s cannot start: %s" % (cls.name, exc))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(pki, tmp_path_factory):
+    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
+        unavailable("RabbitMQ is not installed (make test installs it: apt-get install rabbitmq-server)")
+    broker = _start(RabbitMQ, "rabbitmq", pki, tmp_path_factory)
+    yield broker
+    broker.shutdown()
+
+
+@pytest.fixture(scope="session")
+def activemq(pki, tmp_path_factory):
+    if not os.path.exists("/usr/share/activemq/bin/activemq.jar") or not shutil.which("java"):
+        unavailable("ActiveMQ is not installed (make test installs it: apt-get install activemq)")
+    broker = _start(ActiveMQ, "activemq", pki, tmp_path_factory)
+    yield broker
+    broker.shutdown()
+
+
+@pytest.fixture(params=["rabbitmq", "activemq"])
+def broker(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def queue():
+    return "/queue/pilotlog-test-" + uuid.uuid4().hex[:12]
+
+
+class Consumer(stomp.ConnectionListener):
+    """stomp.py — the independent implementation — reading what the broker delivered."""
+
+    def __init__(self, broker, destination: str):
+        self.messages = []
+        self.cond = threading.Condition()
+        self.conn = stomp.Connection12([("127.0.0.1", broker.plain)], vhost="/", heartbeats=(0, 0))
+        self.conn.set_listener("consumer", self)
+        self.conn.connect(USER, PASSWORD, wait=True)
+        self.conn.subscribe(destination, id="1", ack="auto")
+
+    def on_message(self, frame):
+        with self.cond:
+            self.messages.append(frame)
+            self.cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list:
+        end = time.monotonic() + timeout
+        with self.cond:
+            while len(self.messages) < count and time.monotonic() < end:
+                self.cond.wait(0.2)
+            return list(self.messages)
+
+    def settle(self, quiet: float = 1.0) -> list:
+        """Everything delivered until nothing new came for ``quiet`` seconds."""
+        while True:
+            before = len(self.messages)
+            time.sleep(quiet)
+            if len(self.messages) == before:
+                return list(self.messages)
+
+    def close(self):
+        try:
+            self.conn.disconnect()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def consume():
+    opened = []
+
+    def open_consumer(broker, destination):
+        c = Consumer(broker, destination)
+        opened.append(c)
+        return c
+
+    yield open_consumer
+    for c in opened:
+        c.close()

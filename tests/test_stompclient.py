@@ -1,0 +1,197 @@
+"""STOMP client rules that real brokers cannot be made to show on demand.
+
+A scripted loopback peer stands in for the broker only to produce behaviour no real
+broker offers at will (an ERROR after exactly N receipts, receipts withheld, a count of
+frames in flight); everything a real broker can do is tested in tests/interop/.
+"""
+
+import re
+import socket
+import threading
+
+import pytest
+
+from pilotlogger.stompclient import (
+    StompConnection,
+    StompError,
+    Transport,
+    _heartbeats,
+    normalise_destination,
+    parse_url,
+)
+from pilotlogger.stompcodec import FrameParser, encode_frame, CLIENT_COMMANDS
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("stomp+ssl://mq.example.org/queue/pilots", (True, [("mq.example.org", 61614)], "/queue/pilots")),
+        ("stomp://h:1234/topic/t", (False, [("h", 1234)], "/topic/t")),
+        ("stomp+ssl://a,b,c:61999/queue/q", (True, [("a", 61999), ("b", 61999), ("c", 61999)], "/queue/q")),
+        ("stomp+ssl://a:1,b:2/queue/q", (True, [("a", 1), ("b", 2)], "/queue/q")),
+        ("stomp+ssl://[::1]:7/queue/q", (True, [("::1", 7)], "/queue/q")),
+        ("stomp+ssl://mq:61614/mq.example.org::Queues::pilotLogging", (True, [("mq", 61614)], "/queue/pilotLogging")),
+        ("stomp+ssl://mq:61614/mq::Topic::pilots", (True, [("mq", 61614)], "/topic/pilots")),
+    ],
+)
+def test_parse_url(url, expected):
+    assert parse_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url,needle",
+    [
+        ("http://h/queue/q", "must start with stomp+ssl://"),
+        ("stomp+ssl://u:p@h/queue/q", "credentials"),
+        ("stomp+ssl://h:port/queue/q", "bad port"),
+        ("stomp+ssl://h", "must look like /queue/name"),
+        ("stomp+ssl://h/mq::Exchange::x", "DIRAC's host::Queue::name"),
+    ],
+)
+def test_bad_urls(url, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        parse_url(url)
+
+
+def test_destinations_pass_through():
+    for d in ("/queue/a", "/topic/b", "/exchange/ex/key", "/amq/queue/c"):
+        assert normalise_destination(d) == d
+
+
+def test_heartbeat_negotiation_follows_the_spec():
+    # client offers 10000,10000; server sx,sy → we send every max(cx, sy), expect every max(cy, sx)
+    assert _heartbeats("0,0") == (0.0, 0.0)
+    assert _heartbeats("5000,20000") == (20.0, 10.0)
+    assert _heartbeats("30000,0") == (0.0, 30.0)
+    assert _heartbeats("garbage") == (0.0, 0.0)
+
+
+class ScriptedPeer:
+    """Accepts one connection, answers CONNECT, then plays ``on_send(n, frame) -> bytes``."""
+
+    def __init__(self, on_send, heartbeat="0,0"):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.on_send, self.heartbeat = on_send, heartbeat
+        self.max_in_flight = 0
+        self.frames = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self):
+        return self.server.getsockname()[1]
+
+    def _serve(self):
+        conn, _ = self.server.accept()
+        parser = FrameParser(commands=CLIENT_COMMANDS)
+        sends = 0
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:  # the client gave up and reset the connection
+                    return
+                if not data:
+                    return
+                parser.feed(data)
+                while True:
+                    frame = parser.next_frame()
+                    if frame is None:
+                        break
+                    self.frames.append(frame)
+                    if frame.command == "CONNECT":
+                        conn.sendall(encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", self.heartbeat)]))
+                    elif frame.command == "SEND":
+                        sends += 1
+                        reply = self.on_send(sends, frame)
+                        if reply is None:
+                            return
+                        conn.sendall(reply)
+
+    def connect(self, timeout=2.0) -> StompConnection:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        conn = StompConnection(Transport(sock), "broker test", timeout)
+        conn.handshake("/")
+        return conn
+
+
+def frames_for(n):
+    return [("id-%d" % i, encode_frame("SEND", [("destination", "/queue/q"), ("receipt", "id-%d" % i)], b"x")) for i in range(n)]
+
+
+def receipt(frame):
+    return encode_frame("RECEIPT", [("receipt-id", frame.headers["receipt"])])
+
+
+def test_window_bounds_frames_in_flight():
+    """With receipts held back until the window is full, the peer never sees more than W unreceipted."""
+    window, outstanding = 5, []
+
+    def on_send(n, frame):
+        outstanding.append(frame)
+        assert len(outstanding) <= window, "client exceeded its window"
+        if len(outstanding) < window and n < 23:
+            return b""
+        replies = b"".join(receipt(f) for f in outstanding)
+        del outstanding[:]
+        return replies
+
+    peer = ScriptedPeer(on_send)
+    confirmed = peer.connect().send_frames(frames_for(23), window)
+    assert confirmed == ["id-%d" % i for i in range(23)]
+
+
+def test_error_mid_stream_keeps_only_receipted_events_confirmed():
+    def on_send(n, frame):
+        if n <= 3:
+            return receipt(frame)
+        return encode_frame("ERROR", [("message", "quota exceeded")], b"disk alarm")
+
+    peer = ScriptedPeer(on_send)
+    with pytest.raises(StompError) as err:
+        peer.connect().send_frames(frames_for(10), 4)
+    assert err.value.confirmed == ["id-0", "id-1", "id-2"]
+    assert not err.value.retryable
+    assert "sent an ERROR: quota exceeded (disk alarm)" in str(err.value)
+
+
+def test_a_receipt_confirms_only_its_own_frame():
+    """STOMP receipts are cumulative for *reception*; we count an event only on its own receipt."""
+    def on_send(n, frame):
+        return receipt(frame) if n == 5 else b""  # only the 5th frame is ever receipted
+
+    peer = ScriptedPeer(on_send)
+    with pytest.raises(StompError) as err:
+        peer.connect(timeout=0.5).send_frames(frames_for(5), 10)
+    assert err.value.confirmed == ["id-4"]
+    assert "no RECEIPT within 0.5 s (4 frame(s) unconfirmed)" in str(err.value)
+
+
+def test_garbage_from_the_broker_is_a_protocol_error():
+    peer = ScriptedPeer(lambda n, f: b"HTTP/1.1 400 Bad Request\r\n\r\n\x00")
+    with pytest.raises(StompError, match="broke the protocol: unexpected frame command 'HTTP/1.1 400 Bad Request'"):
+        peer.connect().send_frames(frames_for(1), 1)
+
+
+def test_connection_closed_mid_stream_is_retryable():
+    peer = ScriptedPeer(lambda n, f: receipt(f) if n < 2 else None)
+    with pytest.raises(StompError) as err:
+        peer.connect().send_frames(frames_for(4), 4)
+    assert err.value.retryable and err.value.confirmed == ["id-0"]
+
+
+def test_heartbeats_are_sent_while_waiting_for_receipts(monkeypatch):
+    import pilotlogger.stompclient as client
+
+    monkeypatch.setattr(client, "HEARTBEAT_MS", 100)
+    peer = ScriptedPeer(lambda n, f: b"", heartbeat="0,100")  # server wants a beat every 100 ms
+    conn = peer.connect(timeout=0.6)
+    assert conn.send_every == 0.1
+    raw = []
+    orig = conn.transport.send_all
+    monkeypatch.setattr(conn.transport, "send_all", lambda data, t: (raw.append(data), orig(data, t)))
+    with pytest.raises(StompError):
+        conn.send_frames(frames_for(1), 1)
+    assert raw.count(b"\n") >= 3  # ~0.6 s of waiting, one EOL per 100 ms
