@@ -42,6 +42,11 @@ class Pilotlog:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kw
         )
 
+    def depth(self) -> int:
+        """How many events are spooled; safe while a replay is removing files."""
+        d = self.spool / "events"
+        return len(os.listdir(str(d))) if d.is_dir() else 0
+
     def events(self) -> list:
         """The events in the spool, oldest file name first."""
         d = self.spool / "events"

@@ -5,6 +5,7 @@ silent skip); on a developer machine without the packages they are skipped with 
 command that installs them.
 """
 
+import json
 import os
 import shutil
 import threading
@@ -91,13 +92,15 @@ class Consumer(stomp.ConnectionListener):
                 self.cond.wait(0.2)
             return list(self.messages)
 
-    def settle(self, quiet: float = 1.0) -> list:
-        """Everything delivered until nothing new came for ``quiet`` seconds."""
-        while True:
-            before = len(self.messages)
-            time.sleep(quiet)
-            if len(self.messages) == before:
-                return list(self.messages)
+    def wait_for_ids(self, ids: set, timeout: float = 60.0) -> set:
+        """Event ids received until all of ``ids`` came (duplicates do not count twice) or timeout."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                got = {json.loads(m.body)["id"] for m in self.messages}
+                if ids <= got or time.monotonic() >= end:
+                    return got
+                self.cond.wait(0.2)
 
     def close(self):
         try:
