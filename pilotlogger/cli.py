@@ -101,6 +101,17 @@ def _parser():
     status = command("status", "show the spool: depth, size, oldest/newest, last delivery error")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
+    srv.add_argument("--listen", default="127.0.0.1:8444", metavar="HOST:PORT", help="default: 127.0.0.1:8444")
+    srv.add_argument("--dir", default="pilotlogs", help="storage directory (default: ./pilotlogs)")
+    srv.add_argument("--server-cert", help="server certificate (PEM)")
+    srv.add_argument("--server-key", help="server key (PEM)")
+    srv.add_argument("--client-ca", help="CA file to verify client certificates with")
+    srv.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
+    srv.add_argument("--allowed-cn", action="append", default=[], metavar="CN", help="accept only these client CNs")
+    srv.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
+    srv.add_argument("--plain", action="store_true", help="plain HTTP (explicitly insecure, for tests behind TLS)")
+
     conf = command("config", "show the effective configuration and where each value comes from")
     conf.add_argument("--json", action="store_true", help="machine-readable output")
     return top
@@ -211,7 +222,7 @@ def _count_drop(spool, n: int = 1) -> None:
 def deliver(config, spool, report_success: bool = True):
     """Ship the spool to the configured sink and say how it went in one stderr line."""
     from .ship import ship
-    from .sinks import describe, open_sink
+    from .sinks import open_sink
 
     sink = open_sink(config, sys.stdout)
     progress = None
@@ -220,11 +231,18 @@ def deliver(config, spool, report_success: bool = True):
             sys.stderr.write("\r%s: %d events delivered" % (PROG, n))
             sys.stderr.flush()
     try:
-        result = ship(spool, sink, config.format, progress=progress)
+        result = ship(spool, sink, config.format, config.batch_events, config.batch_bytes, progress=progress)
     finally:
         sink.close()
     if progress:
         sys.stderr.write("\n")
+    if getattr(sink, "fell_back", None) and not result.error:
+        warn("%s; used the fallback %s" % (sink.fell_back, sink.name))
+    if result.refused:
+        warn(
+            "%d event(s) refused by %s moved to %s (see the .reason files)"
+            % (result.refused, sink.name, spool.quarantine_dir)
+        )
     if result.error:
         warn(
             "%s; delivered %d, %d event(s) kept in spool %s"
@@ -233,7 +251,7 @@ def deliver(config, spool, report_success: bool = True):
     elif report_success:
         warn(
             "replayed %d event(s) to %s in %.2f s; %d left in spool %s"
-            % (result.delivered, describe(config.sink), result.seconds, result.remaining, spool.path)
+            % (result.delivered, sink.name, result.seconds, result.remaining, spool.path)
         )
     return result
 
@@ -280,6 +298,32 @@ def cmd_status(args, config) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args, config) -> int:
+    from .serve import serve
+    from .tls import TLSConfigError, server_context
+
+    context = None
+    if not args.plain:
+        if not (args.server_cert and args.server_key):
+            raise UsageError("serve needs --server-cert and --server-key (or --plain for plain HTTP)")
+        try:
+            context = server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
+        except TLSConfigError as exc:
+            raise UsageError(str(exc)) from None
+    if args.allowed_cn and context is None:
+        raise UsageError("--allowed-cn needs TLS with --client-ca")
+
+    def ready(address):
+        warn("serving %s on %s:%d, storing into %s" % ("https" if context else "http", address[0], address[1], args.dir))
+
+    try:
+        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready)
+    except OSError as exc:
+        warn("cannot serve on %s (%s)" % (args.listen, exc.strerror or exc))
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_config(args, config) -> int:
     from .events import to_json
 
@@ -294,7 +338,7 @@ def cmd_config(args, config) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"emit": cmd_emit, "replay": cmd_replay, "status": cmd_status, "config": cmd_config}
+COMMANDS = {"emit": cmd_emit, "replay": cmd_replay, "status": cmd_status, "serve": cmd_serve, "config": cmd_config}
 #: Commands a pilot runs: an unexpected failure must still exit 0.
 PILOT_SAFE = ("emit", "replay")
 

@@ -87,6 +87,11 @@ SETTINGS = (
     Setting("timeout", float, 5.0, "seconds allowed for each network step: connect, TLS, CONNECTED, each receipt"),
     Setting("deadline", float, 20.0, "seconds allowed for reaching a broker (all addresses, retries) or reconnecting"),
     Setting("window", int, 200, "SEND frames in flight awaiting their receipts"),
+    # Delivery over HTTPS, fallback, batching.
+    Setting("fallback_sink", str, None, "used for the rest of a run when the sink fails (e.g. https://… behind stomp+ssl://…)"),
+    Setting("http_protocol", str, "dirac", "HTTPS body: DIRAC's pilot-logging form, or JSON lines", choices=("dirac", "json")),
+    Setting("batch_events", int, 1000, "most events per batch (one HTTPS request, one receipt window)"),
+    Setting("batch_bytes", int, 1024 * 1024, "most bytes of events per batch"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -297,8 +302,8 @@ def from_dirac(data: dict, hint: dict) -> dict:
       PilotsLogging consumer reads).
     * Current remote logging: ``RemoteLogging``, ``RemoteLoggerURL``, ``PilotLogLevel``
       looked up along ``Defaults/Pilot``, ``<setup>/Pilot``, ``<vo>/Defaults/Pilot``,
-      ``<vo>/<setup>/Pilot`` (the most specific wins) → an ``https://`` sink.  The MQ
-      road, when configured, is preferred.
+      ``<vo>/<setup>/Pilot`` (the most specific wins) → an ``https://`` sink.  When the
+      MQ road is configured too, it is the sink and HTTPS the ``fallback_sink``.
     """
     out = {}
     setup, vo = hint.get("setup"), hint.get("vo")
@@ -331,6 +336,8 @@ def from_dirac(data: dict, hint: dict) -> dict:
         if not queue:
             raise ConfigError("DIRAC pilot.json %s: Host is set but Queue is missing" % where)
         destination = queue if queue.startswith("/") else "/queue/" + queue
+        if "sink" in out:  # both roads configured: the broker first, HTTPS as the fallback
+            out["fallback_sink"] = out["sink"]
         out["sink"] = ("stomp+ssl://%s:%s%s" % (logging["Host"], logging.get("Port", 61614), destination), where)
         out["format"] = ("dirac", where)
         for key, name in (("HostCertificate", "cert"), ("HostKey", "key"), ("CACertificate", "ca_file")):

@@ -4,8 +4,11 @@
   loaded whole.
 * An event leaves the spool only after the sink confirmed its id (at-least-once: a
   crash between confirmation and removal re-sends it, with the same id).
-* A sink failure stops the run; what was not confirmed stays spooled, and the error is
-  recorded in the spool state for ``pilotlog status``.
+* Events the destination refuses for good (malformed for it, too large) are moved to
+  the spool's quarantine with the reason, never retried forever nor silently dropped.
+* Any other sink failure stops the run; what was not confirmed stays spooled, and the
+  error is recorded in the spool state for ``pilotlog status``.
+* Batches are bounded by count and by bytes, so requests stay few but never huge.
 """
 
 import time
@@ -14,34 +17,43 @@ from .events import render
 from .sinks import SinkError
 from .spool import SpoolError
 
-DEFAULT_BATCH = 500
+DEFAULT_BATCH_EVENTS = 1000
+DEFAULT_BATCH_BYTES = 1024 * 1024
 
 
 class ShipResult:
     """Counts of one shipping run, and the error that stopped it (None when it finished)."""
 
-    __slots__ = ("delivered", "remaining", "error", "seconds")
+    __slots__ = ("delivered", "refused", "remaining", "error", "seconds")
 
     def __init__(self):
-        self.delivered, self.remaining, self.error, self.seconds = 0, 0, None, 0.0
+        self.delivered, self.refused, self.remaining, self.error, self.seconds = 0, 0, 0, None, 0.0
 
 
-def _batches(spool, fmt: str, size: int):
+def _batches(spool, fmt: str, max_events: int, max_bytes: int):
     """Yield lists of ``(name, event, body)``; unreadable files are quarantined by the spool."""
-    batch = []
+    batch, size = [], 0
     for name in spool.entries():
         event = spool.load(name)
         if event is None:
             continue
-        batch.append((name, event, render(event, fmt)))
-        if len(batch) >= size:
+        body = render(event, fmt)
+        if batch and size + len(body) > max_bytes:
             yield batch
-            batch = []
+            batch, size = [], 0
+        batch.append((name, event, body))
+        size += len(body)
+        if len(batch) >= max_events:
+            yield batch
+            batch, size = [], 0
     if batch:
         yield batch
 
 
-def ship(spool, sink, fmt: str, batch_size: int = DEFAULT_BATCH, progress=None) -> ShipResult:
+def ship(
+    spool, sink, fmt: str, batch_events: int = DEFAULT_BATCH_EVENTS, batch_bytes: int = DEFAULT_BATCH_BYTES,
+    progress=None,
+) -> ShipResult:
     """Send everything in ``spool`` through ``sink``; return what happened.
 
     ``progress(delivered)`` is called after each batch when given (the CLI passes one
@@ -50,15 +62,21 @@ def ship(spool, sink, fmt: str, batch_size: int = DEFAULT_BATCH, progress=None) 
     result = ShipResult()
     started = time.monotonic()
     try:
-        for batch in _batches(spool, fmt, batch_size):
+        for batch in _batches(spool, fmt, batch_events, batch_bytes):
             names = {event["id"]: name for name, event, _ in batch}
+            refused = {}
             try:
                 confirmed = sink.send([(event, body) for _, event, body in batch])
             except SinkError as exc:
-                confirmed, result.error = exc.confirmed, str(exc)
+                confirmed, refused = exc.confirmed, exc.refused
+                if exc.stop:
+                    result.error = str(exc)
             for event_id in confirmed:
                 spool.ack(names.pop(event_id))
+            for event_id, reason in refused.items():
+                spool.quarantine(names.pop(event_id), reason)
             result.delivered += len(confirmed)
+            result.refused += len(refused)
             if progress:
                 progress(result.delivered)
             if result.error:

@@ -384,10 +384,10 @@ class StompSink:
     (failover again, within ``deadline``) and only unconfirmed events are re-sent.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, url: str):
         from .tls import client_context
 
-        use_tls, self.hosts, self.destination = parse_url(config.sink)
+        use_tls, self.hosts, self.destination = parse_url(url)
         self.context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if use_tls else None
         self.config = config
         self.conn = None

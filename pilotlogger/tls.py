@@ -26,10 +26,23 @@ def _check_readable(kind: str, path: str) -> None:
         raise TLSConfigError("%s %s is not readable by this user" % (kind, path))
 
 
+def host_credentials(cert):
+    """(hostcert.pem, hostkey.pem) when ``cert`` is a directory of host credentials, else None.
+
+    DIRAC's pilot accepts a directory in X509_USER_PROXY holding a host certificate and
+    key (and then tells the server with ``extraCredentials="hosts"``).
+    """
+    if cert and os.path.isdir(cert):
+        return os.path.join(cert, "hostcert.pem"), os.path.join(cert, "hostkey.pem")
+    return None
+
+
 def client_context(ca_file=None, ca_dir=None, cert=None, key=None):
     """A client context with verification on, trust and identity loaded from the given files."""
     import ssl
 
+    if host_credentials(cert):
+        cert, key = host_credentials(cert)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
     if hasattr(context, "minimum_version"):
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -63,6 +76,29 @@ def client_context(ca_file=None, ca_dir=None, cert=None, key=None):
             raise TLSConfigError("cannot read client certificate %s (%s)" % (cert, _reason(exc))) from None
     elif key:
         raise TLSConfigError("a client key %s is configured without a certificate (set cert as well)" % key)
+    return context
+
+
+def server_context(cert: str, key: str, client_ca=None, require_client_cert: bool = False):
+    """A server context for ``pilotlog serve``: our certificate; client certificates checked
+    against ``client_ca`` when given (and required with ``require_client_cert``)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if hasattr(context, "minimum_version"):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for kind, path in (("server certificate", cert), ("server key", key), ("client CA file", client_ca)):
+        if path:
+            _check_readable(kind, path)
+    try:
+        context.load_cert_chain(cert, key)
+        if client_ca:
+            context.load_verify_locations(cafile=client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    except ssl.SSLError as exc:
+        raise TLSConfigError("cannot use server certificate %s / key %s (%s)" % (cert, key, _reason(exc))) from None
+    if require_client_cert and not client_ca:
+        raise TLSConfigError("requiring client certificates needs --client-ca to verify them")
     return context
 
 

@@ -4,12 +4,24 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Pilotlog, build_bundle
+from brokers import PKI
+from helpers import Pilotlog, build_bundle, unavailable
 
 
 @pytest.fixture(scope="session")
 def bundle() -> Path:
     return build_bundle()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> PKI:
+    """A test CA, server (DNS:localhost) and client certificates, made with openssl at run time."""
+    import shutil
+
+    for tool in ("openssl", "keytool"):
+        if not shutil.which(tool):
+            unavailable("%s is needed to make the test PKI" % tool)
+    return PKI(str(tmp_path_factory.mktemp("pki")))
 
 
 @pytest.fixture

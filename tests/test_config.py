@@ -225,3 +225,12 @@ def test_dirac_legacy_credentials(tmp_path):
     assert (c.cert, c.key, c.ca_file) == (
         "/etc/grid-security/hostcert.pem", "/etc/grid-security/hostkey.pem", "/etc/grid-security/allCAs.pem",
     )
+
+
+def test_dirac_both_roads_broker_first_https_as_fallback(tmp_path):
+    data = json.loads(json.dumps(LEGACY))
+    data["Defaults"] = {"Pilot": {"RemoteLogging": "True", "RemoteLoggerURL": "https://h:8444/WorkloadManagement/TornadoPilotLogging"}}
+    c = load({"config": write(tmp_path, data)})
+    assert c.sink == "stomp+ssl://mq.example.org:61614/queue/pilotLogging"
+    assert c.fallback_sink == "https://h:8444/WorkloadManagement/TornadoPilotLogging"
+    assert c.http_protocol == "dirac"

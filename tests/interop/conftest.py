@@ -15,26 +15,11 @@ import uuid
 import pytest
 import stomp
 
-from brokers import PASSWORD, PKI, USER, ActiveMQ, BrokerError, RabbitMQ
-
-IN_CI = os.environ.get("CI") == "true"
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail("CI=true and a broker test cannot run: " + reason, pytrace=False)
-    pytest.skip(reason)
+from brokers import PASSWORD, USER, ActiveMQ, BrokerError, RabbitMQ
+from helpers import unavailable
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory):
-    for tool in ("openssl", "keytool"):
-        if not shutil.which(tool):
-            unavailable("%s is needed to make the test PKI" % tool)
-    return PKI(str(tmp_path_factory.mktemp("pki")))
-
-
-def _start(cls, path, pki, tmp_path_factory):
+def _start(cls, pki, tmp_path_factory):
     try:
         return cls(str(tmp_path_factory.mktemp(cls.name.lower())), pki).start()
     except (BrokerError, OSError) as exc:
@@ -45,7 +30,7 @@ def _start(cls, path, pki, tmp_path_factory):
 def rabbitmq(pki, tmp_path_factory):
     if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
         unavailable("RabbitMQ is not installed (make test installs it: apt-get install rabbitmq-server)")
-    broker = _start(RabbitMQ, "rabbitmq", pki, tmp_path_factory)
+    broker = _start(RabbitMQ, pki, tmp_path_factory)
     yield broker
     broker.shutdown()
 
@@ -54,7 +39,7 @@ def rabbitmq(pki, tmp_path_factory):
 def activemq(pki, tmp_path_factory):
     if not os.path.exists("/usr/share/activemq/bin/activemq.jar") or not shutil.which("java"):
         unavailable("ActiveMQ is not installed (make test installs it: apt-get install activemq)")
-    broker = _start(ActiveMQ, "activemq", pki, tmp_path_factory)
+    broker = _start(ActiveMQ, pki, tmp_path_factory)
     yield broker
     broker.shutdown()
 

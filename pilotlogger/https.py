@@ -1,0 +1,246 @@
+"""HTTPS sink: DIRAC's pilot-logging form protocol, or batches of JSON lines.
+
+``dirac`` protocol (DIRACGrid/Pilot ``pilotTools.sendMessage``, served by DIRAC's
+``TornadoPilotLoggingHandler`` and ``FileCacheLoggingPlugin``): a urlencoded POST with
+``method=sendMessage`` and ``args`` = JSON of ``[<JSON of the list of lines>, <pilot id>,
+<VO>]`` (the VO only when configured: older servers take the pair).  The lines are the
+events' readable lines, which the server appends to ``pilotlogs/<vo>/<pilot id>``.  A
+``shutdown`` event is followed by ``method=finaliseLogs`` with ``{"retCode": …}``.  With a
+host-certificate directory as credentials the form also says ``extraCredentials=hosts``.
+
+``json`` protocol: one POST of JSON lines (``application/x-ndjson``, gzip above 1 KiB).
+
+Outcomes, per request:
+    2xx (and, for dirac, a body that is not ``{"OK": false}``)   delivered
+    400 413 415 422, or dirac ``{"OK": false}``                   refused content: those events
+                                                                  are quarantined (a 413 batch is
+                                                                  split in halves first)
+    408 429 5xx, timeouts, dropped connections                    retried, backoff + jitter,
+                                                                  until ``deadline``
+    any other status (401, 403, 404, 3xx…)                        a configuration problem: stop,
+                                                                  everything stays spooled
+One connection is kept alive for the whole replay.
+"""
+
+import json
+import random
+import time
+
+from .events import readable_line
+from .sinks import SinkError
+
+REFUSED = frozenset((400, 413, 415, 422))
+RETRY = frozenset((408, 425, 429))
+GZIP_ABOVE = 1024
+PROTOCOLS = ("dirac", "json")
+
+
+class _Refused(Exception):
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status = status
+
+
+class _Retry(Exception):
+    pass
+
+
+def _retcode(event: dict) -> int:
+    for key in ("exit_code", "retCode", "returncode"):
+        value = event["data"].get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
+class Request:
+    """One POST: its body, content type, and the events it confirms when it succeeds.
+
+    A finalising dirac run is two requests: ``sendMessage`` (confirming nothing yet), then
+    ``finaliseLogs`` carrying the run's events — so they leave the spool only once the
+    log is complete on the server.  A refused ``finaliseLogs`` (e.g. already finalised
+    when a batch is re-sent) still confirms them: their lines are stored.
+    """
+
+    __slots__ = ("events", "body", "content_type", "encoding", "finalise")
+
+    def __init__(self, events, body: bytes, content_type: str, encoding=None, finalise=False):
+        self.events, self.body, self.content_type, self.encoding = events, body, content_type, encoding
+        self.finalise = finalise
+
+
+def dirac_form(method: str, payload, pilot: str, vo, host_credentials: bool) -> bytes:
+    """The urlencoded form DIRAC's pilot sends: ``method``, ``args`` (and ``extraCredentials``).
+
+    ``args`` is the JSON of ``[JSON of payload, pilot(, vo)]``: DIRAC's handler JSON-decodes
+    ``args``, and its plugin JSON-decodes the payload again (the list of lines for
+    ``sendMessage``, ``{"retCode": n}`` for ``finaliseLogs``).
+    """
+    from urllib.parse import urlencode
+
+    args = [json.dumps(payload), pilot] + ([vo] if vo else [])
+    fields = [("method", method), ("args", json.dumps(args))]
+    if host_credentials:
+        fields.append(("extraCredentials", "hosts"))
+    return urlencode(fields).encode("ascii")
+
+
+class HttpsSink:
+    def __init__(self, config, url: str):
+        from urllib.parse import urlsplit
+
+        from .tls import client_context, host_credentials
+
+        text, url = url, urlsplit(url)
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ValueError("HTTPS URL %r must look like https://host[:port]/path" % text)
+        if url.username or url.password:
+            raise ValueError("put credentials in cert/key settings, not in the HTTPS URL")
+        self.tls = url.scheme == "https"
+        self.host, self.port = url.hostname, url.port or (443 if self.tls else 80)
+        self.path = (url.path or "/") + ("?" + url.query if url.query else "")
+        self.context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if self.tls else None
+        self.hosts_credentials = bool(host_credentials(config.cert))
+        self.config = config
+        self.conn = None
+        self.rng = random.Random()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _requests(self, batch):
+        """Split a batch into POSTs: per pilot run for dirac (finalising at shutdown), one for json."""
+        c = self.config
+        if c.http_protocol == "json":
+            body = "".join(text + "\n" for _, text in batch).encode("utf-8")
+            encoding = None
+            if len(body) > GZIP_ABOVE:
+                import gzip
+
+                body, encoding = gzip.compress(body, 6), "gzip"
+            yield Request([e for e, _ in batch], body, "application/x-ndjson", encoding)
+            return
+        run = []
+        for event, _ in batch:
+            if run and run[0]["pilot"] != event["pilot"]:
+                yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], run)
+                run = []
+            run.append(event)
+            if event["phase"] == "shutdown":
+                yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], [])
+                yield self._form("finaliseLogs", {"retCode": _retcode(event)}, event["pilot"], run, finalise=True)
+                run = []
+        if run:
+            yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], run)
+
+    def _form(self, method, payload, pilot, events, finalise=False):
+        body = dirac_form(method, payload, pilot, self.config.vo, self.hosts_credentials)
+        return Request(events, body, "application/x-www-form-urlencoded", finalise=finalise)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, batch) -> list:
+        texts = {event["id"]: text for event, text in batch}
+        confirmed, refused = [], {}
+        end, attempt = None, 0
+        pending = list(self._requests(batch))
+        while pending:
+            request = pending.pop(0)
+            try:
+                self._post(request)
+                confirmed += [e["id"] for e in request.events]
+                end, attempt = None, 0
+            except _Refused as exc:
+                if request.finalise:  # the lines are stored; only the rename was refused
+                    confirmed += [e["id"] for e in request.events]
+                elif exc.status == 413 and len(request.events) > 1:  # too big: try the halves
+                    half = len(request.events) // 2
+                    for part in (request.events[half:], request.events[:half]):
+                        pending[:0] = list(self._requests([(e, texts[e["id"]]) for e in part]))
+                else:
+                    refused.update((e["id"], "%s refused it: %s" % (self.where, exc)) for e in request.events)
+            except _Retry as exc:
+                self._close()
+                end = end or time.monotonic() + self.config.deadline
+                attempt += 1
+                delay = min(5.0, 0.2 * 2 ** attempt) * self.rng.uniform(0.5, 1.5)
+                if time.monotonic() + delay >= end:
+                    raise SinkError(
+                        "%s (still failing after %d attempts; deadline %g s)" % (exc, attempt, self.config.deadline),
+                        confirmed, refused,
+                    ) from None
+                time.sleep(delay)
+                pending.insert(0, request)
+            except SinkError as exc:  # configuration trouble: stop, keep everything not yet confirmed
+                raise SinkError(str(exc), confirmed, refused) from None
+        if refused:
+            raise SinkError("%d event(s) refused by %s" % (len(refused), self.where), confirmed, refused, stop=False)
+        return confirmed
+
+    @property
+    def where(self) -> str:
+        return "%s://%s:%d%s" % ("https" if self.tls else "http", self.host, self.port, self.path)
+
+    def _connection(self):
+        import http.client
+
+        if self.conn is None:
+            timeout = self.config.timeout
+            if self.tls:
+                self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
+            else:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        return self.conn
+
+    def _post(self, request: Request) -> None:
+        import http.client
+        import socket
+        import ssl
+
+        from . import __version__
+        from .tls import describe_verify_error, is_verify_error
+
+        headers = {"Content-Type": request.content_type, "User-Agent": "pilotlog/" + __version__}
+        if request.encoding:
+            headers["Content-Encoding"] = request.encoding
+        if self.config.vo and self.config.http_protocol == "json":
+            headers["X-Pilotlog-VO"] = self.config.vo
+        try:
+            conn = self._connection()
+            conn.request("POST", self.path, body=request.body, headers=headers)
+            response = conn.getresponse()
+            status, text = response.status, response.read(65536).decode("utf-8", "replace")
+            if response.will_close:
+                self._close()
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._close()
+            if is_verify_error(exc):
+                raise SinkError("%s: %s" % (self.where, describe_verify_error(exc))) from None
+            raise _Retry("%s: %s" % (self.where, describe_verify_error(exc))) from None
+        except socket.timeout:
+            raise _Retry("%s: timed out after %g s" % (self.where, self.config.timeout)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Retry("%s: %s" % (self.where, getattr(exc, "strerror", None) or exc or type(exc).__name__)) from None
+        summary = " ".join(text.split())[:200]
+        if 200 <= status < 300:
+            if self.config.http_protocol == "dirac":
+                try:
+                    answer = json.loads(text)
+                except ValueError:
+                    answer = None
+                if isinstance(answer, dict) and answer.get("OK") is False:
+                    raise _Refused(status, str(answer.get("Message", "OK: false")))
+            return
+        if status in REFUSED:
+            raise _Refused(status, "HTTP %d %s" % (status, summary))
+        if status in RETRY or status >= 500:
+            raise _Retry("%s: HTTP %d %s" % (self.where, status, summary))
+        self._close()
+        raise SinkError("%s: HTTP %d %s (check the URL and credentials)" % (self.where, status, summary))
+
+    def _close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def close(self) -> None:
+        self._close()

@@ -1,0 +1,253 @@
+"""``pilotlog serve``: a small HTTPS receiver for both HTTPS protocols, stdlib only.
+
+It stores what it receives the way DIRAC's ``FileCacheLoggingPlugin`` does, so a site or
+a test has a real endpoint and DIRAC's tooling can read the result:
+
+    <dir>/<vo>/<pilot id>        lines appended as they arrive
+    <dir>/<vo>/<pilot id>.log    the same file, renamed when the pilot finalises its log
+
+Requests (POST, any path):
+    application/x-www-form-urlencoded   DIRAC's form: method=sendMessage|finaliseLogs,
+                                        args=JSON [payload, pilot id(, vo)]
+    application/x-ndjson                JSON lines of events (gzip allowed); a shutdown
+                                        event finalises; VO from the X-Pilotlog-VO header
+Answers are DIRAC-style JSON (``{"OK": true, "Value": …}`` / ``{"OK": false, "Message": …}``)
+with 200 on success and 4xx/5xx otherwise.
+
+Defences: bodies over ``max_body`` (also after gunzip) → 413; pilot ids must be a UUID
+or a 32-hex DIRAC stamp and VO names ``[A-Za-z0-9_.-]`` → 400 (so no path can leave the
+directory); files are opened with ``O_NOFOLLOW``; optional required client certificate
+and an allowed-CN list (403).
+"""
+
+import json
+import os
+import re
+import threading
+
+from .events import EventError, readable_line, validate
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+STAMP_RE = re.compile(r"^[0-9a-f]{32}$")
+VO_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DEFAULT_VO = "unknown"
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+
+class Reject(Exception):
+    """Refuse a request: HTTP ``status`` with ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Store:
+    """Per-pilot files under one directory; nothing outside it is ever opened."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.lock = threading.Lock()  # appends of one request stay together
+        os.makedirs(self.root, 0o700, exist_ok=True)
+
+    def _path(self, vo: str, pilot: str) -> str:
+        if not (UUID_RE.match(pilot) or STAMP_RE.match(pilot)):
+            raise Reject(400, "Pilot UUID is invalid: %r is neither a UUID nor a 32-hex stamp" % pilot[:80])
+        if not VO_RE.match(vo) or vo in (".", ".."):
+            raise Reject(400, "VO name %r is invalid" % vo[:80])
+        return os.path.join(self.root, vo, pilot)
+
+    def append(self, vo: str, pilot: str, lines) -> None:
+        path = self._path(vo, pilot)
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        with self.lock:
+            try:
+                os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise Reject(500, "cannot store the log of %s (%s)" % (pilot, exc.strerror or exc)) from None
+
+    def finalise(self, vo: str, pilot: str) -> None:
+        path = self._path(vo, pilot)
+        with self.lock:
+            try:
+                if os.path.islink(path):
+                    raise Reject(500, "refusing to finalise %s: it is a symbolic link" % pilot)
+                os.rename(path, path + ".log")
+            except FileNotFoundError:
+                raise Reject(400, "no open log for pilot %s to finalise" % pilot) from None
+            except OSError as exc:
+                raise Reject(500, "cannot finalise the log of %s (%s)" % (pilot, exc.strerror or exc)) from None
+
+
+def _json_list(text: str, what: str):
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise Reject(400, "%s is not valid JSON (%s)" % (what, exc)) from None
+    return value
+
+
+def handle_form(store: Store, body: bytes) -> str:
+    """DIRAC's form protocol, decoded exactly as TornadoPilotLoggingHandler + FileCacheLoggingPlugin do."""
+    from urllib.parse import parse_qs
+
+    try:
+        form = parse_qs(body.decode("ascii"), strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise Reject(400, "body is not a urlencoded form") from None
+    method = form.get("method", [""])[0]
+    args = _json_list(form.get("args", [""])[0], "args")
+    if not isinstance(args, list) or len(args) not in (2, 3) or not all(isinstance(a, str) for a in args):
+        raise Reject(400, "args must be a JSON list [payload, pilot id(, vo)] of strings")
+    payload, pilot = args[0], args[1]
+    vo = args[2] if len(args) == 3 else DEFAULT_VO
+    if method == "sendMessage":
+        content = _json_list(payload, "message")
+        if isinstance(content, str):
+            content = content.splitlines()
+        if not isinstance(content, list) or not all(isinstance(x, str) for x in content):
+            raise Reject(400, "message must be JSON of a list of lines")
+        store.append(vo, pilot, content)
+        return "Message logged successfully for pilot: %s and %s" % (pilot, vo)
+    if method == "finaliseLogs":
+        info = _json_list(payload, "payload")
+        if not isinstance(info, dict):
+            raise Reject(400, 'finaliseLogs payload must be JSON of an object such as {"retCode": 0}')
+        store.finalise(vo, pilot)
+        return "finalised (retCode %s)" % info.get("retCode", 0)
+    raise Reject(400, "unknown method %r (sendMessage, finaliseLogs)" % method[:40])
+
+
+def handle_events(store: Store, body: bytes, vo: str) -> str:
+    """JSON lines of native events: validated first, then stored per pilot, in order."""
+    try:
+        lines = body.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise Reject(400, "body is not UTF-8") from None
+    events = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(validate(json.loads(line)))
+        except (ValueError, EventError) as exc:
+            raise Reject(400, "line %d is not a valid event (%s)" % (number, exc)) from None
+    for event in events:
+        store._path(vo, event["pilot"])  # every pilot id checked before anything is written
+    for event in events:
+        store.append(vo, event["pilot"], [readable_line(event)])
+        if event["phase"] == "shutdown":
+            store.finalise(vo, event["pilot"])
+    return "%d event(s) stored" % len(events)
+
+
+def make_handler(store: Store, max_body: int, allowed_cns):
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "pilotlog-serve"
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def log_message(self, fmt, *args):  # one short line per request on stderr
+            import sys
+
+            sys.stderr.write("pilotlog serve: %s %s\n" % (self.address_string(), fmt % args))
+
+        def _answer(self, status: int, document: dict) -> None:
+            data = json.dumps(document).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _client_cn(self):
+            getpeercert = getattr(self.connection, "getpeercert", None)
+            cert = getpeercert() if getpeercert else None
+            for rdn in (cert or {}).get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        return value
+            return None
+
+        def _body(self) -> bytes:
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                raise Reject(411, "Content-Length is required")
+            if int(length) > max_body:
+                # Read (and drop) a moderately oversized body so the client gets to see the
+                # 413 instead of a reset; beyond that, just close the connection.
+                if int(length) <= 16 * max_body:
+                    remaining = int(length)
+                    while remaining:
+                        remaining -= len(self.rfile.read(min(remaining, 65536)) or b"x" * remaining)
+                self.close_connection = True
+                raise Reject(413, "body of %s bytes is over the limit of %d" % (length, max_body))
+            body = self.rfile.read(int(length))
+            if self.headers.get("Content-Encoding", "identity") == "gzip":
+                import zlib
+
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    body = inflater.decompress(body, max_body + 1)
+                except zlib.error:
+                    raise Reject(400, "body is not valid gzip") from None
+                if len(body) > max_body:
+                    raise Reject(413, "body is over the limit of %d once decompressed" % max_body)
+            return body
+
+        def do_POST(self):
+            try:
+                if allowed_cns:
+                    cn = self._client_cn()
+                    if cn not in allowed_cns:
+                        raise Reject(403, "client certificate CN %r is not allowed" % cn)
+                body = self._body()
+                kind = self.headers.get("Content-Type", "").split(";")[0].strip()
+                if kind == "application/x-www-form-urlencoded":
+                    value = handle_form(store, body)
+                elif kind in ("application/x-ndjson", "application/json"):
+                    value = handle_events(store, body, self.headers.get("X-Pilotlog-VO", DEFAULT_VO))
+                else:
+                    raise Reject(415, "Content-Type %r is neither a form nor JSON lines" % kind)
+                self._answer(200, {"OK": True, "Value": value})
+            except Reject as exc:
+                self._answer(exc.status, {"OK": False, "Message": str(exc)})
+
+    return Handler
+
+
+def serve(listen: str, directory: str, context=None, max_body: int = DEFAULT_MAX_BODY, allowed_cns=(), ready=None):
+    """Serve until interrupted.  ``context``: a server SSLContext (None only for --plain)."""
+    from http.server import HTTPServer
+    from socketserver import ThreadingMixIn
+
+    class Server(ThreadingMixIn, HTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+        def finish_request(self, request, client_address):
+            # Runs in the request's own thread: a slow handshake never blocks accept().
+            if context is not None:
+                request.settimeout(10)  # nor can a client that never finishes it pin a thread
+                request = context.wrap_socket(request, server_side=True)
+            super().finish_request(request, client_address)
+
+        def handle_error(self, request, client_address):  # failed handshakes: one line, no traceback
+            import sys
+
+            sys.stderr.write("pilotlog serve: %s: %s\n" % (client_address[0], sys.exc_info()[1]))
+
+    host, _, port = listen.rpartition(":")
+    server = Server((host or "127.0.0.1", int(port)), make_handler(Store(directory), max_body, set(allowed_cns)))
+    if ready:
+        ready(server.server_address)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
