@@ -14,10 +14,10 @@ run: dist/pilotlog
 ## make bundle: the single-file zipapp a worker node runs.
 bundle: dist/pilotlog
 
-dist/pilotlog: $(SOURCES) Makefile
+dist/pilotlog: $(SOURCES) bin/bundle-main.py Makefile
 	@rm -rf build/bundle && mkdir -p build/bundle/pilotlogger dist
 	@cp $(SOURCES) build/bundle/pilotlogger/
-	@cp pilotlogger/__main__.py build/bundle/__main__.py  # zipapp's own -m drops the exit code
+	@cp bin/bundle-main.py build/bundle/__main__.py  # bytecode cache; zipapp's own -m drops the exit code
 	@$(PYTHON) -m zipapp build/bundle -p '/usr/bin/env python3' -c -o dist/pilotlog.tmp
 	@chmod 0755 dist/pilotlog.tmp && mv dist/pilotlog.tmp dist/pilotlog
 	@echo "built dist/pilotlog: $$(wc -c < dist/pilotlog) bytes"

@@ -249,11 +249,13 @@ class StompConnection:
         self.send_every, self.expect_every = _heartbeats(frame.headers.get("heart-beat", "0,0"))
 
     def send_frames(self, frames, window: int) -> list:
-        """Send ``(receipt_id, frame_bytes)`` pairs, at most ``window`` unreceipted at a time.
+        """Send ``(event_id, frame_bytes, has_receipt)`` triples, at most ``window`` unconfirmed.
 
-        Returns the receipt ids confirmed, in arrival order — all of them on success.
-        Each frame counts as delivered only when its *own* RECEIPT arrives.  On failure
-        raises :class:`StompError` whose ``confirmed`` holds what got through.
+        Returns the event ids confirmed — all of them on success.  A frame with its own
+        ``receipt`` is confirmed only by *that* RECEIPT.  Frames sent without one (the
+        opt-in ``receipt_every`` mode) are confirmed by the next RECEIPT for a later frame:
+        STOMP 1.2 makes a RECEIPT a cumulative acknowledgment that all previous frames were
+        received.  On failure raises :class:`StompError` whose ``confirmed`` holds what got through.
         """
         confirmed, pending = [], collections.OrderedDict()
         queue = collections.deque(frames)
@@ -263,8 +265,8 @@ class StompConnection:
                 if queue and len(pending) < window:
                     chunk = []
                     while queue and len(pending) < window:
-                        receipt, data = queue.popleft()
-                        pending[receipt] = None
+                        event_id, data, has_receipt = queue.popleft()
+                        pending[event_id] = has_receipt
                         chunk.append(data)
                     self._send(b"".join(chunk))
                     progress = time.monotonic()
@@ -272,8 +274,13 @@ class StompConnection:
                 for frame in self._receive(progress + self.timeout, block):
                     if frame.command == "RECEIPT":
                         receipt = frame.headers.get("receipt-id")
-                        if pending.pop(receipt, False) is None:
-                            confirmed.append(receipt)
+                        if receipt in pending:
+                            for event_id in list(pending):
+                                if event_id == receipt or not pending[event_id]:
+                                    del pending[event_id]
+                                    confirmed.append(event_id)
+                                if event_id == receipt:
+                                    break
                             progress = time.monotonic()
                     elif frame.command == "ERROR":
                         raise StompError("%s sent an ERROR: %s" % (self.where, _error_text(frame)), retryable=False)
@@ -376,7 +383,10 @@ def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, d
 
 
 class StompSink:
-    """Ship events as SEND frames: one per event, each with its own receipt.
+    """Ship events as SEND frames: one per event, each with its own receipt (by default).
+
+    ``receipt_every`` > 1 (opt-in) asks for a receipt every K frames and on the last of
+    a batch; a receipt then confirms the unreceipted frames before it (see send_frames).
 
     Every message is ``persistent`` JSON and carries headers consumers can filter on
     with selectors: ``pilot_id``, ``event_id``, ``phase``, ``status`` (JMS selector
@@ -392,12 +402,12 @@ class StompSink:
         self.config = config
         self.conn = None
 
-    def _headers(self, event: dict):
+    def _headers(self, event: dict, receipt: bool):
         return [
             ("destination", self.destination),
             ("content-type", "application/json;charset=utf-8"),
             ("persistent", "true"),
-            ("receipt", event["id"]),
+        ] + ([("receipt", event["id"])] if receipt else []) + [
             ("pilot_id", event["pilot"]),
             ("event_id", event["id"]),
             ("phase", event["phase"]),
@@ -411,7 +421,11 @@ class StompSink:
     def send(self, batch) -> list:
         from .sinks import SinkError
 
-        frames = [(event["id"], encode_frame("SEND", self._headers(event), body.encode("utf-8"))) for event, body in batch]
+        every = self.config.receipt_every
+        frames = []
+        for i, (event, body) in enumerate(batch):
+            receipt = (i + 1) % every == 0 or i == len(batch) - 1
+            frames.append((event["id"], encode_frame("SEND", self._headers(event, receipt), body.encode("utf-8")), receipt))
         confirmed, end = [], None  # end: when reconnecting after a lost connection must stop
         while frames:
             if self.conn is None:

@@ -117,8 +117,13 @@ class ScriptedPeer:
         return conn
 
 
-def frames_for(n):
-    return [("id-%d" % i, encode_frame("SEND", [("destination", "/queue/q"), ("receipt", "id-%d" % i)], b"x")) for i in range(n)]
+def frames_for(n, every=1):
+    frames = []
+    for i in range(n):
+        receipted = (i + 1) % every == 0 or i == n - 1
+        headers = [("destination", "/queue/q")] + ([("receipt", "id-%d" % i)] if receipted else [])
+        frames.append(("id-%d" % i, encode_frame("SEND", headers, b"x"), receipted))
+    return frames
 
 
 def receipt(frame):
@@ -167,6 +172,20 @@ def test_a_receipt_confirms_only_its_own_frame():
         peer.connect(timeout=0.5).send_frames(frames_for(5), 10)
     assert err.value.confirmed == ["id-4"]
     assert "no RECEIPT within 0.5 s (4 frame(s) unconfirmed)" in str(err.value)
+
+
+def test_batch_receipts_confirm_the_frames_before_them_cumulatively():
+    """receipt_every=K: a receipt every K frames confirms the unreceipted frames before it."""
+    def on_send(n, frame):
+        return receipt(frame) if "receipt" in frame.headers and n != 8 else b""  # frame 8's receipt never comes
+
+    peer = ScriptedPeer(on_send)
+    with pytest.raises(StompError) as err:
+        peer.connect(timeout=0.5).send_frames(frames_for(10, every=4), 10)
+    # Receipts are asked on id-3, id-7, id-9.  id-3's covers 0-3; id-7's is withheld, so id-7 stays
+    # unconfirmed; id-9's covers the unreceipted 4-6 and 8, and 9 itself.
+    assert sorted(err.value.confirmed, key=lambda x: int(x[3:])) == ["id-%d" % i for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+    assert "1 frame(s) unconfirmed" in str(err.value)
 
 
 def test_garbage_from_the_broker_is_a_protocol_error():

@@ -1,0 +1,319 @@
+"""pilotlogger benchmarks, side by side in one run; prints one Markdown table per figure.
+
+    python bench/run.py [--events 20000] [--brokers rabbitmq,activemq] [--runs 21] [--write docs/performance.md]
+
+Figures (see docs/performance.md for the latest results and what they mean):
+  1. replay throughput on real brokers (TLS, persistent messages), every variant verified by
+     consuming the queue and counting distinct event ids;
+  2. one-shot CLI cost: `emit` from the bundle vs `python -I -S -c pass` (medians), oldest and
+     newest Python, cold (first start of a new bundle) and warm; `emit --send`;
+  3. peak RSS of replaying 100,000 vs 1,000 spooled events;
+  4. spool: emits per second from 1 and 8 processes;
+  5. bundle size.
+Never run as a test: numbers depend on the machine; compare ratios within one run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from brokers import PASSWORD, PKI, USER, ActiveMQ, RabbitMQ  # noqa: E402
+from pilotlogger.events import make_event, render  # noqa: E402
+from pilotlogger.spool import EventName, Spool  # noqa: E402
+from pilotlogger.stompcodec import FrameParser, encode_frame  # noqa: E402
+
+BUNDLE = os.path.join(ROOT, "dist", "pilotlog")
+PILOT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+
+
+def pyenv_python(version_prefix: str) -> str:
+    root = subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    versions = sorted(v for v in os.listdir(os.path.join(root, "versions")) if v.startswith(version_prefix))
+    return os.path.join(root, "versions", versions[-1], "bin", "python")
+
+
+def fill_spool(path: str, n: int) -> list:
+    """n ~300-byte events written straight into a spool (the bench's setup, not the emit path)."""
+    spool = Spool(path)
+    spool.ensure()
+    events = []
+    t0 = time.time()
+    for i in range(n):
+        e = make_event("log", "benchmark line %06d " % i + "x" * 120, pilot=PILOT, seq=i + 1, epoch=t0 + i * 1e-6,
+                       data={"i": i, "step": "InstallDIRAC"}, context={"host": "wn042.example.org", "site": "LCG.Bench.org"})
+        with open(os.path.join(spool.events_dir, EventName.for_event(e)), "w") as f:
+            f.write(render(e, "native") + "\n")
+        events.append(e)
+    return events
+
+
+def table(title: str, header: list, rows: list) -> str:
+    lines = ["### " + title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    return text
+
+
+# -- 1. throughput ---------------------------------------------------------------------------
+
+
+class Counter:
+    """Counts distinct event ids on a queue with stomp.py: proves a fast number hides no loss."""
+
+    def __init__(self, broker, destination):
+        import stomp
+
+        self.ids, self.cond = set(), threading.Condition()
+        self.conn = stomp.Connection12([("127.0.0.1", broker.plain)], vhost="/", heartbeats=(0, 0))
+        self.conn.set_listener("c", self)
+        self.conn.connect(USER, PASSWORD, wait=True)
+        self.conn.subscribe(destination, id="1", ack="auto")
+
+    def on_message(self, frame):
+        with self.cond:
+            self.ids.add(json.loads(frame.body)["id"])
+            self.cond.notify_all()
+
+    def wait(self, n, timeout=300):
+        end = time.monotonic() + timeout
+        with self.cond:
+            while len(self.ids) < n and time.monotonic() < end:
+                self.cond.wait(0.5)
+        self.conn.disconnect()
+        return len(self.ids)
+
+
+def tls_socket(broker, pki):
+    ctx = ssl.create_default_context(cafile=pki.path("ca.pem"))
+    sock = ctx.wrap_socket(socket.create_connection(("localhost", broker.tls)), server_hostname="localhost")
+    sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)]))
+    parser = FrameParser()
+    while True:
+        parser.feed(sock.recv(65536))
+        frame = parser.next_frame()
+        if frame:
+            assert frame.command == "CONNECTED", frame
+            return sock, parser
+
+
+def raw_bound(broker, pki, dest, bodies, receipt_each: bool) -> float:
+    """Pre-built SEND frames on one TLS socket; a writer thread, this thread reads receipts."""
+    frames = [
+        encode_frame("SEND", [("destination", dest), ("persistent", "true")]
+                     + ([("receipt", str(i))] if receipt_each or i == len(bodies) - 1 else []), b)
+        for i, b in enumerate(bodies)
+    ]
+    sock, parser = tls_socket(broker, pki)
+    want = len(bodies) if receipt_each else 1
+    started = time.monotonic()
+    writer = threading.Thread(target=lambda: [sock.sendall(b"".join(frames[i:i + 500])) for i in range(0, len(frames), 500)])
+    writer.start()
+    got = 0
+    while got < want:
+        parser.feed(sock.recv(65536))
+        while parser.next_frame():
+            got += 1
+    elapsed = time.monotonic() - started
+    writer.join()
+    sock.close()
+    return elapsed
+
+
+def stomppy(broker, pki, dest, bodies, per_message: bool) -> float:
+    import stomp
+
+    done, receipts = threading.Event(), []
+
+    class L(stomp.ConnectionListener):
+        def on_receipt(self, frame):
+            receipts.append(frame.headers["receipt-id"])
+            done.set()
+
+    conn = stomp.Connection12([("localhost", broker.tls)], vhost="/", heartbeats=(0, 0))
+    conn.set_ssl(for_hosts=[("localhost", broker.tls)], ca_certs=pki.path("ca.pem"))
+    conn.set_listener("l", L())
+    conn.connect(USER, PASSWORD, wait=True)
+    started = time.monotonic()
+    for i, body in enumerate(bodies):
+        last = i == len(bodies) - 1
+        headers = {"persistent": "true"}
+        if per_message or last:
+            headers["receipt"] = str(i)
+            done.clear()
+        conn.send(dest, body.decode(), headers=headers)
+        if per_message or last:
+            done.wait(60)
+    elapsed = time.monotonic() - started
+    conn.disconnect()
+    return elapsed
+
+
+def pilotlog_replay(broker, pki, dest, n, env_extra) -> float:
+    d = tempfile.mkdtemp()
+    fill_spool(os.path.join(d, "spool"), n)
+    env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(d, "spool"), PILOTLOG_SINK=broker.url(dest),
+               PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD, **env_extra)
+    started = time.monotonic()
+    p = subprocess.run([sys.executable, "-I", "-S", BUNDLE, "replay"], env=env, stderr=subprocess.PIPE, universal_newlines=True)
+    elapsed = time.monotonic() - started
+    assert p.returncode == 0 and "0 left" in p.stderr, p.stderr
+    shutil.rmtree(d)
+    return elapsed
+
+
+def throughput(broker, pki, n) -> list:
+    bodies = [render(e, "native").encode() for e in fill_spool(tempfile.mkdtemp() + "/s", n)]
+    size = statistics.mean(len(b) for b in bodies)
+    variants = [
+        ("stomp.py, receipt awaited per message", lambda d: stomppy(broker, pki, d, bodies, True)),
+        ("stomp.py pipelined, receipt on last only", lambda d: stomppy(broker, pki, d, bodies, False)),
+        ("raw frames, receipt on every frame (strict bound)", lambda d: raw_bound(broker, pki, d, bodies, True)),
+        ("raw frames, receipt on last only (broker ceiling)", lambda d: raw_bound(broker, pki, d, bodies, False)),
+        ("**pilotlog replay** (receipt per event, default)", lambda d: pilotlog_replay(broker, pki, d, n, {})),
+        ("pilotlog replay, receipt_every=100 (opt-in)", lambda d: pilotlog_replay(broker, pki, d, n, {"PILOTLOG_RECEIPT_EVERY": "100"})),
+    ]
+    rows, rates = [], {}
+    for i, (name, run) in enumerate(variants):
+        dest = "/queue/bench-%d-%d" % (os.getpid(), i)
+        counter = Counter(broker, dest)
+        elapsed = run(dest)
+        arrived = counter.wait(n)
+        rates[i] = n / elapsed
+        rows.append([name, "%.0f" % rates[i], "%d/%d" % (arrived, n)])
+    for row, i in zip(rows, range(len(rows))):
+        row.append("%.2f×" % (rates[i] / rates[2]))
+    print("%s: mean event body %.0f bytes" % (broker.name, size))
+    return rows
+
+
+# -- 2. one-shot cost -------------------------------------------------------------------------
+
+
+def median_ms(cmd, runs, env, cwd) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def one_shot(runs, send_url=None, pki=None) -> list:
+    rows = []
+    for label, python in (("oldest", pyenv_python("3.6")), ("newest", pyenv_python("3.13"))):
+        d = tempfile.mkdtemp()
+        env = {"PATH": os.environ["PATH"], "HOME": d, "PILOTLOG_SPOOL": os.path.join(d, "spool")}
+        version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                                 stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+        bare = median_ms([python, "-I", "-S", "-c", "pass"], runs, env, d)
+        emit = [python, "-I", "-S", BUNDLE, "emit", "boot", "-m", "booted up"]
+        started = time.perf_counter()
+        subprocess.run(emit, env=env, cwd=d)
+        cold = (time.perf_counter() - started) * 1000  # first start: unpacks and compiles into the cache
+        warm = median_ms(emit, runs, env, d)
+        nocache = median_ms(emit, runs, dict(env, PILOTLOG_CACHE="/proc/unwritable"), d)
+        rows.append(["%s (%s)" % (version, label), "%.1f" % bare, "%.1f (%.1f×)" % (warm, warm / bare),
+                     "%.1f" % cold, "%.1f (%.1f×)" % (nocache, nocache / bare)])
+        if send_url:
+            senv = dict(env, PILOTLOG_SINK=send_url, PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER,
+                        PILOTLOG_PASSCODE=PASSWORD)
+            send = median_ms(emit + ["--send"], runs, senv, d)
+            rows[-1].append("%.1f (%.1f×)" % (send, send / bare))
+        shutil.rmtree(d)
+    return rows
+
+
+# -- 3. memory, 4. spool, 5. size --------------------------------------------------------------
+
+
+def peak_rss_mb(n) -> float:
+    d = tempfile.mkdtemp()
+    fill_spool(os.path.join(d, "spool"), n)
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(d, "spool"), PILOTLOG_SINK="stdout")
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-I", "-S", BUNDLE, "replay"], env=env,
+                         stdout=subprocess.PIPE, universal_newlines=True).stdout
+    left = len(os.listdir(os.path.join(d, "spool", "events")))
+    shutil.rmtree(d)
+    assert left == 0
+    return int(out) / 1024.0
+
+
+def spool_rate(processes: int, per_process: int) -> float:
+    d = tempfile.mkdtemp()
+    env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(d, "spool"), PILOTLOG_PILOT_UUID=PILOT)
+    loop = os.path.join(ROOT, "tests", "emit_loop.py")
+    started = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, loop, BUNDLE, "p%d" % i, str(per_process)], env=env,
+                              stdout=subprocess.DEVNULL) for i in range(processes)]
+    assert all(p.wait() == 0 for p in procs)
+    elapsed = time.monotonic() - started
+    stored = len(os.listdir(os.path.join(d, "spool", "events")))
+    shutil.rmtree(d)
+    assert stored == processes * per_process
+    return processes * per_process / elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--brokers", default="rabbitmq,activemq")
+    ap.add_argument("--runs", type=int, default=21)
+    ap.add_argument("--write", help="replace the results section of this Markdown file")
+    args = ap.parse_args()
+    subprocess.run(["make", "-s", "-C", ROOT, "dist/pilotlog"], check=True)
+    work = tempfile.mkdtemp(prefix="pilotlog-bench-")
+    pki = PKI(os.path.join(work, "pki"))
+    out = ["Machine: %s, %d cores; Python %s for the replays; bundle %d bytes; %s.\n" % (
+        platform.platform(), os.cpu_count(), platform.python_version(), os.path.getsize(BUNDLE),
+        time.strftime("%Y-%m-%d"))]
+    brokers = {"rabbitmq": RabbitMQ, "activemq": ActiveMQ}
+    send_url = None
+    for name in [b for b in args.brokers.split(",") if b]:
+        broker = brokers[name](os.path.join(work, name), pki).start()
+        try:
+            rows = throughput(broker, pki, args.events)
+            out.append(table("Replay throughput, %s (TLS, persistent, %d events, msg/s)" % (broker.name, args.events),
+                             ["variant", "msg/s", "arrived", "vs strict raw bound"], rows))
+            if name == "rabbitmq":
+                out.append(table("One-shot cost (ms, medians of %d; emit --send to RabbitMQ)" % args.runs,
+                                 ["Python", "bare `-I -S -c pass`", "emit, warm", "emit, cold (first start)",
+                                  "emit, no cache (zip import)", "emit --send"],
+                                 one_shot(args.runs, broker.url("/queue/bench-send"), pki)))
+                send_url = True
+        finally:
+            broker.shutdown() if hasattr(broker, "shutdown") else broker.stop()
+    if not send_url:
+        out.append(table("One-shot cost (ms, medians of %d)" % args.runs,
+                         ["Python", "bare", "emit, warm", "emit, cold", "emit, no cache"], one_shot(args.runs)))
+    small, large = peak_rss_mb(1000), peak_rss_mb(100000)
+    out.append(table("Memory: peak RSS of `replay` to stdout", ["spooled events", "peak RSS (MB)"],
+                     [["1,000", "%.1f" % small], ["100,000", "%.1f" % large], ["growth", "%.1f" % (large - small)]]))
+    out.append(table("Spool: emits per second (CLI code in a loop, fsync on)", ["writers", "emits/s"],
+                     [["1 process", "%.0f" % spool_rate(1, 300)], ["8 processes", "%.0f" % spool_rate(8, 100)]]))
+    shutil.rmtree(work, ignore_errors=True)
+    if args.write:
+        marker = "<!-- results -->"
+        with open(args.write) as f:
+            head = f.read().split(marker)[0]
+        with open(args.write, "w") as f:
+            f.write(head + marker + "\n\n" + "\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
