@@ -43,6 +43,80 @@ class UsageError(Exception):
     """The command line is wrong: exit 2 with this one line."""
 
 
+#: The options of `emit` beside its phase and the settings: (flags, dest, action, default,
+#: argparse extras, help).  argparse is built from this table, and so is the lean parser
+#: that spares the common one-liner argparse's import cost.
+EMIT_OPTIONS = (
+    (("-m", "--message"), "message", "store", "", {}, "human-readable text"),
+    (("-s", "--status"), "status", "store", "info", {"choices": STATUSES}, "level (default: info)"),
+    (("--data",), "data_json", "store", None, {"metavar": "JSON"}, "a JSON object of extra fields"),
+    (("-d",), "data_pairs", "append", None, {"metavar": "KEY=VALUE"},
+     "one extra field; KEY=text is a string, KEY:=json a JSON value (repeatable)"),
+    (("--send",), "send", "store_true", False, {},
+     "after spooling, try to ship the spool at once (within --deadline); what fails stays spooled"),
+)
+
+
+class _Args:
+    """The namespace the lean parser fills, shaped like argparse's."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def parse_emit_quickly(argv):
+    """Parse a plain `emit` command line without argparse, or return None to let argparse do it.
+
+    Anything out of the ordinary — help, an unknown or malformed option, a value that
+    looks like an option, a bad choice — goes to argparse, which gives the proper
+    message; so this only ever accepts what argparse would accept the same way.
+    """
+    if not argv or argv[0] != "emit":
+        return None
+    options = {}
+    for flags, dest, action, default, extra, _ in EMIT_OPTIONS:
+        for flag in flags:
+            options[flag] = (dest, action, extra.get("choices"))
+    for s in SETTINGS:
+        if s.flag:
+            options["--" + s.name.replace("_", "-")] = (s.name, "store", None)
+    values = {dest: default for _, dest, _, default, _, _ in EMIT_OPTIONS}
+    values.update((s.name, None) for s in SETTINGS if s.flag)
+    values["command"], phase, i = "emit", None, 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-") and arg != "-":
+            name, eq, inline = arg.partition("=")
+            if name not in options or (eq and not name.startswith("--")):
+                return None
+            dest, action, choices = options[name]
+            if action == "store_true":
+                if eq:
+                    return None
+                values[dest] = True
+            else:
+                if not eq:
+                    i += 1
+                    if i >= len(argv) or argv[i].startswith("-"):
+                        return None
+                value = inline if eq else argv[i]
+                if choices and value not in choices:
+                    return None
+                if action == "append":
+                    values[dest] = (values[dest] or []) + [value]
+                else:
+                    values[dest] = value
+        elif phase is None:
+            phase = arg
+        else:
+            return None
+        i += 1
+    if phase is None:
+        return None
+    values["phase"] = phase
+    return _Args(**values)
+
+
 def _parser():
     import argparse
 
@@ -83,17 +157,8 @@ def _parser():
 
     emit = command("emit", "record one event in the spool")
     emit.add_argument("phase", help="boot, install, power, os, match, nomatch, shutdown, log, or any name")
-    emit.add_argument("-m", "--message", default="", help="human-readable text")
-    emit.add_argument("-s", "--status", default="info", choices=STATUSES, help="level (default: info)")
-    emit.add_argument("--data", dest="data_json", metavar="JSON", help="a JSON object of extra fields")
-    emit.add_argument(
-        "-d", dest="data_pairs", metavar="KEY=VALUE", action="append", default=[],
-        help="one extra field; KEY=text is a string, KEY:=json a JSON value (repeatable)",
-    )
-    emit.add_argument(
-        "--send", action="store_true",
-        help="after spooling, try to ship the spool at once (within --deadline); what fails stays spooled",
-    )
+    for flags, dest, action, default, extra, help in EMIT_OPTIONS:
+        emit.add_argument(*flags, dest=dest, action=action, default=default, help=help, **extra)
 
     replay = command("replay", "ship spooled events to the sink, oldest first")
     replay.add_argument("--strict", action="store_true", help="exit 3 when events are left in the spool")
@@ -118,20 +183,25 @@ def _parser():
 
 
 def parse_data(data_json, pairs) -> dict:
-    """``--data`` and ``-d`` options → one dict (pairs win); raise UsageError with the reason."""
-    import json
+    """``--data`` and ``-d`` options → one dict (pairs win); raise UsageError with the reason.
 
+    :mod:`json` is imported only when JSON is given: plain ``-d key=text`` stays lean.
+    """
     data = {}
     if data_json is not None:
+        import json
+
         try:
             data = json.loads(data_json)
         except ValueError as exc:
             raise UsageError("--data is not valid JSON (%s)" % exc) from None
         if not isinstance(data, dict):
             raise UsageError("--data must be a JSON object, e.g. '{\"hs06\": 11}'")
-    for pair in pairs:
+    for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if key.endswith(":"):
+            import json
+
             key = key[:-1]
             try:
                 value = json.loads(value)
@@ -350,7 +420,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = None
     try:
-        args = _parser().parse_args(argv)
+        args = parse_emit_quickly(argv) or _parser().parse_args(argv)
         command = args.command
         if command is None:
             raise UsageError("a command is required: %s (see '%s --help')" % (", ".join(COMMANDS), PROG))

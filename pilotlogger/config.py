@@ -86,7 +86,7 @@ SETTINGS = (
     Setting("key", str, None, "client key (default: X509_USER_KEY; none for a proxy, whose key is inside)"),
     Setting("timeout", float, 5.0, "seconds allowed for each network step: connect, TLS, CONNECTED, each receipt"),
     Setting("deadline", float, 20.0, "seconds allowed for reaching a broker (all addresses, retries) or reconnecting"),
-    Setting("window", int, 200, "SEND frames in flight awaiting their receipts"),
+    Setting("window", int, 1000, "SEND frames in flight awaiting their receipts"),
     Setting("receipt_every", int, 1, "opt-in: a RECEIPT every K frames, cumulative (default 1: one per event)"),
     # Delivery over HTTPS, fallback, batching.
     Setting("fallback_sink", str, None, "used for the rest of a run when the sink fails (e.g. https://… behind stomp+ssl://…)"),

@@ -34,10 +34,11 @@ def _batches(spool, fmt: str, max_events: int, max_bytes: int):
     """Yield lists of ``(name, event, body)``; unreadable files are quarantined by the spool."""
     batch, size = [], 0
     for name in spool.entries():
-        event = spool.load(name)
-        if event is None:
+        loaded = spool.read(name)
+        if loaded is None:
             continue
-        body = render(event, fmt)
+        event, text = loaded
+        body = text if fmt == "native" else render(event, fmt)  # the file already is the native form
         if batch and size + len(body) > max_bytes:
             yield batch
             batch, size = [], 0

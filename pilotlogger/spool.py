@@ -192,8 +192,8 @@ class Spool:
         target = os.path.join(self.path, "pilot-uuid")
         for _ in range(2):
             try:
-                with open(target, "r") as f:
-                    value = f.read().strip()
+                with open(target, "rb") as f:  # binary: text mode would import locale
+                    value = f.read().decode("utf-8", "replace").strip()
                 if value:
                     return value
             except FileNotFoundError:
@@ -363,6 +363,12 @@ class Spool:
 
     def load(self, name: str):
         """Read and validate one event file; quarantine it (and return None) when it is bad."""
+        loaded = self.read(name)
+        return loaded and loaded[0]
+
+    def read(self, name: str):
+        """``(event, text)`` of one event file — ``text`` is its native JSON, ready to send —
+        or None after quarantining a bad file."""
         path = os.path.join(self.events_dir, name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
@@ -389,10 +395,11 @@ class Spool:
             import json
 
             try:
-                event = validate(json.loads(raw.decode("utf-8")))
+                text = raw.decode("utf-8").rstrip("\n")
+                event = validate(json.loads(text))
                 if EventName.for_event(event) != name:
                     raise EventError("content does not match the file name")
-                return event
+                return event, text
             except (ValueError, EventError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 reason = "is not a valid event (%s)" % exc
         self.quarantine(name, reason)

@@ -64,7 +64,7 @@ class Frame:
 
 
 def escape(text: str) -> str:
-    if not any(c in text for c in "\\\n\r:"):
+    if "\\" not in text and "\n" not in text and "\r" not in text and ":" not in text:
         return text
     return "".join(_ESCAPES.get(c, c) for c in text)
 

@@ -279,3 +279,34 @@ def test_emit_send_to_an_unreachable_broker_keeps_the_event_and_exits_0(pilotlog
     p = pilotlog("emit", "boot", "--send", env=dict(env, PILOTLOG_CERT="/no/such/cert.pem"))
     assert p.returncode == 0 and "not sent" in p.stderr and "/no/such/cert.pem does not exist" in p.stderr
     assert len(pilotlog.events()) == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["emit", "boot"],
+        ["emit", "power", "-m", "power of 11 HS06", "-d", "hs06:=11", "-d", "unit=HS06", "--status", "debug"],
+        ["emit", "--source=InstallDIRAC", "install", "--message=done", "--send", "--max-events", "7"],
+        ["emit", "log", "--data", '{"a": 1}', "-s", "warning", "--spool", "/x", "--site", "S"],
+    ],
+)
+def test_lean_emit_parser_agrees_with_argparse(argv):
+    from pilotlogger import cli
+
+    quick = cli.parse_emit_quickly(argv)
+    assert quick is not None
+    assert vars(quick) == vars(cli._parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["emit"], ["emit", "--help"], ["emit", "a", "b"], ["emit", "boot", "-m"], ["emit", "boot", "-m", "-x"],
+        ["emit", "boot", "--status", "fatal"], ["emit", "boot", "--bogus"], ["emit", "boot", "--send=1"],
+        ["emit", "boot", "--passcode", "p"], ["replay"],
+    ],
+)
+def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
+    from pilotlogger import cli
+
+    assert cli.parse_emit_quickly(argv) is None

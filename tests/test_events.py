@@ -128,3 +128,26 @@ def test_render_formats():
 def test_readable_line_follows_dirac_logger_template():
     e = event(message="matched a job", phase="match", data={"job": 7}, source="LaunchAgent")
     assert events.readable_line(e) == '2026-11-28T02:29:38.219549Z INFO [LaunchAgent] match: matched a job {"job":7}'
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values)
+def test_to_json_is_byte_identical_to_json_dumps(value):
+    assert events.to_json(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_to_json_refuses_non_json_values():
+    # Non-string keys too: json.dumps would silently turn 1 into "1"; events never carry them.
+    for bad in ({1: "int key"}, {"set": {1}}, object()):
+        with pytest.raises(TypeError):
+            events.to_json(bad)

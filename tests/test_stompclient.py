@@ -214,3 +214,27 @@ def test_heartbeats_are_sent_while_waiting_for_receipts(monkeypatch):
     with pytest.raises(StompError):
         conn.send_frames(frames_for(1), 1)
     assert raw.count(b"\n") >= 3  # ~0.6 s of waiting, one EOL per 100 ms
+
+
+def test_sink_frames_equal_what_the_codec_builds():
+    """The sink's fast SEND template must produce exactly the codec's frame."""
+    from types import SimpleNamespace
+
+    from pilotlogger.events import make_event
+    from pilotlogger.stompclient import StompSink
+    from pilotlogger.stompcodec import FrameParser, encode_frame
+
+    config = SimpleNamespace(ca_file=None, ca_dir=None, cert=None, key=None)
+    sink = StompSink(config, "stomp://h:1/queue/a:b")
+    event = make_event("boot", "x", pilot="https://ce:9000/a\\b", seq=1, epoch=0.0)
+    body = b'{"k":"v\x00"}'
+    for receipt in (True, False):
+        headers = [("destination", "/queue/a:b"), ("content-type", "application/json;charset=utf-8"),
+                   ("persistent", "true")] + ([("receipt", event["id"])] if receipt else []) + [
+                   ("pilot_id", event["pilot"]), ("event_id", event["id"]), ("phase", "boot"), ("status", "info"),
+                   ("content-length", str(len(body)))]
+        assert sink._frame(event, body, receipt) == encode_frame("SEND", headers, body)
+        parser = FrameParser(commands={"SEND"})
+        parser.feed(sink._frame(event, body, receipt))
+        frame = parser.next_frame()
+        assert frame.headers["pilot_id"] == "https://ce:9000/a\\b" and frame.body == body
