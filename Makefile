@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard pilotlogger/*.py)
 
-.PHONY: run test bundle venv brokers clean
+.PHONY: run test bundle venv brokers bench clean
 
 ## make run: a demo pilot lifecycle into a temporary spool, replayed to stdout (no broker needed).
 run: dist/pilotlog
@@ -46,6 +46,10 @@ brokers:
 ## make test: everything the tests need, then the whole suite (unit, bundle, brokers, version matrix).
 test: venv brokers dist/pilotlog
 	@$(VPY) -m pytest tests
+
+## make bench: throughput vs stomp.py and raw bounds on real brokers, start-up cost, memory; updates docs/performance.md.
+bench: venv brokers dist/pilotlog
+	@$(VPY) bench/run.py --write docs/performance.md
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache

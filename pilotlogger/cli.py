@@ -289,17 +289,18 @@ def _count_drop(spool, n: int = 1) -> None:
         pass
 
 
+def _show_progress(delivered: int) -> None:
+    sys.stderr.write("\r%s: %d events delivered" % (PROG, delivered))
+    sys.stderr.flush()
+
+
 def deliver(config, spool, report_success: bool = True):
     """Ship the spool to the configured sink and say how it went in one stderr line."""
     from .ship import ship
     from .sinks import open_sink
 
     sink = open_sink(config, sys.stdout)
-    progress = None
-    if sys.stderr.isatty():
-        def progress(n):
-            sys.stderr.write("\r%s: %d events delivered" % (PROG, n))
-            sys.stderr.flush()
+    progress = _show_progress if sys.stderr.isatty() else None
     try:
         result = ship(spool, sink, config.format, config.batch_events, config.batch_bytes, progress=progress)
     finally:

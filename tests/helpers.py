@@ -24,6 +24,46 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
+class SilentListener:
+    """A TCP listener on loopback that accepts connections and never says a word.
+
+    The fault a real broker or server cannot be made to show: the deadlines must hold.
+    ``held`` lists the accepted connections (so a test can check the client came).
+    """
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.held, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self):
+        import socket
+
+        while not self._stop.is_set():
+            try:
+                self.held.append(self.server.accept()[0])
+            except socket.timeout:
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        for conn in self.held:
+            conn.close()
+        self.server.close()
+
+
 def build_bundle() -> Path:
     """Build dist/pilotlog with the Makefile rule (a no-op when it is up to date)."""
     subprocess.run(["make", "-s", "-C", str(ROOT), "dist/pilotlog"], check=True, stdout=subprocess.DEVNULL)

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from urllib.parse import parse_qs
@@ -19,7 +18,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from brokers import CLIENT_CN, free_port
-from helpers import Pilotlog, stderr_lines
+from helpers import Pilotlog, SilentListener, stderr_lines
 from pilotlogger.events import make_event, readable_line
 from pilotlogger.https import dirac_form
 from pilotlogger.tls import host_credentials
@@ -308,34 +307,13 @@ def test_server_restarted_in_the_middle_of_a_replay(serve, pilotlog):
 
 
 def test_listener_that_never_answers(pilotlog):
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held, stop = [], threading.Event()
-
-    def accept():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except socket.timeout:
-                pass
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    try:
+    with SilentListener() as silent:
         spool_events(pilotlog, str(uuid.uuid4()), 2, shutdown=False)
-        url = "https://localhost:%d%s" % (server.getsockname()[1], PATH)
+        url = "https://localhost:%d%s" % (silent.port, PATH)
         p, took = replay(pilotlog, PILOTLOG_SINK=url, PILOTLOG_TIMEOUT=1, PILOTLOG_DEADLINE=3)
         (line,) = stderr_lines(p)
         assert p.returncode == 0 and "timed out" in line and "2 event(s) kept" in line
-        assert took < 10
-    finally:
-        stop.set()
-        t.join()
-        for c in held:
-            c.close()
-        server.close()
+        assert took < 10 and silent.held
 
 
 # -- the receiver's own defences -------------------------------------------------------------------

@@ -8,13 +8,12 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from brokers import CLIENT_CN, PASSWORD, USER
-from helpers import Pilotlog, stderr_lines
+from helpers import Pilotlog, SilentListener, stderr_lines
 
 PILOTS = ["https://ce.example.org:9000/aBc:12", "0123456789abcdef0123456789abcdef"]
 
@@ -202,35 +201,12 @@ def test_broker_not_listening(pilotlog, queue):
 
 def test_listener_that_never_answers_hits_the_deadline(pilotlog, queue):
     """A listener that accepts TCP and then says nothing: the deadlines hold, events stay."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held = []
-    stop = threading.Event()
-
-    def accept():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except socket.timeout:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
+    with SilentListener() as silent:
         spool_lifecycle(pilotlog)
-        url = "stomp+ssl://localhost:%d%s" % (server.getsockname()[1], queue)
-        p, took = replay(pilotlog, url, PILOTLOG_TIMEOUT=1, PILOTLOG_DEADLINE=3)
+        p, took = replay(pilotlog, "stomp+ssl://localhost:%d%s" % (silent.port, queue), PILOTLOG_TIMEOUT=1, PILOTLOG_DEADLINE=3)
         assert_kept(pilotlog, p, 6, "timed out")
         assert took < 8
-        assert held, "the client never connected"
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
+        assert silent.held, "the client never connected"
 
 
 def test_broker_restarted_in_the_middle_of_a_replay(broker, pilotlog, queue, consume):
