@@ -226,3 +226,19 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_event(tmp_path, bundle):
     assert spool.stats()["quarantined"] == 0, "a killed writer left a broken event"
     seqs = [EventName(n).seq for n in names(spool)]
     assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
+
+
+def test_cached_byte_total_self_corrects_after_acks(tmp_path):
+    """Replay's acks do not update the cached byte total; the next near-bound put recounts
+    instead of evicting events that are no longer there."""
+    spool = Spool(str(tmp_path / "s"), max_events=1000, max_bytes=2000, max_event_bytes=400)
+    for _ in range(6):
+        spool.put(builder("log", "x" * 150))
+    for name in names(spool):  # a replay delivered everything
+        spool.ack(name)
+    kept = [spool.put(builder("log", "y" * 150)) for _ in range(6)]
+    assert [r.evicted for r in kept] == [0] * 6 and all(r.stored for r in kept)
+    assert len(names(spool)) == 6
+    with open(os.path.join(spool.path, "seq")) as f:
+        seq, total = map(int, f.read().split())
+    assert seq == 12 and total == sum(os.path.getsize(os.path.join(spool.events_dir, n)) for n in names(spool))
