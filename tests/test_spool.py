@@ -233,10 +233,10 @@ def test_cached_byte_total_self_corrects_after_acks(tmp_path):
     instead of evicting events that are no longer there."""
     spool = Spool(str(tmp_path / "s"), max_events=1000, max_bytes=2000, max_event_bytes=400)
     for _ in range(6):
-        spool.put(builder("log", "x" * 150))
+        assert spool.put(builder("log", "x" * 40)).evicted == 0
     for name in names(spool):  # a replay delivered everything
         spool.ack(name)
-    kept = [spool.put(builder("log", "y" * 150)) for _ in range(6)]
+    kept = [spool.put(builder("log", "y" * 40)) for _ in range(6)]
     assert [r.evicted for r in kept] == [0] * 6 and all(r.stored for r in kept)
     assert len(names(spool)) == 6
     with open(os.path.join(spool.path, "seq")) as f:
