@@ -14,7 +14,7 @@ from .events import STATUSES, EventError
 
 #: Exit codes — documented in README.md ("Exit codes").
 EXIT_OK = 0
-EXIT_FAILED = 1  # an informational command (status, config) could not do its job
+EXIT_FAILED = 1  # status/config hit an unexpected error, or serve cannot listen
 EXIT_USAGE = 2  # bad arguments, bad config: the caller must fix something
 EXIT_UNDELIVERED = 3  # replay --strict only: events are still in the spool
 
