@@ -1,7 +1,31 @@
 """pilotlogger: structured lifecycle logging for grid pilots, stdlib only.
 
 Events are written durably to a local spool first, then shipped (replay) to a sink.
-Importing this package is cheap: submodules are loaded only when used.
+
+    import pilotlogger
+    pilotlogger.emit("power", "power of 11 HS06", hs06=11)
+    logging.getLogger("Pilot").addHandler(pilotlogger.Handler())
+
+Importing this package is cheap: ``emit`` and ``Handler`` (which need :mod:`logging`) are
+loaded on first use, so the CLI never pays for them.
 """
 
+import sys
+import types
+
 __version__ = "0.1.0"
+
+
+class _LazyModule(types.ModuleType):
+    """Resolve ``pilotlogger.emit`` / ``pilotlogger.Handler`` on first access (module
+    ``__getattr__`` is Python 3.7+; swapping the module's class works from 3.5)."""
+
+    def __getattr__(self, name):
+        if name in ("emit", "Handler"):
+            from . import handler
+
+            return getattr(handler, name)
+        raise AttributeError("module %r has no attribute %r" % (self.__name__, name))
+
+
+sys.modules[__name__].__class__ = _LazyModule

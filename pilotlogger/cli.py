@@ -11,6 +11,7 @@ import sys
 from . import __version__
 from .config import SETTINGS, ConfigError
 from .events import STATUSES, EventError
+from .spool import open_spool
 
 #: Exit codes — documented in README.md ("Exit codes").
 EXIT_OK = 0
@@ -215,17 +216,6 @@ def parse_data(data_json, pairs) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Commands.  Each takes (args, config) and returns an exit code.
-
-
-def open_spool(config):
-    from .spool import Spool
-
-    return Spool(
-        config.spool,
-        max_events=config.max_events,
-        max_bytes=config.max_bytes,
-        max_event_bytes=config.max_event_bytes,
-    )
 
 
 def cmd_emit(args, config) -> int:

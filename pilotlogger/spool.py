@@ -489,3 +489,9 @@ class Spool:
             "newest": EventName(newest).time if newest else None,
             "quarantined": quarantined,
         }
+
+
+def open_spool(config) -> Spool:
+    """The spool a resolved :class:`~pilotlogger.config.Config` names, with its bounds."""
+    return Spool(config.spool, max_events=config.max_events, max_bytes=config.max_bytes,
+                 max_event_bytes=config.max_event_bytes)

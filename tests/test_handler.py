@@ -1,0 +1,120 @@
+"""The Python API: pilotlogger.emit() and pilotlogger.Handler — spool first, never raise."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+import pilotlogger
+from helpers import ROOT
+from pilotlogger import config
+from test_https import Serve
+
+
+def settings(tmp_path, **env):
+    env.setdefault("PILOTLOG_SPOOL", str(tmp_path / "spool"))
+    return config.load({}, {k: str(v) for k, v in env.items()})
+
+
+def spooled(tmp_path):
+    d = tmp_path / "spool" / "events"
+    return [json.loads((d / n).read_text()) for n in sorted(os.listdir(str(d)))] if d.is_dir() else []
+
+
+def test_emit_spools_an_event_and_returns_it(tmp_path):
+    event = pilotlogger.emit("power", "power of 11 HS06", config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1"), hs06=11)
+    assert spooled(tmp_path) == [event]
+    assert (event["phase"], event["message"], event["data"], event["pilot"]) == ("power", "power of 11 HS06", {"hs06": 11}, "p1")
+
+
+def test_emit_never_raises(tmp_path, capsys):
+    assert pilotlogger.emit("bad phase", config=settings(tmp_path)) is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert pilotlogger.emit("boot", config=settings(tmp_path, PILOTLOG_SPOOL=blocker / "spool")) is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(l.startswith("pilotlog: event not recorded: ") for l in lines)
+
+
+def test_handler_maps_levels_extras_exceptions_and_phase(tmp_path):
+    logger = logging.getLogger("DIRAC.Pilot/InstallDIRAC-%s" % uuid.uuid4().hex[:6])
+    logger.propagate = False
+    handler = pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.debug("checking %s", "python")
+    logger.info("installed DIRAC via dirac-install", extra={"phase": "install", "version": "v8r0", "obj": object()})
+    logger.warning("slow mirror")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        logger.exception("failed to match")
+    logger.critical("about to shutdown")
+    handler.close()
+    events = spooled(tmp_path)
+    assert [e["status"] for e in events] == ["debug", "info", "warning", "error", "error"]
+    assert [e["phase"] for e in events] == ["log", "install", "log", "log", "log"]
+    assert events[0]["message"] == "checking python"
+    assert events[1]["data"]["version"] == "v8r0" and events[1]["data"]["obj"].startswith("<object object")
+    assert "ZeroDivisionError" in events[3]["data"]["exception"]
+    assert events[0]["source"].startswith("DIRAC.Pilot-InstallDIRAC-")  # '/' is not allowed in a name
+    assert len({e["seq"] for e in events}) == 5
+
+
+def test_handler_never_raises_and_cuts_huge_messages(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    logger = logging.getLogger("never-raises-%s" % uuid.uuid4().hex[:6])
+    logger.propagate = False
+    logger.addHandler(pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_SPOOL=blocker / "spool")))
+    logger.error("disk trouble")  # must not raise
+    assert "event not recorded" in capsys.readouterr().err
+    big = logging.getLogger("big-%s" % uuid.uuid4().hex[:6])
+    big.propagate = False
+    big.setLevel(logging.INFO)
+    big.addHandler(pilotlogger.Handler(config=settings(tmp_path)))
+    big.info("x" * 200000)
+    (event,) = spooled(tmp_path)
+    assert event["message"].endswith(" [truncated]") and len(event["message"]) < 40000
+
+
+def test_handler_ships_in_the_background_and_on_close(tmp_path, bundle, pki):
+    server = Serve(bundle, pki, tmp_path / "store")
+    try:
+        pilot = str(uuid.uuid4())
+        cfg = settings(tmp_path, PILOTLOG_PILOT_UUID=pilot, PILOTLOG_SINK=server.url, PILOTLOG_CA_FILE=pki.path("ca.pem"),
+                       PILOTLOG_CERT=pki.path("client.pem"), PILOTLOG_KEY=pki.path("client.key"))
+        logger = logging.getLogger("ships-%s" % uuid.uuid4().hex[:6])
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        handler = pilotlogger.Handler(ship_every=0.2, config=cfg)
+        logger.addHandler(handler)
+        for i in range(3):
+            logger.info("line %d", i)
+        stored = server.dir / "unknown" / pilot
+        end = time.monotonic() + 20
+        while not (stored.exists() and len(stored.read_text().splitlines()) == 3) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert len(stored.read_text().splitlines()) == 3, "the background thread did not ship"
+        logger.info("last line")
+        handler.close()  # ships what is left
+        assert stored.read_text().splitlines()[-1].endswith("log: last line")
+        assert spooled(tmp_path) == []
+    finally:
+        server.stop()
+
+
+def test_importing_the_package_stays_cheap(bundle):
+    """`import pilotlogger` (and so every CLI start) must not import logging; the API appears on use."""
+    code = ("import sys; sys.path.insert(0, %r); import pilotlogger; assert 'logging' not in sys.modules;"
+            " pilotlogger.Handler; assert 'logging' in sys.modules; print(pilotlogger.emit.__module__)") % str(bundle)
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=str(ROOT.parent), stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    assert out.strip() == "pilotlogger.handler"
+    with pytest.raises(AttributeError):
+        pilotlogger.no_such_thing
