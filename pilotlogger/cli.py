@@ -167,6 +167,14 @@ def _parser():
     status = command("status", "show the spool: depth, size, oldest/newest, last delivery error")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    run = command("run", "run a command (the pilot) as a child: boot/shutdown events, its exit code returned exactly")
+    run.add_argument("--capture", action="store_true", help="also turn the child's output lines into log events")
+    run.add_argument("--pattern", action="append", default=[], metavar="REGEX=PHASE",
+                     help="a line matching REGEX becomes a PHASE event (repeatable), e.g. 'matched a job=match'")
+    run.add_argument("--ship-every", type=float, default=10.0, metavar="SECONDS",
+                     help="with a network sink, ship in the background this often (default 10)")
+    run.add_argument("child", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
+
     srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
     srv.add_argument("--listen", default="127.0.0.1:8444", metavar="HOST:PORT", help="default: 127.0.0.1:8444")
     srv.add_argument("--dir", default="pilotlogs", help="storage directory (default: ./pilotlogs)")
@@ -363,6 +371,19 @@ def cmd_status(args, config) -> int:
     return EXIT_OK
 
 
+def cmd_run(args, config) -> int:
+    from .wrapper import Wrapper, parse_patterns
+
+    child = args.child[1:] if args.child[:1] == ["--"] else args.child
+    if not child:
+        raise UsageError("run needs a command: pilotlog run [options] -- CMD ARGS")
+    try:
+        patterns = parse_patterns(args.pattern)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return Wrapper(config, child, args.capture, patterns, args.ship_every).run()
+
+
 def cmd_serve(args, config) -> int:
     from .serve import serve
     from .tls import TLSConfigError, server_context
@@ -403,7 +424,9 @@ def cmd_config(args, config) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"emit": cmd_emit, "replay": cmd_replay, "status": cmd_status, "serve": cmd_serve, "config": cmd_config}
+COMMANDS = {
+    "emit": cmd_emit, "replay": cmd_replay, "run": cmd_run, "status": cmd_status, "serve": cmd_serve, "config": cmd_config,
+}
 #: Commands a pilot runs: an unexpected failure must still exit 0.
 PILOT_SAFE = ("emit", "replay")
 
@@ -420,7 +443,14 @@ def main(argv=None) -> int:
         if command is None:
             raise UsageError("a command is required: %s (see '%s --help')" % (", ".join(COMMANDS), PROG))
         flags = {s.name: getattr(args, s.name) for s in SETTINGS if s.flag}
-        return COMMANDS[command](args, config_module.load(flags))
+        try:
+            config = config_module.load(flags)
+        except ConfigError as exc:
+            if command != "run":
+                raise
+            warn("%s; running the command without recording" % exc)  # the pilot must run regardless
+            config = None
+        return COMMANDS[command](args, config)
     except (UsageError, ConfigError, EventError) as exc:
         warn(str(exc))
         return EXIT_USAGE

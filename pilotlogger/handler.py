@@ -53,7 +53,7 @@ def _jsonable(value):
     return repr(value)
 
 
-class _Recorder:
+class Recorder:
     """The resolved configuration, its spool and pilot id: what emit() and Handler share."""
 
     def __init__(self, config=None):
@@ -120,7 +120,7 @@ def emit(phase: str, message: str = "", status: str = "info", source: str = None
     >>> pilotlogger.emit("power", "power of 11 HS06", hs06=11)
     """
     try:
-        return _Recorder(config).record(phase, message, status, source, data)
+        return Recorder(config).record(phase, message, status, source, data)
     except Exception as exc:  # bad config, bad phase...: said, never raised
         _say("event not recorded: %s" % exc)
         return None
@@ -152,7 +152,7 @@ class Handler(logging.Handler):
 
     def _get_recorder(self):
         if self._recorder is None:
-            self._recorder = _Recorder(self._config)
+            self._recorder = Recorder(self._config)
         return self._recorder
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -1,0 +1,186 @@
+"""``pilotlog run -- CMD``: run a pilot (or any bootstrap step) as a child and record its life.
+
+* ``boot`` before the child starts (command line, working directory), ``shutdown`` after
+  (exit code, signal, duration, the last lines of its stderr).
+* The child's output passes through unchanged, byte for byte.  Its stderr is always read
+  (for the tail); with ``capture`` its stdout and stderr lines also become ``log`` events,
+  limited in rate (``CAPTURE_PER_SECOND``, with a burst) and size (``CAPTURE_LINE_BYTES``).
+* ``patterns`` (regex → phase) turn lines of an unmodified pilot ("matched a job") into
+  lifecycle events.
+* SIGTERM, SIGINT, SIGHUP and SIGUSR1 are forwarded to the child.
+* The wrapper returns the child's exit code — or 128 + signal — exactly, whatever
+  happens to the spool or the network: recording is best effort around the child,
+  never in its way.
+* With a network sink, a background thread ships while the child runs, and the spool is
+  drained at the end (bounded by the configured deadline).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from .handler import Recorder
+
+FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")
+STDERR_TAIL = 20
+CAPTURE_PER_SECOND = 20  # sustained rate of captured lines
+CAPTURE_BURST = 200
+CAPTURE_LINE_BYTES = 4096
+SHIP_EVERY = 10.0
+
+
+class _Budget:
+    """A token bucket: how many captured lines may become events right now."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), time.monotonic()
+        self.skipped = 0
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            self.skipped += 1
+            return False
+
+
+def parse_patterns(specs) -> list:
+    """``["REGEX=PHASE", …]`` → [(compiled, phase)]; ValueError names a bad one."""
+    from .events import EventError, check_name
+
+    patterns = []
+    for spec in specs or ():
+        regex, sep, phase = spec.rpartition("=")
+        if not sep or not regex:
+            raise ValueError("--pattern %r must be REGEX=PHASE" % spec)
+        try:
+            patterns.append((re.compile(regex), check_name("phase", phase)))
+        except re.error as exc:
+            raise ValueError("--pattern %r: bad regular expression (%s)" % (spec, exc)) from None
+        except EventError as exc:
+            raise ValueError("--pattern %r: %s" % (spec, exc)) from None
+    return patterns
+
+
+class Wrapper:
+    def __init__(self, config, argv, capture=False, patterns=(), ship_every=SHIP_EVERY):
+        self.argv, self.capture, self.patterns, self.ship_every = argv, capture, patterns, ship_every
+        self.recorder = None
+        try:
+            self.recorder = Recorder(config) if config is not None else None
+        except Exception as exc:  # no recording at all; the child still runs
+            sys.stderr.write("pilotlog: not recording this run: %s\n" % exc)
+        self.tail = []
+        self.tail_lock = threading.Lock()
+        self.budget = _Budget(CAPTURE_PER_SECOND, CAPTURE_BURST)
+        self.done = threading.Event()
+
+    def record(self, phase, message, status="info", **data):
+        if self.recorder is not None:
+            try:
+                self.recorder.record(phase, message, status, "pilot-wrapper", data)
+            except Exception as exc:
+                sys.stderr.write("pilotlog: event not recorded: %s\n" % exc)
+
+    def _pump(self, source, sink, stream_name: str):
+        """Copy the child's stream through unchanged; look at each line on the way."""
+        for raw in iter(source.readline, b""):
+            try:
+                sink.write(raw)
+                sink.flush()
+            except (OSError, ValueError):
+                pass  # our own output is gone; keep draining so the child never blocks
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if stream_name == "stderr":
+                with self.tail_lock:
+                    self.tail = (self.tail + [line[:CAPTURE_LINE_BYTES]])[-STDERR_TAIL:]
+            for regex, phase in self.patterns:
+                if regex.search(line):
+                    self.record(phase, line[:CAPTURE_LINE_BYTES], stream=stream_name)
+                    break
+            else:
+                if self.capture and line and self.budget.take():
+                    self.record("log", line[:CAPTURE_LINE_BYTES], "warning" if stream_name == "stderr" else "info",
+                                stream=stream_name)
+        source.close()
+
+    def _ship_loop(self):
+        while not self.done.wait(self.ship_every):
+            self._ship()
+
+    def _ship(self):
+        try:
+            result = self.recorder.ship()
+            if result is not None and result.error:
+                sys.stderr.write("pilotlog: %s; %d event(s) kept in spool\n" % (result.error, result.remaining))
+        except Exception as exc:
+            sys.stderr.write("pilotlog: shipping failed: %s\n" % exc)
+
+    def run(self) -> int:
+        started = time.monotonic()
+        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=os.getcwd(), pid=os.getpid())
+        try:
+            child = subprocess.Popen(self.argv, stdout=subprocess.PIPE if self.capture or self.patterns else None,
+                                     stderr=subprocess.PIPE)
+        except OSError as exc:
+            code = 126 if isinstance(exc, PermissionError) else 127  # as a shell would
+            sys.stderr.write("pilotlog: cannot run %s: %s\n" % (self.argv[0], exc.strerror or exc))
+            self.record("shutdown", "could not start: %s" % (exc.strerror or exc), "error", exit_code=code)
+            self._finish()
+            return code
+        previous = {}
+        for name in FORWARDED:
+            sig = getattr(signal, name)
+            previous[sig] = signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+        pumps = [threading.Thread(target=self._pump, args=(child.stderr, _binary(sys.stderr), "stderr"), daemon=True)]
+        if child.stdout is not None:
+            pumps.append(threading.Thread(target=self._pump, args=(child.stdout, _binary(sys.stdout), "stdout"), daemon=True))
+        for pump in pumps:
+            pump.start()
+        shipper = None
+        if self.recorder is not None and self.recorder.config.sink != "stdout":
+            shipper = threading.Thread(target=self._ship_loop, daemon=True)
+            shipper.start()
+        try:
+            returncode = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        for pump in pumps:
+            pump.join(timeout=5)
+        duration = time.monotonic() - started
+        signum = -returncode if returncode < 0 else None
+        code = 128 + signum if signum else returncode
+        with self.tail_lock:
+            tail = list(self.tail)
+        data = {"exit_code": code, "duration_s": round(duration, 3), "stderr_tail": tail}
+        if signum:
+            data["signal"] = signal.Signals(signum).name
+        if self.budget.skipped:
+            data["capture_skipped_lines"] = self.budget.skipped
+        status = "info" if code == 0 else "error"
+        self.record("shutdown", "%s exited with %d after %.1f s" % (self.argv[0], code, duration), status, **data)
+        self.done.set()
+        if shipper is not None:
+            shipper.join(timeout=1)
+        self._finish()
+        return code
+
+    def _finish(self):
+        """Drain the spool at the end (the sink's deadline bounds it)."""
+        self.done.set()
+        if self.recorder is not None and self.recorder.config.sink != "stdout":
+            self._ship()
+
+
+def _binary(stream):
+    return getattr(stream, "buffer", stream)

@@ -1,0 +1,125 @@
+"""`pilotlog run -- CMD`: the child's exit code exactly, its output unchanged, its life recorded."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+
+def run(pilotlog, *child, options=(), env=None):
+    return pilotlog("run", *options, "--", *child, env=env)
+
+
+@pytest.mark.parametrize("code", [0, 1, 7, 255])
+def test_exit_code_is_returned_exactly(pilotlog, code):
+    p = run(pilotlog, "sh", "-c", "exit %d" % code)
+    assert p.returncode == code
+    boot, shutdown = pilotlog.events()
+    assert boot["phase"] == "boot" and boot["data"]["command"] == ["sh", "-c", "exit %d" % code]
+    assert shutdown["phase"] == "shutdown" and shutdown["data"]["exit_code"] == code
+    assert shutdown["status"] == ("info" if code == 0 else "error")
+
+
+def test_killed_child_gives_128_plus_signal(pilotlog):
+    p = run(pilotlog, "sh", "-c", "kill -9 $$")
+    assert p.returncode == 137
+    assert pilotlog.events()[-1]["data"]["signal"] == "SIGKILL"
+
+
+def test_missing_command_is_127_like_a_shell(pilotlog):
+    p = run(pilotlog, "/no/such/pilot")
+    assert p.returncode == 127 and "cannot run /no/such/pilot" in p.stderr
+    assert pilotlog.events()[-1]["data"]["exit_code"] == 127
+
+
+def test_the_outcome_never_changes_when_recording_fails(pilotlog, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    p = run(pilotlog, "sh", "-c", "echo still here; exit 7", env={"PILOTLOG_SPOOL": blocker / "spool"})
+    assert p.returncode == 7 and p.stdout == "still here\n"
+    p = run(pilotlog, "sh", "-c", "exit 5", env={"PILOTLOG_CONFIG": tmp_path / "missing.json"})
+    assert p.returncode == 5 and "running the command without recording" in p.stderr
+
+
+def test_output_passes_through_unchanged_and_stderr_tail_is_kept(pilotlog):
+    script = "import sys; sys.stdout.buffer.write(b'a\\xff\\x00b\\nno newline'); sys.stderr.write('e1\\ne2\\n'); sys.exit(3)"
+    for options in ((), ("--capture",)):
+        p = subprocess.run(
+            [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "run", *options, "--", sys.executable, "-c", script],
+            cwd=str(pilotlog.cwd), env=pilotlog.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+        )
+        assert p.returncode == 3
+        assert p.stdout == b"a\xff\x00b\nno newline"
+        assert p.stderr.endswith(b"e1\ne2\n")
+    assert pilotlog.events()[-1]["data"]["stderr_tail"] == ["e1", "e2"]
+
+
+def test_patterns_and_capture(pilotlog):
+    script = "echo 'installed DIRAC v8r0'; echo 'JobAgent: matched a job 1234'; echo plain; echo 'failed to match' >&2"
+    p = run(pilotlog, "sh", "-c", script, options=(
+        "--capture", "--pattern", "installed DIRAC=install", "--pattern", "matched a job=match",
+        "--pattern", "failed to match=nomatch"))
+    assert p.returncode == 0
+    phases = [(e["phase"], e["message"]) for e in pilotlog.events()][1:-1]
+    assert sorted(phases) == sorted([("install", "installed DIRAC v8r0"), ("match", "JobAgent: matched a job 1234"),
+                                     ("log", "plain"), ("nomatch", "failed to match")])
+
+
+def test_capture_is_rate_limited(pilotlog):
+    p = run(pilotlog, sys.executable, "-c", "print('\\n'.join('line %d' % i for i in range(3000)))", options=("--capture",))
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 3000  # all passed through
+    events = pilotlog.events()
+    logs = [e for e in events if e["phase"] == "log"]
+    assert 200 <= len(logs) < 400
+    assert events[-1]["data"]["capture_skipped_lines"] == 3000 - len(logs)
+
+
+def test_bad_pattern_or_no_command_is_a_usage_error(pilotlog):
+    assert pilotlog("run", "--pattern", "([=x", "--", "true").returncode == 2
+    assert pilotlog("run", "--pattern", "x=bad phase", "--", "true").returncode == 2
+    p = pilotlog("run")
+    assert p.returncode == 2 and "run needs a command" in p.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1])
+def test_signals_are_forwarded_to_the_child(pilotlog, sig):
+    child = ("import signal, sys, time\n"
+             "signal.signal(%d, lambda s, f: sys.exit(40 + s))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(30)\n") % sig
+    proc = subprocess.Popen([pilotlog.python, "-I", "-S", str(pilotlog.bundle), "run", "--", sys.executable, "-c", child],
+                            cwd=str(pilotlog.cwd), env=pilotlog.env, stdout=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(sig)
+    assert proc.wait(20) == 40 + sig
+    assert pilotlog.events()[-1]["data"]["exit_code"] == 40 + sig
+
+
+def test_ships_while_the_child_runs_and_drains_at_the_end(pilotlog, bundle, pki, tmp_path):
+    import uuid
+
+    from test_https import Serve
+
+    server = Serve(bundle, pki, tmp_path / "store")
+    try:
+        pilot = str(uuid.uuid4())
+        env = {"PILOTLOG_PILOT_UUID": pilot, "PILOTLOG_SINK": server.url, "PILOTLOG_CA_FILE": pki.path("ca.pem"),
+               "PILOTLOG_CERT": pki.path("client.pem"), "PILOTLOG_KEY": pki.path("client.key")}
+        stored = server.dir / "unknown" / pilot
+        proc = subprocess.Popen(
+            [pilotlog.python, "-I", "-S", str(bundle), "run", "--ship-every", "0.2", "--", "sh", "-c", "sleep 3; exit 9"],
+            cwd=str(pilotlog.cwd), env=dict(pilotlog.env, **env))
+        end = time.monotonic() + 2.5
+        while not stored.exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert stored.exists() and proc.poll() is None, "boot was not shipped while the child ran"
+        assert proc.wait(30) == 9
+        final = server.dir / "unknown" / (pilot + ".log")  # shutdown finalised the DIRAC log
+        lines = final.read_text().splitlines()
+        assert "boot: starting sh -c sleep 3; exit 9" in lines[0] and "shutdown: sh exited with 9" in lines[-1]
+        assert pilotlog.events() == []
+    finally:
+        server.stop()
