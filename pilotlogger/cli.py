@@ -167,6 +167,12 @@ def _parser():
     status = command("status", "show the spool: depth, size, oldest/newest, last delivery error")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    probe = command("probe", "print facts about this worker node (OS, CPU, memory, disk, container, batch job, MJF)")
+    probe.add_argument("--emit", action="store_true", help="also record them as an os event")
+
+    power = command("power", "measure one core's power, DB12-style (~2 s), and record a power event")
+    power.add_argument("--fraction", type=float, default=0.1, help="share of a full DB12 run (default 0.1)")
+
     run = command("run", "run a command (the pilot) as a child: boot/shutdown events, its exit code returned exactly")
     run.add_argument("--capture", action="store_true", help="also turn the child's output lines into log events")
     run.add_argument("--pattern", action="append", default=[], metavar="REGEX=PHASE",
@@ -371,6 +377,38 @@ def cmd_status(args, config) -> int:
     return EXIT_OK
 
 
+def cmd_probe(args, config) -> int:
+    from .events import to_json
+    from .probes import probe_all
+
+    facts = probe_all(config.environ)
+    print(to_json(facts))
+    if args.emit:
+        from .handler import Recorder
+
+        o = facts["os"]
+        message = "%s %s, %s cores" % (o.get("pretty_name", o.get("id", "?")), o.get("arch", ""), facts["cpu"].get("logical_cores"))
+        Recorder(config).record("os", message, "info", None, facts)
+    return EXIT_OK
+
+
+def cmd_power(args, config) -> int:
+    from .handler import Recorder
+    from .power import db12
+    from .probes import wlcg_features
+
+    if not 0 < args.fraction <= 10:
+        raise UsageError("--fraction must be in (0, 10]")
+    result = db12(args.fraction)
+    hs06 = wlcg_features(config.environ).get("hs06")
+    if hs06 is not None:
+        result["hs06_machine"] = hs06
+    message = "power of %.1f DB12" % result["db12"]
+    print("%s (%.2f s CPU)" % (message, result["cpu_s"]))
+    Recorder(config).record("power", message, "info", None, result)
+    return EXIT_OK
+
+
 def cmd_run(args, config) -> int:
     from .wrapper import Wrapper, parse_patterns
 
@@ -425,10 +463,11 @@ def cmd_config(args, config) -> int:
 
 
 COMMANDS = {
-    "emit": cmd_emit, "replay": cmd_replay, "run": cmd_run, "status": cmd_status, "serve": cmd_serve, "config": cmd_config,
+    "emit": cmd_emit, "replay": cmd_replay, "run": cmd_run, "probe": cmd_probe, "power": cmd_power,
+    "status": cmd_status, "serve": cmd_serve, "config": cmd_config,
 }
 #: Commands a pilot runs: an unexpected failure must still exit 0.
-PILOT_SAFE = ("emit", "replay")
+PILOT_SAFE = ("emit", "replay", "probe", "power")
 
 
 def main(argv=None) -> int:

@@ -114,6 +114,11 @@ class Config:
         self.origin = origin
         self._environ = environ
 
+    @property
+    def environ(self):
+        """The environment this configuration was resolved from (probes read job variables)."""
+        return self._environ
+
     def masked(self) -> dict:
         """Settings for display: secrets replaced by ``****``, credentials cut from URLs."""
         shown = {}

@@ -1,6 +1,6 @@
 """``pilotlog run -- CMD``: run a pilot (or any bootstrap step) as a child and record its life.
 
-* ``boot`` before the child starts (command line, working directory), ``shutdown`` after
+* ``boot`` before the child starts (command line, working directory, the node's probes), ``shutdown`` after
   (exit code, signal, duration, the last lines of its stderr).
 * The child's output passes through unchanged, byte for byte.  Its stderr is always read
   (for the tail); with ``capture`` its stdout and stderr lines also become ``log`` events,
@@ -127,7 +127,13 @@ class Wrapper:
 
     def run(self) -> int:
         started = time.monotonic()
-        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=os.getcwd(), pid=os.getpid())
+        facts = {}
+        if self.recorder is not None:
+            from .probes import probe_all
+
+            facts = probe_all(self.recorder.config.environ)
+        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=os.getcwd(), pid=os.getpid(),
+                    probes=facts)
         try:
             child = subprocess.Popen(self.argv, stdout=subprocess.PIPE if self.capture or self.patterns else None,
                                      stderr=subprocess.PIPE)
