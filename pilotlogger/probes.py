@@ -137,14 +137,31 @@ PROBES = (
 )
 
 
-def probe_all(environ) -> dict:
-    """Every probe's facts (or its error), and ``probe_ms`` for all of them."""
+PROBE_DEADLINE = 3.0
+
+
+def probe_all(environ, deadline: float = PROBE_DEADLINE) -> dict:
+    """Every probe's facts (or its error), and ``probe_ms`` for all of them.
+
+    The probes run in a daemon thread: a read that hangs (a dead NFS mount under the
+    working directory...) costs at most ``deadline`` seconds, and its probe — with any
+    after it — is reported as timed out.
+    """
+    import threading
+
     started = time.monotonic()
-    facts = {}
-    for name, probe in PROBES:
-        try:
-            facts[name] = probe(environ)
-        except Exception as exc:  # one odd node must not cost us the others, nor the pilot
-            facts[name] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    results = {}
+
+    def work():
+        for name, probe in PROBES:
+            try:
+                results[name] = probe(environ)
+            except Exception as exc:  # one odd node must not cost us the others, nor the pilot
+                results[name] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+
+    worker = threading.Thread(target=work, name="pilotlog-probes", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    facts = {name: results.get(name, {"error": "timed out after %g s" % deadline}) for name, _ in PROBES}
     facts["probe_ms"] = round((time.monotonic() - started) * 1000, 1)
     return facts

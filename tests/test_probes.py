@@ -71,3 +71,22 @@ def test_wrapper_boot_carries_the_probes(pilotlog):
     assert pilotlog("run", "--", "true").returncode == 0
     boot = pilotlog.events()[0]
     assert boot["data"]["probes"]["os"]["kernel"] == os.uname().release
+
+
+def test_a_hanging_probe_is_cut_at_the_deadline(monkeypatch):
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def hangs(environ):
+        release.wait(30)
+        return {}
+
+    monkeypatch.setattr(probes, "PROBES", (("os", probes.os_facts), ("disk", hangs), ("wlcg", probes.wlcg_features)))
+    started = time.monotonic()
+    facts = probes.probe_all({}, deadline=0.3)
+    release.set()
+    assert time.monotonic() - started < 2
+    assert "kernel" in facts["os"]
+    assert facts["disk"] == facts["wlcg"] == {"error": "timed out after 0.3 s"}
