@@ -73,4 +73,13 @@ def test_bundle_smoke(label, python, bundle):
         (record,) = [json.loads(line) for line in pilotlog("replay", "--format", "dirac").stdout.splitlines()]
         assert record["phase"] == "shutdown" and record["pilotUUID"] == "a" * 32
         assert json.loads(pilotlog("status", "--json").stdout)["depth"] == 0
+        # The wrapper returns the child's code exactly; power and the Python API work too.
+        wrapped = subprocess.run([python, "-I", "-S", str(bundle), "run", "--", "sh", "-c", "exit 4"], cwd=cwd, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        assert wrapped.returncode == 4, wrapped.stderr
+        pilotlog("power", "--fraction", "0.002")
+        api = "import sys; sys.path.insert(0, %r); import pilotlogger; assert pilotlogger.emit('boot', 'from python')" % str(bundle)
+        subprocess.run([python, "-I", "-S", "-c", api], cwd=cwd, env=env, check=True, timeout=60)
+        phases = [json.loads(line)["phase"] for line in pilotlog("replay").stdout.splitlines()]
+        assert phases == ["boot", "shutdown", "power", "boot"], phases
     RESULTS[key] = "passed"
