@@ -63,6 +63,7 @@ def ship(
     result = ShipResult()
     started = time.monotonic()
     try:
+        spool.check_writable()
         for batch in _batches(spool, fmt, batch_events, batch_bytes):
             names = {event["id"]: name for name, event, _ in batch}
             refused = {}

@@ -420,6 +420,18 @@ class Spool:
             os.unlink(os.path.join(self.events_dir, name))
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise SpoolError(
+                "cannot remove delivered event %s (%s): it will be sent again" % (name, _describe(exc))
+            ) from None
+
+    def check_writable(self) -> None:
+        """Raise SpoolError unless delivered events can be removed (read-only mount, permissions)."""
+        if not os.access(self.events_dir, os.W_OK | os.X_OK):
+            raise SpoolError(
+                "spool %s cannot be changed (%s): nothing sent, since delivered events could not be "
+                "removed and would be sent again" % (self.path, "read-only or not writable by this user")
+            )
 
     def quarantine(self, name: str, reason: str) -> None:
         """Move a bad file (never its link target) out of the queue, with the reason beside it."""
