@@ -57,6 +57,9 @@ class PKI:
         self._leaf("server", "localhost", "ca", ext="subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth")
         self._leaf("client", CLIENT_CN, "ca", ext="extendedKeyUsage=clientAuth")
         self._leaf("rogue-client", CLIENT_CN, "other-ca", ext="extendedKeyUsage=clientAuth")
+        # Valid for zero days: expired a second after they are made.
+        self._leaf("expired-server", "localhost", "ca", ext="subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth", days=0)
+        self._leaf("expired-client", CLIENT_CN, "ca", ext="extendedKeyUsage=clientAuth", days=0)
         # A grid proxy keeps certificate, key and chain in one file.
         with open(p("proxy.pem"), "w") as out:
             for part in ("client.pem", "client.key", "ca.pem"):
@@ -83,14 +86,14 @@ class PKI:
             "-subj", "/CN=%s" % cn, "-keyout", self.path(name + ".key"), "-out", self.path(name + ".pem"),
             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
 
-    def _leaf(self, name, cn, ca, ext):
+    def _leaf(self, name, cn, ca, ext, days=3):
         p = self.path
         with open(p(name + ".ext"), "w") as f:
             f.write(ext + "\n")
         run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s" % cn,
             "-keyout", p(name + ".key"), "-out", p(name + ".csr"))
         run("openssl", "x509", "-req", "-in", p(name + ".csr"), "-CA", p(ca + ".pem"), "-CAkey", p(ca + ".key"),
-            "-CAcreateserial", "-days", "3", "-sha256", "-extfile", p(name + ".ext"), "-out", p(name + ".pem"))
+            "-CAcreateserial", "-days", str(days), "-sha256", "-extfile", p(name + ".ext"), "-out", p(name + ".pem"))
 
 
 # ---------------------------------------------------------------------------------------------

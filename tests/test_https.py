@@ -29,8 +29,8 @@ PATH = "/WorkloadManagement/TornadoPilotLogging"
 class Serve:
     """`pilotlog serve` from the bundle, as a site would run it."""
 
-    def __init__(self, bundle, pki, directory, *extra):
-        self.bundle, self.pki, self.dir, self.extra = bundle, pki, directory, list(extra)
+    def __init__(self, bundle, pki, directory, *extra, cert="server"):
+        self.bundle, self.pki, self.dir, self.extra, self.cert = bundle, pki, directory, list(extra), cert
         self.port = free_port()
         self.proc = None
         self.start()
@@ -42,7 +42,7 @@ class Serve:
     def start(self):
         p = self.pki.path
         cmd = [sys.executable, "-I", "-S", str(self.bundle), "serve", "--listen", "127.0.0.1:%d" % self.port,
-               "--dir", str(self.dir), "--server-cert", p("server.pem"), "--server-key", p("server.key"),
+               "--dir", str(self.dir), "--server-cert", p(self.cert + ".pem"), "--server-key", p(self.cert + ".key"),
                "--client-ca", p("ca.pem"), "--require-client-cert"] + self.extra
         self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 20
