@@ -1,5 +1,7 @@
 """Shared fixtures: the bundle (built once per session) and a Pilotlog runner per test."""
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,33 @@ def pki(tmp_path_factory) -> PKI:
 @pytest.fixture
 def pilotlog(bundle, tmp_path) -> Pilotlog:
     return Pilotlog(bundle, tmp_path)
+
+
+def _secrets():
+    """The test secrets: the brokers' passcode and the body of every private key the PKI made."""
+    import glob
+
+    from brokers import PASSWORD
+
+    found = {PASSWORD}
+    for fixture_dir in glob.glob("/tmp/pytest-of-*/pytest-current/pki*"):
+        for key in glob.glob(os.path.join(fixture_dir, "*.key")):
+            lines = [l for l in open(key).read().splitlines() if l and not l.startswith("-----")]
+            found.update(lines[1:3])  # two full lines of base64 key material identify it
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Secrets never appear in any output of the suite (issue 7): passcodes, key material."""
+    from helpers import SEEN_OUTPUT
+
+    secrets = _secrets()
+    leaks = sorted({command for command, text in SEEN_OUTPUT for secret in secrets if secret in text})
+    if leaks:
+        session.exitstatus = 1
+        sys.stderr.write("\nSECRET LEAK: test secrets appeared in the output of: %s\n" % ", ".join(leaks))
+    elif SEEN_OUTPUT:
+        sys.stderr.write("\nsecrets scan: %d outputs scanned for %d test secrets, none found\n" % (len(SEEN_OUTPUT), len(secrets)))
 
 
 def pytest_terminal_summary(terminalreporter):

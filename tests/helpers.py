@@ -77,6 +77,10 @@ def clean_env(**extra) -> dict:
     return env
 
 
+#: Every stdout/stderr the Pilotlog runner saw: scanned for test secrets at the end of the session.
+SEEN_OUTPUT = []
+
+
 class Pilotlog:
     """Runs ``python -I -S dist/pilotlog ...`` from a directory outside the repository."""
 
@@ -88,11 +92,13 @@ class Pilotlog:
     def __call__(self, *args, env=None, input=None, timeout=60, **kw) -> subprocess.CompletedProcess:
         full_env = dict(self.env)
         full_env.update({k: str(v) for k, v in (env or {}).items()})
-        return subprocess.run(
+        p = subprocess.run(
             [self.python, "-I", "-S", str(self.bundle)] + [str(a) for a in args],
             cwd=str(self.cwd), env=full_env, input=input, timeout=timeout,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kw
         )
+        SEEN_OUTPUT.append((" ".join(str(a) for a in args[:2]), p.stdout + p.stderr))
+        return p
 
     def depth(self) -> int:
         """How many events are spooled; safe while a replay is removing files."""
