@@ -11,6 +11,7 @@ import sys
 from . import __version__
 from .config import SETTINGS, ConfigError
 from .events import STATUSES, EventError
+from .recorder import warn
 from .spool import open_spool
 
 #: Exit codes — documented in README.md ("Exit codes").
@@ -29,15 +30,6 @@ examples:
   PILOTLOG_SINK=stdout pilotlog replay
   pilotlog status --json
 """
-
-
-def warn(message: str) -> None:
-    """One line on stderr, prefixed with the program name.  Never raises."""
-    try:
-        sys.stderr.write("%s: %s\n" % (PROG, message))
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 class UsageError(Exception):
@@ -233,64 +225,25 @@ def parse_data(data_json, pairs) -> dict:
 
 
 def cmd_emit(args, config) -> int:
-    from .events import make_event, status_rank, to_json
-    from .spool import SpoolError
+    from .events import make_event, to_json
+    from .recorder import Recorder
 
     data = parse_data(args.data_json, args.data_pairs)
-    pilot, _ = config.resolved_pilot()
-    context = config.context()
-
-    def build(seq, epoch, pilot_id=None):
-        return make_event(
-            args.phase, args.message, args.status, config.source, data,
-            pilot=pilot_id or pilot, context=context, seq=seq, epoch=epoch,
-        )
-
+    recorder = Recorder(config)
     # Validate everything (and the size) before the spool is touched: nothing half-written.
-    draft = build(1, 0.0, pilot_id=pilot or "0" * 36)
+    draft = make_event(args.phase, args.message, args.status, config.source, data,
+                       pilot=recorder.pilot or "0" * 36, context=recorder.context, seq=1, epoch=0.0)
     if len(to_json(draft)) + 32 > config.max_event_bytes:
         raise UsageError(
             "event is larger than max_event_bytes=%d (shorten --message/--data)" % config.max_event_bytes
         )
-    if status_rank(args.status) < status_rank(config.level):
-        return EXIT_OK  # below the configured level: filtered by design
-
-    spool = open_spool(config)
-    try:
-        if pilot is None:
-            pilot = spool.pilot_id()
-        result = spool.put(build)
-    except SpoolError as exc:
-        warn("event not recorded: %s; the pilot goes on" % exc)
-        return EXIT_OK
-    if not result.stored:
-        warn(
-            "spool %s is full (max_events=%d, max_bytes=%d) and holds no log events to evict: "
-            "this %s event was dropped; run 'pilotlog replay' or raise the bounds"
-            % (spool.path, config.max_events, config.max_bytes, args.phase)
-        )
-        _count_drop(spool)
-    elif result.evicted:
-        warn(
-            "spool %s is full: evicted the %d oldest log event(s) to keep this %s event"
-            % (spool.path, result.evicted, args.phase)
-        )
-        _count_drop(spool, result.evicted)
+    recorder.record(args.phase, args.message, args.status, None, data, cut_long=False)
     if args.send:
         try:
-            deliver(config, spool, report_success=False)
+            deliver(config, recorder.spool, report_success=False)
         except ConfigError as exc:  # the event is safe in the spool: a warning, not a usage error
-            warn("not sent: %s; the event stays in spool %s" % (exc, spool.path))
+            warn("not sent: %s; the event stays in spool %s" % (exc, recorder.spool.path))
     return EXIT_OK
-
-
-def _count_drop(spool, n: int = 1) -> None:
-    from .spool import SpoolError
-
-    try:
-        spool.update_state(dropped_total=n)
-    except SpoolError:
-        pass
 
 
 def _show_progress(delivered: int) -> None:
@@ -384,7 +337,7 @@ def cmd_probe(args, config) -> int:
     facts = probe_all(config.environ)
     print(to_json(facts))
     if args.emit:
-        from .handler import Recorder
+        from .recorder import Recorder
 
         o = facts["os"]
         message = "%s %s, %s cores" % (o.get("pretty_name", o.get("id", "?")), o.get("arch", ""), facts["cpu"].get("logical_cores"))
@@ -393,7 +346,7 @@ def cmd_probe(args, config) -> int:
 
 
 def cmd_power(args, config) -> int:
-    from .handler import Recorder
+    from .recorder import Recorder
     from .power import db12
     from .probes import wlcg_features
 

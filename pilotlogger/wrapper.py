@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from .handler import Recorder
+from .recorder import Recorder, warn
 
 FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")
 STDERR_TAIL = 20
@@ -78,7 +78,7 @@ class Wrapper:
         try:
             self.recorder = Recorder(config) if config is not None else None
         except Exception as exc:  # no recording at all; the child still runs
-            sys.stderr.write("pilotlog: not recording this run: %s\n" % exc)
+            warn("not recording this run: %s" % exc)
         self.tail = []
         self.tail_lock = threading.Lock()
         self.budget = _Budget(CAPTURE_PER_SECOND, CAPTURE_BURST)
@@ -89,7 +89,7 @@ class Wrapper:
             try:
                 self.recorder.record(phase, message, status, "pilot-wrapper", data)
             except Exception as exc:
-                sys.stderr.write("pilotlog: event not recorded: %s\n" % exc)
+                warn("event not recorded: %s" % exc)
 
     def _pump(self, source, sink, stream_name: str):
         """Copy the child's stream through unchanged; look at each line on the way."""
@@ -121,9 +121,9 @@ class Wrapper:
         try:
             result = self.recorder.ship()
             if result is not None and result.error:
-                sys.stderr.write("pilotlog: %s; %d event(s) kept in spool\n" % (result.error, result.remaining))
+                warn("%s; %d event(s) kept in spool" % (result.error, result.remaining))
         except Exception as exc:
-            sys.stderr.write("pilotlog: shipping failed: %s\n" % exc)
+            warn("shipping failed: %s" % exc)
 
     def run(self) -> int:
         started = time.monotonic()
@@ -139,7 +139,7 @@ class Wrapper:
                                      stderr=subprocess.PIPE)
         except OSError as exc:
             code = 126 if isinstance(exc, PermissionError) else 127  # as a shell would
-            sys.stderr.write("pilotlog: cannot run %s: %s\n" % (self.argv[0], exc.strerror or exc))
+            warn("cannot run %s: %s" % (self.argv[0], exc.strerror or exc))
             self.record("shutdown", "could not start: %s" % (exc.strerror or exc), "error", exit_code=code)
             self._finish()
             return code

@@ -118,3 +118,13 @@ def test_importing_the_package_stays_cheap(bundle):
     assert out.strip() == "pilotlogger.handler"
     with pytest.raises(AttributeError):
         pilotlogger.no_such_thing
+
+
+def test_full_spool_is_reported_and_counted_as_for_the_cli(tmp_path, capsys):
+    cfg = settings(tmp_path, PILOTLOG_MAX_EVENTS=1)
+    assert pilotlogger.emit("boot", config=cfg) is not None
+    assert pilotlogger.emit("os", config=cfg) is None
+    assert "this os event was dropped" in capsys.readouterr().err
+    from pilotlogger.spool import Spool
+
+    assert Spool(cfg.spool).read_state()["dropped_total"] == 1
