@@ -314,12 +314,7 @@ def cmd_status(args, config) -> int:
     for key in ("last_delivery", "last_error", "last_error_time"):
         report[key] = state.get(key)
     report["sink"] = config.masked()["sink"]
-    # Every time in RFC 3339 UTC, as in the events themselves.
-    for key in ("oldest", "newest"):
-        t = report[key]  # the spool's compact form, 20261128T022319.123456Z
-        if t:
-            report[key] = "%s-%s-%sT%s:%s:%s" % (t[0:4], t[4:6], t[6:8], t[9:11], t[11:13], t[13:])
-    for key in ("last_delivery", "last_error_time"):
+    for key in ("last_delivery", "last_error_time"):  # RFC 3339 UTC, as the events and stats() have it
         if report[key]:
             report[key] = rfc3339(report[key])
     if args.json:

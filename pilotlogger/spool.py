@@ -76,6 +76,12 @@ class EventName:
         stamp = t[0:4] + t[5:7] + t[8:10] + "T" + t[11:13] + t[14:16] + t[17:19] + t[19:]
         return "%s_%012d_%s_%s%s" % (stamp, event["seq"], event["phase"], event["id"], _SUFFIX)
 
+    @property
+    def rfc3339(self) -> str:
+        """The event time back in the RFC 3339 form of the event itself (inverse of for_event)."""
+        t = self.time
+        return "%s-%s-%sT%s:%s:%s" % (t[0:4], t[4:6], t[6:8], t[9:11], t[11:13], t[13:])
+
     @classmethod
     def parse(cls, name: str):
         """The parsed name, or None when the name is not one this spool writes."""
@@ -497,8 +503,8 @@ class Spool:
         return {
             "depth": depth,
             "bytes": size,
-            "oldest": EventName(oldest).time if oldest else None,
-            "newest": EventName(newest).time if newest else None,
+            "oldest": EventName(oldest).rfc3339 if oldest else None,
+            "newest": EventName(newest).rfc3339 if newest else None,
             "quarantined": quarantined,
         }
 

@@ -242,3 +242,10 @@ def test_cached_byte_total_self_corrects_after_acks(tmp_path):
     with open(os.path.join(spool.path, "seq")) as f:
         seq, total = map(int, f.read().split())
     assert seq == 12 and total == sum(os.path.getsize(os.path.join(spool.events_dir, n)) for n in names(spool))
+
+
+def test_event_names_give_back_the_events_time(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    event = spool.put(builder()).event
+    assert EventName(EventName.for_event(event)).rfc3339 == event["time"]
+    assert spool.stats()["oldest"] == spool.stats()["newest"] == event["time"]
