@@ -259,7 +259,7 @@ def deliver(config, spool, report_success: bool = True):
     sink = open_sink(config, sys.stdout)
     progress = _show_progress if sys.stderr.isatty() else None
     try:
-        result = ship(spool, sink, config.format, config.batch_events, config.batch_bytes, progress=progress)
+        result = ship(spool, sink, config.format, progress=progress)
     finally:
         sink.close()
     if progress:

@@ -91,7 +91,7 @@ SETTINGS = (
     # Delivery over HTTPS, fallback, batching.
     Setting("fallback_sink", str, None, "used for the rest of a run when the sink fails (e.g. https://… behind stomp+ssl://…)"),
     Setting("http_protocol", str, "dirac", "HTTPS body: DIRAC's pilot-logging form, or JSON lines", choices=("dirac", "json")),
-    Setting("batch_events", int, 1000, "most events per batch (one HTTPS request, one receipt window)"),
+    Setting("batch_events", int, 1000, "most events per batch (one HTTPS request, one stdout write)"),
     Setting("batch_bytes", int, 1024 * 1024, "most bytes of events per batch"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -27,7 +27,7 @@ import random
 import time
 
 from .events import readable_line
-from .sinks import SinkError
+from .sinks import SinkError, in_batches
 
 REFUSED = frozenset((400, 413, 415, 422))
 RETRY = frozenset((408, 425, 429))
@@ -138,26 +138,31 @@ class HttpsSink:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send(self, batch) -> list:
+    def deliver(self, events):
+        c = self.config
+        for batch in in_batches(events, c.batch_events, c.batch_bytes):
+            yield from self._deliver_batch(batch)
+
+    def _deliver_batch(self, batch):
+        """POST one batch; yield each event as it is settled, retrying until the deadline."""
         texts = {event["id"]: text for event, text in batch}
-        confirmed, refused = [], {}
         end, attempt = None, 0
         pending = list(self._requests(batch))
         while pending:
             request = pending.pop(0)
             try:
                 self._post(request)
-                confirmed += [e["id"] for e in request.events]
-                end, attempt = None, 0
             except _Refused as exc:
                 if request.finalise:  # the lines are stored; only the rename was refused
-                    confirmed += [e["id"] for e in request.events]
+                    yield from ((e["id"], None) for e in request.events)
                 elif exc.status == 413 and len(request.events) > 1:  # too big: try the halves
                     half = len(request.events) // 2
                     for part in (request.events[half:], request.events[:half]):
                         pending[:0] = list(self._requests([(e, texts[e["id"]]) for e in part]))
                 else:
-                    refused.update((e["id"], "%s refused it: %s" % (self.where, exc)) for e in request.events)
+                    reason = "%s refused it: %s" % (self.where, exc)
+                    yield from ((e["id"], reason) for e in request.events)
+                continue
             except _Retry as exc:
                 self._close()
                 end = end or time.monotonic() + self.config.deadline
@@ -165,16 +170,13 @@ class HttpsSink:
                 delay = min(5.0, 0.2 * 2 ** attempt) * self.rng.uniform(0.5, 1.5)
                 if time.monotonic() + delay >= end:
                     raise SinkError(
-                        "%s (still failing after %d attempts; deadline %g s)" % (exc, attempt, self.config.deadline),
-                        confirmed, refused,
+                        "%s (still failing after %d attempts; deadline %g s)" % (exc, attempt, self.config.deadline)
                     ) from None
                 time.sleep(delay)
                 pending.insert(0, request)
-            except SinkError as exc:  # configuration trouble: stop, keep everything not yet confirmed
-                raise SinkError(str(exc), confirmed, refused) from None
-        if refused:
-            raise SinkError("%d event(s) refused by %s" % (len(refused), self.where), confirmed, refused, stop=False)
-        return confirmed
+                continue
+            end, attempt = None, 0
+            yield from ((e["id"], None) for e in request.events)
 
     @property
     def where(self) -> str:

@@ -108,6 +108,6 @@ class Recorder:
             warn("not sent: %s" % exc)
             return None
         try:
-            return ship(self.spool, sink, self.config.format, self.config.batch_events, self.config.batch_bytes)
+            return ship(self.spool, sink, self.config.format)
         finally:
             sink.close()

@@ -1,14 +1,14 @@
 """Shipping: move events from the spool to a sink.  The one place delivery semantics live.
 
-* Oldest first, in batches, streaming: the spool is walked a chunk at a time and never
-  loaded whole.
-* An event leaves the spool only after the sink confirmed its id (at-least-once: a
-  crash between confirmation and removal re-sends it, with the same id).
+* Oldest first, streaming: the spool is walked a chunk at a time and never loaded whole;
+  the sink pulls events as fast as the destination takes them (see sinks.py).
+* An event leaves the spool only after the sink confirmed its id, and at once (so a
+  crash re-sends little).  At-least-once: a crash between confirmation and removal
+  re-sends it, with the same id.
 * Events the destination refuses for good (malformed for it, too large) are moved to
   the spool's quarantine with the reason, never retried forever nor silently dropped.
 * Any other sink failure stops the run; what was not confirmed stays spooled, and the
   error is recorded in the spool state for ``pilotlog status``.
-* Batches are bounded by count and by bytes, so requests stay few but never huge.
 """
 
 import time
@@ -17,8 +17,7 @@ from .events import render
 from .sinks import SinkError
 from .spool import SpoolError
 
-DEFAULT_BATCH_EVENTS = 1000
-DEFAULT_BATCH_BYTES = 1024 * 1024
+PROGRESS_EVERY = 1000
 
 
 class ShipResult:
@@ -30,60 +29,36 @@ class ShipResult:
         self.delivered, self.refused, self.remaining, self.error, self.seconds = 0, 0, 0, None, 0.0
 
 
-def _batches(spool, fmt: str, max_events: int, max_bytes: int):
-    """Yield lists of ``(name, event, body)``; unreadable files are quarantined by the spool."""
-    batch, size = [], 0
-    for name in spool.entries():
-        loaded = spool.read(name)
-        if loaded is None:
-            continue
-        event, text = loaded
-        body = text if fmt == "native" else render(event, fmt)  # the file already is the native form
-        if batch and size + len(body) > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append((name, event, body))
-        size += len(body)
-        if len(batch) >= max_events:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def ship(
-    spool, sink, fmt: str, batch_events: int = DEFAULT_BATCH_EVENTS, batch_bytes: int = DEFAULT_BATCH_BYTES,
-    progress=None,
-) -> ShipResult:
+def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
     """Send everything in ``spool`` through ``sink``; return what happened.
 
-    ``progress(delivered)`` is called after each batch when given (the CLI passes one
-    only when stderr is a terminal).
+    ``progress(delivered)`` is called every PROGRESS_EVERY settled events when given (the
+    CLI passes one only when stderr is a terminal).
     """
     result = ShipResult()
     started = time.monotonic()
+    names = {}  # event id -> spool file, for the events the sink has pulled and not settled
+
+    def spooled():
+        for name in spool.entries():
+            loaded = spool.read(name)  # None: unreadable, already quarantined by the spool
+            if loaded is not None:
+                event, text = loaded
+                names[event["id"]] = name
+                yield event, (text if fmt == "native" else render(event, fmt))  # the file is the native form
+
     try:
         spool.check_writable()
-        for batch in _batches(spool, fmt, batch_events, batch_bytes):
-            names = {event["id"]: name for name, event, _ in batch}
-            refused = {}
-            try:
-                confirmed = sink.send([(event, body) for _, event, body in batch])
-            except SinkError as exc:
-                confirmed, refused = exc.confirmed, exc.refused
-                if exc.stop:
-                    result.error = str(exc)
-            for event_id in confirmed:
+        for event_id, refusal in sink.deliver(spooled()):
+            if refusal is None:
                 spool.ack(names.pop(event_id))
-            for event_id, reason in refused.items():
-                spool.quarantine(names.pop(event_id), reason)
-            result.delivered += len(confirmed)
-            result.refused += len(refused)
-            if progress:
+                result.delivered += 1
+            else:
+                spool.quarantine(names.pop(event_id), refusal)
+                result.refused += 1
+            if progress and (result.delivered + result.refused) % PROGRESS_EVERY == 0:
                 progress(result.delivered)
-            if result.error:
-                break
-    except SpoolError as exc:
+    except (SinkError, SpoolError) as exc:
         result.error = str(exc)
     result.seconds = time.monotonic() - started
     result.remaining = spool.stats()["depth"]

@@ -1,29 +1,44 @@
 """Sinks: where shipped events go.  Every sink has the same small surface.
 
-``send(batch) -> confirmed ids`` takes a list of ``(event, body)`` pairs, where ``body``
-is the event already rendered in the configured format, and returns the ids the
-destination confirmed, in order.  A sink that fails part-way raises :class:`SinkError`
-carrying the ids confirmed (and those refused for good) before the failure.
+``deliver(events)`` takes an iterator of ``(event, body)`` pairs, where ``body`` is the
+event already rendered in the configured format, pulls from it at its own pace, and
+yields ``(event_id, refusal)`` as the destination settles each event: ``refusal`` is
+None once the destination confirmed it, or the reason it will never accept it (the
+event is then quarantined, not retried).  Streaming lets a sink keep the pipe full —
+STOMP sends the next frames while earlier receipts are still coming — and lets the
+caller remove each event from the spool the moment it is confirmed.  A sink that cannot
+go on raises :class:`SinkError`; events it pulled but did not settle stay spooled.
 ``close()`` releases connections.  ``name`` is the destination without credentials.
 
 ``ship.py`` sees only this surface; which sink a URL means is decided here, and the
 modules for network sinks are imported only when such a sink is asked for.
 """
 
+import collections
+import itertools
+
 
 class SinkError(Exception):
-    """Delivery failed; ``str(exc)`` is one line for the operator.
+    """Delivery stopped; ``str(exc)`` is one line for the operator."""
 
-    ``confirmed``: ids that got through before the failure.  ``refused``: ``{id: reason}``
-    of events the destination will never accept (they are quarantined, not retried).
-    ``stop``: False when only some events were refused and the sink can take more.
+
+def in_batches(events, max_events: int, max_bytes: int):
+    """Group ``(event, body)`` pairs into lists bounded by count and by bytes of body.
+
+    For sinks that send in requests (HTTPS) or writes (stdout): few, but never huge.
     """
-
-    def __init__(self, message: str, confirmed=(), refused=None, stop: bool = True):
-        super().__init__(message)
-        self.confirmed = list(confirmed)
-        self.refused = dict(refused or {})
-        self.stop = stop
+    batch, size = [], 0
+    for event, body in events:
+        if batch and size + len(body) > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append((event, body))
+        size += len(body)
+        if len(batch) >= max_events:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 class StdoutSink:
@@ -34,16 +49,19 @@ class StdoutSink:
 
     name = "stdout"
 
-    def __init__(self, stream):
+    def __init__(self, stream, batch_events: int = 1000, batch_bytes: int = 1024 * 1024):
         self.stream = stream
+        self.batch_events, self.batch_bytes = batch_events, batch_bytes
 
-    def send(self, batch) -> list:
-        try:
-            self.stream.write("".join(body + "\n" for _, body in batch))
-            self.stream.flush()
-        except (OSError, ValueError) as exc:  # broken pipe, closed stream
-            raise SinkError("cannot write to stdout (%s)" % exc) from None
-        return [event["id"] for event, _ in batch]
+    def deliver(self, events):
+        for batch in in_batches(events, self.batch_events, self.batch_bytes):
+            try:
+                self.stream.write("".join(body + "\n" for _, body in batch))
+                self.stream.flush()
+            except (OSError, ValueError) as exc:  # broken pipe, closed stream
+                raise SinkError("cannot write to stdout (%s)" % exc) from None
+            for event, _ in batch:
+                yield event["id"], None
 
     def close(self) -> None:
         pass
@@ -52,8 +70,9 @@ class StdoutSink:
 class FallbackSink:
     """The primary sink until it fails (not merely refuses events), then the fallback for the rest.
 
-    Once the primary failed it is not tried again in this run: a dead broker would
-    otherwise cost its whole deadline on every batch.
+    Events the primary pulled but never settled go to the fallback first, in order.
+    Once the primary failed it is not tried again by this sink: a dead broker would
+    otherwise cost its whole deadline on every shipping run.
     """
 
     def __init__(self, primary, fallback):
@@ -64,23 +83,29 @@ class FallbackSink:
     def name(self) -> str:
         return self.fallback.name if self.fell_back else self.primary.name
 
-    def send(self, batch) -> list:
-        head = []
+    def deliver(self, events):
+        events = iter(events)
         if self.fell_back is None:
+            unsettled = collections.OrderedDict()
+
+            def tracked():
+                for event, body in events:
+                    unsettled[event["id"]] = (event, body)
+                    yield event, body
+
             try:
-                return self.primary.send(batch)
+                for event_id, refusal in self.primary.deliver(tracked()):
+                    del unsettled[event_id]
+                    yield event_id, refusal
+                return
             except SinkError as exc:
-                if not exc.stop:
-                    raise
                 self.fell_back = str(exc)
                 self.primary.close()
-                done = set(exc.confirmed) | set(exc.refused)
-                batch = [(e, body) for e, body in batch if e["id"] not in done]
-                head = exc.confirmed
+                events = itertools.chain(list(unsettled.values()), events)
         try:
-            return head + self.fallback.send(batch)
+            yield from self.fallback.deliver(events)
         except SinkError as exc:
-            raise SinkError("%s; fallback: %s" % (self.fell_back, exc), head + exc.confirmed, exc.refused, exc.stop) from None
+            raise SinkError("%s; fallback: %s" % (self.fell_back, exc)) from None
 
     def close(self) -> None:
         self.primary.close()
@@ -99,7 +124,7 @@ def _open_one(url: str, config, stdout):
     from .tls import TLSConfigError
 
     if url == "stdout":
-        return StdoutSink(stdout)
+        return StdoutSink(stdout, config.batch_events, config.batch_bytes)
     try:
         if url.startswith(("stomp+ssl://", "stomp://")):
             from .stompclient import StompSink

@@ -41,7 +41,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 LOCK_TIMEOUT = 5.0
 #: Names handed out per directory scan by :meth:`Spool.entries` (bounds replay memory).
-SCAN_CHUNK = 2048
+SCAN_CHUNK = 8192  # names per directory scan: fewer rescans of a large spool, ~1 MB of names
 
 _SUFFIX = ".json"
 _REASON = ".reason"
@@ -137,6 +137,7 @@ class Spool:
     ):
         self.path = os.path.abspath(path)
         self.events_dir = os.path.join(self.path, "events")
+        self._events_prefix = self.events_dir + os.sep
         self.tmp_dir = os.path.join(self.path, "tmp")
         self.quarantine_dir = os.path.join(self.path, "quarantine")
         self.max_events = max_events
@@ -384,7 +385,7 @@ class Spool:
     def read(self, name: str):
         """``(event, text)`` of one event file — ``text`` is its native JSON, ready to send —
         or None after quarantining a bad file."""
-        path = os.path.join(self.events_dir, name)
+        path = self._events_prefix + name  # join() is measurable per event
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
@@ -423,7 +424,7 @@ class Spool:
     def ack(self, name: str) -> None:
         """Remove a delivered event.  Not fsynced: losing an ack only means a duplicate."""
         try:
-            os.unlink(os.path.join(self.events_dir, name))
+            os.unlink(self._events_prefix + name)
         except FileNotFoundError:
             pass
         except OSError as exc:

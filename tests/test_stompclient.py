@@ -5,6 +5,7 @@ broker offers at will (an ERROR after exactly N receipts, receipts withheld, a c
 frames in flight); everything a real broker can do is tested in tests/interop/.
 """
 
+import collections
 import re
 import socket
 import threading
@@ -117,13 +118,21 @@ class ScriptedPeer:
         return conn
 
 
-def frames_for(n, every=1):
-    frames = []
-    for i in range(n):
-        receipted = (i + 1) % every == 0 or i == n - 1
-        headers = [("destination", "/queue/q")] + ([("receipt", "id-%d" % i)] if receipted else [])
-        frames.append(("id-%d" % i, encode_frame("SEND", headers, b"x"), receipted))
-    return frames
+def build(i, receipt):
+    headers = [("destination", "/queue/q")] + ([("receipt", "id-%d" % i)] if receipt else [])
+    return encode_frame("SEND", headers, b"x")
+
+
+def stream(conn, n, window, every=1):
+    """Drive conn.stream over n events; return (ids confirmed, the StompError that ended it or None)."""
+    confirmed, inflight = [], collections.OrderedDict()
+    try:
+        for event_id in conn.stream(inflight, (("id-%d" % i, i) for i in range(n)), build, window, every):
+            confirmed.append(event_id)
+    except StompError as exc:
+        return confirmed, exc
+    assert not inflight
+    return confirmed, None
 
 
 def receipt(frame):
@@ -144,8 +153,8 @@ def test_window_bounds_frames_in_flight():
         return replies
 
     peer = ScriptedPeer(on_send)
-    confirmed = peer.connect().send_frames(frames_for(23), window)
-    assert confirmed == ["id-%d" % i for i in range(23)]
+    confirmed, error = stream(peer.connect(), 23, window)
+    assert error is None and confirmed == ["id-%d" % i for i in range(23)]
 
 
 def test_error_mid_stream_keeps_only_receipted_events_confirmed():
@@ -155,11 +164,10 @@ def test_error_mid_stream_keeps_only_receipted_events_confirmed():
         return encode_frame("ERROR", [("message", "quota exceeded")], b"disk alarm")
 
     peer = ScriptedPeer(on_send)
-    with pytest.raises(StompError) as err:
-        peer.connect().send_frames(frames_for(10), 4)
-    assert err.value.confirmed == ["id-0", "id-1", "id-2"]
-    assert not err.value.retryable
-    assert "sent an ERROR: quota exceeded (disk alarm)" in str(err.value)
+    confirmed, error = stream(peer.connect(), 10, 4)
+    assert confirmed == ["id-0", "id-1", "id-2"]
+    assert not error.retryable
+    assert "sent an ERROR: quota exceeded (disk alarm)" in str(error)
 
 
 def test_a_receipt_confirms_only_its_own_frame():
@@ -168,10 +176,9 @@ def test_a_receipt_confirms_only_its_own_frame():
         return receipt(frame) if n == 5 else b""  # only the 5th frame is ever receipted
 
     peer = ScriptedPeer(on_send)
-    with pytest.raises(StompError) as err:
-        peer.connect(timeout=0.5).send_frames(frames_for(5), 10)
-    assert err.value.confirmed == ["id-4"]
-    assert "no RECEIPT within 0.5 s (4 frame(s) unconfirmed)" in str(err.value)
+    confirmed, error = stream(peer.connect(timeout=0.5), 5, 10)
+    assert confirmed == ["id-4"]
+    assert "no RECEIPT within 0.5 s (4 frame(s) unconfirmed)" in str(error)
 
 
 def test_batch_receipts_confirm_the_frames_before_them_cumulatively():
@@ -180,25 +187,36 @@ def test_batch_receipts_confirm_the_frames_before_them_cumulatively():
         return receipt(frame) if "receipt" in frame.headers and n != 8 else b""  # frame 8's receipt never comes
 
     peer = ScriptedPeer(on_send)
-    with pytest.raises(StompError) as err:
-        peer.connect(timeout=0.5).send_frames(frames_for(10, every=4), 10)
-    # Receipts are asked on id-3, id-7, id-9.  id-3's covers 0-3; id-7's is withheld, so id-7 stays
-    # unconfirmed; id-9's covers the unreceipted 4-6 and 8, and 9 itself.
-    assert sorted(err.value.confirmed, key=lambda x: int(x[3:])) == ["id-%d" % i for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
-    assert "1 frame(s) unconfirmed" in str(err.value)
+    confirmed, error = stream(peer.connect(timeout=0.5), 10, 10, every=4)
+    # Receipts are asked on id-3, id-7 and id-9 (the last of the write).  id-3's covers 0-3; id-7's is
+    # withheld, so id-7 stays unconfirmed; id-9's covers the unreceipted 4-6 and 8, and 9 itself.
+    assert sorted(confirmed, key=lambda x: int(x[3:])) == ["id-%d" % i for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+    assert "1 frame(s) unconfirmed" in str(error)
+
+
+def test_frames_left_in_flight_are_sent_again_first_on_the_next_connection():
+    """What a lost connection left unconfirmed goes out before anything new, with its receipt."""
+    seen = []
+
+    def on_send(n, frame):
+        seen.append(frame.headers["receipt"])
+        return receipt(frame)
+
+    inflight = collections.OrderedDict((("id-%d" % i, (build(i, True), True)) for i in (7, 8)))
+    confirmed = list(ScriptedPeer(on_send).connect().stream(inflight, iter([("id-9", 9)]), build, 10))
+    assert seen == confirmed == ["id-7", "id-8", "id-9"] and not inflight
 
 
 def test_garbage_from_the_broker_is_a_protocol_error():
     peer = ScriptedPeer(lambda n, f: b"HTTP/1.1 400 Bad Request\r\n\r\n\x00")
-    with pytest.raises(StompError, match="broke the protocol: unexpected frame command 'HTTP/1.1 400 Bad Request'"):
-        peer.connect().send_frames(frames_for(1), 1)
+    _, error = stream(peer.connect(), 1, 1)
+    assert "broke the protocol: unexpected frame command 'HTTP/1.1 400 Bad Request'" in str(error)
 
 
 def test_connection_closed_mid_stream_is_retryable():
     peer = ScriptedPeer(lambda n, f: receipt(f) if n < 2 else None)
-    with pytest.raises(StompError) as err:
-        peer.connect().send_frames(frames_for(4), 4)
-    assert err.value.retryable and err.value.confirmed == ["id-0"]
+    confirmed, error = stream(peer.connect(), 4, 4)
+    assert error.retryable and confirmed == ["id-0"]
 
 
 def test_heartbeats_are_sent_while_waiting_for_receipts(monkeypatch):
@@ -211,8 +229,8 @@ def test_heartbeats_are_sent_while_waiting_for_receipts(monkeypatch):
     raw = []
     orig = conn.transport.send_all
     monkeypatch.setattr(conn.transport, "send_all", lambda data, t: (raw.append(data), orig(data, t)))
-    with pytest.raises(StompError):
-        conn.send_frames(frames_for(1), 1)
+    _, error = stream(conn, 1, 1)
+    assert "no RECEIPT" in str(error)
     assert raw.count(b"\n") >= 3  # ~0.6 s of waiting, one EOL per 100 ms
 
 
