@@ -162,14 +162,23 @@ def stomppy(broker, pki, dest, bodies, per_message: bool) -> float:
     return elapsed
 
 
-def pilotlog_replay(broker, pki, dest, n, env_extra) -> float:
+def children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pilotlog_replay(broker, pki, dest, n, env_extra, cpu: list) -> float:
+    """Seconds for `pilotlog replay` of n events; appends its CPU seconds (user+sys) to ``cpu``."""
     d = tempfile.mkdtemp()
     fill_spool(os.path.join(d, "spool"), n)
     env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(d, "spool"), PILOTLOG_SINK=broker.url(dest),
                PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD, **env_extra)
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), children_cpu()
     p = subprocess.run([sys.executable, "-I", "-S", BUNDLE, "replay"], env=env, stderr=subprocess.PIPE, universal_newlines=True)
     elapsed = time.monotonic() - started
+    cpu.append(children_cpu() - cpu_before)
     assert p.returncode == 0 and "0 left" in p.stderr, p.stderr
     shutil.rmtree(d)
     return elapsed
@@ -177,25 +186,28 @@ def pilotlog_replay(broker, pki, dest, n, env_extra) -> float:
 
 def throughput(broker, pki, n) -> list:
     bodies = [render(e, "native").encode() for e in fill_spool(tempfile.mkdtemp() + "/s", n)]
+    cpu = []  # CPU seconds of each pilotlog replay process
     size = statistics.mean(len(b) for b in bodies)
     variants = [
         ("stomp.py, receipt awaited per message", lambda d: stomppy(broker, pki, d, bodies, True)),
         ("stomp.py pipelined, receipt on last only", lambda d: stomppy(broker, pki, d, bodies, False)),
         ("raw frames, receipt on every frame (strict bound)", lambda d: raw_bound(broker, pki, d, bodies, True)),
         ("raw frames, receipt on last only (broker ceiling)", lambda d: raw_bound(broker, pki, d, bodies, False)),
-        ("**pilotlog replay** (receipt per event, default)", lambda d: pilotlog_replay(broker, pki, d, n, {})),
-        ("pilotlog replay, receipt_every=100 (opt-in)", lambda d: pilotlog_replay(broker, pki, d, n, {"PILOTLOG_RECEIPT_EVERY": "100"})),
+        ("**pilotlog replay** (receipt per event, default)", lambda d: pilotlog_replay(broker, pki, d, n, {}, cpu)),
+        ("pilotlog replay, receipt_every=100 (opt-in)", lambda d: pilotlog_replay(broker, pki, d, n, {"PILOTLOG_RECEIPT_EVERY": "100"}, cpu)),
     ]
     rows, rates = [], {}
     for i, (name, run) in enumerate(variants):
         dest = "/queue/bench-%d-%d" % (os.getpid(), i)
         counter = Counter(broker, dest)
+        measured = len(cpu)
         elapsed = run(dest)
         arrived = counter.wait(n)
         rates[i] = n / elapsed
-        rows.append([name, "%.0f" % rates[i], "%d/%d" % (arrived, n)])
+        per_event = "%.0f" % (cpu[-1] / n * 1e6) if len(cpu) > measured else "—"
+        rows.append([name, "%.0f" % rates[i], "%d/%d" % (arrived, n), per_event])
     for row, i in zip(rows, range(len(rows))):
-        row.append("%.2f×" % (rates[i] / rates[2]))
+        row.insert(3, "%.2f×" % (rates[i] / rates[2]))
     print("%s: mean event body %.0f bytes" % (broker.name, size))
     return rows
 
@@ -289,7 +301,7 @@ def main():
         try:
             rows = throughput(broker, pki, args.events)
             out.append(table("Replay throughput, %s (TLS, persistent, %d events, msg/s)" % (broker.name, args.events),
-                             ["variant", "msg/s", "arrived", "vs strict raw bound"], rows))
+                             ["variant", "msg/s", "arrived", "vs strict raw bound", "pilotlog CPU µs/event"], rows))
             if name == "rabbitmq":
                 out.append(table("One-shot cost (ms, medians of %d; emit --send to RabbitMQ)" % args.runs,
                                  ["Python", "bare `-I -S -c pass`", "emit, warm", "emit, cold (first start)",

@@ -9,6 +9,8 @@ import pytest
 from brokers import PKI
 from helpers import Pilotlog, build_bundle, unavailable
 
+pytest_plugins = ["broker_fixtures"]  # rabbitmq, activemq, queue, consume: for interop and faults
+
 
 @pytest.fixture(scope="session")
 def bundle() -> Path:
@@ -59,8 +61,17 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Say which Python versions ran the bundle's smoke suite, and how it went."""
+    """Say which Python versions ran the bundle's smoke suite, and how the fault trials went."""
+    import ledger
     from test_matrix import RESULTS
+
+    if ledger.ROWS:
+        terminalreporter.section("fault trials (issue 7)")
+        terminalreporter.write(ledger.markdown())
+        report = os.environ.get("PILOTLOG_FAULTS_REPORT")
+        if report:
+            ledger.write_report(report)
+            terminalreporter.write_line("written to %s" % report)
 
     if RESULTS:
         terminalreporter.section("version matrix (bundle smoke suite)")

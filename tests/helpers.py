@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,35 @@ class Pilotlog:
         """The events in the spool, oldest file name first."""
         d = self.spool / "events"
         return [json.loads((d / n).read_text()) for n in sorted(os.listdir(str(d)))] if d.is_dir() else []
+
+
+def run_loops(tags, count, spool_dir, source, pilot="3f2504e0-4f89-41d3-9a0c-0305e82c3301", **env):
+    """Processes that each emit ``count`` events through the real CLI code (tests/emit_loop.py),
+    printing ``TAG-i`` after each emit returned: the caller knows what was acknowledged."""
+    env = clean_env(PILOTLOG_SPOOL=spool_dir, PILOTLOG_PILOT_UUID=pilot, **env)
+    return [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "emit_loop.py"), source, tag, str(count)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+        )
+        for tag in tags
+    ]
+
+
+def fill_spool(spool_dir, n: int, pilot: str = "p1") -> set:
+    """n valid ``log`` events written straight into a spool (fast set-up, no fsync); their ids."""
+    from pilotlogger.events import make_event, render
+    from pilotlogger.spool import EventName, Spool
+
+    spool = Spool(str(spool_dir))
+    spool.ensure()
+    ids, t0 = set(), time.time()
+    for i in range(n):
+        event = make_event("log", "line %d" % i, pilot=pilot, seq=i + 1, epoch=t0 + i * 1e-6, data={"i": i})
+        with open(os.path.join(spool.events_dir, EventName.for_event(event)), "w") as f:
+            f.write(render(event, "native") + "\n")
+        ids.add(event["id"])
+    return ids
 
 
 def stderr_lines(proc) -> list:

@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import signal
 import stat
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, clean_env
+from helpers import clean_env, run_loops
 from pilotlogger.events import make_event
 from pilotlogger.spool import EventName, Spool, SpoolError
 
@@ -166,18 +165,7 @@ def test_bad_files_are_quarantined_with_a_reason_and_links_never_followed(tmp_pa
     assert spool.stats()["quarantined"] == 4
 
 
-# -- many processes, kill -9 -------------------------------------------------------------------
-
-
-def run_loops(tags, count, spool_dir, source):
-    env = clean_env(PILOTLOG_SPOOL=spool_dir, PILOTLOG_PILOT_UUID=PILOT)
-    return [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "emit_loop.py"), source, tag, str(count)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-        )
-        for tag in tags
-    ]
+# -- many processes (kill -9: tests/faults/test_kills.py) -------------------------------------------------------------------
 
 
 def test_concurrent_emitters_lose_nothing_and_share_no_seq(tmp_path, bundle):
@@ -205,27 +193,6 @@ def test_concurrent_first_emitters_agree_on_the_generated_pilot_id(tmp_path, bun
     spool = Spool(spool_dir)
     pilots = {spool.load(n)["pilot"] for n in names(spool)}
     assert pilots == {spool.pilot_id()}
-
-
-def test_kill_9_at_random_moments_loses_no_acknowledged_event(tmp_path, bundle):
-    """>= 50 trials: every event whose emit returned is in the spool, whole and valid."""
-    spool = Spool(str(tmp_path / "s"))
-    rng = random.Random(20261128)
-    acknowledged = stored = set()
-    for trial in range(60):
-        proc = run_loops(["t%d" % trial], 10000, spool.path, str(bundle))[0]
-        time.sleep(rng.uniform(0.03, 0.25))
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
-        acknowledged = acknowledged | set(out.split())
-        events = [spool.load(n) for n in names(spool)]  # load() quarantines anything broken
-        stored = stored | {e["message"] for e in events if e}
-        missing = acknowledged - stored
-        assert not missing, "trial %d lost acknowledged events %s" % (trial, sorted(missing)[:5])
-    assert len(acknowledged) > 60
-    assert spool.stats()["quarantined"] == 0, "a killed writer left a broken event"
-    seqs = [EventName(n).seq for n in names(spool)]
-    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
 
 
 def test_cached_byte_total_self_corrects_after_acks(tmp_path):

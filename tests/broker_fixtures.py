@@ -1,4 +1,6 @@
-"""Real brokers for the interop tests, started once per session on loopback.
+"""Real brokers for the interop and fault tests, started once per session on loopback.
+
+A pytest plugin (see conftest.py): a broker starts only when a test asks for it.
 
 With CI=true a broker that cannot be started fails the tests that need it (never a
 silent skip); on a developer machine without the packages they are skipped with the
@@ -59,6 +61,7 @@ class Consumer(stomp.ConnectionListener):
 
     def __init__(self, broker, destination: str):
         self.messages = []
+        self.ids = set()  # distinct event ids received; len(messages) - len(ids) are duplicates
         self.cond = threading.Condition()
         self.conn = stomp.Connection12([("127.0.0.1", broker.plain)], vhost="/", heartbeats=(0, 0))
         self.conn.set_listener("consumer", self)
@@ -66,8 +69,14 @@ class Consumer(stomp.ConnectionListener):
         self.conn.subscribe(destination, id="1", ack="auto")
 
     def on_message(self, frame):
+        try:
+            body = json.loads(frame.body)
+        except ValueError:
+            body = None
+        event_id = body.get("id") if isinstance(body, dict) else None
         with self.cond:
             self.messages.append(frame)
+            self.ids.add(event_id)
             self.cond.notify_all()
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list:
@@ -81,11 +90,9 @@ class Consumer(stomp.ConnectionListener):
         """Event ids received until all of ``ids`` came (duplicates do not count twice) or timeout."""
         end = time.monotonic() + timeout
         with self.cond:
-            while True:
-                got = {json.loads(m.body)["id"] for m in self.messages}
-                if ids <= got or time.monotonic() >= end:
-                    return got
+            while not ids <= self.ids and time.monotonic() < end:
                 self.cond.wait(0.2)
+            return set(self.ids) - {None}
 
     def close(self):
         try:
