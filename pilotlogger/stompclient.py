@@ -227,7 +227,7 @@ class StompConnection:
         frames = []
         while True:
             try:
-                frame = self.parser.next_frame()
+                frame = self.parser.next_frame() if self.parser.buffered else None
             except ProtocolError as exc:
                 raise StompError("%s broke the protocol: %s" % (self.where, exc), retryable=False) from None
             if frame is not None:
