@@ -470,14 +470,18 @@ class StompSink:
 
         source = ((event["id"], (event, body)) for event, body in events)
         inflight = collections.OrderedDict()  # survives reconnections: what must be re-sent
-        end = None  # when reconnecting after a lost connection must stop
+        lost, end = None, None  # why the last connection was lost; when reconnecting must stop
         while True:
             if self.conn is None:
                 budget = self.config.deadline if end is None else end - time.monotonic()
+                if budget <= 0:
+                    raise SinkError("%s; gave up reconnecting after %g s" % (lost, self.config.deadline))
                 try:
-                    self.conn = self._connect(max(budget, 0.0))
+                    self.conn = self._connect(budget)
                 except StompError as exc:  # failover already spent its deadline
-                    raise SinkError(str(exc)) from None
+                    if lost is None:
+                        raise SinkError(str(exc)) from None
+                    raise SinkError("%s; reconnecting failed: %s" % (lost, exc)) from None
             try:
                 for event_id in self.conn.stream(inflight, source, self._build, self.config.window,
                                                  self.config.receipt_every):
@@ -488,6 +492,7 @@ class StompSink:
                 self.conn = None
                 if not exc.retryable:
                     raise SinkError(str(exc)) from None
+                lost = str(exc)
                 if end is None:
                     end = time.monotonic() + self.config.deadline
 

@@ -174,9 +174,9 @@ class FrameParser:
             nul = body_start + length
         else:
             nul = buf.find(b"\x00", self._scan)
+            if (len(buf) if nul == -1 else nul) - body_start > self.max_body_bytes:
+                raise ProtocolError("frame body exceeds %d bytes" % self.max_body_bytes)
             if nul == -1:
-                if len(buf) - body_start > self.max_body_bytes:
-                    raise ProtocolError("frame body exceeds %d bytes" % self.max_body_bytes)
                 self._scan = len(buf)
                 return None
         body = bytes(buf[body_start:nul])

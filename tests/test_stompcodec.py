@@ -103,6 +103,9 @@ def test_size_limits_hold_without_buffering_more():
         parse_all(b"MESSAGE\n" + b"a" * 200, max_header_bytes=100)
     with pytest.raises(ProtocolError, match="body exceeds 50"):
         parse_all(b"MESSAGE\n\n" + b"b" * 100, max_body_bytes=50)
+    with pytest.raises(ProtocolError, match="body exceeds 50"):  # whole, NUL and all, in one read
+        parse_all(b"MESSAGE\n\n" + b"b" * 51 + b"\x00", max_body_bytes=50)
+    assert parse_all(b"MESSAGE\n\n" + b"b" * 50 + b"\x00", max_body_bytes=50)[0][0].body == b"b" * 50
     with pytest.raises(ProtocolError, match="of 1000000 bytes exceeds 50"):
         parse_all(b"MESSAGE\ncontent-length:1000000\n\n", max_body_bytes=50)
     with pytest.raises(ProtocolError, match="more than 3 headers"):

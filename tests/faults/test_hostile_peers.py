@@ -24,7 +24,7 @@ BOUND = 2 * DEADLINE + 6  # the worst case: failover deadline, then the wrapper'
 class ScriptedBroker:
     """A TLS STOMP server whose answers come from ``script(command) -> bytes | None``.
 
-    ``None`` means: say nothing (and keep the connection open).
+    ``None`` means: say nothing (and keep the connection open); HANGUP: close the connection.
     """
 
     def __init__(self, pki, script):
@@ -71,6 +71,8 @@ class ScriptedBroker:
                 frame = parser.next_frame()
                 while frame is not None:
                     reply = self.script(frame.command)
+                    if reply is HANGUP:
+                        return
                     if reply:
                         try:
                             conn.sendall(reply)
@@ -89,6 +91,7 @@ class ScriptedBroker:
         self.server.close()
 
 
+HANGUP = object()
 CONNECTED = encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", "0,0")])
 
 
@@ -102,6 +105,7 @@ PEERS = {
     "accepts TCP, never speaks": ("silent", "timed out"),
     "stalls after CONNECTED": (connected_then(None), "no RECEIPT within 1 s"),
     "answers garbage": (lambda c: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n\x00", "broke the protocol"),
+    "hangs up at every SEND": (connected_then(HANGUP), "closed the connection; gave up reconnecting after 3 s"),
     "sends an ERROR frame": (connected_then(encode_frame("ERROR", [("message", "disk alarm")], b"no space")),
                              "sent an ERROR: disk alarm"),
     "sends a frame over the size limit": (
