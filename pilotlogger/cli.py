@@ -271,6 +271,11 @@ def deliver(config, spool, report_success: bool = True):
             "%d event(s) refused by %s moved to %s (see the .reason files)"
             % (result.refused, sink.name, spool.quarantine_dir)
         )
+    if result.broken:
+        warn(
+            "%d file(s) in the spool were not valid events (damaged, foreign or links) and were moved to %s"
+            " (see the .reason files)" % (result.broken, spool.quarantine_dir)
+        )
     if result.error:
         warn(
             "%s; delivered %d, %d event(s) kept in spool %s"

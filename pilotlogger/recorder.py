@@ -44,6 +44,14 @@ class Recorder:
         self.spool = open_spool(config)
         self.pilot, _ = config.resolved_pilot()
         self.context = config.context()
+        self._warned = set()
+
+    def _warn(self, message: str) -> None:
+        """Say each distinct problem once: a wrapper capturing output onto a full disk must not
+        print a line per captured line."""
+        if message not in self._warned:
+            self._warned.add(message)
+            warn(message)
 
     def record(self, phase, message, status="info", source=None, data=None, cut_long=True):
         """Spool one event; return it, or None (said on stderr) when it was filtered or not kept.
@@ -68,10 +76,10 @@ class Recorder:
                                               pilot=self.pilot, context=self.context, seq=seq, epoch=epoch)
             )
         except (SpoolError, EventError) as exc:
-            warn("event not recorded: %s; the pilot goes on" % exc)
+            self._warn("event not recorded: %s; the pilot goes on" % exc)
             return None
         if not result.stored:
-            warn(
+            self._warn(
                 "spool %s is full (max_events=%d, max_bytes=%d) and holds no log events to evict: "
                 "this %s event was dropped; run 'pilotlog replay' or raise the bounds"
                 % (self.spool.path, c.max_events, c.max_bytes, phase)
@@ -79,7 +87,7 @@ class Recorder:
             self._count_drops(1)
             return None
         if result.evicted:
-            warn("spool %s is full: evicted the %d oldest log event(s) to keep this %s event"
+            self._warn("spool %s is full: evicted the %d oldest log event(s) to keep this %s event"
                  % (self.spool.path, result.evicted, phase))
             self._count_drops(result.evicted)
         return result.event

@@ -21,12 +21,16 @@ PROGRESS_EVERY = 1000
 
 
 class ShipResult:
-    """Counts of one shipping run, and the error that stopped it (None when it finished)."""
+    """Counts of one shipping run, and the error that stopped it (None when it finished).
 
-    __slots__ = ("delivered", "refused", "remaining", "error", "seconds")
+    ``refused``: events the destination will never take; ``broken``: files in the spool that
+    were not valid events (damaged, foreign, links).  Both were moved to the quarantine.
+    """
+
+    __slots__ = ("delivered", "refused", "broken", "remaining", "error", "seconds")
 
     def __init__(self):
-        self.delivered, self.refused, self.remaining, self.error, self.seconds = 0, 0, 0, None, 0.0
+        self.delivered, self.refused, self.broken, self.remaining, self.error, self.seconds = 0, 0, 0, 0, None, 0.0
 
 
 def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
@@ -36,7 +40,7 @@ def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
     CLI passes one only when stderr is a terminal).
     """
     result = ShipResult()
-    started = time.monotonic()
+    started, quarantined_before = time.monotonic(), spool.quarantined_here
     names = {}  # event id -> spool file, for the events the sink has pulled and not settled
 
     def spooled():
@@ -49,6 +53,11 @@ def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
 
     try:
         spool.check_writable()
+    except SpoolError as exc:  # not ours, or read-only: send nothing, write nothing into it
+        result.error = str(exc)
+        result.remaining = spool.stats()["depth"]
+        return result
+    try:
         for event_id, refusal in sink.deliver(spooled()):
             if refusal is None:
                 spool.ack(names.pop(event_id))
@@ -60,6 +69,7 @@ def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
                 progress(result.delivered)
     except (SinkError, SpoolError) as exc:
         result.error = str(exc)
+    result.broken = spool.quarantined_here - quarantined_before - result.refused  # unreadable, foreign, links
     result.seconds = time.monotonic() - started
     result.remaining = spool.stats()["depth"]
     _record(spool, result)

@@ -120,6 +120,17 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _check_own_directory(path: str) -> None:
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise SpoolError("spool path %s exists and is not a directory" % path)
+    if info.st_uid != os.geteuid():
+        raise SpoolError(
+            "spool directory %s belongs to uid %d, not to this user (uid %d), who must not trust it;"
+            " use a spool of your own (--spool or PILOTLOG_SPOOL)" % (path, info.st_uid, os.geteuid())
+        )
+
+
 def _describe(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
@@ -144,18 +155,22 @@ class Spool:
         self.max_bytes = max_bytes
         self.max_event_bytes = max_event_bytes
         self.lock_timeout = lock_timeout
+        self.quarantined_here = 0  # files this object moved to quarantine (for replay's summary)
 
     # -- setup and locking ---------------------------------------------------------------
 
     def ensure(self) -> None:
-        """Create the spool directories (0700) if they are missing."""
+        """Create the spool directories (0700) if they are missing; refuse ones that are not ours.
+
+        A spool directory owned by another account is refused: that account could read the
+        events or plant files and links in them (the rule ssh applies to ``~/.ssh``).
+        """
         try:
             for d in (self.path, self.events_dir, self.tmp_dir, self.quarantine_dir):
                 try:
                     os.mkdir(d, 0o700)
                 except FileExistsError:
-                    if not stat.S_ISDIR(os.lstat(d).st_mode):
-                        raise SpoolError("spool path %s exists and is not a directory" % d) from None
+                    _check_own_directory(d)
         except OSError as exc:
             raise SpoolError("cannot create spool %s (%s)" % (d, _describe(exc))) from None
 
@@ -433,7 +448,13 @@ class Spool:
             ) from None
 
     def check_writable(self) -> None:
-        """Raise SpoolError unless delivered events can be removed (read-only mount, permissions)."""
+        """Raise SpoolError unless this spool is ours and delivered events can be removed
+        (read-only mount, permissions)."""
+        try:
+            for d in (self.path, self.events_dir):
+                _check_own_directory(d)
+        except OSError as exc:
+            raise SpoolError("cannot use spool %s (%s)" % (self.path, _describe(exc))) from None
         if not os.access(self.events_dir, os.W_OK | os.X_OK):
             raise SpoolError(
                 "spool %s cannot be changed (%s): nothing sent, since delivered events could not be "
@@ -448,6 +469,7 @@ class Spool:
             if os.path.lexists(target) or name.endswith(_REASON):
                 target = os.path.join(self.quarantine_dir, "%s.%s" % (name, new_id()[:8]))
             os.rename(os.path.join(self.events_dir, name), target)
+            self.quarantined_here += 1
             _write_file(target + _REASON, (reason + "\n").encode("utf-8"))
         except FileNotFoundError:
             pass
