@@ -106,8 +106,21 @@ def _reason(exc) -> str:
     return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
 
 
+# TLS alerts by which a server says it will not take our client certificate.
+_CLIENT_CERT_ALERTS = ("ALERT_CERTIFICATE_EXPIRED", "ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA",
+                       "ALERT_CERTIFICATE_REVOKED", "ALERT_CERTIFICATE_UNKNOWN", "ALERT_UNSUPPORTED_CERTIFICATE",
+                       "ALERT_CERTIFICATE_REQUIRED", "ALERT_ACCESS_DENIED")
+
+
+def _refused_our_certificate(exc) -> bool:
+    return any(alert in str(exc) for alert in _CLIENT_CERT_ALERTS)
+
+
 def is_verify_error(exc) -> bool:
-    """Did the server's certificate fail verification (chain or host name)?  Retrying cannot help."""
+    """Did a certificate fail — the server's (chain or host name), or ours as the server judged it?
+
+    Retrying cannot help either, so callers stop at once instead of spending their deadline.
+    """
     import ssl
 
     verify_error = getattr(ssl, "SSLCertVerificationError", ())
@@ -115,6 +128,7 @@ def is_verify_error(exc) -> bool:
         isinstance(exc, verify_error)
         or isinstance(exc, ssl.CertificateError)
         or "CERTIFICATE_VERIFY_FAILED" in str(exc)
+        or _refused_our_certificate(exc)
     )
 
 
@@ -125,4 +139,6 @@ def describe_verify_error(exc) -> str:
         return "server certificate does not match the host name (%s)" % text
     if getattr(exc, "verify_code", None) is not None or "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return "server certificate not trusted (%s): check ca_file/ca_dir" % text
+    if _refused_our_certificate(exc):
+        return "the server refused our client certificate (%s): check cert/key, or renew the proxy" % text
     return "TLS handshake failed (%s)" % text
