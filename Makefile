@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard pilotlogger/*.py)
 
-.PHONY: run test bundle venv brokers bench clean
+.PHONY: run test bundle venv brokers bench faults clean
 
 ## make run: a demo pilot lifecycle into a temporary spool, replayed to stdout (no broker needed).
 run: dist/pilotlog
@@ -50,6 +50,11 @@ test: venv brokers dist/pilotlog
 ## make bench: throughput vs stomp.py and raw bounds on real brokers, start-up cost, memory; updates docs/performance.md.
 bench: venv brokers dist/pilotlog
 	@$(VPY) bench/run.py --write docs/performance.md
+
+## make faults: the fault suite at full counts (>= 200 kill -9 trials each, 60 s load); updates docs/reliability.md.
+## (make test runs the same suite at reduced counts that fit CI.)
+faults: venv brokers dist/pilotlog
+	@PILOTLOG_FAULTS=full PILOTLOG_FAULTS_REPORT=docs/reliability.md $(VPY) -m pytest tests/faults
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache

@@ -51,8 +51,13 @@ def pytest_sessionfinish(session, exitstatus):
     """Secrets never appear in any output of the suite (issue 7): passcodes, key material."""
     from helpers import SEEN_OUTPUT
 
+    import ledger
+
     secrets = _secrets()
     leaks = sorted({command for command, text in SEEN_OUTPUT for secret in secrets if secret in text})
+    if ledger.ROWS:
+        ledger.record("secrets", "passcode and private-key material in any output of this run", len(SEEN_OUTPUT), 0,
+                      not leaks, 0.0, extra="%d secrets looked for; leaks in: %s" % (len(secrets), ", ".join(leaks) or "none"))
     if leaks:
         session.exitstatus = 1
         sys.stderr.write("\nSECRET LEAK: test secrets appeared in the output of: %s\n" % ", ".join(leaks))
