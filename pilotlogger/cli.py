@@ -184,9 +184,32 @@ def _parser():
     srv.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
     srv.add_argument("--plain", action="store_true", help="plain HTTP (explicitly insecure, for tests behind TLS)")
 
+    doctor = command("doctor", "check the delivery path step by step (config, spool, DNS, TCP, TLS, STOMP/HTTPS)")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--send-test", action="store_true",
+                        help="also send one test event (phase doctor, status debug, data.test=true) and await its receipt")
+
+    tail = command("tail", "print events from the broker (the sink's destination) as they arrive")
+    tail.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
+    _add_stop_options(tail)
+
+    timeline = command("timeline", "per-pilot lifecycles and a summary, from JSON-lines files or the broker")
+    timeline.add_argument("files", nargs="*", metavar="FILE",
+                          help="JSON-lines files of events ('-': stdin); none: read the sink's destination")
+    timeline.add_argument("--json", action="store_true", help="machine-readable output")
+    timeline.add_argument("--html", metavar="FILE", help="also write a self-contained page with a timeline chart")
+    _add_stop_options(timeline, idle=5.0)
+
     conf = command("config", "show the effective configuration and where each value comes from")
     conf.add_argument("--json", action="store_true", help="machine-readable output")
     return top
+
+
+def _add_stop_options(parser, idle=None) -> None:
+    parser.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--idle", type=float, default=idle, metavar="S",
+                        help="stop when no message came for S seconds" + (" (default %g)" % idle if idle else ""))
 
 
 def parse_data(data_json, pairs) -> dict:
@@ -401,6 +424,83 @@ def cmd_serve(args, config) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args, config, config_error=None) -> int:
+    """Exit 0 only when events can be delivered; 1 otherwise (the report says where and why)."""
+    from .doctor import Doctor, report
+    from .events import to_json
+
+    doctor = Doctor(config, config_error, args.send_test)
+    works = doctor.run()
+    if args.json:
+        print(to_json({"works": works, "steps": [s.as_dict() for s in doctor.steps]}))
+    else:
+        report(doctor.steps, works, sys.stdout)
+    return EXIT_OK if works else EXIT_FAILED
+
+
+def _follow(config, handle, args, duplicate=None) -> int:
+    """Read the broker until a stop option says so; one line and exit 1 if it fails us."""
+    from .consumer import follow
+    from .sinks import describe
+    from .stompclient import StompError
+    from .tls import TLSConfigError
+
+    try:
+        follow(config, handle, args.count, args.seconds, args.idle, duplicate)
+    except (StompError, TLSConfigError, ValueError) as exc:
+        warn("cannot read %s: %s" % (describe(config.sink), exc))
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_tail(args, config) -> int:
+    """Events as they arrive: de-duplicated, each ACKed once printed (see consumer.py)."""
+    def handle(event, text):
+        if args.json:
+            line = text
+        elif event is None:
+            line = "? (not a pilotlog event) " + " ".join(text.split())[:300]
+        else:
+            line = "%s %s %s %s: %s" % (event["time"], event["pilot"], event["status"].upper(), event["phase"],
+                                        event["message"] or "-")
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()  # written before it is acknowledged
+
+    return _follow(config, handle, args)
+
+
+def cmd_timeline(args, config) -> int:
+    from .consumer import parse
+    from .events import to_json
+    from .timeline import Timeline
+
+    timeline = Timeline()
+    if args.files:
+        for path in args.files:
+            try:
+                stream = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise UsageError("cannot read %s (%s)" % (path, exc.strerror or exc)) from None
+            with stream:
+                for line in stream:
+                    if line.strip():
+                        timeline.add(parse(line))
+    else:
+        code = _follow(config, lambda event, text: timeline.add(event), args, duplicate=timeline.add)
+        if code != EXIT_OK:
+            return code
+    if args.html:
+        from .timeline_html import render
+
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(render(timeline))
+        except OSError as exc:
+            raise UsageError("cannot write %s (%s)" % (args.html, exc.strerror or exc)) from None
+    sys.stdout.write(to_json(timeline.as_dict()) + "\n" if args.json else timeline.text())
+    return EXIT_OK
+
+
 def cmd_config(args, config) -> int:
     from .events import to_json
 
@@ -417,7 +517,8 @@ def cmd_config(args, config) -> int:
 
 COMMANDS = {
     "emit": cmd_emit, "replay": cmd_replay, "run": cmd_run, "probe": cmd_probe, "power": cmd_power,
-    "status": cmd_status, "serve": cmd_serve, "config": cmd_config,
+    "status": cmd_status, "serve": cmd_serve, "doctor": cmd_doctor, "tail": cmd_tail, "timeline": cmd_timeline,
+    "config": cmd_config,
 }
 #: Commands a pilot runs: an unexpected failure must still exit 0.
 PILOT_SAFE = ("emit", "replay", "probe", "power")
@@ -438,6 +539,8 @@ def main(argv=None) -> int:
         try:
             config = config_module.load(flags)
         except ConfigError as exc:
+            if command == "doctor":
+                return cmd_doctor(args, None, exc)  # a broken configuration is the first finding
             if command != "run":
                 raise
             warn("%s; running the command without recording" % exc)  # the pilot must run regardless

@@ -166,6 +166,9 @@ def make_handler(store: Store, max_body: int, allowed_cns):
             self.end_headers()
             self.wfile.write(data)
 
+        def do_GET(self):  # events are POSTed; a GET (e.g. pilotlog doctor) learns that, and that we are up
+            self._answer(405, {"OK": False, "Message": "POST pilot logs here"})
+
         def _client_cn(self):
             getpeercert = getattr(self.connection, "getpeercert", None)
             cert = getpeercert() if getpeercert else None

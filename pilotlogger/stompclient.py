@@ -331,6 +331,31 @@ class StompConnection:
                     "%s: no RECEIPT within %g s (%d frame(s) unconfirmed)" % (self.where, self.timeout, len(inflight))
                 )
 
+    # -- consuming (pilotlog tail / timeline) ------------------------------------------------
+
+    def subscribe(self, destination: str, prefetch: int = 100) -> None:
+        """SUBSCRIBE with ``client-individual`` acks: a message is ours to lose only once ACKed.
+
+        ``prefetch`` bounds what the broker sends before our ACKs (RabbitMQ and ActiveMQ
+        each read their own header; others ignore both).
+        """
+        self._send(encode_frame("SUBSCRIBE", [
+            ("destination", destination), ("id", "pilotlog"), ("ack", "client-individual"),
+            ("prefetch-count", str(prefetch)), ("activemq.prefetchSize", str(prefetch)),
+        ]))
+
+    def messages(self, until: float):
+        """MESSAGE frames arriving before ``until`` (an ERROR frame raises StompError)."""
+        for frame in self._receive(until, block=True):
+            if frame.command == "MESSAGE":
+                yield frame
+            elif frame.command == "ERROR":
+                raise StompError("%s sent an ERROR: %s" % (self.where, _error_text(frame)), retryable=False)
+
+    def ack(self, frame) -> None:
+        """Acknowledge one MESSAGE (STOMP 1.2: by the value of its ``ack`` header)."""
+        self._send(encode_frame("ACK", [("id", frame.headers.get("ack", frame.headers.get("message-id", "")))]))
+
     def close(self) -> None:
         """DISCONNECT with a receipt (so the broker has everything), bounded by a short wait."""
         try:

@@ -1,0 +1,84 @@
+"""Reading events back from a broker: the consumer side of ``pilotlog tail`` and ``timeline``.
+
+The subscription uses ``client-individual`` acknowledgments: each MESSAGE is handed to
+the caller and ACKed only after the caller has written it, so a consumer that dies
+loses nothing (the broker redelivers what was not acknowledged).  Delivery upstream is
+at-least-once, so events are de-duplicated by id; a duplicate is acknowledged and dropped.
+"""
+
+import collections
+import json
+import time
+
+from .events import EventError, validate
+
+SEEN_LIMIT = 200000  # ids remembered for de-duplication (~20 MB at most)
+
+
+class Seen:
+    """The ids handled so far, the newest ``limit`` of them."""
+
+    def __init__(self, limit: int = SEEN_LIMIT):
+        self.ids, self.limit = collections.OrderedDict(), limit
+
+    def add(self, event_id: str) -> bool:
+        """True the first time an id is seen."""
+        if event_id in self.ids:
+            self.ids.move_to_end(event_id)
+            return False
+        self.ids[event_id] = None
+        if len(self.ids) > self.limit:
+            self.ids.popitem(last=False)
+        return True
+
+
+def parse(text: str):
+    """The event in a message body or JSON line, or None when it is not a pilotlog event
+    (e.g. DIRAC's six-field format, or anything else on a shared destination)."""
+    try:
+        return validate(json.loads(text))
+    except (ValueError, EventError):
+        return None
+
+
+def follow(config, handle, count=None, seconds=None, idle=None, duplicate=None) -> int:
+    """Subscribe to ``config.sink`` and call ``handle(event_or_None, body_text)`` once per new
+    message, ACKing it after ``handle`` returned.  A duplicate is ACKed and dropped (after
+    ``duplicate(event)`` when given, for counting).
+
+    Stops after ``count`` handled messages, after ``seconds``, or after ``idle`` seconds
+    without any message — whichever comes first (none: until interrupted).  Returns how
+    many were handled.  Raises :class:`stompclient.StompError` when the broker fails us.
+    """
+    from .stompclient import connect, parse_url
+    from .tls import client_context
+
+    if not config.sink.startswith(("stomp+ssl://", "stomp://")):
+        raise ValueError("reading events needs a STOMP sink (stomp+ssl://host:port/queue/name), not %s" % config.sink)
+    use_tls, hosts, destination = parse_url(config.sink)
+    context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if use_tls else None
+    conn = connect(hosts, context, config.vhost, config.user, config.passcode, config.timeout, config.deadline)
+    seen, handled = Seen(), 0
+    started = last = time.monotonic()
+    try:
+        conn.subscribe(destination)
+        while count is None or handled < count:
+            stops = [t for t in (seconds and started + seconds, idle and last + idle) if t]
+            now = time.monotonic()
+            if stops and now >= min(stops):
+                break
+            for frame in conn.messages(min(stops + [now + 1.0])):
+                text = frame.body.decode("utf-8", "replace")
+                event = parse(text)
+                if event is None or seen.add(event["id"]):
+                    handle(event, text)
+                    handled += 1
+                elif duplicate is not None:
+                    duplicate(event)
+                conn.ack(frame)
+                last = time.monotonic()
+                if count is not None and handled >= count:
+                    break
+    finally:
+        conn.close()  # DISCONNECT with a receipt: our ACKs are in; what we did not ACK is redelivered
+    return handled

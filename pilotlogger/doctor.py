@@ -1,0 +1,368 @@
+"""``pilotlog doctor``: walk the configured delivery path step by step and say where it breaks.
+
+config → spool → client credentials → per sink: DNS (every address of every host) → TCP
+per address → TLS (protocol, cipher, server certificate, host name, trust) → STOMP
+CONNECT (server, heart-beats, login) → optionally a test SEND with its receipt; for an
+HTTPS sink an HTTP request instead of STOMP.  Every step is timed and bounded by
+``timeout``.  A sink works when one of its addresses passes every step (that is what
+failover needs); the path works when the sink — or its fallback — works.
+
+Nothing here records events: the optional test SEND goes straight to the broker, marked
+``phase=doctor``, ``status=debug`` and ``data.test=true`` so consumers can drop it.
+"""
+
+import os
+import socket
+import time
+
+
+class Failed(Exception):
+    """A step failed: ``detail`` says what was seen, ``advice`` what to do about it."""
+
+    def __init__(self, detail: str, advice: str):
+        super().__init__(detail)
+        self.detail, self.advice = detail, advice
+
+
+class Step:
+    __slots__ = ("name", "target", "ok", "ms", "detail", "advice")
+
+    def __init__(self, name, target, ok, ms, detail, advice=""):
+        self.name, self.target, self.ok, self.ms, self.detail, self.advice = name, target, ok, ms, detail, advice
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class Doctor:
+    def __init__(self, config, config_error=None, send_test: bool = False):
+        self.config, self.config_error, self.send_test = config, config_error, send_test
+        self.steps = []
+        self.context = None
+
+    def check(self, name: str, target: str, fn):
+        """Run one step; record it; return fn's value (its detail is the second item) or None."""
+        started = time.monotonic()
+        try:
+            value, detail = fn()
+            self.steps.append(Step(name, target, True, _ms(started), detail))
+            return value if value is not None else True
+        except Failed as exc:
+            self.steps.append(Step(name, target, False, _ms(started), exc.detail, exc.advice))
+            return None
+
+    # -- the walk ----------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Diagnose; True when events can be delivered."""
+        if not self.check("config", "", self._config):
+            return False
+        spool_ok = self.check("spool", self.config.spool, self._spool)
+        if self.config.sink == "stdout":
+            self.steps.append(Step("sink", "stdout", True, 0.0, "events are printed to stdout, not sent: "
+                                   "no network path to check (set sink to a stomp+ssl:// or https:// URL)"))
+            return bool(spool_ok)
+        self.check("credentials", self.config.cert or "(none)", self._credentials)
+        works = self._sink(self.config.sink, "")
+        if self.config.fallback_sink:
+            works = self._sink(self.config.fallback_sink, "fallback ") or works
+        return bool(spool_ok) and works
+
+    def _config(self):
+        if self.config_error is not None:
+            raise Failed(str(self.config_error), "fix the setting named above (pilotlog config shows every value and its origin)")
+        c = self.config
+        origin = c.origin
+        detail = "sink %s (from %s)" % (_masked(c.sink), origin["sink"])
+        if c.fallback_sink:
+            detail += ", fallback %s" % _masked(c.fallback_sink)
+        return None, detail
+
+    def _spool(self):
+        from .spool import SpoolError, open_spool
+
+        spool = open_spool(self.config)
+        try:
+            spool.ensure()
+            spool.check_writable()
+            probe = os.path.join(spool.tmp_dir, ".doctor-%d" % os.getpid())
+            with open(probe, "wb") as f:
+                f.write(b"x" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            os.unlink(probe)
+        except SpoolError as exc:
+            raise Failed(str(exc), "use a spool directory this user owns and can write (--spool)") from None
+        except OSError as exc:
+            raise Failed("cannot write in %s (%s)" % (spool.tmp_dir, exc.strerror or exc),
+                         "free some space or point --spool at a writable file system") from None
+        fs = os.statvfs(spool.path)
+        free = fs.f_bavail * fs.f_frsize
+        return None, "%s: ours and writable, %d event(s) waiting, %s free" % (spool.path, spool.stats()["depth"], _size(free))
+
+    def _credentials(self):
+        from .tls import TLSConfigError, client_context, host_credentials
+
+        c = self.config
+        try:
+            self.context = client_context(c.ca_file, c.ca_dir, c.cert, c.key)
+        except TLSConfigError as exc:
+            raise Failed(str(exc), "fix cert/key/ca_file/ca_dir (X509_USER_PROXY, X509_CERT_DIR)") from None
+        trust = c.ca_file or c.ca_dir or ("/etc/grid-security/certificates"
+                                          if os.path.isdir("/etc/grid-security/certificates") else "the system's CAs")
+        if not c.cert:
+            return None, "no client certificate (login/passcode or anonymous); trusting %s" % trust
+        from .x509 import first_certificate
+
+        path = host_credentials(c.cert)[0] if host_credentials(c.cert) else c.cert
+        try:
+            info = first_certificate(path)
+        except (OSError, ValueError) as exc:
+            return None, "key matches the certificate; expiry unknown (%s)" % exc
+        left = info["not_after"] - time.time()
+        if left <= 0:
+            raise Failed("client certificate %s (%s) expired %s ago" % (path, info["subject"], _duration(-left)),
+                         "renew it (for a proxy: voms-proxy-init or dirac-proxy-init)")
+        return None, "%s, key matches, expires in %s; trusting %s" % (info["subject"], _duration(left), trust)
+
+    def _sink(self, url: str, label: str) -> bool:
+        if url.startswith(("stomp+ssl://", "stomp://")):
+            from .stompclient import parse_url
+
+            use_tls, hosts, _ = parse_url(url)
+        elif url.startswith(("https://", "http://")):
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            use_tls = parts.scheme == "https"
+            hosts = [(parts.hostname, parts.port or (443 if use_tls else 80))]
+        else:
+            self.steps.append(Step(label + "sink", url, False, 0.0, "unsupported sink URL", "see README, Configuration"))
+            return False
+        stomp = url.startswith("stomp")
+        working = False
+        for host, port in hosts:
+            addresses = self.check(label + "dns", host, lambda: _resolve(host, port))
+            for family, sockaddr in addresses or ():
+                target = "%s:%d [%s]" % (host, port, sockaddr[0])
+                sock = self.check(label + "tcp", target, lambda: _tcp(family, sockaddr, self.config.timeout))
+                if not sock:
+                    continue
+                if use_tls:
+                    if self.context is None:
+                        sock.close()
+                        continue  # the credentials step already said why
+                    sock = self.check(label + "tls", target, lambda: _tls(sock, host, self.context, self.config))
+                    if not sock:
+                        continue
+                if stomp:
+                    working = self._stomp(sock, url, target, label) or working
+                else:
+                    working = self.check(label + "https", target, lambda: _http(sock, url, host)) is not None or working
+        return working
+
+    def _stomp(self, sock, url: str, target: str, label: str) -> bool:
+        from .stompclient import StompConnection, StompSink, Transport
+
+        c = self.config
+        conn = StompConnection(Transport(sock), "broker " + target, c.timeout)
+        if not self.check(label + "stomp", target, lambda: _connect(conn, c)):
+            conn.transport.close()
+            return False
+        ok = True
+        if self.send_test:
+            ok = bool(self.check(label + "send", target, lambda: _send_test(conn, StompSink(c, url), c)))
+        conn.close()
+        return ok
+
+
+# -- the steps themselves ----------------------------------------------------------------------
+
+
+def _resolve(host: str, port: int):
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Failed("cannot resolve %s (%s)" % (host, exc.strerror or exc),
+                     "check the host name in the sink URL and the node's DNS (/etc/resolv.conf)") from None
+    addresses = []
+    for family, _, _, _, sockaddr in infos:
+        if (family, sockaddr) not in addresses:
+            addresses.append((family, sockaddr))
+    return addresses, ", ".join(a[1][0] for a in addresses)
+
+
+def _tcp(family, sockaddr, timeout: float):
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(sockaddr)
+    except socket.timeout:
+        sock.close()
+        raise Failed("no answer within %g s" % timeout,
+                     "a firewall may drop the traffic: ask the site to allow outbound connections to port %d"
+                     % sockaddr[1]) from None
+    except OSError as exc:
+        sock.close()
+        raise Failed(exc.strerror or str(exc),
+                     "nothing accepts connections on port %d there: check the port and that the service is up"
+                     % sockaddr[1]) from None
+    return sock, "connected"
+
+
+def _tls(sock, host: str, context, config):
+    import ssl
+
+    from .stompclient import _wire_host
+    from .tls import describe_verify_error
+
+    try:
+        tls = context.wrap_socket(sock, server_hostname=_wire_host(host))
+    except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+        sock.close()
+        text = describe_verify_error(exc) if isinstance(exc, (ssl.SSLError, ssl.CertificateError)) else str(exc)
+        if "host name" in text:
+            advice = "use the host name the server's certificate carries in the sink URL"
+        elif "refused our client certificate" in text:
+            advice = "the server does not accept our certificate: renew the proxy or check cert/key"
+        elif "not trusted" in text:
+            advice = "ca_file/ca_dir (X509_CERT_DIR) must hold the CA that signed the server's certificate"
+        else:
+            advice = "check that the port speaks TLS (stomp+ssl:// or https://)"
+        raise Failed(text, advice) from None
+    peer = tls.getpeercert() or {}
+    subject = _cn(peer.get("subject", ())) or "?"
+    issuer = _cn(peer.get("issuer", ()))
+    trust = config.ca_file or config.ca_dir or "the default CA store"
+    if hasattr(tls, "get_verified_chain"):  # Python 3.13+: name the root that verified it
+        from .x509 import parse_der
+
+        try:
+            trust = "%s from %s" % (parse_der(bytes(tls.get_verified_chain()[-1]))["subject"], trust)
+        except (ssl.SSLError, ValueError, IndexError, TypeError):
+            pass
+    detail = "%s, %s; server CN=%s issued by CN=%s, expires %s; host name matches; verified with %s" % (
+        tls.version(), tls.cipher()[0], subject, issuer or "?", peer.get("notAfter", "?"), trust)
+    return tls, detail
+
+
+def _cn(name) -> str:
+    for rdn in name:
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return ""
+
+
+def _connect(conn, config):
+    from .stompclient import StompError
+
+    try:
+        conn.handshake(config.vhost, config.user, config.passcode)
+    except StompError as exc:
+        text = str(exc)
+        if "refused the connection" in text:
+            advice = "check user/passcode and vhost, or that the broker maps our certificate's DN to a user"
+        elif "no CONNECTED" in text or "protocol" in text:
+            advice = "this port does not seem to speak STOMP: check the port in the sink URL"
+        else:
+            advice = "the broker closed or broke the session: see its log"
+        raise Failed(text, advice) from None
+    who = ("as %s" % config.user) if config.user else ("by certificate" if config.cert else "anonymously")
+    beats = "heart-beats every %g s" % conn.send_every if conn.send_every else "no heart-beats"
+    return None, "CONNECTED to %s, logged in %s, %s" % (conn.server or "an unnamed broker", who, beats)
+
+
+def _send_test(conn, sink, config):
+    import collections
+
+    from .events import make_event, render
+    from .stompclient import StompError
+
+    pilot, _ = config.resolved_pilot()
+    event = make_event("doctor", "pilotlog doctor test event: safe to ignore", "debug", "pilotlog-doctor",
+                       {"test": True}, pilot=pilot or "pilotlog-doctor", context=config.context(), seq=1,
+                       epoch=time.time())
+    payload = (event, render(event, config.format))
+    try:
+        confirmed = list(conn.stream(collections.OrderedDict(), iter([(event["id"], payload)]), sink._build, 1))
+    except StompError as exc:
+        raise Failed(str(exc), "the broker refused the message: check the destination and write permission "
+                               "for this user") from None
+    if confirmed != [event["id"]]:
+        raise Failed("no receipt for the test event", "see the broker's log")
+    return None, "test event %s to %s receipted" % (event["id"], sink.destination)
+
+
+def _http(sock, url: str, host: str):
+    import http.client
+    from urllib.parse import urlsplit
+
+    from . import __version__
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(host, parts.port, timeout=sock.gettimeout())
+    conn.sock = sock  # the verified socket of the previous step
+    try:
+        conn.request("GET", parts.path or "/", headers={"User-Agent": "pilotlog-doctor/" + __version__})
+        response = conn.getresponse()
+        status, reason = response.status, response.reason
+    except (OSError, http.client.HTTPException) as exc:
+        raise Failed("no HTTP answer (%s)" % (exc or type(exc).__name__),
+                     "check that the URL points at an HTTP(S) service") from None
+    finally:
+        conn.close()
+    if status in (401, 403):
+        raise Failed("HTTP %d %s: our credentials were refused" % (status, reason),
+                     "the service must accept our certificate's DN (or host certificate)")
+    if status >= 500 and status != 501:  # 501: GET not implemented, which a POST-only service may say
+        raise Failed("HTTP %d %s" % (status, reason), "the service is failing: see its log")
+    return None, "the service answers (HTTP %d %s to a GET; events are POSTed)" % (status, reason)
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+def _masked(url: str) -> str:
+    from .config import mask_url
+
+    return mask_url(url)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return "%.1f %s" % (n, unit)
+        n /= 1024.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return "%d days" % (seconds // 86400)
+    if seconds >= 2 * 3600:
+        return "%d h" % (seconds // 3600)
+    return "%d min" % max(1, seconds // 60)
+
+
+def report(steps, works: bool, stream) -> None:
+    """The human report: one line per step, then the verdict and the first failure explained."""
+    marks = ("✓", "✗") if _can_print(stream, "✓✗") else ("ok", "FAIL")
+    for s in steps:
+        stream.write("%-4s %-16s %-34s %8.1f ms  %s\n" % (marks[0] if s.ok else marks[1], s.name, s.target, s.ms, s.detail))
+    first = next((s for s in steps if not s.ok), None)
+    if first is not None:
+        stream.write("%s: %s %s: %s; %s\n" % ("warning (another road works)" if works else "first failure",
+                                               first.name, first.target, first.detail, first.advice))
+    stream.write("result: %s\n" % ("events can be delivered" if works else "events cannot be delivered; they stay spooled"))
+
+
+def _can_print(stream, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
