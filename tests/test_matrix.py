@@ -13,6 +13,7 @@ import tempfile
 
 import pytest
 
+from brokers import free_port
 from helpers import clean_env
 
 RESULTS = {}  # label -> "passed" / "FAILED" / "older than 3.6", for the terminal summary
@@ -45,7 +46,7 @@ def interpreters() -> list:
 
 @pytest.mark.matrix
 @pytest.mark.parametrize("label,python", interpreters(), ids=lambda v: v if " " not in v else v.replace(" ", "-"))
-def test_bundle_smoke(label, python, bundle):
+def test_bundle_smoke(label, python, bundle, pki):
     version = _run([python, "-c", VERSION])
     key = "%s (%s)" % (version or "?", label)
     if tuple(int(x) for x in version.split(".")[:2]) < (3, 6):
@@ -80,6 +81,21 @@ def test_bundle_smoke(label, python, bundle):
         pilotlog("power", "--fraction", "0.002")
         api = "import sys; sys.path.insert(0, %r); import pilotlogger; assert pilotlogger.emit('boot', 'from python')" % str(bundle)
         subprocess.run([python, "-I", "-S", "-c", api], cwd=cwd, env=env, check=True, timeout=60)
-        phases = [json.loads(line)["phase"] for line in pilotlog("replay").stdout.splitlines()]
+        replayed = pilotlog("replay").stdout
+        phases = [json.loads(line)["phase"] for line in replayed.splitlines()]
         assert phases == ["boot", "shutdown", "power", "boot"], phases
+        # Operator tools: a timeline of what was replayed, and doctor (certificate reading, TLS set-up).
+        with open(os.path.join(cwd, "events.jsonl"), "w") as f:
+            f.write(replayed)
+        timeline = json.loads(pilotlog("timeline", "--json", "--html", "page.html", "events.jsonl").stdout)
+        assert timeline["summary"]["pilots"] == 1 and timeline["summary"]["events"] == 4
+        assert "<svg" in open(os.path.join(cwd, "page.html")).read()
+        assert json.loads(pilotlog("doctor", "--json").stdout)["works"]  # the stdout sink
+        env.update(PILOTLOG_SINK="stomp+ssl://localhost:%d/queue/q" % free_port(), PILOTLOG_CA_FILE=pki.path("ca.pem"),
+                   PILOTLOG_CERT=pki.path("client.pem"), PILOTLOG_KEY=pki.path("client.key"))
+        doctor = subprocess.run([python, "-I", "-S", str(bundle), "doctor", "--json"], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        steps = {s["name"]: s for s in json.loads(doctor.stdout)["steps"]}
+        assert doctor.returncode == 1 and not steps["tcp"]["ok"], doctor.stdout + doctor.stderr
+        assert "/CN=pilot-client, key matches, expires in" in steps["credentials"]["detail"]
     RESULTS[key] = "passed"
