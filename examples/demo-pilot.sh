@@ -22,4 +22,9 @@ log shutdown -m "about to shutdown" -d exit_code:=0
 echo "--- spool before replay ($PILOTLOG_SPOOL) ---" >&2
 python3 "$pilotlog" status >&2
 echo "--- replay to $PILOTLOG_SINK ---" >&2
-python3 "$pilotlog" replay
+shipped=$(dirname "$PILOTLOG_SPOOL")/shipped.jsonl
+python3 "$pilotlog" replay | tee "$shipped"
+if [ "$PILOTLOG_SINK" = stdout ]; then
+  echo "--- what an operator sees: pilotlog timeline $shipped ---" >&2
+  python3 "$pilotlog" timeline "$shipped" >&2
+fi

@@ -256,6 +256,8 @@ def test_make_run_demo_shows_the_whole_lifecycle(bundle, tmp_path):
     assert [e["phase"] for e in shipped] == ["boot", "boot", "os", "power", "install", "match", "shutdown"]
     assert shipped[3]["message"] == "power of 11 HS06" and shipped[3]["data"] == {"hs06": 11}
     assert len({e["pilot"] for e in shipped}) == 1
+    assert "boot → boot +" in p.stderr and "→ shutdown +" in p.stderr  # the timeline of what was shipped
+    assert "pilots: 1, events: 7" in p.stderr
 
 
 def test_passcode_is_never_a_command_line_value(pilotlog):
