@@ -47,38 +47,54 @@ def follow(config, handle, count=None, seconds=None, idle=None, duplicate=None) 
     ``duplicate(event)`` when given, for counting).
 
     Stops after ``count`` handled messages, after ``seconds``, or after ``idle`` seconds
-    without any message — whichever comes first (none: until interrupted).  Returns how
-    many were handled.  Raises :class:`stompclient.StompError` when the broker fails us.
+    without any message — whichever comes first (none: until interrupted).  A lost
+    connection is re-established (failover within ``deadline``, said on stderr); what was
+    not acknowledged comes again and is recognised.  Returns how many were handled.
+    Raises :class:`stompclient.StompError` when the broker refuses us or stays away.
     """
-    from .stompclient import connect, parse_url
+    from .recorder import warn
+    from .stompclient import StompError, connect, parse_url
     from .tls import client_context
 
     if not config.sink.startswith(("stomp+ssl://", "stomp://")):
         raise ValueError("reading events needs a STOMP sink (stomp+ssl://host:port/queue/name), not %s" % config.sink)
     use_tls, hosts, destination = parse_url(config.sink)
     context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if use_tls else None
-    conn = connect(hosts, context, config.vhost, config.user, config.passcode, config.timeout, config.deadline)
+
+    def subscribed():
+        conn = connect(hosts, context, config.vhost, config.user, config.passcode, config.timeout, config.deadline)
+        conn.subscribe(destination)
+        return conn
+
+    conn = subscribed()
     seen, handled = Seen(), 0
     started = last = time.monotonic()
     try:
-        conn.subscribe(destination)
         while count is None or handled < count:
             stops = [t for t in (seconds and started + seconds, idle and last + idle) if t]
             now = time.monotonic()
             if stops and now >= min(stops):
                 break
-            for frame in conn.messages(min(stops + [now + 1.0])):
-                text = frame.body.decode("utf-8", "replace")
-                event = parse(text)
-                if event is None or seen.add(event["id"]):
-                    handle(event, text)
-                    handled += 1
-                elif duplicate is not None:
-                    duplicate(event)
-                conn.ack(frame)
-                last = time.monotonic()
-                if count is not None and handled >= count:
-                    break
+            try:
+                for frame in conn.messages(min(stops + [now + 1.0])):
+                    text = frame.body.decode("utf-8", "replace")
+                    event = parse(text)
+                    if event is None or seen.add(event["id"]):
+                        handle(event, text)
+                        handled += 1
+                    elif duplicate is not None:
+                        duplicate(event)
+                    conn.ack(frame)
+                    last = time.monotonic()
+                    if count is not None and handled >= count:
+                        break
+            except StompError as exc:
+                if not exc.retryable:
+                    raise
+                conn.transport.close()
+                warn("%s; reconnecting" % exc)
+                conn = subscribed()
+                warn("reconnected to %s" % conn.where)
     finally:
         conn.close()  # DISCONNECT with a receipt: our ACKs are in; what we did not ACK is redelivered
     return handled

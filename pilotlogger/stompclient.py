@@ -360,7 +360,11 @@ class StompConnection:
         """DISCONNECT with a receipt (so the broker has everything), bounded by a short wait."""
         try:
             self._send(encode_frame("DISCONNECT", [("receipt", "bye")]))
-            self._receive(time.monotonic() + min(self.timeout, 2.0), block=True)
+            until = time.monotonic() + min(self.timeout, 2.0)
+            while time.monotonic() < until:  # MESSAGE frames may still arrive first: skip them
+                frames = self._receive(until, block=True)
+                if any(f.command == "RECEIPT" and f.headers.get("receipt-id") == "bye" for f in frames):
+                    break
         except StompError:
             pass
         finally:

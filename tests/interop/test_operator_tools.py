@@ -157,6 +157,24 @@ def test_tail_prints_each_event_once_and_acknowledges_only_what_it_printed(broke
     assert again.returncode == 0 and again.stdout == ""  # everything was acknowledged
 
 
+def test_tail_reconnects_when_the_broker_restarts(rabbitmq, pilotlog, queue):
+    events = spooled_events(pilotlog, 6)
+    texts = [json.dumps(e) for e in events]
+    publish(rabbitmq, queue, texts[:3])
+    env = dict(pilotlog.env, PILOTLOG_SINK=rabbitmq.url(queue), PILOTLOG_DEADLINE="90")
+    tail = subprocess.Popen([sys.executable, "-I", "-S", str(pilotlog.bundle), "tail", "--count", "6", "--seconds", "150"],
+                            cwd=str(pilotlog.cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    lines = [tail.stdout.readline() for _ in range(3)]
+    rabbitmq.restart()
+    publish(rabbitmq, queue, texts[3:])
+    rest, err = tail.communicate(timeout=120)
+    printed = [line.split(": ", 1)[1].strip() for line in lines + rest.splitlines()]
+    assert tail.returncode == 0, err
+    assert printed == ["line %d" % i for i in range(6)]  # each once, though unacked ones may come again
+    assert "reconnecting" in err and "reconnected to broker" in err
+
+
 def test_tail_from_an_unreachable_broker_says_so(pilotlog, queue):
     p = pilotlog("tail", "--seconds", "1", env={"PILOTLOG_SINK": "stomp+ssl://localhost:%d%s" % (free_port(), queue),
                                                 "PILOTLOG_DEADLINE": "1"})
