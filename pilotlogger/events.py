@@ -77,13 +77,15 @@ def new_id() -> str:
     return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
-_HEX = frozenset("0123456789abcdef")
+_HEX_OR_DASH = frozenset("0123456789abcdef-")
 
 
 def check_id(value: str) -> str:
     """An event id is a lowercase random UUID: ``8-4-4-4-12`` hex digits, version 4."""
-    parts = value.split("-")
-    if [len(p) for p in parts] != [8, 4, 4, 4, 12] or not _HEX.issuperset(value.replace("-", "")) or value[14] != "4":
+    if not (
+        len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-" and value.count("-") == 4
+        and value[14] == "4" and _HEX_OR_DASH.issuperset(value)
+    ):
         raise EventError("id %r is not a lowercase version-4 UUID" % (value,))
     return value
 
@@ -171,6 +173,8 @@ _TYPES = {
     "data": dict,
     "context": dict,
 }
+_FIELDS = frozenset(_TYPES)
+_TYPE_ITEMS = tuple(_TYPES.items())
 
 
 def validate(event: dict) -> dict:
@@ -181,15 +185,15 @@ def validate(event: dict) -> dict:
     """
     if not isinstance(event, dict):
         raise EventError("an event must be a JSON object")
-    for key, typ in _TYPES.items():
-        if key not in event:
-            raise EventError("field %r is missing" % key)
-        value = event[key]
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+    if event.keys() != _FIELDS:  # one comparison in the common case; the details only on error
+        missing = [key for key in _TYPES if key not in event]
+        if missing:
+            raise EventError("field %r is missing" % missing[0])
+        raise EventError("unknown field(s): %s" % ", ".join(sorted(set(event) - _FIELDS)))
+    for key, typ in _TYPE_ITEMS:
+        kind = type(event[key])
+        if kind is not typ and (kind is bool or not isinstance(event[key], typ)):  # bool is no int here
             raise EventError("field %r must be of type %s" % (key, typ.__name__))
-    extra = set(event) - set(_TYPES)
-    if extra:
-        raise EventError("unknown field(s): %s" % ", ".join(sorted(extra)))
     if event["v"] != SCHEMA_VERSION:
         raise EventError("schema version %r is not supported (this is v%d)" % (event["v"], SCHEMA_VERSION))
     check_id(event["id"])
