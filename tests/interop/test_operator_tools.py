@@ -62,6 +62,20 @@ def test_doctor_walks_a_working_path_and_sends_a_marked_test_event(broker, pilot
     assert PASSWORD not in human.stdout + json.dumps(report)
 
 
+def test_doctor_with_certificate_login_and_a_wrong_password_on_both_brokers(broker, pilotlog, queue, pki):
+    url = broker.cert_url(queue) if hasattr(broker, "cert_url") else broker.url(queue)
+    certs = {"PILOTLOG_SINK": url, "PILOTLOG_USER": "", "PILOTLOG_PASSCODE": "",
+             "PILOTLOG_CERT": pki.path("client.pem"), "PILOTLOG_KEY": pki.path("client.key")}
+    code, report = doctor(pilotlog, "--send-test", **certs)
+    details = {s["name"]: s["detail"] for s in report["steps"]}
+    assert code == 0, report
+    assert "logged in by certificate" in details["stomp"] and "key matches, expires in" in details["credentials"]
+    code, report = doctor(pilotlog, PILOTLOG_SINK=broker.url(queue), PILOTLOG_PASSCODE="not-the-password")
+    failed = first_failure(report)
+    assert code == 1 and failed["name"] == "stomp" and "refused the connection" in failed["detail"], failed
+    assert "not-the-password" not in json.dumps(report)
+
+
 @pytest.mark.parametrize("fault,step,needle", [
     ("wrong password", "stomp", "refused the connection"),
     ("untrusted CA", "tls", "server certificate not trusted"),
