@@ -503,14 +503,15 @@ class StompSink:
         while True:
             if self.conn is None:
                 budget = self.config.deadline if end is None else end - time.monotonic()
+                gave_up = "%s; gave up reconnecting after %g s" % (lost, self.config.deadline)
                 if budget <= 0:
-                    raise SinkError("%s; gave up reconnecting after %g s" % (lost, self.config.deadline))
+                    raise SinkError(gave_up)
                 try:
                     self.conn = self._connect(budget)
-                except StompError as exc:  # failover already spent its deadline
+                except StompError as exc:  # failover spent its deadline, or another try cannot help
                     if lost is None:
                         raise SinkError(str(exc)) from None
-                    raise SinkError("%s; reconnecting failed: %s" % (lost, exc)) from None
+                    raise SinkError(gave_up if exc.retryable else "%s; reconnecting failed: %s" % (lost, exc)) from None
             try:
                 for event_id in self.conn.stream(inflight, source, self._build, self.config.window,
                                                  self.config.receipt_every):
