@@ -132,7 +132,7 @@ class Broker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BrokerError("%s exited with %s while starting; log: %s" % (self.name, self.proc.returncode, self.tail()))
-            if all(self._listening(p) for p in (self.plain, self.tls)):
+            if all(self._listening(p) for p in (self.plain, self.tls)) and self._accepts_login():
                 return self
             time.sleep(0.2)
         self.stop()
@@ -144,6 +144,27 @@ class Broker:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return True
         except OSError:
+            return False
+
+    def _accepts_login(self) -> bool:
+        """A listening port is not yet a broker that answers: RabbitMQ accepts TCP before its
+        STOMP plugin can log users in, and a client connecting then fails.  Ready means CONNECTED."""
+        from pilotlogger.stompcodec import FrameParser, ProtocolError, encode_frame
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.plain), timeout=2) as sock:
+                sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"),
+                                                      ("login", USER), ("passcode", PASSWORD)]))
+                parser = FrameParser()
+                while True:
+                    data = sock.recv(4096)
+                    if not data:
+                        return False
+                    parser.feed(data)
+                    frame = parser.next_frame()
+                    if frame is not None:
+                        return frame.command == "CONNECTED"
+        except (OSError, ProtocolError):
             return False
 
     def stop(self, kill: bool = False) -> None:
