@@ -71,11 +71,12 @@ class Doctor:
     def _config(self):
         if self.config_error is not None:
             raise Failed(str(self.config_error), "fix the setting named above (pilotlog config shows every value and its origin)")
+        from .sinks import describe
+
         c = self.config
-        origin = c.origin
-        detail = "sink %s (from %s)" % (_masked(c.sink), origin["sink"])
+        detail = "sink %s (from %s)" % (describe(c.sink), c.origin["sink"])
         if c.fallback_sink:
-            detail += ", fallback %s" % _masked(c.fallback_sink)
+            detail += ", fallback %s" % describe(c.fallback_sink)
         return None, detail
 
     def _spool(self):
@@ -180,16 +181,14 @@ class Doctor:
 
 
 def _resolve(host: str, port: int):
+    from .stompclient import addresses
+
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = addresses(host, port)
     except socket.gaierror as exc:
         raise Failed("cannot resolve %s (%s)" % (host, exc.strerror or exc),
                      "check the host name in the sink URL and the node's DNS (/etc/resolv.conf)") from None
-    addresses = []
-    for family, _, _, _, sockaddr in infos:
-        if (family, sockaddr) not in addresses:
-            addresses.append((family, sockaddr))
-    return addresses, ", ".join(a[1][0] for a in addresses)
+    return found, ", ".join(sockaddr[0] for _, sockaddr in found)
 
 
 def _tcp(family, sockaddr, timeout: float):
@@ -214,7 +213,7 @@ def _tls(sock, host: str, context, config):
     import ssl
 
     from .stompclient import _wire_host
-    from .tls import describe_verify_error
+    from .tls import common_name, describe_verify_error
 
     try:
         tls = context.wrap_socket(sock, server_hostname=_wire_host(host))
@@ -231,8 +230,8 @@ def _tls(sock, host: str, context, config):
             advice = "check that the port speaks TLS (stomp+ssl:// or https://)"
         raise Failed(text, advice) from None
     peer = tls.getpeercert() or {}
-    subject = _cn(peer.get("subject", ())) or "?"
-    issuer = _cn(peer.get("issuer", ()))
+    subject = common_name(peer.get("subject")) or "?"
+    issuer = common_name(peer.get("issuer"))
     trust = config.ca_file or config.ca_dir or "the default CA store"
     if hasattr(tls, "get_verified_chain"):  # Python 3.13+: name the root that verified it
         from .x509 import parse_der
@@ -244,14 +243,6 @@ def _tls(sock, host: str, context, config):
     detail = "%s, %s; server CN=%s issued by CN=%s, expires %s; host name matches; verified with %s" % (
         tls.version(), tls.cipher()[0], subject, issuer or "?", peer.get("notAfter", "?"), trust)
     return tls, detail
-
-
-def _cn(name) -> str:
-    for rdn in name:
-        for key, value in rdn:
-            if key == "commonName":
-                return value
-    return ""
 
 
 def _connect(conn, config):
@@ -325,12 +316,6 @@ def _http(sock, url: str, host: str):
 
 def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 1)
-
-
-def _masked(url: str) -> str:
-    from .config import mask_url
-
-    return mask_url(url)
 
 
 def _size(n: float) -> str:

@@ -170,13 +170,11 @@ def make_handler(store: Store, max_body: int, allowed_cns):
             self._answer(405, {"OK": False, "Message": "POST pilot logs here"})
 
         def _client_cn(self):
+            from .tls import common_name
+
             getpeercert = getattr(self.connection, "getpeercert", None)
             cert = getpeercert() if getpeercert else None
-            for rdn in (cert or {}).get("subject", ()):
-                for key, value in rdn:
-                    if key == "commonName":
-                        return value
-            return None
+            return common_name((cert or {}).get("subject")) or None
 
         def _body(self) -> bytes:
             length = self.headers.get("Content-Length")

@@ -49,7 +49,7 @@ class StdoutSink:
 
     name = "stdout"
 
-    def __init__(self, stream, batch_events: int = 1000, batch_bytes: int = 1024 * 1024):
+    def __init__(self, stream, batch_events: int, batch_bytes: int):
         self.stream = stream
         self.batch_events, self.batch_bytes = batch_events, batch_bytes
 

@@ -375,20 +375,26 @@ class StompConnection:
 # Failover
 
 
+def addresses(host: str, port: int) -> list:
+    """Every distinct (family, sockaddr) of ``host``, DNS aliases expanded, in resolver order.
+
+    Raises ``socket.gaierror`` when the name does not resolve.
+    """
+    found = []
+    for family, _, _, _, sockaddr in socket.getaddrinfo(_wire_host(host), port, type=socket.SOCK_STREAM):
+        if (family, sockaddr) not in found:
+            found.append((family, sockaddr))
+    return found
+
+
 def _resolve(hosts, rng):
     """Every (host, port, family, sockaddr) for the hosts, DNS aliases expanded, shuffled."""
     found, errors = [], []
     for host, port in hosts:
         try:
-            infos = socket.getaddrinfo(_wire_host(host), port, type=socket.SOCK_STREAM)
+            found += [(host, port, family, sockaddr) for family, sockaddr in addresses(host, port)]
         except socket.gaierror as exc:
             errors.append("%s: cannot resolve (%s)" % (host, exc.strerror or exc))
-            continue
-        seen = set()
-        for family, _, _, _, sockaddr in infos:
-            if sockaddr not in seen:
-                seen.add(sockaddr)
-                found.append((host, port, family, sockaddr))
     rng.shuffle(found)
     return found, errors
 

@@ -102,6 +102,15 @@ def server_context(cert: str, key: str, client_ca=None, require_client_cert: boo
     return context
 
 
+def common_name(name) -> str:
+    """The commonName of a subject or issuer as ``ssl`` describes it (a tuple of RDNs), or ""."""
+    for rdn in name or ():
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return ""
+
+
 def _reason(exc) -> str:
     return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
 
