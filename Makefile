@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard pilotlogger/*.py)
 
-.PHONY: run test bundle venv brokers bench faults clean
+.PHONY: run test bundle venv packages bench faults clean
 
 ## make run: a demo pilot lifecycle into a temporary spool, replayed to stdout (no broker needed).
 run: dist/pilotlog
@@ -22,7 +22,7 @@ dist/pilotlog: $(SOURCES) bin/bundle-main.py Makefile
 	@chmod 0755 dist/pilotlog.tmp && mv dist/pilotlog.tmp dist/pilotlog
 	@echo "built dist/pilotlog: $$(wc -c < dist/pilotlog) bytes"
 
-## make venv: the test tooling (pytest, hypothesis, jsonschema, stomp.py).
+## make venv: the test tooling (pytest, hypothesis, jsonschema, stomp.py, selenium, build, ruff, mypy).
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: tests/requirements.txt
@@ -30,30 +30,33 @@ $(VENV)/.installed: tests/requirements.txt
 	@$(VPY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 	@touch $@
 
-## make brokers: the Debian packages the interop tests start privately (RabbitMQ, ActiveMQ, openssl).
-brokers:
+## make packages: the Debian packages the tests use: brokers they start privately (RabbitMQ, ActiveMQ,
+## openssl for the test PKI) and headless Chromium for the timeline page.
+packages:
 	@missing=""; \
 	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
 	test -f /usr/share/activemq/bin/activemq.jar || missing="$$missing activemq"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v keytool >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing for the broker tests (apt-get)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=nointeractive apt-get install -y -qq $$missing >/dev/null) \
-	    || echo "could not install$$missing: broker tests will be skipped (and fail with CI=true)"; \
+	  echo "installing$$missing for the tests (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "could not install$$missing: the tests needing them will be skipped (and fail with CI=true)"; \
 	fi
 
 ## make test: everything the tests need, then the whole suite (unit, bundle, brokers, version matrix).
-test: venv brokers dist/pilotlog
+test: venv packages dist/pilotlog
 	@$(VPY) -m pytest tests
 
 ## make bench: throughput vs stomp.py and raw bounds on real brokers, start-up cost, memory; updates docs/performance.md.
-bench: venv brokers dist/pilotlog
+bench: venv packages dist/pilotlog
 	@$(VPY) bench/run.py --write docs/performance.md
 
 ## make faults: the fault suite at full counts (>= 200 kill -9 trials each, 60 s load); updates docs/reliability.md.
 ## (make test runs the same suite at reduced counts that fit CI.)
-faults: venv brokers dist/pilotlog
+faults: venv packages dist/pilotlog
 	@PILOTLOG_FAULTS=full PILOTLOG_FAULTS_REPORT=docs/reliability.md $(VPY) -m pytest tests/faults
 
 clean:

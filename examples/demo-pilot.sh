@@ -5,7 +5,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 pilotlog=${1:-$here/../dist/pilotlog}
-export PILOTLOG_SPOOL=${PILOTLOG_SPOOL:-$(mktemp -d)/spool}
+if [ -z "${PILOTLOG_SPOOL:-}" ]; then  # a temporary spool, removed when the demo ends (however it ends)
+  demo_dir=$(mktemp -d)
+  trap 'rm -rf "$demo_dir"' EXIT
+  export PILOTLOG_SPOOL=$demo_dir/spool
+fi
 export PILOTLOG_SINK=${PILOTLOG_SINK:-stdout}
 export PILOTLOG_SITE=${PILOTLOG_SITE:-DIRAC.Demo.org}
 

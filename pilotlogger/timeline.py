@@ -33,6 +33,10 @@ class Pilot:
             previous = at
         return steps
 
+    def site(self) -> str:
+        """The site the pilot ran at (its events' context), or "" when none said."""
+        return next((e["context"]["site"] for e in self.events if e["context"].get("site")), "")
+
     def phases(self) -> set:
         return {e["phase"] for e in self.events}
 
@@ -97,12 +101,12 @@ class Timeline:
         lines = []
         for p in self.ordered_pilots():
             steps = p.lifecycle()
-            parts = [e["phase"] + ("!" if e["status"] == "error" else "") + ("" if gap is None else " +%s" % _seconds(gap))
+            parts = [e["phase"] + ("!" if e["status"] == "error" else "") + ("" if gap is None else " +%s" % duration_text(gap))
                      for e, gap, _ in steps]
             total = steps[-1][2] - steps[0][2] if len(steps) > 1 else 0.0
             first = steps[0][0]["time"] if steps else p.ordered()[0]["time"]
             lines.append("%s  %s  %s   [%d log line(s), %s]" % (
-                p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, _seconds(total)))
+                p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, duration_text(total)))
         s = self.summary()
         lines += [
             "",
@@ -119,7 +123,7 @@ class Timeline:
         return "\n".join(lines) + "\n"
 
 
-def _seconds(value: float) -> str:
+def duration_text(value: float) -> str:
     if value >= 3600:
         return "%.1f h" % (value / 3600)
     if value >= 60:
