@@ -29,6 +29,12 @@ def _run(cmd):
         return ""
 
 
+def python_version(exe: str) -> tuple:
+    """(major, minor, micro) of an interpreter, or () when it does not run."""
+    text = _run([exe, "-c", VERSION])
+    return tuple(int(x) for x in text.split(".")) if text else ()
+
+
 def interpreters() -> list:
     """(label, executable) for every CPython found, de-duplicated by real path."""
     found = {}
@@ -47,11 +53,11 @@ def interpreters() -> list:
 @pytest.mark.matrix
 @pytest.mark.parametrize("label,python", interpreters(), ids=lambda v: v if " " not in v else v.replace(" ", "-"))
 def test_bundle_smoke(label, python, bundle, pki):
-    version = _run([python, "-c", VERSION])
-    key = "%s (%s)" % (version or "?", label)
-    if tuple(int(x) for x in version.split(".")[:2]) < (3, 6):
+    version = python_version(python)
+    key = "%s (%s)" % (".".join(map(str, version)) or "?", label)
+    if version[:2] < (3, 6):
         RESULTS[key] = "older than 3.6, not supported"
-        pytest.skip("Python %s is older than 3.6: reported, not supported" % version)
+        pytest.skip("Python %s is older than 3.6: reported, not supported" % key)
     RESULTS[key] = "FAILED"
     with tempfile.TemporaryDirectory() as cwd:
         env = clean_env(PILOTLOG_SPOOL=os.path.join(cwd, "spool"), DIRAC_PILOT_STAMP="a" * 32)
