@@ -22,16 +22,6 @@ EXIT_UNDELIVERED = 3  # replay --strict only: events are still in the spool
 
 PROG = "pilotlog"
 
-EXAMPLES = """\
-examples:
-  pilotlog emit boot -m "booted up"
-  pilotlog emit power -m "power of 11 HS06" -d hs06:=11
-  pilotlog emit nomatch -m "failed to match" --status warning
-  PILOTLOG_SINK=stdout pilotlog replay
-  pilotlog status --json
-"""
-
-
 class UsageError(Exception):
     """The command line is wrong: exit 2 with this one line."""
 
@@ -113,6 +103,8 @@ def parse_emit_quickly(argv):
 def _parser():
     import argparse
 
+    from . import cli_help
+
     class Parser(argparse.ArgumentParser):
         def __init__(self, **kw):
             # No prefix matching: "--passcode X" must not silently become "--passcode-file X".
@@ -121,22 +113,39 @@ def _parser():
         def error(self, message):  # argparse prints usage + message; we want one clear line
             raise UsageError("%s (see '%s --help')" % (message, self.prog))
 
-    settings = Parser(add_help=False)
-    group = settings.add_argument_group("settings (flag > PILOTLOG_<NAME> env > config file > default)")
-    for s in SETTINGS:
-        if not s.flag:
-            continue
-        group.add_argument(
-            "--" + s.name.replace("_", "-"),
-            dest=s.name,
-            metavar=s.name.upper() if not s.choices else "{%s}" % ",".join(s.choices),
-            help="%s [env %s]" % (s.help, s.env),
-        )
+        def parse_args(self, args=None, namespace=None):
+            """Arguments no option takes are named by the command whose help lists what it takes.
+            Only option names are repeated, never values: a mistyped secret must not reach a log."""
+            parsed, extras = self.parse_known_args(args, namespace)
+            if extras:
+                command = getattr(parsed, "command", None)
+                unknown = sorted({e.split("=", 1)[0] for e in extras if e.startswith("-") and e != "-"})
+                what = ("unknown option(s) %s" % ", ".join(unknown) if unknown
+                        else "%d unexpected argument(s)" % len(extras))
+                raise UsageError("%s%s (see '%s --help')" % (command + ": " if command else "", what,
+                                                             " ".join(filter(None, (PROG, command)))))
+            return parsed
+
+    by_name = {s.name: s for s in SETTINGS}
+
+    def settings_of(command):
+        """The settings a command reads, as its flags, in one help section."""
+        parent = Parser(add_help=False)
+        group = parent.add_argument_group("settings it reads (flag > PILOTLOG_<NAME> env > config file > default)")
+        for s in (by_name[name] for name in cli_help.SETTINGS_READ[command]):
+            if s.flag:
+                group.add_argument(
+                    "--" + s.name.replace("_", "-"),
+                    dest=s.name,
+                    metavar=s.name.upper() if not s.choices else "{%s}" % ",".join(s.choices),
+                    help="%s [env %s]" % (s.help, s.env),
+                )
+        return parent
 
     top = Parser(
         prog=PROG,
         description="Structured lifecycle logging for grid pilots: spool locally, ship to a broker.",
-        epilog=EXAMPLES,
+        epilog=cli_help.epilog(None),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--version", action="version", version="%s %s" % (PROG, __version__))
@@ -144,7 +153,7 @@ def _parser():
 
     def command(name, help):
         return sub.add_parser(
-            name, help=help, description=help, parents=[settings], epilog=EXAMPLES,
+            name, help=help, description=help, parents=[settings_of(name)], epilog=cli_help.epilog(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -191,7 +200,7 @@ def _parser():
 
     tail = command("tail", "print events from the broker (the sink's destination) as they arrive")
     tail.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
-    _add_stop_options(tail)
+    _add_stop_options(tail, idle=None)
 
     timeline = command("timeline", "per-pilot lifecycles and a summary, from JSON-lines files or the broker")
     timeline.add_argument("files", nargs="*", metavar="FILE",
@@ -205,11 +214,13 @@ def _parser():
     return top
 
 
-def _add_stop_options(parser, idle=None) -> None:
-    parser.add_argument("--count", type=int, metavar="N", help="stop after N events")
-    parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+def _add_stop_options(parser, idle) -> None:
+    """--count/--seconds/--idle; ``idle`` None: no idle stop unless asked (runs until interrupted)."""
+    parser.add_argument("--count", type=int, metavar="N", help="stop after N events (default: no limit)")
+    parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds (default: no limit)")
     parser.add_argument("--idle", type=float, default=idle, metavar="S",
-                        help="stop when no message came for S seconds" + (" (default %g)" % idle if idle else ""))
+                        help="stop when no message came for S seconds (default: %s)"
+                        % ("%g" % idle if idle else "never"))
 
 
 def parse_data(data_json, pairs) -> dict:
@@ -535,7 +546,7 @@ def main(argv=None) -> int:
         command = args.command
         if command is None:
             raise UsageError("a command is required: %s (see '%s --help')" % (", ".join(COMMANDS), PROG))
-        flags = {s.name: getattr(args, s.name) for s in SETTINGS if s.flag}
+        flags = {s.name: getattr(args, s.name, None) for s in SETTINGS if s.flag}  # a command reads some
         try:
             config = config_module.load(flags)
         except ConfigError as exc:

@@ -90,7 +90,7 @@ def test_generated_pilot_id_is_reused_by_later_calls(pilotlog):
         (["emit", "boot", "--status", "fatal"], "invalid choice"),
         (["emit", "has space"], "phase"),
         (["emit", "boot", "--max-events", "0"], "--max-events: '0' is not a positive integer"),
-        (["emit", "boot", "--bogus"], "unrecognized arguments: --bogus"),
+        (["emit", "boot", "--bogus"], "emit: unknown option(s) --bogus (see 'pilotlog emit --help')"),
         (["frobnicate"], "invalid choice"),
         ([], "a command is required"),
     ],
@@ -225,6 +225,45 @@ def test_version_and_help(pilotlog):
     assert p.returncode == 0 and "examples:" in p.stdout and "PILOTLOG_SPOOL" in p.stdout
 
 
+def _help_sections(text: str):
+    """(the settings' flags, the example lines) of one --help."""
+    settings = text.split("settings it reads", 1)[1].split("examples:")[0] if "settings it reads" in text else ""
+    flags = {word for line in settings.splitlines() for word in line.split() if word.startswith("--")}
+    return flags, [line.strip() for line in text.split("examples:\n", 1)[1].splitlines() if line.strip()]
+
+
+def test_each_command_help_teaches_its_own_use(pilotlog):
+    """Own examples, and only the settings the command reads (issue 18)."""
+    from pilotlogger.cli import COMMANDS
+    from pilotlogger.cli_help import SETTINGS_READ
+    from pilotlogger.config import SETTINGS
+
+    flag_of = {s.name: "--" + s.name.replace("_", "-") for s in SETTINGS if s.flag}
+    seen_examples = set()
+    for command in COMMANDS:
+        p = pilotlog(command, "--help")
+        assert p.returncode == 0, p.stderr
+        flags, examples = _help_sections(p.stdout)
+        assert flags == {flag_of[name] for name in SETTINGS_READ[command] if name in flag_of}, command
+        assert len(examples) >= 2 and all(e.startswith("pilotlog %s" % command) or e.startswith("--")
+                                          for e in examples), (command, examples)
+        assert not seen_examples & set(examples)  # no command repeats another's examples
+        seen_examples |= set(examples)
+    serve = pilotlog("serve", "--help").stdout
+    assert "--spool" not in serve and "--window" not in serve and "--server-cert" in serve
+    assert "(default: never)" in " ".join(pilotlog("tail", "--help").stdout.split())  # runs until told to stop
+    assert "(default: 5)" in " ".join(pilotlog("timeline", "--help").stdout.split())
+
+
+@pytest.mark.parametrize("args,command", [
+    (["serve", "--spool", "x"], "serve"), (["tail", "--max-events=7"], "tail"), (["status", "extra"], "status"),
+])
+def test_an_option_a_command_does_not_take_points_at_that_commands_help(pilotlog, args, command):
+    p = pilotlog(*args)
+    assert p.returncode == 2 and "(see 'pilotlog %s --help')" % command in p.stderr
+    assert "=7" not in p.stderr and "extra" not in p.stderr  # values are never repeated
+
+
 def test_module_launcher_and_bundle_behave_the_same(pilotlog, tmp_path):
     env = clean_env(PILOTLOG_SPOOL=tmp_path / "s2", PILOTLOG_PILOT_UUID=STAMP)
     runs = {
@@ -262,7 +301,7 @@ def test_make_run_demo_shows_the_whole_lifecycle(bundle, tmp_path):
 
 def test_passcode_is_never_a_command_line_value(pilotlog):
     p = pilotlog("replay", "--passcode", "hunter2")
-    assert p.returncode == 2 and "unrecognized arguments: --passcode" in p.stderr
+    assert p.returncode == 2 and "unknown option(s) --passcode" in p.stderr and "hunter2" not in p.stderr
     assert "hunter2" not in pilotlog("config", env={"PILOTLOG_PASSCODE": "hunter2"}).stdout
 
 
