@@ -482,7 +482,6 @@ def cmd_tail(args, config) -> int:
 
 def cmd_timeline(args, config) -> int:
     from .consumer import parse
-    from .events import to_json
     from .timeline import Timeline
 
     timeline = Timeline()
@@ -508,7 +507,7 @@ def cmd_timeline(args, config) -> int:
                 f.write(render(timeline))
         except OSError as exc:
             raise UsageError("cannot write %s (%s)" % (args.html, exc.strerror or exc)) from None
-    sys.stdout.write(to_json(timeline.as_dict()) + "\n" if args.json else timeline.text())
+    sys.stdout.writelines(timeline.json_chunks() if args.json else timeline.lines())
     return EXIT_OK
 
 

@@ -4,123 +4,161 @@ and a summary for the people reading the events (``pilotlog timeline``).
 Input is events in any order and with duplicates (at-least-once delivery); they are
 de-duplicated by id and ordered by (time, seq) per pilot.  ``log`` events are counted but
 kept out of the lifecycle line: they are the pilot's free text, not its phases.
+
+Memory is bounded for a grid's day (100,000 pilots x 50 events): no event is kept, only a
+summary per pilot — its lifecycle steps (at most ``MAX_STEPS``, first and last always kept,
+each message cut to ``MESSAGE_CHARS``), its log-line count, its site and first time — plus
+a de-duplication window of the newest ``consumer.SEEN_LIMIT`` ids (duplicates arrive close
+together: a replay re-sends at most its window) and at most ``MAX_FAILURE_MESSAGES``
+distinct failure messages.  Output is written as it is produced (``lines``, ``json_chunks``).
 """
 
+import bisect
 import collections
+import sys
 
-from .events import parse_rfc3339
+from .consumer import SEEN_LIMIT, Seen
+from .events import parse_rfc3339, to_json
 
 LIFECYCLE_SKIP = ("log",)
+MAX_STEPS = 64  # lifecycle steps kept per pilot; a pilot running many payloads repeats match
+MESSAGE_CHARS = 200  # of each step's message
+MAX_FAILURE_MESSAGES = 1000  # distinct failure messages counted; the rest as one line
+OTHER_FAILURES = "(other failure messages)"
+
+
+class Step(tuple):
+    """One lifecycle event, compact: ``(time, seq, phase, status, message)``; sorts in time order.
+    Reads like an event (``step["phase"]``) for the renderers."""
+
+    __slots__ = ()
+    _FIELDS = {"time": 0, "seq": 1, "phase": 2, "status": 3, "message": 4}
+
+    def __getitem__(self, key):
+        return tuple.__getitem__(self, self._FIELDS[key] if isinstance(key, str) else key)
 
 
 class Pilot:
-    __slots__ = ("pilot", "events", "log_lines")
+    __slots__ = ("pilot", "steps", "log_lines", "first", "site", "omitted", "booted", "matched")
 
     def __init__(self, pilot: str):
-        self.pilot, self.events, self.log_lines = pilot, [], 0
+        self.pilot, self.steps, self.log_lines, self.first, self.site = pilot, [], 0, None, ""
+        self.omitted = 0  # lifecycle steps dropped from the middle past MAX_STEPS
+        self.booted = self.matched = False
 
-    def ordered(self) -> list:
-        return sorted(self.events, key=lambda e: (e["time"], e["seq"]))
+    def add(self, event: dict) -> None:
+        if self.first is None or event["time"] < self.first:
+            self.first = event["time"]
+        if not self.site:
+            self.site = event["context"].get("site", "")
+        phase = event["phase"]
+        if phase in LIFECYCLE_SKIP:
+            self.log_lines += 1
+            return
+        self.booted = self.booted or phase == "boot"
+        self.matched = self.matched or phase == "match"
+        intern = sys.intern
+        bisect.insort(self.steps, Step((event["time"], event["seq"], intern(phase), intern(event["status"]),
+                                        event["message"][:MESSAGE_CHARS])))
+        if len(self.steps) > MAX_STEPS:
+            del self.steps[MAX_STEPS // 2]  # the middle goes: the start and the end of a life matter most
+            self.omitted += 1
 
     def lifecycle(self) -> list:
-        """``[(event, seconds since the previous phase, epoch)]`` for the phases, in order."""
+        """``[(step, seconds since the previous phase, epoch)]`` for the phases, in order."""
         steps, previous = [], None
-        for event in self.ordered():
-            if event["phase"] in LIFECYCLE_SKIP:
-                continue
-            at = parse_rfc3339(event["time"])
-            steps.append((event, None if previous is None else at - previous, at))
+        for step in self.steps:
+            at = parse_rfc3339(step["time"])
+            steps.append((step, None if previous is None else at - previous, at))
             previous = at
         return steps
 
-    def site(self) -> str:
-        """The site the pilot ran at (its events' context), or "" when none said."""
-        return next((e["context"]["site"] for e in self.events if e["context"].get("site")), "")
-
-    def phases(self) -> set:
-        return {e["phase"] for e in self.events}
-
     def last_phase(self) -> str:
-        steps = self.lifecycle()
-        return steps[-1][0]["phase"] if steps else "log"
+        return self.steps[-1]["phase"] if self.steps else "log"
 
 
 class Timeline:
-    def __init__(self):
-        self.pilots = collections.OrderedDict()
-        self.ids = set()
-        self.duplicates = self.foreign = 0
+    def __init__(self, seen_limit: int = SEEN_LIMIT):
+        self.pilots = {}
+        self.seen = Seen(seen_limit)
+        self.events = self.duplicates = self.foreign = 0
+        self.failures = collections.Counter()
 
     def add(self, event) -> None:
         """Take one event (None: a message that was not a pilotlog event, counted)."""
         if event is None:
             self.foreign += 1
             return
-        if event["id"] in self.ids:
+        if not self.seen.add(event["id"]):
             self.duplicates += 1
             return
-        self.ids.add(event["id"])
-        pilot = self.pilots.setdefault(event["pilot"], Pilot(event["pilot"]))
-        pilot.events.append(event)
-        if event["phase"] in LIFECYCLE_SKIP:
-            pilot.log_lines += 1
+        self.events += 1
+        pilot = self.pilots.get(event["pilot"])
+        if pilot is None:
+            pilot = self.pilots[event["pilot"]] = Pilot(event["pilot"])
+        pilot.add(event)
+        if event["status"] == "error":
+            message = (event["message"] or event["phase"])[:MESSAGE_CHARS]
+            if message in self.failures or len(self.failures) < MAX_FAILURE_MESSAGES:
+                self.failures[message] += 1
+            else:
+                self.failures[OTHER_FAILURES] += 1
 
     def ordered_pilots(self) -> list:
-        return sorted(self.pilots.values(), key=lambda p: p.ordered()[0]["time"])
+        return sorted(self.pilots.values(), key=lambda p: p.first)
 
     def summary(self) -> dict:
         """Counts an operator asks for first: where pilots stopped, who never matched, what failed."""
         last = collections.Counter(p.last_phase() for p in self.pilots.values())
-        never = sorted(p.pilot for p in self.pilots.values() if "boot" in p.phases() and "match" not in p.phases())
-        failures = collections.Counter(
-            e["message"] or e["phase"] for p in self.pilots.values() for e in p.events if e["status"] == "error"
-        )
+        never = sorted(p.pilot for p in self.pilots.values() if p.booted and not p.matched)
         return {
             "pilots": len(self.pilots),
-            "events": len(self.ids),
+            "events": self.events,
             "duplicates_dropped": self.duplicates,
             "not_pilotlog_events": self.foreign,
             "last_phase": dict(last.most_common()),
             "booted_never_matched": never,
-            "failures_by_message": dict(failures.most_common()),
+            "failures_by_message": dict(self.failures.most_common()),
         }
 
-    def as_dict(self) -> dict:
-        pilots = []
-        for p in self.ordered_pilots():
-            pilots.append({
+    def json_chunks(self):
+        """The JSON document ``{"pilots": [...], "summary": {...}}``, one pilot at a time."""
+        yield '{"pilots":['
+        for i, p in enumerate(self.ordered_pilots()):
+            yield ("," if i else "") + to_json({
                 "pilot": p.pilot,
+                "site": p.site or None,
                 "last_phase": p.last_phase(),
                 "log_lines": p.log_lines,
-                "phases": [{"phase": e["phase"], "time": e["time"], "status": e["status"], "message": e["message"],
-                            "after_s": None if gap is None else round(gap, 3)} for e, gap, _ in p.lifecycle()],
+                "phases_omitted": p.omitted,
+                "phases": [{"phase": s["phase"], "time": s["time"], "status": s["status"], "message": s["message"],
+                            "after_s": None if gap is None else round(gap, 3)} for s, gap, _ in p.lifecycle()],
             })
-        return {"pilots": pilots, "summary": self.summary()}
+        yield '],"summary":%s}\n' % to_json(self.summary())
 
-    def text(self) -> str:
-        lines = []
+    def lines(self):
+        """The readable report, one line at a time: a line per pilot, then the summary."""
         for p in self.ordered_pilots():
             steps = p.lifecycle()
-            parts = [e["phase"] + ("!" if e["status"] == "error" else "") + ("" if gap is None else " +%s" % duration_text(gap))
-                     for e, gap, _ in steps]
+            parts = [s["phase"] + ("!" if s["status"] == "error" else "")
+                     + ("" if gap is None else " +%s" % duration_text(gap)) for s, gap, _ in steps]
+            if p.omitted:
+                parts.insert(len(parts) // 2, "… %d more …" % p.omitted)
             total = steps[-1][2] - steps[0][2] if len(steps) > 1 else 0.0
-            first = steps[0][0]["time"] if steps else p.ordered()[0]["time"]
-            lines.append("%s  %s  %s   [%d log line(s), %s]" % (
-                p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, duration_text(total)))
+            first = steps[0][0]["time"] if steps else p.first
+            yield "%s  %s  %s   [%d log line(s), %s]\n" % (
+                p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, duration_text(total))
         s = self.summary()
-        lines += [
-            "",
-            "pilots: %d, events: %d (%d duplicate(s) dropped, %d message(s) not pilotlog events)" % (
-                s["pilots"], s["events"], s["duplicates_dropped"], s["not_pilotlog_events"]),
-            "last phase: " + (", ".join("%s %d" % kv for kv in s["last_phase"].items()) or "-"),
-            "booted but never matched: %d%s" % (len(s["booted_never_matched"]),
-                                                 (" (" + ", ".join(s["booted_never_matched"][:10])
-                                                  + (", …" if len(s["booted_never_matched"]) > 10 else "") + ")")
-                                                 if s["booted_never_matched"] else ""),
-            "failures by message:" + ("" if s["failures_by_message"] else " none"),
-        ]
-        lines += ["  %5d  %s" % (n, message) for message, n in s["failures_by_message"].items()]
-        return "\n".join(lines) + "\n"
+        never = s["booted_never_matched"]
+        yield "\n"
+        yield "pilots: %d, events: %d (%d duplicate(s) dropped, %d message(s) not pilotlog events)\n" % (
+            s["pilots"], s["events"], s["duplicates_dropped"], s["not_pilotlog_events"])
+        yield "last phase: %s\n" % (", ".join("%s %d" % kv for kv in s["last_phase"].items()) or "-")
+        yield "booted but never matched: %d%s\n" % (
+            len(never), " (%s%s)" % (", ".join(never[:10]), ", …" if len(never) > 10 else "") if never else "")
+        yield "failures by message:%s\n" % ("" if s["failures_by_message"] else " none")
+        for message, n in s["failures_by_message"].items():
+            yield "  %5d  %s\n" % (n, message)
 
 
 def duration_text(value: float) -> str:

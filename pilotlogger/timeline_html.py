@@ -20,6 +20,7 @@ COLOURS = {"boot": "#4c78a8", "install": "#72b7b2", "power": "#54a24b", "os": "#
 ERROR = "#d62728"
 OTHER = "#b279a2"
 FOLD_ABOVE = 20  # rows of a summary table shown unfolded
+MAX_ROWS = 5000  # pilots drawn: a day of 100,000 would make a page no browser opens
 
 STYLE = (
     "body{font:14px sans-serif;margin:1.5em}td,th{padding:1px 8px;white-space:nowrap;text-align:left}"
@@ -72,6 +73,10 @@ SCRIPT = """
 def render(timeline) -> str:
     summary = timeline.summary()
     pilots = timeline.ordered_pilots()
+    if len(pilots) > MAX_ROWS:  # a browser, and a reader, need a page of a sensible size
+        hidden, pilots = len(pilots) - MAX_ROWS, pilots[:MAX_ROWS]
+    else:
+        hidden = 0
     lifecycles = [(p, p.lifecycle()) for p in pilots]
     spans = [(steps[0][2], steps[-1][2]) for _, steps in lifecycles if steps]
     t0 = min((a for a, _ in spans), default=0.0)
@@ -92,7 +97,7 @@ def render(timeline) -> str:
                          '</circle>' % ((at - t0) * scale, colour, escape(event["phase"]), escape(tip)))
         start = steps[0][2] if steps else t0
         duration = steps[-1][2] - steps[0][2] if steps else 0.0
-        site = p.site() or "-"
+        site = p.site or "-"
         attributes = {"pilot": p.pilot, "last": p.last_phase(), "site": site, "start": "%.6f" % start,
                       "duration": "%.3f" % duration, "logs": str(p.log_lines)}
         data = " ".join('data-%s="%s"' % (k, escape(v)) for k, v in attributes.items())
@@ -122,10 +127,10 @@ def render(timeline) -> str:
     controls = '<div class="controls">%s%s<label>pilot <input id="f-pilot" type="search" size="30"></label>' \
                '<span><span id="shown">%d</span> of %d shown</span></div>' % (
                    choices("f-phase", "last phase", {p.last_phase() for p in pilots}),
-                   choices("f-site", "site", {p.site() or "-" for p in pilots}), len(pilots), len(pilots))
+                   choices("f-site", "site", {p.site or "-" for p in pilots}), len(pilots), len(pilots))
     header = ('<thead><tr><th data-sort="pilot">pilot</th><th data-sort="site">site</th><th data-sort="last">last phase'
               '</th><th data-sort="duration">duration</th><th data-sort="logs">log lines</th>'
-              '<th data-sort="start">from %s to %s</th></tr></thead>' % (escape(_time(pilots, 0)), escape(_time(pilots, -1))))
+              '<th data-sort="start">from %s to %s</th></tr></thead>' % tuple(escape(t) for t in _span(pilots)))
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>pilot timeline</title><style>%s</style></head><body>' % STYLE,
@@ -136,12 +141,17 @@ def render(timeline) -> str:
         table("Failures by message", summary["failures_by_message"].items()),
         "<h2>Lifecycles</h2><p>%s</p>%s" % (legend, controls),
         '<table id="lifecycles">%s<tbody>%s</tbody></table>' % (header, "".join(rows)),
+        ('<p id="cut">%d more pilots are not drawn (the page shows the first %d by start time; the summary above '
+         'counts them all): give timeline fewer events, e.g. one site\'s, to see them.</p>' % (hidden, MAX_ROWS)
+         if hidden else ""),
         "<script>%s</script>" % SCRIPT,
         "</body></html>",
         "",
     ])
 
 
-def _time(pilots, which: int) -> str:
-    times = sorted(e["time"] for p in pilots for e in p.events)
-    return times[which] if times else "-"
+def _span(pilots) -> tuple:
+    """The first and the last time any of these pilots reported, RFC 3339 ("-" when none)."""
+    if not pilots:
+        return "-", "-"
+    return min(p.first for p in pilots), max(p.steps[-1]["time"] if p.steps else p.first for p in pilots)

@@ -1,6 +1,7 @@
 """Timelines from events (no broker), the HTML page, and the certificate reader doctor uses."""
 
 import calendar
+import json
 import subprocess
 import time
 from html.parser import HTMLParser
@@ -43,11 +44,13 @@ def test_lifecycles_are_ordered_timed_and_deduplicated():
         "booted_never_matched": ["p2", "p3"],
         "failures_by_message": {"install failed: <disk> full": 1},
     }
-    text = timeline.text()
+    text = "".join(timeline.lines())
     assert "p1  2026-11-28T05:00:00.000000Z  boot → install +2.0 s → match +1.0 min → shutdown +1.0 h" in text
     assert "p2  2026-11-28T05:00:10.000000Z  boot → install! +5.0 s" in text
     assert "booted but never matched: 2 (p2, p3)" in text
-    assert [p["pilot"] for p in timeline.as_dict()["pilots"]] == ["p1", "p2", "p3"]
+    document = json.loads("".join(timeline.json_chunks()))
+    assert [p["pilot"] for p in document["pilots"]] == ["p1", "p2", "p3"]
+    assert document["summary"] == timeline.summary()
 
 
 class Page(HTMLParser):
@@ -89,3 +92,34 @@ def test_certificate_reader_agrees_with_openssl(pki):
         assert info["not_after"] == calendar.timegm(time.strptime(end, "%b %d %H:%M:%S %Y GMT"))
         assert out.split("subject=")[1].strip() == info["subject"]
     assert first_certificate(pki.path("expired-client.pem"))["not_after"] <= time.time()
+
+
+def test_a_day_of_events_is_held_in_memory_bounded_by_pilots_not_events():
+    """Issue 16: per-pilot summaries, never the events; the de-duplication window and the failure
+    messages bounded too."""
+    import tracemalloc
+
+    from pilotlogger.timeline import MAX_FAILURE_MESSAGES, MAX_STEPS, OTHER_FAILURES
+
+    timeline = Timeline(seen_limit=100)
+    timeline.add(event("p", "boot", 0, 1))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(20000):  # a chatty pilot: its log lines are counted, not kept
+        timeline.add(make_event("log", "line %d" % i, pilot="p", seq=i + 2, epoch=T0 + 1 + i / 1000.0))
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 100 * 1024, grown  # 20,000 events of ~400 bytes each would be 8 MB
+    for i in range(200):  # a pilot running 200 payloads: the middle of its life is cut, not its ends
+        timeline.add(event("p", "match", 100 + i, 30000 + i))
+    timeline.add(event("p", "shutdown", 1000, 40000))
+    p = timeline.pilots["p"]
+    phases = [s["phase"] for s, _, _ in p.lifecycle()]
+    assert len(phases) == MAX_STEPS and phases[0] == "boot" and phases[-1] == "shutdown"
+    assert p.omitted == 202 - MAX_STEPS and p.log_lines == 20000
+    assert "… %d more …" % p.omitted in "".join(timeline.lines())
+    for i in range(MAX_FAILURE_MESSAGES + 50):  # distinct failure messages: the first thousand, then one line
+        timeline.add(event("q%d" % i, "install", 5, 1, "error", "failed on node %d" % i))
+    failures = timeline.summary()["failures_by_message"]
+    assert len(failures) == MAX_FAILURE_MESSAGES + 1 and failures[OTHER_FAILURES] == 50
+    assert timeline.summary()["events"] == 1 + 20000 + 201 + MAX_FAILURE_MESSAGES + 50
