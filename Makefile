@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard pilotlogger/*.py)
 
-.PHONY: run test bundle venv packages bench faults clean
+.PHONY: run test bundle venv packages bench faults scale clean
 
 ## make run: a demo pilot lifecycle into a temporary spool, replayed to stdout (no broker needed).
 run: dist/pilotlog
@@ -58,6 +58,13 @@ bench: venv packages dist/pilotlog
 ## (make test runs the same suite at reduced counts that fit CI.)
 faults: venv packages dist/pilotlog
 	@PILOTLOG_FAULTS=full PILOTLOG_FAULTS_REPORT=docs/reliability.md $(VPY) -m pytest tests/faults
+
+## make scale: the scale suite at full size (3-node RabbitMQ cluster trials, a burst of 200 pilots, a day of
+## 5 M events through timeline); writes the figures and the paper model into docs/scale.md.
+## (make test runs the same suite at reduced size.)
+scale: venv packages dist/pilotlog
+	@PILOTLOG_SCALE=full PILOTLOG_SCALE_REPORT=docs/scale.md PILOTLOG_FAULTS_REPORT=docs/scale.md \
+	  $(VPY) -m pytest tests/scale
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache

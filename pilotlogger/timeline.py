@@ -18,7 +18,7 @@ import collections
 import sys
 
 from .consumer import SEEN_LIMIT, Seen
-from .events import parse_rfc3339, to_json
+from .events import parse_rfc3339, rfc3339, to_json
 
 LIFECYCLE_SKIP = ("log",)
 MAX_STEPS = 64  # lifecycle steps kept per pilot; a pilot running many payloads repeats match
@@ -28,13 +28,15 @@ OTHER_FAILURES = "(other failure messages)"
 
 
 class Step(tuple):
-    """One lifecycle event, compact: ``(time, seq, phase, status, message)``; sorts in time order.
-    Reads like an event (``step["phase"]``) for the renderers."""
+    """One lifecycle event, compact: ``(epoch, seq, phase, status, message)``; sorts in time order.
+    Reads like an event (``step["phase"]``, ``step["time"]`` in RFC 3339) for the renderers."""
 
     __slots__ = ()
-    _FIELDS = {"time": 0, "seq": 1, "phase": 2, "status": 3, "message": 4}
+    _FIELDS = {"epoch": 0, "seq": 1, "phase": 2, "status": 3, "message": 4}
 
     def __getitem__(self, key):
+        if key == "time":
+            return rfc3339(tuple.__getitem__(self, 0))
         return tuple.__getitem__(self, self._FIELDS[key] if isinstance(key, str) else key)
 
 
@@ -47,19 +49,19 @@ class Pilot:
         self.booted = self.matched = False
 
     def add(self, event: dict) -> None:
+        intern = sys.intern
         if self.first is None or event["time"] < self.first:
-            self.first = event["time"]
+            self.first = intern(event["time"])  # the same few strings in every step of a burst
         if not self.site:
-            self.site = event["context"].get("site", "")
+            self.site = intern(event["context"].get("site", ""))
         phase = event["phase"]
         if phase in LIFECYCLE_SKIP:
             self.log_lines += 1
             return
         self.booted = self.booted or phase == "boot"
         self.matched = self.matched or phase == "match"
-        intern = sys.intern
-        bisect.insort(self.steps, Step((event["time"], event["seq"], intern(phase), intern(event["status"]),
-                                        event["message"][:MESSAGE_CHARS])))
+        bisect.insort(self.steps, Step((parse_rfc3339(event["time"]), event["seq"], intern(phase),
+                                        intern(event["status"]), event["message"][:MESSAGE_CHARS])))
         if len(self.steps) > MAX_STEPS:
             del self.steps[MAX_STEPS // 2]  # the middle goes: the start and the end of a life matter most
             self.omitted += 1
@@ -68,7 +70,7 @@ class Pilot:
         """``[(step, seconds since the previous phase, epoch)]`` for the phases, in order."""
         steps, previous = [], None
         for step in self.steps:
-            at = parse_rfc3339(step["time"])
+            at = step["epoch"]
             steps.append((step, None if previous is None else at - previous, at))
             previous = at
         return steps

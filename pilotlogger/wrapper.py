@@ -177,7 +177,7 @@ class Wrapper:
         self.record("shutdown", "%s exited with %d after %.1f s" % (self.argv[0], code, duration), status, **data)
         self.done.set()
         if shipper is not None:
-            shipper.join(timeout=1)
+            shipper.join()  # a ship under way ends within its deadline; two at once would send twice
         self._finish()
         return code
 

@@ -63,14 +63,30 @@ class RabbitCluster:
         self.epmd_port = free_port()
         self.epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port)], start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cookie = os.urandom(16).hex()
-        self.nodes = [ClusterNode(os.path.join(base, "n%d" % i), pki, i, cookie, (self.epmd, self.epmd_port))
-                      for i in range(1, NODES + 1)]
+        self.cookie = os.urandom(16).hex()
+        self.nodes = []
+
+    def _start_node(self, index: int) -> ClusterNode:
+        """Start node ``index``, on fresh ports if a port it was given is taken meanwhile (another
+        process may bind a port between free_port() and the broker's own bind)."""
+        for attempt in range(3):
+            node = ClusterNode(os.path.join(self.base, "n%d-%d" % (index, attempt)), self.pki, index, self.cookie,
+                               (self.epmd, self.epmd_port))
+            try:
+                node.start()
+                node.ctl("await_startup")
+                return node
+            except BrokerError as exc:
+                node.stop(kill=True)
+                failure = exc
+        raise failure
 
     def start(self) -> "RabbitCluster":
-        first = self.nodes[0].start()
-        for node in self.nodes[1:]:
-            node.start()
+        first = self._start_node(1)
+        self.nodes.append(first)
+        for index in range(2, NODES + 1):
+            node = self._start_node(index)
+            self.nodes.append(node)
             node.ctl("stop_app")
             node.ctl("join_cluster", first.node)
             node.ctl("start_app")

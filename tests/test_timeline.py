@@ -123,3 +123,17 @@ def test_a_day_of_events_is_held_in_memory_bounded_by_pilots_not_events():
     failures = timeline.summary()["failures_by_message"]
     assert len(failures) == MAX_FAILURE_MESSAGES + 1 and failures[OTHER_FAILURES] == 50
     assert timeline.summary()["events"] == 1 + 20000 + 201 + MAX_FAILURE_MESSAGES + 50
+
+
+def test_deduplication_window_remembers_at_least_the_newest_half_of_its_limit():
+    from pilotlogger.consumer import Seen
+
+    seen = Seen(limit=10)
+    assert all(seen.add("id%d" % i) for i in range(5))
+    assert not seen.add("id0") and not seen.add("id4")  # duplicates within the window
+    for i in range(5, 40):
+        assert seen.add("id%d" % i)
+        assert not seen.add("id%d" % i)
+        assert all(not seen.add("id%d" % j) for j in range(max(0, i - 4), i + 1))  # the newest 5 are always known
+    assert seen.add("id0")  # long gone: the window is bounded
+    assert len(seen.current) + len(seen.previous) <= 10

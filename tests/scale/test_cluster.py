@@ -18,25 +18,10 @@ import uuid
 import pytest
 
 import ledger
-from brokers import PASSWORD, USER, PKI
-from cluster import RabbitCluster
-from helpers import Pilotlog, fill_spool, unavailable
+from brokers import PASSWORD, USER
+from helpers import Pilotlog, fill_spool
 
 WINDOW = 200  # frames in flight: the most one fault can leave sent but not acknowledged
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, pki: PKI):
-    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
-        unavailable("RabbitMQ is not installed (make test installs it: apt-get install rabbitmq-server)")
-    c = RabbitCluster(str(tmp_path_factory.mktemp("cluster")), pki)
-    try:
-        c.start()
-    except Exception as exc:
-        c.shutdown()
-        unavailable("the RabbitMQ cluster cannot start: %s" % exc)
-    yield c
-    c.shutdown()
 
 
 def connected_port(pid: int):
