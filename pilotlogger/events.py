@@ -68,6 +68,23 @@ def check_pilot(value: str) -> str:
     return value
 
 
+_STAMP_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+_HEX = frozenset("0123456789abcdef")
+
+
+def dirac_accepts(pilot: str) -> bool:
+    """Whether DIRAC's pilot-logging service takes this pilot id (``FileCacheLoggingPlugin``).
+
+    DIRAC 9.1 accepts a pilot stamp ``^[0-9a-z]{32}$`` or a lowercase UUID
+    ``8-4-4-4-12`` hex; anything else (a grid job URL, a VM id) is answered
+    ``{"OK": false, "Message": "Pilot UUID is invalid"}``.
+    """
+    if len(pilot) == 32:
+        return _STAMP_CHARS.issuperset(pilot)
+    parts = pilot.split("-")
+    return len(pilot) == 36 and [len(x) for x in parts] == [8, 4, 4, 4, 12] and _HEX.issuperset("".join(parts))
+
+
 def new_id() -> str:
     """A random (version 4) UUID string, made without importing :mod:`uuid` (slow to import)."""
     b = bytearray(os.urandom(16))
