@@ -555,6 +555,8 @@ def main(argv=None) -> int:
                 raise
             warn("%s; running the command without recording" % exc)  # the pilot must run regardless
             config = None
+        if config is not None and command in ("emit", "run", "replay", "config") and config.pilot_warning():
+            warn(config.pilot_warning())
         return COMMANDS[command](args, config)
     except (UsageError, ConfigError, EventError) as exc:
         warn(str(exc))

@@ -165,7 +165,7 @@ class Config:
         """One line when the configured pilot id is one DIRAC's HTTPS service refuses, else None."""
         if self.pilot_uuid and self.speaks_dirac_https() and not dirac_accepts(self.pilot_uuid):
             return (
-                "pilotlog: pilot id %r (%s) is refused by DIRAC's pilot logging (it takes a UUID or 32 characters "
+                "pilot id %r (%s) is refused by DIRAC's pilot logging (it takes a UUID or 32 characters "
                 "[0-9a-z]); its events will be quarantined: unset it or give a DIRAC pilot stamp"
                 % (self.pilot_uuid[:80], self.origin["pilot_uuid"])
             )

@@ -26,6 +26,8 @@ CONTEXT_KEYS = ("host", "site", "ce", "queue", "batch_system", "batch_job")
 
 #: The flat record DIRAC's pilot-logging consumers read: six non-empty strings.
 DIRAC_FIELDS = ("pilotUUID", "timestamp", "source", "phase", "status", "messageContent")
+#: Longest ``messageContent`` DIRAC's PilotsLoggingDB stores (a ``String(255)`` column).
+DIRAC_CONTENT_MAX = 255
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MAX_NAME_LEN = 64
@@ -308,12 +310,20 @@ def to_dirac(event: dict) -> dict:
     DIRAC has no field for data, context, id or seq, so they move into
     ``messageContent`` after the message, readably: ``message | key=value ...``.
     The event id stays in there so a DIRAC consumer can still de-duplicate.
+    DIRAC's ``PilotsLoggingDB`` keeps ``messageContent`` in a ``String(255)`` column
+    (MySQL strict mode refuses longer), so past 255 characters only id and seq are
+    kept after the message, and the message is cut with "…" (the native record has it all).
     """
     extras = ["id=%s" % event["id"], "seq=%d" % event["seq"]]
     extras += ["%s=%s" % (k, v) for k, v in event["context"].items()]
     if event["data"]:
         extras.append("data=" + to_json(event["data"]))
-    content = (event["message"] or event["phase"]) + " | " + " ".join(extras)
+    head, tail = event["message"] or event["phase"], " | " + " ".join(extras)
+    if len(head) + len(tail) > DIRAC_CONTENT_MAX:
+        tail = " | " + " ".join(extras[:2])
+        if len(head) + len(tail) > DIRAC_CONTENT_MAX:
+            head = head[: DIRAC_CONTENT_MAX - len(tail) - 1] + "\u2026"
+    content = head + tail
     return {
         "pilotUUID": event["pilot"],
         "timestamp": "%.6f" % parse_rfc3339(event["time"]),
