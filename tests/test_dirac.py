@@ -14,8 +14,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlencode
@@ -23,8 +21,9 @@ from urllib.parse import urlencode
 import pytest
 
 from brokers import CLIENT_CN, HOST_CN, free_port
-from helpers import ROOT, Pilotlog, stderr_lines, unavailable
+from helpers import Pilotlog, stderr_lines, unavailable
 from pilotlogger.events import readable_line
+from test_https import Serve, pilotlog  # noqa: F401  (the HTTPS sink's runner: test PKI, client certificate)
 
 HERE = Path(__file__).resolve().parent / "dirac"
 PATH = "/WorkloadManagement/TornadoPilotLogging"
@@ -172,14 +171,6 @@ def dirac(pki, tmp_path_factory):
     service.stop()
 
 
-@pytest.fixture
-def pilotlog(bundle, tmp_path, pki):
-    p = Pilotlog(bundle, tmp_path)
-    p.env.update(PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_CERT=pki.path("client.pem"),
-                 PILOTLOG_KEY=pki.path("client.key"), PILOTLOG_DEADLINE="5", PILOTLOG_TIMEOUT="5")
-    return p
-
-
 def emit_run(pilotlog, pilot, n, shutdown=True, **env):
     """n events through the real CLI (the last a shutdown with exit code 3): their readable lines."""
     env = dict(env, PILOTLOG_PILOT_UUID=pilot) if pilot else env
@@ -260,23 +251,10 @@ def test_grid_job_id_is_never_used_for_dirac(dirac, pilotlog):
 
 @pytest.fixture
 def serve(bundle, pki, tmp_path):
-    port, store = free_port(), tmp_path / "serve-store"
-    p = pki.path
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(bundle), "serve", "--listen", "127.0.0.1:%d" % port, "--dir", str(store),
-         "--server-cert", p("server.pem"), "--server-key", p("server.key"), "--client-ca", p("ca.pem"),
-         "--require-client-cert", "--vo-for-cn", "%s=dteam" % CLIENT_CN], stderr=subprocess.DEVNULL)
-    import socket
-
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield port, store
-    proc.kill()
-    proc.wait(10)
+    """`pilotlog serve` with the client certificate's CN mapped to its DIRAC group's VO."""
+    server = Serve(bundle, pki, tmp_path / "serve-store", "--vo-for-cn", "%s=dteam" % CLIENT_CN)
+    yield server.port, server.dir
+    server.stop()
 
 
 def test_serve_stores_the_same_bytes_as_diracs_plugin(dirac, serve, pki):
