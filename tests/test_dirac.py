@@ -19,6 +19,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from brokers import CLIENT_CN, HOST_CN, free_port
 from helpers import Pilotlog, stderr_lines, unavailable
@@ -276,6 +278,27 @@ def test_serve_stores_the_same_bytes_as_diracs_plugin(dirac, serve, pki):
     ours = tree(store)
     theirs = {k: v for k, v in tree(dirac.store).items() if k.split("/")[-1].split(".")[0] in pilots}
     assert ours == theirs and len(ours) == 2
+
+
+#: Text a worker node may log: any code point but lone surrogates (serve refuses those whole,
+#: DIRAC writes part and refuses: see docs/dirac.md), with line breaks of every kind.
+LOG_TEXT = st.lists(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\x85"]),
+                    max_size=60).map("".join)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(LOG_TEXT | st.lists(LOG_TEXT, max_size=5), min_size=1, max_size=4), finalise=st.booleans())
+def test_serve_and_dirac_store_the_same_bytes_for_any_text(dirac, serve, pki, messages, finalise):
+    port, store = serve
+    pilot = str(uuid.uuid4())
+    for message in messages:
+        for port_ in (dirac.port, port):
+            assert accepted(*post(port_, pilot_form("sendMessage", message, pilot), pki))
+    if finalise:
+        for port_ in (dirac.port, port):
+            assert accepted(*post(port_, pilot_form("finaliseLogs", {"retCode": 1}, pilot), pki))
+    name = "dteam/" + pilot + (".log" if finalise else "")
+    assert (store / name).read_bytes() == (dirac.store / name).read_bytes()
 
 
 def test_serve_accepts_and_refuses_what_dirac_does(dirac, serve, pki):
