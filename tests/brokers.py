@@ -47,7 +47,8 @@ class BrokerError(Exception):
 
 
 class PKI:
-    """A test CA, a second (untrusted) CA, server and client certificates, a proxy-style PEM."""
+    """A test CA, a second (untrusted) CA, server and client certificates, a proxy-style PEM,
+    and a host-certificate directory (``hostcreds/hostcert.pem``, ``hostkey.pem``)."""
 
     def __init__(self, directory: str):
         self.dir = directory

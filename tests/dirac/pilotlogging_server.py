@@ -9,7 +9,8 @@ Tornado 5.1.1 needs the old ``collections`` aliases on Python 3.10+; the request
 socket's DER form) and ``get_ssl_certificate_chain()`` an empty chain (Python < 3.13
 cannot read the peer's chain).  Everything else -- form decoding, authorisation from the
 CS file, the VO rule, FileCacheLoggingPlugin writing ``WORKDIR/pilotlogs`` -- is DIRAC's.
-Prints ``READY`` on stdout once it listens.
+Prints ``READY`` on stdout once it listens, then closes stdout: DIRAC logs to stdout, which
+goes to stderr instead (a pipe nobody reads would fill up and hang the service).
 """
 
 import collections
@@ -24,6 +25,8 @@ for _name in ("MutableMapping", "Mapping", "MutableSet", "Sequence", "Callable",
 
 
 def main(cfg, port, cert, key, ca, workdir):
+    ready = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     os.chdir(workdir)  # FileCacheLoggingPlugin writes pilotlogs/ under the working directory
     from DIRAC import gConfig
     from DIRAC.ConfigurationSystem.private.ConfigurationClient import ConfigurationClient
@@ -56,7 +59,8 @@ def main(cfg, port, cert, key, ca, workdir):
     context.verify_mode = ssl.CERT_OPTIONAL
     server = tornado.httpserver.HTTPServer(tornado.web.Application(routes), ssl_options=context)
     server.listen(int(port), "127.0.0.1")
-    print("READY", flush=True)
+    ready.write("READY\n")
+    ready.close()
     tornado.ioloop.IOLoop.current().start()
 
 
