@@ -239,6 +239,20 @@ def test_refusals_are_quarantined_never_counted_delivered(dirac, pilotlog, pki, 
     assert tree(dirac.store) == before  # DIRAC stored nothing
 
 
+def test_a_refused_finalise_is_not_a_delivery(dirac, pilotlog):
+    """DIRAC stores the lines, then refuses the rename (a directory stands where the .log goes)."""
+    pilot = str(uuid.uuid4())
+    (dirac.store / "dteam" / (pilot + ".log")).mkdir(parents=True)
+    env = {"PILOTLOG_SINK": dirac.url}
+    lines = emit_run(pilotlog, pilot, 3, **env)
+    p = pilotlog("replay", env=env)
+    assert p.returncode == 0 and "3 event(s) refused by %s" % dirac.url in p.stderr, p.stderr
+    assert delivered_total(pilotlog, **env) == 0 and pilotlog.events() == []
+    reasons = [f for f in os.listdir(str(pilotlog.spool / "quarantine")) if f.endswith(".reason")]
+    assert len(reasons) == 3 and "IsADirectoryError" in (pilotlog.spool / "quarantine" / reasons[0]).read_text()
+    assert (dirac.store / "dteam" / pilot).read_bytes() == "".join(l + "\n" for l in lines).encode()
+
+
 def test_grid_job_id_is_never_used_for_dirac(dirac, pilotlog):
     env = {"PILOTLOG_SINK": dirac.url, "GRID_GLOBAL_JOBID": "https://ce.example.org:8443/job-1f"}
     emit_run(pilotlog, None, 2, **env)
