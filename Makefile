@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard pilotlogger/*.py)
 
-.PHONY: run test bundle venv packages bench faults scale clean
+.PHONY: run test bundle venv packages dirac bench faults scale clean
 
 ## make run: a demo pilot lifecycle into a temporary spool, replayed to stdout (no broker needed).
 run: dist/pilotlog
@@ -31,9 +31,12 @@ $(VENV)/.installed: tests/requirements.txt
 	@touch $@
 
 ## make packages: the Debian packages the tests use: brokers they start privately (RabbitMQ, ActiveMQ,
-## openssl for the test PKI) and headless Chromium for the timeline page.
+## openssl for the test PKI), headless Chromium for the timeline page, and what DIRAC's M2Crypto
+## builds with (swig, libssl-dev).
 packages:
 	@missing=""; \
+	command -v swig >/dev/null || missing="$$missing swig"; \
+	test -f /usr/include/openssl/ssl.h || missing="$$missing libssl-dev"; \
 	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
 	test -f /usr/share/activemq/bin/activemq.jar || missing="$$missing activemq"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -46,8 +49,23 @@ packages:
 	    || echo "could not install$$missing: the tests needing them will be skipped (and fail with CI=true)"; \
 	fi
 
-## make test: everything the tests need, then the whole suite (unit, bundle, brokers, version matrix).
-test: venv packages dist/pilotlog
+## make dirac: DIRAC from PyPI (pinned, --no-deps) in its own venv outside the clone, for tests/test_dirac.py.
+## Cached under $(DIRAC_CACHE), keyed by the requirements file's hash: built once, then reused.
+DIRAC_REQ := tests/dirac/requirements.txt
+DIRAC_CACHE ?= /var/cache/pilotlogger
+DIRAC_VENV = $(DIRAC_CACHE)/dirac-$(shell sha256sum $(DIRAC_REQ) | cut -c1-16)
+dirac: packages
+	@if [ ! -f $(DIRAC_VENV)/.installed ]; then \
+	  echo "building the DIRAC venv $(DIRAC_VENV) (first time only)"; \
+	  rm -rf $(DIRAC_VENV) && mkdir -p $(DIRAC_CACHE) && $(PYTHON) -m venv $(DIRAC_VENV) && \
+	  $(DIRAC_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r $(DIRAC_REQ) 2>&1 \
+	    | grep -v "is ignored" ; \
+	  $(DIRAC_VENV)/bin/python -c "import DIRAC, M2Crypto, tornado, db12" && touch $(DIRAC_VENV)/.installed \
+	    || echo "the DIRAC venv did not build: tests/test_dirac.py will be skipped (and fail with CI=true)"; \
+	fi
+
+## make test: everything the tests need, then the whole suite (unit, bundle, brokers, DIRAC, browser, version matrix).
+test: venv packages dirac dist/pilotlog
 	@$(VPY) -m pytest tests
 
 ## make bench: throughput vs stomp.py and raw bounds on real brokers, start-up cost, memory; updates docs/performance.md.

@@ -191,6 +191,10 @@ def _parser():
     srv.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
     srv.add_argument("--allowed-cn", action="append", default=[], metavar="CN", help="accept only these client CNs")
     srv.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
+    srv.add_argument("--default-vo", default="unknown", metavar="VO",
+                     help="VO directory for logs whose client and pilot name none (default: unknown)")
+    srv.add_argument("--vo-for-cn", action="append", default=[], metavar="CN=VO",
+                     help="client certificate CN whose logs go to VO, whatever the pilot says (as DIRAC's group VO)")
     srv.add_argument("--plain", action="store_true", help="plain HTTP (explicitly insecure, for tests behind TLS)")
 
     doctor = command("doctor", "check the delivery path step by step (config, spool, DNS, TCP, TLS, STOMP/HTTPS)")
@@ -421,14 +425,20 @@ def cmd_serve(args, config) -> int:
             context = server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
         except TLSConfigError as exc:
             raise UsageError(str(exc)) from None
-    if args.allowed_cn and context is None:
-        raise UsageError("--allowed-cn needs TLS with --client-ca")
+    if (args.allowed_cn or args.vo_for_cn) and context is None:
+        raise UsageError("--allowed-cn and --vo-for-cn need TLS with --client-ca")
+    from .serve import VO_RE
+
+    vo_for_cn = dict(item.rpartition("=")[::2] for item in args.vo_for_cn)
+    for vo in [args.default_vo] + list(vo_for_cn.values()):
+        if not VO_RE.match(vo) or "" in vo_for_cn:
+            raise UsageError("--default-vo/--vo-for-cn: %r is not CN=VO with a VO name DIRAC accepts" % vo)
 
     def ready(address):
         warn("serving %s on %s:%d, storing into %s" % ("https" if context else "http", address[0], address[1], args.dir))
 
     try:
-        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready)
+        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready, args.default_vo, vo_for_cn)
     except OSError as exc:
         warn("cannot serve on %s (%s)" % (args.listen, exc.strerror or exc))
         return EXIT_FAILED
@@ -555,6 +565,8 @@ def main(argv=None) -> int:
                 raise
             warn("%s; running the command without recording" % exc)  # the pilot must run regardless
             config = None
+        if config is not None and command in ("emit", "run", "replay", "config") and config.pilot_warning():
+            warn(config.pilot_warning())
         return COMMANDS[command](args, config)
     except (UsageError, ConfigError, EventError) as exc:
         warn(str(exc))

@@ -10,7 +10,7 @@ value came from (``pilotlog config`` shows it, with secrets masked).
 
 import os
 
-from .events import CONTEXT_KEYS, FORMATS, STATUSES, EventError, check_name, check_pilot
+from .events import CONTEXT_KEYS, FORMATS, STATUSES, EventError, check_name, check_pilot, dirac_accepts
 from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
 
 DEFAULT_SPOOL = ".pilotlog-spool"
@@ -131,25 +131,45 @@ class Config:
             shown[s.name] = value
         return shown
 
+    def speaks_dirac_https(self) -> bool:
+        """Whether events may go to DIRAC's pilot-logging service (an HTTPS sink, dirac protocol)."""
+        urls = (self.sink or "", self.fallback_sink or "")
+        return self.http_protocol == "dirac" and any(u.startswith(("https://", "http://")) for u in urls)
+
     def resolved_pilot(self):
         """(pilot id, where from) from settings and DIRAC's variables, or (None, None).
 
-        DIRAC's order: explicit id, then ``DIRAC_PILOT_STAMP`` (the pilot wrapper's),
-        then a VM's id (``vm://CE/CE:VMTYPE:VM_UUID``, as the legacy PilotLogger built
-        it), then the grid job id.  None means "let the spool generate and persist one".
+        Order: explicit id, then ``DIRAC_PILOT_STAMP`` (the pilot wrapper's, what DIRAC's
+        current pilot uses), then the legacy ``PilotLoggerTools.getUniqueIDFromOS`` order:
+        a VM's id (``vm://CE/CE:VMTYPE:VM_UUID``), ``CREAM_JOBID``, ``GRID_GLOBAL_JOBID``.
+        None means "let the spool generate and persist one" (a UUID, as the current pilot
+        does).  When events go to DIRAC's HTTPS service, a candidate it would refuse (see
+        :func:`~pilotlogger.events.dirac_accepts`) is skipped; an explicit one is kept and
+        :meth:`pilot_warning` says so.
         """
         if self.pilot_uuid:
             return self.pilot_uuid, self.origin["pilot_uuid"]
         env = self._environ
-        if env.get("DIRAC_PILOT_STAMP"):
-            return env["DIRAC_PILOT_STAMP"], "env DIRAC_PILOT_STAMP"
+        candidates = [(env.get("DIRAC_PILOT_STAMP"), "env DIRAC_PILOT_STAMP")]
         if env.get("VM_UUID") and env.get("CE_NAME") and env.get("VMTYPE"):
             ce = env["CE_NAME"]
-            return "vm://%s/%s:%s:%s" % (ce, ce, env["VMTYPE"], env["VM_UUID"]), "env VM_UUID"
-        for var in ("GRID_GLOBAL_JOBID", "CREAM_JOBID"):
-            if env.get(var):
-                return env[var], "env " + var
+            candidates.append(("vm://%s/%s:%s:%s" % (ce, ce, env["VMTYPE"], env["VM_UUID"]), "env VM_UUID"))
+        candidates += [(env.get(var), "env " + var) for var in ("CREAM_JOBID", "GRID_GLOBAL_JOBID")]
+        dirac = self.speaks_dirac_https()
+        for pilot, where in candidates:
+            if pilot and (not dirac or dirac_accepts(pilot)):
+                return pilot, where
         return None, None
+
+    def pilot_warning(self):
+        """One line when the configured pilot id is one DIRAC's HTTPS service refuses, else None."""
+        if self.pilot_uuid and self.speaks_dirac_https() and not dirac_accepts(self.pilot_uuid):
+            return (
+                "pilot id %r (%s) is refused by DIRAC's pilot logging (it takes a UUID or 32 characters "
+                "[0-9a-z]); its events will be quarantined: unset it or give a DIRAC pilot stamp"
+                % (self.pilot_uuid[:80], self.origin["pilot_uuid"])
+            )
+        return None
 
     def context(self) -> dict:
         """Context attached to every event: host, site/CE/queue when known, batch job id."""
@@ -198,7 +218,7 @@ def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
         take("config", environ["PILOTLOG_CONFIG"], "env PILOTLOG_CONFIG")
     if values["config"]:
         # The file needs setup/vo to be read, and those may come from flags or env.
-        hint = {k: flags.get(k) or environ.get(BY_NAME[k].env) for k in ("setup", "vo")}
+        hint = {k: flags.get(k) or environ.get(BY_NAME[k].env) for k in ("setup", "vo", "ce")}
         for name, (value, where) in read_file(values["config"], hint).items():
             take(name, value, where)
     for s in SETTINGS:
@@ -280,19 +300,6 @@ def read_file(path: str, hint: dict) -> dict:
     return {k: (v, "%s key %s" % (path, k)) for k, v in data.items()}
 
 
-_DIRAC_LEVELS = {
-    "DEBUG": "debug",
-    "VERBOSE": "debug",
-    "INFO": "info",
-    "NOTICE": "info",
-    "ALWAYS": "info",
-    "WARN": "warning",
-    "WARNING": "warning",
-    "ERROR": "error",
-    "FATAL": "error",
-}
-
-
 def _path(data: dict, keys) -> dict:
     for key in keys:
         data = data.get(key) if isinstance(data, dict) else None
@@ -306,10 +313,14 @@ def from_dirac(data: dict, hint: dict) -> dict:
       (or ``QueuePath``), ``HostKey``, ``HostCertificate``, ``CACertificate`` → a
       ``stomp+ssl://`` sink in DIRAC's six-field ``dirac`` format (what its
       PilotsLogging consumer reads).
-    * Current remote logging: ``RemoteLogging``, ``RemoteLoggerURL``, ``PilotLogLevel``
-      looked up along ``Defaults/Pilot``, ``<setup>/Pilot``, ``<vo>/Defaults/Pilot``,
-      ``<vo>/<setup>/Pilot`` (the most specific wins) → an ``https://`` sink.  When the
-      MQ road is configured too, it is the sink and HTTPS the ``fallback_sink``.
+    * Current remote logging (docs/dirac.md lists each key and its DIRAC version):
+      ``RemoteLogging``, ``RemoteLoggerURL``, ``RemoteLoggerCEsWhiteList``, ``PilotLogLevel``
+      looked up as the current DIRAC Pilot does, along ``Defaults/Pilot``, ``<setup>/Pilot``,
+      ``<vo>/Defaults/Pilot``, ``<vo>/<setup>/Pilot``, ``<vo>/Pilot`` (DIRAC 9's layout), the
+      later path winning → an ``https://`` sink, unless a CE white list is given and our
+      ``ce`` is not in it.  ``PilotLogLevel`` only switches debug on (``DEBUG``) or off.
+      A file with ``Setups`` is the old format, whose reader in the Pilot ignores these keys.
+      When the MQ road is configured too, it is the sink and HTTPS the ``fallback_sink``.
     """
     out = {}
     setup, vo = hint.get("setup"), hint.get("vo")
@@ -318,17 +329,19 @@ def from_dirac(data: dict, hint: dict) -> dict:
         out["setup"] = (setup, "DefaultSetup")
 
     pilot = {}
-    for where in (("Defaults", "Pilot"), (setup, "Pilot"), (vo, "Defaults", "Pilot"), (vo, setup, "Pilot")):
+    paths = (("Defaults", "Pilot"), (setup, "Pilot"), (vo, "Defaults", "Pilot"), (vo, setup, "Pilot"), (vo, "Pilot"))
+    for where in () if "Setups" in data else paths:
         if None not in where:
             for key, value in _path(data, where).items():
                 pilot[key] = (value, "/".join(where) + "/" + key)
     if "PilotLogLevel" in pilot:
         value, where = pilot["PilotLogLevel"]
-        level = _DIRAC_LEVELS.get(str(value).upper())
-        if level is None:
-            raise ConfigError("DIRAC pilot.json %s: unknown log level %r" % (where, value))
-        out["level"] = (level, where)
+        out["level"] = ("debug" if str(value).upper() == "DEBUG" else "info", where)
     enabled = str(pilot.get("RemoteLogging", ("", ""))[0]).lower() in ("true", "yes", "1", "y")
+    if "RemoteLoggerCEsWhiteList" in pilot:
+        listed, _ = pilot["RemoteLoggerCEsWhiteList"]
+        listed = listed if isinstance(listed, list) else str(listed).replace(",", " ").split()
+        enabled = enabled and hint.get("ce") in [str(x).strip() for x in listed]
     if enabled and "RemoteLoggerURL" in pilot:
         out["sink"] = pilot["RemoteLoggerURL"]
 

@@ -26,6 +26,8 @@ CONTEXT_KEYS = ("host", "site", "ce", "queue", "batch_system", "batch_job")
 
 #: The flat record DIRAC's pilot-logging consumers read: six non-empty strings.
 DIRAC_FIELDS = ("pilotUUID", "timestamp", "source", "phase", "status", "messageContent")
+#: Longest ``messageContent`` DIRAC's PilotsLoggingDB stores (a ``String(255)`` column).
+DIRAC_CONTENT_MAX = 255
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MAX_NAME_LEN = 64
@@ -66,6 +68,23 @@ def check_pilot(value: str) -> str:
     if not value.isprintable() or value.split() != [value]:
         raise EventError("pilot id %r must be printable and hold no whitespace" % value)
     return value
+
+
+_STAMP_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+_HEX = frozenset("0123456789abcdef")
+
+
+def dirac_accepts(pilot: str) -> bool:
+    """Whether DIRAC's pilot-logging service takes this pilot id (``FileCacheLoggingPlugin``).
+
+    DIRAC 9.1 accepts a pilot stamp ``^[0-9a-z]{32}$`` or a lowercase UUID
+    ``8-4-4-4-12`` hex; anything else (a grid job URL, a VM id) is answered
+    ``{"OK": false, "Message": "Pilot UUID is invalid"}``.
+    """
+    if len(pilot) == 32:
+        return _STAMP_CHARS.issuperset(pilot)
+    parts = pilot.split("-")
+    return len(pilot) == 36 and [len(x) for x in parts] == [8, 4, 4, 4, 12] and _HEX.issuperset("".join(parts))
 
 
 def new_id() -> str:
@@ -291,12 +310,20 @@ def to_dirac(event: dict) -> dict:
     DIRAC has no field for data, context, id or seq, so they move into
     ``messageContent`` after the message, readably: ``message | key=value ...``.
     The event id stays in there so a DIRAC consumer can still de-duplicate.
+    DIRAC's ``PilotsLoggingDB`` keeps ``messageContent`` in a ``String(255)`` column
+    (MySQL strict mode refuses longer), so past 255 characters only id and seq are
+    kept after the message, and the message is cut with "…" (the native record has it all).
     """
     extras = ["id=%s" % event["id"], "seq=%d" % event["seq"]]
     extras += ["%s=%s" % (k, v) for k, v in event["context"].items()]
     if event["data"]:
         extras.append("data=" + to_json(event["data"]))
-    content = (event["message"] or event["phase"]) + " | " + " ".join(extras)
+    head, tail = event["message"] or event["phase"], " | " + " ".join(extras)
+    if len(head) + len(tail) > DIRAC_CONTENT_MAX:
+        tail = " | " + " ".join(extras[:2])
+        if len(head) + len(tail) > DIRAC_CONTENT_MAX:
+            head = head[: DIRAC_CONTENT_MAX - len(tail) - 1] + "\u2026"
+    content = head + tail
     return {
         "pilotUUID": event["pilot"],
         "timestamp": "%.6f" % parse_rfc3339(event["time"]),

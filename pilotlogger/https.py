@@ -1,19 +1,22 @@
 """HTTPS sink: DIRAC's pilot-logging form protocol, or batches of JSON lines.
 
 ``dirac`` protocol (DIRACGrid/Pilot ``pilotTools.sendMessage``, served by DIRAC's
-``TornadoPilotLoggingHandler`` and ``FileCacheLoggingPlugin``): a urlencoded POST with
-``method=sendMessage`` and ``args`` = JSON of ``[<JSON of the list of lines>, <pilot id>,
-<VO>]`` (the VO only when configured: older servers take the pair).  The lines are the
-events' readable lines, which the server appends to ``pilotlogs/<vo>/<pilot id>``.  A
-``shutdown`` event is followed by ``method=finaliseLogs`` with ``{"retCode": …}``.  With a
-host-certificate directory as credentials the form also says ``extraCredentials=hosts``.
+``TornadoPilotLoggingHandler`` and ``FileCacheLoggingPlugin``; proven against DIRAC 9.1.22's
+own code in tests/test_dirac.py): a urlencoded POST with ``method=sendMessage`` and
+``args`` = JSON of ``[<JSON of the list of lines>, <pilot id>, <VO>]`` -- always three, the
+VO ``""`` when none is configured (DIRAC then takes the VO of the client's group; its
+handler fails with HTTP 500 on two).  The lines are the events' readable lines, which the
+server appends to ``pilotlogs/<vo>/<pilot id>``.  A ``shutdown`` event is followed by
+``method=finaliseLogs`` with ``{"retCode": …}`` (same three-field ``args``).  With a
+host-certificate directory as credentials the form also says ``extraCredentials="hosts"``:
+DIRAC JSON-decodes that field, and a bare ``hosts`` is answered 401.
 
 ``json`` protocol: one POST of JSON lines (``application/x-ndjson``, gzip above 1 KiB).
 
 Outcomes, per request:
     2xx (and, for dirac, a body that is not ``{"OK": false}``)   delivered
-    400 413 415 422, or dirac ``{"OK": false}``                   refused content: those events
-                                                                  are quarantined (a 413 batch is
+    400 413 415 422, or dirac ``{"OK": false}`` (to sendMessage  refused content: those events
+    or finaliseLogs: a refusal is never a delivery)             are quarantined (a 413 batch is
                                                                   split in halves first)
     408 429 5xx, timeouts, dropped connections                    retried, backoff + jitter,
                                                                   until ``deadline``
@@ -56,32 +59,33 @@ def _retcode(event: dict) -> int:
 class Request:
     """One POST: its body, content type, and the events it confirms when it succeeds.
 
-    A finalising dirac run is two requests: ``sendMessage`` (confirming nothing yet), then
-    ``finaliseLogs`` carrying the run's events — so they leave the spool only once the
-    log is complete on the server.  A refused ``finaliseLogs`` (e.g. already finalised
-    when a batch is re-sent) still confirms them: their lines are stored.
+    A finalising dirac run is two requests: ``sendMessage`` with ``then`` = the
+    ``finaliseLogs`` request; both concern the run's events, which leave the spool only
+    when ``finaliseLogs`` succeeds (the log is complete on the server).  If either is
+    refused, the events are quarantined with DIRAC's reason and ``then`` is not sent.
     """
 
-    __slots__ = ("events", "body", "content_type", "encoding", "finalise")
+    __slots__ = ("events", "body", "content_type", "encoding", "then")
 
-    def __init__(self, events, body: bytes, content_type: str, encoding=None, finalise=False):
+    def __init__(self, events, body: bytes, content_type: str, encoding=None, then=None):
         self.events, self.body, self.content_type, self.encoding = events, body, content_type, encoding
-        self.finalise = finalise
+        self.then = then
 
 
 def dirac_form(method: str, payload, pilot: str, vo, host_credentials: bool) -> bytes:
     """The urlencoded form DIRAC's pilot sends: ``method``, ``args`` (and ``extraCredentials``).
 
-    ``args`` is the JSON of ``[JSON of payload, pilot(, vo)]``: DIRAC's handler JSON-decodes
-    ``args``, and its plugin JSON-decodes the payload again (the list of lines for
-    ``sendMessage``, ``{"retCode": n}`` for ``finaliseLogs``).
+    ``args`` is the JSON of ``[JSON of payload, pilot, vo or ""]``: DIRAC's handler
+    JSON-decodes ``args`` into its method's three arguments, and its plugin JSON-decodes
+    the payload again (the list of lines for ``sendMessage``, ``{"retCode": n}`` for
+    ``finaliseLogs``).  ``extraCredentials`` is JSON too: ``"hosts"`` with the quotes.
     """
     from urllib.parse import urlencode
 
-    args = [json.dumps(payload), pilot] + ([vo] if vo else [])
+    args = [json.dumps(payload), pilot, vo or ""]
     fields = [("method", method), ("args", json.dumps(args))]
     if host_credentials:
-        fields.append(("extraCredentials", "hosts"))
+        fields.append(("extraCredentials", json.dumps("hosts")))
     return urlencode(fields).encode("ascii")
 
 
@@ -126,15 +130,15 @@ class HttpsSink:
                 run = []
             run.append(event)
             if event["phase"] == "shutdown":
-                yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], [])
-                yield self._form("finaliseLogs", {"retCode": _retcode(event)}, event["pilot"], run, finalise=True)
+                finalise = self._form("finaliseLogs", {"retCode": _retcode(event)}, event["pilot"], run)
+                yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], run, then=finalise)
                 run = []
         if run:
             yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], run)
 
-    def _form(self, method, payload, pilot, events, finalise=False):
+    def _form(self, method, payload, pilot, events, then=None):
         body = dirac_form(method, payload, pilot, self.config.vo, self.hosts_credentials)
-        return Request(events, body, "application/x-www-form-urlencoded", finalise=finalise)
+        return Request(events, body, "application/x-www-form-urlencoded", then=then)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -153,9 +157,7 @@ class HttpsSink:
             try:
                 self._post(request)
             except _Refused as exc:
-                if request.finalise:  # the lines are stored; only the rename was refused
-                    yield from ((e["id"], None) for e in request.events)
-                elif exc.status == 413 and len(request.events) > 1:  # too big: try the halves
+                if exc.status == 413 and len(request.events) > 1:  # too big: try the halves
                     half = len(request.events) // 2
                     for part in (request.events[half:], request.events[:half]):
                         pending[:0] = list(self._requests([(e, texts[e["id"]]) for e in part]))
@@ -176,7 +178,10 @@ class HttpsSink:
                 pending.insert(0, request)
                 continue
             end, attempt = None, 0
-            yield from ((e["id"], None) for e in request.events)
+            if request.then is not None:  # the lines are stored; delivered once the log is finalised
+                pending.insert(0, request.then)
+            else:
+                yield from ((e["id"], None) for e in request.events)
 
     @property
     def where(self) -> str:

@@ -24,6 +24,7 @@ import time
 
 USER, PASSWORD = "pilot", "s3cret-Passc0de"
 CLIENT_CN = "pilot-client"
+HOST_CN = "pilot-host.example.org"
 STORE_PASSWORD = "changeit-test"
 
 
@@ -46,7 +47,8 @@ class BrokerError(Exception):
 
 
 class PKI:
-    """A test CA, a second (untrusted) CA, server and client certificates, a proxy-style PEM."""
+    """A test CA, a second (untrusted) CA, server and client certificates, a proxy-style PEM,
+    and a host-certificate directory (``hostcreds/hostcert.pem``, ``hostkey.pem``)."""
 
     def __init__(self, directory: str):
         self.dir = directory
@@ -57,6 +59,7 @@ class PKI:
         self._leaf("server", "localhost", "ca", ext="subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth")
         self._leaf("client", CLIENT_CN, "ca", ext="extendedKeyUsage=clientAuth")
         self._leaf("rogue-client", CLIENT_CN, "other-ca", ext="extendedKeyUsage=clientAuth")
+        self._leaf("host", HOST_CN, "ca", ext="subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth,clientAuth" % HOST_CN)
         # Valid for zero days: expired a second after they are made.
         self._leaf("expired-server", "localhost", "ca", ext="subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth", days=0)
         self._leaf("expired-client", CLIENT_CN, "ca", ext="extendedKeyUsage=clientAuth", days=0)
@@ -65,6 +68,10 @@ class PKI:
             for part in ("client.pem", "client.key", "ca.pem"):
                 out.write(open(p(part)).read())
         os.chmod(p("proxy.pem"), 0o600)
+        # A host-certificate directory, as DIRAC's pilot accepts in X509_USER_PROXY.
+        os.makedirs(p("hostcreds"), exist_ok=True)
+        shutil.copy(p("host.pem"), p("hostcreds/hostcert.pem"))
+        shutil.copy(p("host.key"), p("hostcreds/hostkey.pem"))
         # A hashed CA directory, as in X509_CERT_DIR / /etc/grid-security/certificates.
         os.makedirs(p("certificates"), exist_ok=True)
         shutil.copy(p("ca.pem"), p("certificates/test-ca.pem"))

@@ -92,7 +92,9 @@ def test_url_credentials_are_masked():
             {"VM_UUID": "u1", "CE_NAME": "cloud.example", "VMTYPE": "t1", "GRID_GLOBAL_JOBID": "g"},
             ("vm://cloud.example/cloud.example:t1:u1", "env VM_UUID"),
         ),
-        ({"GRID_GLOBAL_JOBID": "https://ce:9000/x", "CREAM_JOBID": "c"}, ("https://ce:9000/x", "env GRID_GLOBAL_JOBID")),
+        # The legacy PilotLoggerTools.getUniqueIDFromOS order: CREAM_JOBID before GRID_GLOBAL_JOBID.
+        ({"GRID_GLOBAL_JOBID": "https://ce:9000/x", "CREAM_JOBID": "c"}, ("c", "env CREAM_JOBID")),
+        ({"GRID_GLOBAL_JOBID": "https://ce:9000/x"}, ("https://ce:9000/x", "env GRID_GLOBAL_JOBID")),
         ({"CREAM_JOBID": "https://cream:8443/CREAM1"}, ("https://cream:8443/CREAM1", "env CREAM_JOBID")),
         ({}, (None, None)),
     ],
@@ -164,7 +166,7 @@ def test_dirac_remote_logging_keys_most_specific_path_wins(tmp_path):
     path = write(tmp_path, CURRENT, "pilot.json")
     c = load({"config": path}, {"PILOTLOG_SETUP": "LHCb-Production", "PILOTLOG_VO": "LHCb"})
     assert c.sink == "https://vo-setup:8444/WorkloadManagement/TornadoPilotLogging"
-    assert c.level == "warning"
+    assert c.level == "info"  # PilotLogLevel only switches debug on or off
     assert "LHCb/LHCb-Production/Pilot/RemoteLoggerURL" in c.origin["sink"]
     # Without the VO: setup level applies; without the setup: remote logging is off.
     c = load({"config": path, "setup": "LHCb-Production"})
@@ -177,9 +179,9 @@ def test_env_still_beats_dirac_file(tmp_path):
     assert (c.sink, c.format) == ("stdout", "native")
 
 
-def test_dirac_bad_level_and_missing_queue(tmp_path):
-    with pytest.raises(ConfigError, match="unknown log level 'LOUD'"):
-        load({"config": write(tmp_path, {"Defaults": {"Pilot": {"PilotLogLevel": "LOUD"}}})})
+def test_dirac_log_level_is_debug_or_not_and_missing_queue(tmp_path):
+    for value, level in (("LOUD", "info"), ("debug", "debug"), ("ERROR", "info")):
+        assert load({"config": write(tmp_path, {"Defaults": {"Pilot": {"PilotLogLevel": value}}})}).level == level
     data = json.loads(json.dumps(LEGACY))
     del data["Setups"]["LHCb-Certification"]["Logging"]["Queue"]
     with pytest.raises(ConfigError, match="Queue is missing"):
@@ -227,10 +229,37 @@ def test_dirac_legacy_credentials(tmp_path):
     )
 
 
-def test_dirac_both_roads_broker_first_https_as_fallback(tmp_path):
+def test_dirac_file_with_setups_is_read_as_the_pilot_reads_it(tmp_path):
+    # The Pilot reads a file holding Setups by its old-format path, which ignores RemoteLogging.
     data = json.loads(json.dumps(LEGACY))
     data["Defaults"] = {"Pilot": {"RemoteLogging": "True", "RemoteLoggerURL": "https://h:8444/WorkloadManagement/TornadoPilotLogging"}}
     c = load({"config": write(tmp_path, data)})
-    assert c.sink == "stomp+ssl://mq.example.org:61614/queue/pilotLogging"
-    assert c.fallback_sink == "https://h:8444/WorkloadManagement/TornadoPilotLogging"
-    assert c.http_protocol == "dirac"
+    assert c.sink == "stomp+ssl://mq.example.org:61614/queue/pilotLogging" and c.fallback_sink is None
+    del data["Setups"]
+    assert load({"config": write(tmp_path, data)}).sink == "https://h:8444/WorkloadManagement/TornadoPilotLogging"
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"DIRAC_PILOT_STAMP": "0123456789abcdefghijklmnopqrstuv"}, "0123456789abcdefghijklmnopqrstuv"),
+    ({"DIRAC_PILOT_STAMP": "Not-A-Stamp", "GRID_GLOBAL_JOBID": "https://ce:9000/x"}, None),
+    ({"VM_UUID": "u1", "CE_NAME": "c", "VMTYPE": "t", "CREAM_JOBID": "3f2504e0-4f89-41d3-9a0c-0305e82c3301"},
+     "3f2504e0-4f89-41d3-9a0c-0305e82c3301"),
+])
+def test_dirac_https_never_falls_back_to_an_id_dirac_refuses(env, expected):
+    sink = {"PILOTLOG_SINK": "https://h:8444/WorkloadManagement/TornadoPilotLogging"}
+    assert load(env=dict(env, **sink)).resolved_pilot()[0] == expected  # None: the spool makes a UUID
+    c = load(env=dict(sink, PILOTLOG_PILOT_UUID="https://ce:9000/x"))
+    assert c.resolved_pilot()[0] == "https://ce:9000/x" and "refused by DIRAC" in c.pilot_warning()
+    assert load(env={"PILOTLOG_PILOT_UUID": "https://ce:9000/x"}).pilot_warning() is None  # stdout sink
+    json_sink = load(env=dict(sink, PILOTLOG_HTTP_PROTOCOL="json", GRID_GLOBAL_JOBID="https://ce:9000/x"))
+    assert json_sink.resolved_pilot()[0] == "https://ce:9000/x"
+
+
+def test_dirac9_vo_pilot_section_and_ce_white_list(tmp_path):
+    url = "https://vo:8444/WorkloadManagement/TornadoPilotLogging"
+    data = {"Defaults": {"Pilot": {"RemoteLogging": "True"}},
+            "dteam": {"Pilot": {"RemoteLoggerURL": url, "RemoteLoggerCEsWhiteList": ["ce1.example.org", "ce2.example.org"]}}}
+    path = write(tmp_path, data)
+    assert load({"config": path, "vo": "dteam", "ce": "ce2.example.org"}).sink == url
+    assert load({"config": path, "vo": "dteam", "ce": "ce3.example.org"}).sink == "stdout"  # not listed: off
+    assert load({"config": path, "vo": "dteam"}).sink == "stdout"

@@ -118,6 +118,16 @@ def test_dirac_rendering_is_six_nonempty_strings_as_pilotloggertools_checks():
         assert piece in content
 
 
+def test_dirac_message_content_fits_pilotsloggingdb_column():
+    context = {"host": "wn-%s.example.org" % ("x" * 60), "site": "LCG.Site.country", "ce": "ce.example.org"}
+    for message, data in (("m" * 300, {}), ("short", {"blob": "y" * 400}), ("", {"k": 1}), ("é" * 254, {})):
+        e = event(message=message, data=data, context=context)
+        content = events.to_dirac(e)["messageContent"]
+        assert len(content) <= events.DIRAC_CONTENT_MAX
+        assert "id=" + e["id"] in content and "seq=1" in content  # de-duplication still possible
+        assert content.startswith((message or "boot")[:100])
+
+
 def test_render_formats():
     e = event(message="héllo")
     assert json.loads(events.render(e, "native")) == e

@@ -127,14 +127,14 @@ def test_dirac_form_decodes_exactly_as_diracs_handler_does():
     lines = [readable_line(e) for e in events]
     form = parse_qs(dirac_form("sendMessage", lines, "0123456789abcdef0123456789abcdef", "lhcb", True).decode())
     # TornadoPilotLoggingHandler: method, then args = json.loads(args) -> positional arguments.
-    assert form["method"] == ["sendMessage"] and form["extraCredentials"] == ["hosts"]
+    assert form["method"] == ["sendMessage"] and form["extraCredentials"] == ['"hosts"']  # JSON, as DIRAC decodes it
     message, pilot, vo = json.loads(form["args"][0])
     assert (pilot, vo) == ("0123456789abcdef0123456789abcdef", "lhcb")
     # FileCacheLoggingPlugin.sendMessage: json.loads(message) is a list, each element a line.
     assert json.loads(message) == lines
     assert lines[1] == '2026-11-28T02:29:39.000000Z INFO [pilot] match: matched a job {"job":7}'
-    # Older servers take the pair: no VO configured, no VO sent.
-    assert len(json.loads(parse_qs(dirac_form("sendMessage", [], "x", None, False).decode())["args"][0])) == 2
+    # Always three arguments: no VO configured sends "" (DIRAC then takes the client group's VO).
+    assert json.loads(parse_qs(dirac_form("sendMessage", [], "x", None, False).decode())["args"][0])[1:] == ["x", ""]
     payload = json.loads(parse_qs(dirac_form("finaliseLogs", {"retCode": 3}, "x", "v", False).decode())["args"][0])[0]
     assert json.loads(payload).get("retCode", 0) == 3  # FileCacheLoggingPlugin.finaliseLogs
 
@@ -161,9 +161,9 @@ def test_dirac_protocol_arrives_complete_in_order_and_is_finalised(serve, pilotl
     assert pilotlog.events() == []
 
 
-def test_older_servers_get_the_pair_and_a_default_vo(serve, pilotlog):
+def test_no_vo_goes_to_the_default_vo(serve, pilotlog):
     server = serve()
-    pilot = uuid.uuid4().hex  # a DIRAC stamp: 32 hex digits
+    pilot = "zz" + uuid.uuid4().hex[2:]  # a DIRAC stamp: 32 characters [0-9a-z]
     spool_events(pilotlog, pilot, 3, shutdown=False)
     p, _ = replay(pilotlog, PILOTLOG_SINK=server.url)
     assert p.returncode == 0, p.stderr
