@@ -280,7 +280,7 @@ def deliver(config, spool, report_success: bool = True):
     from .sinks import open_sink
 
     sink = open_sink(config, sys.stdout)
-    progress = _show_progress if sys.stderr.isatty() else None
+    progress = _show_progress if sys.stderr is not None and sys.stderr.isatty() else None
     try:
         result = ship(spool, sink, config.format, progress=progress)
     finally:
@@ -528,6 +528,7 @@ def main(argv=None) -> int:
     """Run one command; return its exit code.  Never raises (except SystemExit from --help)."""
     from . import config as config_module
 
+    _guard_std_streams()
     argv = sys.argv[1:] if argv is None else argv
     command = None
     try:
@@ -558,12 +559,48 @@ def main(argv=None) -> int:
         _settle_stdout()
 
 
+def _guard_std_streams() -> None:
+    """Make the standard streams safe to use, whatever the pilot's shell left us.
+
+    * A closed descriptor 0, 1 or 2 gets /dev/null: otherwise the next file we open (a
+      spool event, a lock) would take its number and a child or a stray print would write
+      into it.  The Python stream stays None, so the stdout sink refuses to "deliver" into
+      /dev/null (see StdoutSink) and ``print`` writes nothing.
+    * stdout and stderr write UTF-8, whatever the locale: Python 3.6 in a C/POSIX locale
+      (an EL7 batch job under ``env -i``) would write ASCII and fail on the first "é".
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                os.open(os.devnull, os.O_RDWR)  # the lowest free number: this fd
+            except OSError:
+                pass
+    for name, errors in (("stdout", "strict"), ("stderr", "backslashreplace")):
+        stream = getattr(sys, name)
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if stream is None or encoding == "utf8" or not hasattr(stream, "detach"):
+            continue
+        import io  # already imported by the interpreter: free
+
+        try:
+            stream.flush()
+            line_buffering = stream.line_buffering
+            setattr(sys, name, io.TextIOWrapper(stream.detach(), encoding="utf-8", errors=errors,
+                                                line_buffering=line_buffering))
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def _settle_stdout() -> None:
     """Flush stdout now; if its reader is gone, point it at /dev/null.
 
     Otherwise the interpreter's own flush at exit fails again on the buffered data and
     turns our exit code into 120 with a "BrokenPipeError" line.
     """
+    if sys.stdout is None:
+        return
     try:
         sys.stdout.flush()
     except (OSError, ValueError):

@@ -18,7 +18,7 @@ def warn(message: str) -> None:
     try:
         sys.stderr.write("pilotlog: %s\n" % message)
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: stderr was closed (None)
         pass
 
 

@@ -54,6 +54,8 @@ class StdoutSink:
         self.batch_events, self.batch_bytes = batch_events, batch_bytes
 
     def deliver(self, events):
+        if self.stream is None:  # fd 1 was closed when we started: writing would "deliver" into nothing
+            raise SinkError("stdout is closed, nothing written")
         for batch in in_batches(events, self.batch_events, self.batch_bytes):
             try:
                 self.stream.write("".join(body + "\n" for _, body in batch))

@@ -95,8 +95,9 @@ class Wrapper:
         """Copy the child's stream through unchanged; look at each line on the way."""
         for raw in iter(source.readline, b""):
             try:
-                sink.write(raw)
-                sink.flush()
+                if sink is not None:  # None: our own stream was closed when we started
+                    sink.write(raw)
+                    sink.flush()
             except (OSError, ValueError):
                 pass  # our own output is gone; keep draining so the child never blocks
             line = raw.decode("utf-8", "replace").rstrip("\r\n")

@@ -1,0 +1,45 @@
+"""Regression tests for issue 13: the bundle, run as a user runs it, in environments nobody planned for.
+
+One test (or a small group) per numbered case of the issue; the generative suite that looks
+for this class of problem by itself is tests/test_robustness.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import clean_env, stderr_lines
+
+
+def shell(pilotlog, redirect: str, *args, env=None, timeout=60) -> subprocess.CompletedProcess:
+    """``python dist/pilotlog ARGS`` with a shell redirection applied (e.g. ``>&-`` closes stdout)."""
+    full_env = dict(pilotlog.env)
+    full_env.update({k: str(v) for k, v in (env or {}).items()})
+    script = '"$@" %s' % redirect
+    return subprocess.run(["sh", "-c", script, "sh", pilotlog.python, "-I", "-S", str(pilotlog.bundle)]
+                          + [str(a) for a in args], cwd=str(pilotlog.cwd), env=full_env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+
+
+# -- 1. closed standard descriptors -------------------------------------------------------
+
+
+@pytest.mark.parametrize("redirect", [">&-", "<&-", "2>&-", "<&- >&- 2>&-"])
+def test_closed_std_descriptors_harm_neither_run_nor_emit(pilotlog, redirect):
+    run = shell(pilotlog, redirect, "run", "--", "sh", "-c", "exit 3")
+    assert run.returncode == 3 and "Traceback" not in run.stderr, run.stderr
+    emit = shell(pilotlog, redirect, "emit", "boot", "-m", "closed")
+    assert emit.returncode == 0 and "Traceback" not in emit.stderr, emit.stderr
+    assert [e["phase"] for e in pilotlog.events()] == ["boot", "shutdown", "boot"]
+
+
+def test_replay_into_a_closed_stdout_keeps_every_event(pilotlog):
+    for i in range(3):
+        pilotlog("emit", "log", "-m", str(i))
+    replay = shell(pilotlog, ">&-", "replay")
+    assert replay.returncode == 0 and pilotlog.depth() == 3
+    (line,) = stderr_lines(replay)
+    assert "stdout is closed" in line and "3 event(s) kept" in line
