@@ -43,3 +43,40 @@ def test_replay_into_a_closed_stdout_keeps_every_event(pilotlog):
     assert replay.returncode == 0 and pilotlog.depth() == 3
     (line,) = stderr_lines(replay)
     assert "stdout is closed" in line and "3 event(s) kept" in line
+
+
+# -- 2. a damaged bytecode cache -------------------------------------------------------------
+
+
+def _cached(pilotlog, cache):
+    (key,) = [d for d in os.listdir(str(cache)) if not d.startswith("tmp")]
+    return cache / key / "pilotlogger"
+
+
+@pytest.mark.parametrize("damage", ["delete cli.py", "truncate events.py", "garbage cli bytecode", "cache is a file"])
+def test_a_damaged_cache_falls_back_to_the_zip_and_heals(pilotlog, tmp_path, damage):
+    cache = tmp_path / "cache"
+    env = {"PILOTLOG_CACHE": cache}
+    assert pilotlog("emit", "boot", env=env).returncode == 0  # unpacks and compiles
+    package = _cached(pilotlog, cache)
+    if damage == "delete cli.py":
+        (package / "cli.py").unlink()
+    elif damage == "truncate events.py":
+        (package / "events.py").write_text("def broken(:\n")
+    elif damage == "garbage cli bytecode":
+        (pyc,) = (package / "__pycache__").glob("cli.*.pyc")
+        header = pyc.read_bytes()[:16]
+        pyc.write_bytes(header + b"\xff" * 64)
+    else:
+        import shutil
+
+        shutil.rmtree(str(cache))
+        cache.write_text("not a directory")
+    run = pilotlog("run", "--", "sh", "-c", "exit 5", env=env)
+    assert run.returncode == 5 and run.stderr == "", run.stderr
+    emit = pilotlog("emit", "install", env=env)
+    assert emit.returncode == 0 and emit.stderr == ""
+    assert [e["phase"] for e in pilotlog.events()] == ["boot", "boot", "shutdown", "install"]
+    if damage != "cache is a file":  # healed: a complete copy again
+        assert (_cached(pilotlog, cache) / "cli.py").is_file()
+        assert "broken" not in (_cached(pilotlog, cache) / "events.py").read_text()
