@@ -208,7 +208,12 @@ def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
         if name != "config":
             take(name, value, "--" + name.replace("_", "-"))
 
-    values["spool"] = os.path.join(cwd or os.getcwd(), os.path.expanduser(values["spool"]))
+    values["spool"] = os.path.expanduser(values["spool"])
+    if not os.path.isabs(values["spool"]):
+        try:
+            values["spool"] = os.path.join(cwd or os.getcwd(), values["spool"])
+        except OSError:  # the working directory was deleted: the spool says so when it is used
+            pass
     _grid_defaults(values, origin, environ)
     if values["passcode_file"]:
         values["passcode"], origin["passcode"] = _read_secret(values["passcode_file"]), "passcode_file"

@@ -146,7 +146,10 @@ class Spool:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         lock_timeout: float = LOCK_TIMEOUT,
     ):
-        self.path = os.path.abspath(path)
+        try:
+            self.path = os.path.abspath(path)
+        except OSError:  # a relative path, and the working directory was deleted under us
+            self.path = path
         self.events_dir = os.path.join(self.path, "events")
         self._events_prefix = self.events_dir + os.sep
         self.tmp_dir = os.path.join(self.path, "tmp")
@@ -165,6 +168,9 @@ class Spool:
         A spool directory owned by another account is refused: that account could read the
         events or plant files and links in them (the rule ssh applies to ``~/.ssh``).
         """
+        if not os.path.isabs(self.path):
+            raise SpoolError("cannot use spool %s: the working directory no longer exists; give an absolute"
+                             " path (--spool or PILOTLOG_SPOOL)" % self.path)
         try:
             for d in (self.path, self.events_dir, self.tmp_dir, self.quarantine_dir):
                 try:

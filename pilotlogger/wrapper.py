@@ -133,7 +133,11 @@ class Wrapper:
             from .probes import probe_all
 
             facts = probe_all(self.recorder.config.environ)
-        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=os.getcwd(), pid=os.getpid(),
+        try:
+            cwd = os.getcwd()
+        except OSError as exc:  # deleted under the pilot: the child still runs there
+            cwd = "(%s)" % (exc.strerror or exc)
+        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=cwd, pid=os.getpid(),
                     probes=facts)
         try:
             child = subprocess.Popen(self.argv, stdout=subprocess.PIPE if self.capture or self.patterns else None,

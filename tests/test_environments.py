@@ -80,3 +80,34 @@ def test_a_damaged_cache_falls_back_to_the_zip_and_heals(pilotlog, tmp_path, dam
     if damage != "cache is a file":  # healed: a complete copy again
         assert (_cached(pilotlog, cache) / "cli.py").is_file()
         assert "broken" not in (_cached(pilotlog, cache) / "events.py").read_text()
+
+
+# -- 3. the working directory deleted under the pilot ---------------------------------------
+
+
+def _in_deleted_cwd(pilotlog, *args, env=None):
+    script = 'mkdir gone && cd gone && rmdir ../gone && exec "$@"'
+    full_env = dict(pilotlog.env)
+    full_env.update({k: str(v) for k, v in (env or {}).items()})
+    return subprocess.run(["sh", "-c", script, "sh", pilotlog.python, "-I", "-S", str(pilotlog.bundle)] + list(args),
+                          cwd=str(pilotlog.cwd), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60)
+
+
+def test_a_deleted_working_directory_with_an_absolute_spool(pilotlog):
+    run = _in_deleted_cwd(pilotlog, "run", "--", "sh", "-c", "exit 6")
+    assert run.returncode == 6 and "pilotlog" not in run.stderr, run.stderr  # the child's sh complains, not us
+    emit = _in_deleted_cwd(pilotlog, "emit", "boot", "-m", "cwd gone")
+    assert emit.returncode == 0 and emit.stderr == ""
+    boot, shutdown, emitted = pilotlog.events()
+    assert "No such file" in boot["data"]["cwd"] and shutdown["data"]["exit_code"] == 6
+    assert emitted["message"] == "cwd gone"
+
+
+def test_a_deleted_working_directory_with_a_relative_spool(pilotlog):
+    env = {"PILOTLOG_SPOOL": "spool"}
+    run = _in_deleted_cwd(pilotlog, "run", "--", "sh", "-c", "exit 6", env=env)
+    assert run.returncode == 6, run.stderr
+    emit = _in_deleted_cwd(pilotlog, "emit", "boot", env=env)
+    (line,) = stderr_lines(emit)
+    assert emit.returncode == 0 and "working directory no longer exists" in line and "absolute" in line
