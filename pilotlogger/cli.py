@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import __version__
-from .config import SETTINGS, ConfigError
+from .config import SETTINGS, ConfigError, CredentialError
 from .events import STATUSES, EventError
 from .recorder import warn
 from .spool import open_spool
@@ -317,7 +317,12 @@ def cmd_replay(args, config) -> int:
     if not spool.exists():
         warn("nothing to replay: no spool at %s" % spool.path)
         return EXIT_OK
-    result = deliver(config, spool)
+    try:
+        result = deliver(config, spool)
+    except CredentialError as exc:  # a shipping problem, not a usage error: the events wait in the spool
+        depth = spool.stats()["depth"]
+        warn("not sent: %s; %d event(s) kept in spool %s" % (exc, depth, spool.path))
+        return EXIT_UNDELIVERED if args.strict and depth else EXIT_OK
     if args.strict and result.remaining:
         return EXIT_UNDELIVERED
     return EXIT_OK

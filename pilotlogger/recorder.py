@@ -113,7 +113,7 @@ class Recorder:
         try:
             sink = open_sink(self.config, sys.stdout)
         except ConfigError as exc:
-            warn("not sent: %s" % exc)
+            self._warn("not sent: %s" % exc)  # once: a wrapper ships every few seconds
             return None
         try:
             return ship(self.spool, sink, self.config.format)

@@ -127,6 +127,10 @@ def _open_one(url: str, config, stdout):
 
     if url == "stdout":
         return StdoutSink(stdout, config.batch_events, config.batch_bytes)
+    if url.startswith("stomp") and getattr(config, "credential_error", None):
+        from .config import CredentialError
+
+        raise CredentialError("sink %s: %s" % (describe(url), config.credential_error))
     try:
         if url.startswith(("stomp+ssl://", "stomp://")):
             from .stompclient import StompSink

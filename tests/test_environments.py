@@ -111,3 +111,42 @@ def test_a_deleted_working_directory_with_a_relative_spool(pilotlog):
     emit = _in_deleted_cwd(pilotlog, "emit", "boot", env=env)
     (line,) = stderr_lines(emit)
     assert emit.returncode == 0 and "working directory no longer exists" in line and "absolute" in line
+
+
+# -- 4. special files as config and credential files -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "directory", "huge"])
+def test_config_files_must_be_small_regular_files(pilotlog, tmp_path, kind):
+    path = {"/dev/zero": "/dev/zero", "fifo": str(tmp_path / "fifo"), "directory": str(tmp_path)}.get(kind)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        path = str(tmp_path / "huge.json")
+        with open(path, "w") as f:
+            f.write("{" + " " * (8 * 1024 * 1024) + "}")
+    for variable in ("PILOTLOG_CONFIG", "PILOTLOG_PASSCODE_FILE"):
+        env = {variable: path, "PILOTLOG_SINK": "stomp://127.0.0.1:9/queue/q"}
+        run = pilotlog("run", "--", "sh", "-c", "exit 4", env=env, timeout=20)  # a hang fails by timeout
+        assert run.returncode == 4 and "Traceback" not in run.stderr
+        emit = pilotlog("emit", "boot", env=env, timeout=20)
+        assert emit.returncode in (0, 2) and len(stderr_lines(emit)) <= 1, emit.stderr
+    assert "is not a regular file" in run.stderr or "larger than" in run.stderr or kind == "huge"
+
+
+# -- 5. an unreadable passcode file is a shipping problem ---------------------------------------
+
+
+def test_an_unreadable_passcode_file_records_and_says_so_when_shipping(pilotlog):
+    env = {"PILOTLOG_PASSCODE_FILE": "/nonexistent", "PILOTLOG_SINK": "stomp://127.0.0.1:9/queue/q"}
+    emit = pilotlog("emit", "boot", env=env)
+    assert emit.returncode == 0 and emit.stderr == "" and pilotlog.depth() == 1
+    for command in (("status",), ("config",)):
+        assert pilotlog(*command, env=env).returncode == 0
+    assert "passcode_file (unreadable)" in pilotlog("config", env=env).stdout
+    replay = pilotlog("replay", env=env)
+    (line,) = stderr_lines(replay)
+    assert replay.returncode == 0 and "/nonexistent cannot be read" in line and "1 event(s) kept" in line
+    assert pilotlog("replay", "--strict", env=env).returncode == 3
+    send = pilotlog("emit", "os", "--send", env=env)
+    assert send.returncode == 0 and "not sent" in send.stderr and pilotlog.depth() == 2
