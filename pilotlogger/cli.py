@@ -216,31 +216,49 @@ def parse_data(data_json, pairs) -> dict:
     """``--data`` and ``-d`` options → one dict (pairs win); raise UsageError with the reason.
 
     :mod:`json` is imported only when JSON is given: plain ``-d key=text`` stays lean.
+    NaN and Infinity are refused (they are not JSON), and so is nesting deeper than MAX_DEPTH.
     """
     data = {}
     if data_json is not None:
-        import json
-
-        try:
-            data = json.loads(data_json)
-        except ValueError as exc:
-            raise UsageError("--data is not valid JSON (%s)" % exc) from None
+        data = _json_value(data_json, "--data")
         if not isinstance(data, dict):
             raise UsageError("--data must be a JSON object, e.g. '{\"hs06\": 11}'")
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if key.endswith(":"):
-            import json
-
             key = key[:-1]
-            try:
-                value = json.loads(value)
-            except ValueError as exc:
-                raise UsageError("-d %s: the value after ':=' is not JSON (%s)" % (pair, exc)) from None
+            value = _json_value(value, "-d %s: the value after ':='" % pair[:60])
         if not sep or not key:
             raise UsageError("-d %r must be KEY=VALUE or KEY:=JSON" % pair)
         data[key] = value
     return data
+
+
+def _json_value(text: str, what: str):
+    """One JSON value given on the command line as ``what``, or UsageError saying why not."""
+    import json
+
+    from .events import MAX_DEPTH, nesting
+
+    def refuse(constant):
+        raise ValueError("%s is not a JSON number" % constant)
+
+    def finite(number):
+        value = float(number)
+        if value in (float("inf"), float("-inf")):
+            refuse(number + " (Infinity)")
+        return value
+
+    try:
+        value = json.loads(text, parse_constant=refuse, parse_float=finite)
+    except ValueError as exc:
+        raise UsageError("%s is not valid JSON (%s)" % (what, exc)) from None
+    except RecursionError:  # nested far deeper than the limit
+        value = None
+    else:
+        if nesting(value) <= MAX_DEPTH:
+            return value
+    raise UsageError("%s nests deeper than %d levels, the limit for data" % (what, MAX_DEPTH))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,10 +266,13 @@ def parse_data(data_json, pairs) -> dict:
 
 
 def cmd_emit(args, config) -> int:
-    from .events import make_event, to_json
-    from .recorder import Recorder
+    from .events import clean_text, make_event, to_json
+    from .recorder import Recorder, jsonable
 
-    data = parse_data(args.data_json, args.data_pairs)
+    # Bytes that are not UTF-8 (and everything non-ASCII under Python 3.6 in a C locale)
+    # arrive as surrogate escapes: recorded with U+FFFD, as the wrapper records child output.
+    data = jsonable(parse_data(args.data_json, args.data_pairs))
+    args.message = clean_text(args.message)
     recorder = Recorder(config)
     # Validate everything (and the size) before the spool is touched: nothing half-written.
     draft = make_event(args.phase, args.message, args.status, config.source, data,
@@ -572,7 +593,8 @@ def _guard_std_streams() -> None:
       into it.  The Python stream stays None, so the stdout sink refuses to "deliver" into
       /dev/null (see StdoutSink) and ``print`` writes nothing.
     * stdout and stderr write UTF-8, whatever the locale: Python 3.6 in a C/POSIX locale
-      (an EL7 batch job under ``env -i``) would write ASCII and fail on the first "é".
+      (an EL7 batch job under ``env -i``) would write ASCII and fail on the first "é".  A
+      path that is not UTF-8 is written as its own bytes on stdout (surrogateescape).
     """
     for fd in (0, 1, 2):
         try:
@@ -582,10 +604,10 @@ def _guard_std_streams() -> None:
                 os.open(os.devnull, os.O_RDWR)  # the lowest free number: this fd
             except OSError:
                 pass
-    for name, errors in (("stdout", "strict"), ("stderr", "backslashreplace")):
+    for name, errors in (("stdout", "surrogateescape"), ("stderr", "backslashreplace")):
         stream = getattr(sys, name)
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
-        if stream is None or encoding == "utf8" or not hasattr(stream, "detach"):
+        if stream is None or (encoding, stream.errors) == ("utf8", errors) or not hasattr(stream, "detach"):
             continue
         import io  # already imported by the interpreter: free
 

@@ -131,6 +131,11 @@ def _check_own_directory(path: str) -> None:
         )
 
 
+def _not_json(constant: str):
+    """json's parse_constant: NaN and Infinity are not JSON, so a file holding them is not an event."""
+    raise ValueError("%s is not a JSON number" % constant)
+
+
 def _describe(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
@@ -433,11 +438,11 @@ class Spool:
 
             try:
                 text = raw.decode("utf-8").rstrip("\n")
-                event = validate(json.loads(text))
+                event = validate(json.loads(text, parse_constant=_not_json))
                 if EventName.for_event(event) != name:
                     raise EventError("content does not match the file name")
                 return event, text
-            except (ValueError, EventError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            except (ValueError, EventError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
                 reason = "is not a valid event (%s)" % exc
         self.quarantine(name, reason)
         return None

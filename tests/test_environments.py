@@ -150,3 +150,95 @@ def test_an_unreadable_passcode_file_records_and_says_so_when_shipping(pilotlog)
     assert pilotlog("replay", "--strict", env=env).returncode == 3
     send = pilotlog("emit", "os", "--send", env=env)
     assert send.returncode == 0 and "not sent" in send.stderr and pilotlog.depth() == 2
+
+
+# -- 6 and 7. the C locale of Python 3.6, and bytes that are not UTF-8 ----------------------
+
+
+def pyenv_python(version: str) -> str:
+    root = subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    exe = os.path.join(root or os.path.expanduser("~/.pyenv"), "versions", version, "bin", "python")
+    if not os.access(exe, os.X_OK):
+        from helpers import unavailable
+
+        unavailable("Python %s is not installed with pyenv" % version)
+    return exe
+
+
+def bare(python, bundle, cwd, *args, env=None):
+    """``env -i``-like: no LANG, no LC_*, bytes in and out (what an EL7 batch job gives a pilot)."""
+    full_env = {"PATH": "/usr/bin:/bin"}
+    full_env.update(env or {})
+    return subprocess.run([python, "-I", "-S", str(bundle)] + list(args), cwd=str(cwd), env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
+
+@pytest.mark.parametrize("locale", [None, "C", "POSIX"])
+def test_python36_in_a_c_locale_stores_and_ships_utf8(bundle, tmp_path, locale):
+    python = pyenv_python("3.6.15")
+    spool = tmp_path / "spöol"  # a non-ASCII spool path too
+    env = {"PILOTLOG_SPOOL": str(spool)}
+    if locale:
+        env["LC_ALL"] = locale
+    emit = bare(python, bundle, tmp_path, "emit", "boot", "-m", "héllo wörld", "-d", "where=Zürich", env=env)
+    assert emit.returncode == 0 and emit.stderr == b"", emit.stderr
+    run = bare(python, bundle, tmp_path, "run", "--", "sh", "-c", 'printf %s "$1" > arg; exit 3', "sh", "naïve", env=env)
+    assert run.returncode == 3 and (tmp_path / "arg").read_bytes() == "naïve".encode()  # the child got the bytes
+    status = bare(python, bundle, tmp_path, "status", env=env)
+    assert status.returncode == 0 and "spöol".encode() in status.stdout
+    replay = bare(python, bundle, tmp_path, "replay", env=env)
+    assert replay.returncode == 0, replay.stderr
+    events = [json.loads(line.decode("utf-8")) for line in replay.stdout.splitlines()]
+    assert events[0]["message"] == "héllo wörld" and events[0]["data"] == {"where": "Zürich"}
+    assert events[1]["data"]["command"][-1] == "naïve" and "naïve" in events[1]["message"]
+    (tmp_path / "events.jsonl").write_bytes(replay.stdout)
+    timeline = bare(python, bundle, tmp_path, "timeline", "events.jsonl", env=env)
+    assert timeline.returncode == 0 and timeline.stderr == b"" and b"pilots" in timeline.stdout, timeline.stderr
+
+
+def test_bytes_that_are_not_utf8_are_recorded_with_replacement_characters(bundle, tmp_path):
+    env = {"PILOTLOG_SPOOL": str(tmp_path / "spool"), "LANG": "C.UTF-8"}
+    odd = tmp_path / b"dir-\xff".decode("utf-8", "surrogateescape")
+    odd.mkdir()
+    emit = bare(sys.executable, bundle, odd, b"emit", b"boot", b"-m", b"a\xffb", b"-d", b"k=\xfe", b"-d", b"\xfdkey=v",
+                b"--data", b'{"j": "x\xffy"}', env=env)
+    assert emit.returncode == 0 and emit.stderr == b"", emit.stderr
+    run = bare(sys.executable, bundle, odd, b"run", b"--", b"sh", b"-c", b"exit 9", b"arg\xff", env=env)
+    assert run.returncode == 9 and run.stderr == b""
+    spooled = [json.loads(p.read_bytes().decode("utf-8")) for p in sorted((tmp_path / "spool" / "events").iterdir())]
+    emitted, boot, _ = spooled
+    assert emitted["message"] == "a\ufffdb" and emitted["data"] == {"k": "\ufffd", "\ufffdkey": "v", "j": "x\ufffdy"}
+    assert boot["data"]["command"][-1] == "arg\ufffd" and boot["data"]["cwd"].endswith("dir-\ufffd")
+
+
+# -- 8. deeply nested JSON ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["-d", "--data"])
+def test_deeply_nested_data_is_a_usage_error_with_the_documented_limit(pilotlog, option):
+    for depth, code in ((32, 0), (33, 2), (10000, 2)):
+        nested = "[" * depth + "]" * depth
+        value = ("k:=" + nested) if option == "-d" else '{"k": %s}' % nested[2:-2] if depth > 1 else "{}"
+        p = pilotlog("emit", "boot", option, value)
+        assert p.returncode == (code if option == "-d" else (0 if depth <= 33 else 2)), p.stderr
+        if p.returncode == 2:
+            (line,) = stderr_lines(p)
+            assert "nests deeper than 32 levels" in line and "Traceback" not in p.stderr
+
+
+# -- 10. NaN and Infinity -------------------------------------------------------------------------
+
+
+def test_nan_and_infinity_are_refused_at_emit_and_never_shipped(pilotlog):
+    for value in ("k:=NaN", "i:=Infinity", "m:=-Infinity", "l:=[1, NaN]"):
+        p = pilotlog("emit", "boot", "-d", value)
+        assert p.returncode == 2 and "is not a JSON number" in p.stderr
+    p = pilotlog("emit", "boot", "--data", '{"k": NaN}')
+    assert p.returncode == 2 and pilotlog.depth() == 0
+    assert pilotlog("emit", "boot", "-d", "k:=1e999").returncode == 2  # overflows to Infinity
+    # A file holding NaN (planted, or written by an older version) is quarantined, never shipped.
+    assert pilotlog("emit", "boot", "-d", "k:=1.5").returncode == 0
+    (path,) = (pilotlog.spool / "events").iterdir()
+    path.write_text(path.read_text().replace("1.5", "NaN"))
+    replay = pilotlog("replay")
+    assert replay.stdout == "" and "not a JSON number" in (pilotlog.spool / "quarantine" / (path.name + ".reason")).read_text()
