@@ -136,6 +136,19 @@ def _not_json(constant: str):
     raise ValueError("%s is not a JSON number" % constant)
 
 
+def _make_parents(path: str) -> None:
+    """Create the missing directories above ``path`` (0700: they lead to private events)."""
+    missing, parent = [], os.path.dirname(path)
+    while parent and not os.path.isdir(parent) and parent != os.path.dirname(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:  # made meanwhile by a concurrent first emit
+            pass
+
+
 def _describe(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
@@ -182,6 +195,11 @@ class Spool:
                     os.mkdir(d, 0o700)
                 except FileExistsError:
                     _check_own_directory(d)
+                except FileNotFoundError:
+                    if d != self.path:
+                        raise
+                    _make_parents(d)  # as mkdir -p would, but private
+                    os.mkdir(d, 0o700)
         except OSError as exc:
             raise SpoolError("cannot create spool %s (%s)" % (d, _describe(exc))) from None
 

@@ -242,3 +242,17 @@ def test_nan_and_infinity_are_refused_at_emit_and_never_shipped(pilotlog):
     path.write_text(path.read_text().replace("1.5", "NaN"))
     replay = pilotlog("replay")
     assert replay.stdout == "" and "not a JSON number" in (pilotlog.spool / "quarantine" / (path.name + ".reason")).read_text()
+
+
+# -- 9. a spool whose parent directories do not exist yet ----------------------------------------
+
+
+def test_missing_parent_directories_of_the_spool_are_made_private(pilotlog, tmp_path):
+    spool = tmp_path / "logs" / "deeper" / "spool"
+    env = {"PILOTLOG_SPOOL": spool}
+    emit = pilotlog("emit", "boot", env=env)
+    assert emit.returncode == 0 and emit.stderr == "" and len(os.listdir(str(spool / "events"))) == 1, emit.stderr
+    for d in (tmp_path / "logs", tmp_path / "logs" / "deeper", spool):
+        assert d.stat().st_mode & 0o777 == 0o700
+    relative = pilotlog("emit", "boot", env={"PILOTLOG_SPOOL": "rel/spool"})
+    assert relative.returncode == 0 and (tmp_path / "rel" / "spool" / "events").is_dir()
