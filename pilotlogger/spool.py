@@ -3,6 +3,7 @@
 Layout of a spool directory (all 0700, files 0600)::
 
     lock            flock(2) target: every writer holds it while it assigns a seq and writes
+    replay.lock     flock(2) target: held by whoever ships the spool, so replays take turns
     seq             the last sequence number handed out, and the bytes in events/ (text)
     pilot-uuid      the pilot id generated for this spool when the environment gave none
     state.json      delivery bookkeeping for `pilotlog status` (last error, drops)
@@ -229,6 +230,38 @@ class Spool:
     @staticmethod
     def _unlock(fd: int) -> None:
         os.close(fd)  # closing the descriptor releases the flock
+
+    def lock_replay(self):
+        """Hold the right to ship this spool (waiting up to ``lock_timeout``); release with
+        :meth:`unlock_replay`.  Raise SpoolError when another process keeps shipping it.
+
+        Concurrent replays take turns, so each event is sent by one of them (duplicates
+        come only from a crash between receipt and removal).  Separate from the writers'
+        lock: an emit never waits for a long replay.
+        """
+        import fcntl
+
+        try:
+            fd = os.open(os.path.join(self.path, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return None  # nothing can be removed from this spool, so nothing is shipped (check_writable)
+            raise SpoolError("cannot open the replay lock in %s (%s)" % (self.path, _describe(exc))) from None
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    os.close(fd)
+                    raise SpoolError("spool %s is being shipped by another process (waited %g s); its events are"
+                                     " left to it" % (self.path, self.lock_timeout)) from None
+                time.sleep(0.05)
+
+    def unlock_replay(self, fd) -> None:
+        if fd is not None:
+            os.close(fd)
 
     # -- pilot id --------------------------------------------------------------------------
 

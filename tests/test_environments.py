@@ -256,3 +256,21 @@ def test_missing_parent_directories_of_the_spool_are_made_private(pilotlog, tmp_
         assert d.stat().st_mode & 0o777 == 0o700
     relative = pilotlog("emit", "boot", env={"PILOTLOG_SPOOL": "rel/spool"})
     assert relative.returncode == 0 and (tmp_path / "rel" / "spool" / "events").is_dir()
+
+
+# -- 11. concurrent replays take turns ------------------------------------------------------------
+
+
+def test_concurrent_replays_send_each_event_once(pilotlog):
+    from helpers import fill_spool
+
+    ids = fill_spool(pilotlog.spool, 3000)
+    cmd = [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "replay"]
+    procs = [subprocess.Popen(cmd, cwd=str(pilotlog.cwd), env=pilotlog.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    sent = [json.loads(line)["id"] for out, _ in outputs for line in out.splitlines()]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    assert len(sent) == len(set(sent)) == 3000 and set(sent) == ids, "%d sent, %d distinct" % (len(sent), len(set(sent)))
+    assert pilotlog.depth() == 0
+    assert json.loads(pilotlog("status", "--json").stdout)["delivered_total"] == 3000
