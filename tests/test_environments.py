@@ -274,3 +274,22 @@ def test_concurrent_replays_send_each_event_once(pilotlog):
     assert len(sent) == len(set(sent)) == 3000 and set(sent) == ids, "%d sent, %d distinct" % (len(sent), len(set(sent)))
     assert pilotlog.depth() == 0
     assert json.loads(pilotlog("status", "--json").stdout)["delivered_total"] == 3000
+
+
+# -- 12. the stdout sink counts what was written and flushed ---------------------------------------
+
+
+@pytest.mark.parametrize("redirect", ["| head -n 2 >/dev/null", ">/dev/full"])
+def test_stdout_sink_counts_only_what_was_written_and_flushed(pilotlog, redirect):
+    from helpers import fill_spool
+
+    ids = fill_spool(pilotlog.spool, 2000)
+    p = shell(pilotlog, redirect, "replay", env={"PILOTLOG_BATCH_EVENTS": 10})
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    (line,) = stderr_lines(p)
+    status = json.loads(pilotlog("status", "--json").stdout)
+    kept = {e["id"] for e in pilotlog.events()}
+    assert "cannot write to stdout" in line and "%d event(s) kept" % len(kept) in line
+    assert status["delivered_total"] + len(kept) == 2000 and kept <= ids  # removed: only what was written
+    if "full" in redirect:
+        assert status["delivered_total"] == 0  # no write ever succeeded
