@@ -336,7 +336,8 @@ def deliver(config, spool, report_success: bool = True):
 def cmd_replay(args, config) -> int:
     spool = open_spool(config)
     if not spool.exists():
-        warn("nothing to replay: no spool at %s" % spool.path)
+        problem = spool.problem()
+        warn("nothing replayed: %s" % problem if problem else "nothing to replay: no spool at %s" % spool.path)
         return EXIT_OK
     try:
         result = deliver(config, spool)
@@ -360,7 +361,8 @@ def cmd_status(args, config) -> int:
                 pilot, origin = f.read().strip(), "spool"
         except OSError:
             pilot, origin = None, "not yet generated"
-    report = {"spool": spool.path, "exists": spool.exists(), "pilot": pilot, "pilot_origin": origin}
+    report = {"spool": spool.path, "exists": spool.exists(), "problem": spool.problem(), "pilot": pilot,
+              "pilot_origin": origin}
     report.update(spool.stats())
     state = spool.read_state()
     for key in ("delivered_total", "dropped_total"):

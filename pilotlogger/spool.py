@@ -121,8 +121,10 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _check_own_directory(path: str) -> None:
-    info = os.lstat(path)
+def _check_own_directory(path: str, follow: bool = False) -> None:
+    """Raise SpoolError unless ``path`` is a directory of ours.  ``follow``: the spool path
+    itself may be a symbolic link to such a directory (the user chose it); inside it, never."""
+    info = os.stat(path) if follow else os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise SpoolError("spool path %s exists and is not a directory" % path)
     if info.st_uid != os.geteuid():
@@ -195,7 +197,7 @@ class Spool:
                 try:
                     os.mkdir(d, 0o700)
                 except FileExistsError:
-                    _check_own_directory(d)
+                    _check_own_directory(d, follow=d == self.path)
                 except FileNotFoundError:
                     if d != self.path:
                         raise
@@ -206,6 +208,26 @@ class Spool:
 
     def exists(self) -> bool:
         return os.path.isdir(self.events_dir)
+
+    def problem(self):
+        """Why this spool cannot be read, in one line; None when it can, or does not exist yet.
+
+        So that ``status`` and ``replay`` never mistake a spool they may not read (a file,
+        mode 000, a path too long, another account's) for an empty or missing one.
+        """
+        try:
+            _check_own_directory(self.path, follow=True)
+            os.listdir(self.path)
+            if os.path.lexists(self.events_dir):
+                _check_own_directory(self.events_dir)
+                os.listdir(self.events_dir)
+        except FileNotFoundError:
+            return None
+        except SpoolError as exc:
+            return str(exc)
+        except OSError as exc:
+            return "cannot read spool %s (%s)" % (self.path, _describe(exc))
+        return None
 
     def _lock(self) -> int:
         import fcntl
@@ -514,7 +536,7 @@ class Spool:
         (read-only mount, permissions)."""
         try:
             for d in (self.path, self.events_dir):
-                _check_own_directory(d)
+                _check_own_directory(d, follow=d == self.path)
         except OSError as exc:
             raise SpoolError("cannot use spool %s (%s)" % (self.path, _describe(exc))) from None
         if not os.access(self.events_dir, os.W_OK | os.X_OK):
@@ -579,11 +601,11 @@ class Spool:
                     size += entry.stat(follow_symlinks=False).st_size
                     oldest = parsed.name if oldest is None or parsed.name < oldest else oldest
                     newest = parsed.name if newest is None or parsed.name > newest else newest
-        except FileNotFoundError:
+        except OSError:  # missing, or unreadable: problem() says which
             pass
         try:
             quarantined = sum(1 for n in os.listdir(self.quarantine_dir) if not n.endswith(_REASON))
-        except FileNotFoundError:
+        except OSError:
             quarantined = 0
         return {
             "depth": depth,

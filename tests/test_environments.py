@@ -293,3 +293,78 @@ def test_stdout_sink_counts_only_what_was_written_and_flushed(pilotlog, redirect
     assert status["delivered_total"] + len(kept) == 2000 and kept <= ids  # removed: only what was written
     if "full" in redirect:
         assert status["delivered_total"] == 0  # no write ever succeeded
+
+
+# -- 14. status and replay on a spool they cannot read ---------------------------------------------
+
+
+@pytest.fixture
+def as_nobody(bundle):
+    """Run the bundle as 'nobody' (a world-readable copy, the system Python): the only way a root test
+    sees permission errors.  Yields (run, shared directory, nobody's uid)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from helpers import unavailable
+
+    python, setpriv = shutil.which("python3", path="/usr/bin:/bin"), shutil.which("setpriv")
+    if os.geteuid() != 0 or not python or not setpriv:
+        unavailable("running as 'nobody' needs root, setpriv and a system python3")
+    uid = pwd.getpwnam("nobody").pw_uid
+    shared = tempfile.mkdtemp(prefix="pilotlog-13-")
+    os.chmod(shared, 0o755)
+    shutil.copy(str(bundle), os.path.join(shared, "pilotlog"))
+    os.chmod(os.path.join(shared, "pilotlog"), 0o644)
+
+    def run(*args, spool, timeout=60):
+        return subprocess.run([setpriv, "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", python, "-I", "-S",
+                               os.path.join(shared, "pilotlog")] + list(args), cwd=shared, timeout=timeout,
+                              env={"PATH": "/usr/bin:/bin", "PILOTLOG_SPOOL": spool, "LANG": "C.UTF-8",
+                                   "PILOTLOG_CACHE": os.path.join(shared, "cache-%d" % uid)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+
+    yield run, shared, uid
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_status_and_replay_name_a_spool_they_cannot_read(pilotlog, tmp_path, as_nobody):
+    run, shared, uid = as_nobody
+    cases = {}
+    regular = tmp_path / "a-file"
+    regular.write_text("not a spool")
+    cases["a regular file"] = (lambda *a: pilotlog(*a, env={"PILOTLOG_SPOOL": regular}), "is not a directory")
+    long_path = "/tmp/" + "/".join(["d" * 200] * 25)  # 5,000 characters
+    cases["a 5,000-character path"] = (lambda *a: pilotlog(*a, env={"PILOTLOG_SPOOL": long_path}), "File name too long")
+    home = os.path.join(shared, "home")  # nobody's own directory
+    os.mkdir(home)
+    os.chown(home, uid, uid)
+    private = os.path.join(home, "mode000")
+    assert run("emit", "boot", spool=private).stderr == ""
+    os.chmod(private, 0)
+    cases["mode 000"] = (lambda *a: run(*a, spool=private), "Permission denied")
+    roots = os.path.join(shared, "root-spool")  # root's, world-searchable: only its owner stops nobody
+    assert pilotlog("emit", "boot", env={"PILOTLOG_SPOOL": roots}).returncode == 0
+    for dirpath, _, _ in os.walk(roots):
+        os.chmod(dirpath, 0o755)
+    cases["another user's"] = (lambda *a: run(*a, spool=roots), "belongs to uid 0")
+    for name, (pl, reason) in cases.items():
+        status = pl("status", "--json")
+        assert status.returncode == 0 and "Traceback" not in status.stderr, (name, status.stderr)
+        assert reason in json.loads(status.stdout)["problem"], name
+        replay = pl("replay")
+        (line,) = stderr_lines(replay)
+        assert replay.returncode == 0 and reason in line and "no spool at" not in line, (name, line)
+    os.chmod(private, 0o700)
+
+
+def test_a_spool_path_that_links_to_my_own_directory_is_used(pilotlog, tmp_path):
+    real = tmp_path / "real-spool"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "spool-link"
+    link.symlink_to(real)
+    env = {"PILOTLOG_SPOOL": link}
+    assert pilotlog("emit", "boot", env=env).stderr == "" and len(os.listdir(str(real / "events"))) == 1
+    replay = pilotlog("replay", env=env)
+    assert replay.returncode == 0 and len(replay.stdout.splitlines()) == 1 and "not a directory" not in replay.stderr
+    assert json.loads(pilotlog("status", "--json", env=env).stdout)["problem"] is None
