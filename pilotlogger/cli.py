@@ -110,6 +110,25 @@ def parse_emit_quickly(argv):
     return _Args(**values)
 
 
+def message_is_data(argv):
+    """``emit … -m -x`` → ``emit … --message=-x``: the word after ``-m``/``--message`` is the message,
+    even when it starts with a dash (a message is data; argparse would take it for an option
+    and a ``set -e`` bootstrap would stop on the usage error)."""
+    if not argv or argv[0] != "emit":
+        return argv
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--":
+            return out + argv[i:]
+        if argv[i] in ("-m", "--message") and i + 1 < len(argv):
+            out.append("--message=" + argv[i + 1])
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def _parser():
     import argparse
 
@@ -557,7 +576,7 @@ def main(argv=None) -> int:
     from . import config as config_module
 
     _guard_std_streams()
-    argv = sys.argv[1:] if argv is None else argv
+    argv = message_is_data(sys.argv[1:] if argv is None else argv)
     command = None
     try:
         args = parse_emit_quickly(argv) or _parser().parse_args(argv)

@@ -368,3 +368,18 @@ def test_a_spool_path_that_links_to_my_own_directory_is_used(pilotlog, tmp_path)
     replay = pilotlog("replay", env=env)
     assert replay.returncode == 0 and len(replay.stdout.splitlines()) == 1 and "not a directory" not in replay.stderr
     assert json.loads(pilotlog("status", "--json", env=env).stdout)["problem"] is None
+
+
+# -- 15. a message that starts with a dash ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("-m", "-x"), ("--message", "--verbose"), ("--message=-x",), ("-m", "-"),
+                                  ("-m", "-d", "-d", "k=v"), ("-s", "warning", "-m", "--")])
+def test_a_message_starting_with_a_dash_is_data(pilotlog, args):
+    p = pilotlog("emit", "boot", *args)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    (event,) = pilotlog.events()
+    assert event["message"] == (args[1] if len(args) > 1 and args[0] in ("-m", "--message") else
+                                args[-1] if args[0] == "-s" else "-x")
+    if "k=v" in args:
+        assert event["data"] == {"k": "v"}
