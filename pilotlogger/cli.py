@@ -20,6 +20,8 @@ EXIT_FAILED = 1  # status/config hit an unexpected error, or serve cannot listen
 EXIT_USAGE = 2  # bad arguments, bad config: the caller must fix something
 EXIT_UNDELIVERED = 3  # replay --strict only: events are still in the spool
 
+MIN_FRACTION = 0.001  # power: the smallest share of a DB12 run (12,500 draws, some ms) worth timing
+
 PROG = "pilotlog"
 
 EXAMPLES = """\
@@ -301,7 +303,9 @@ def cmd_emit(args, config) -> int:
             "event is larger than max_event_bytes=%d (shorten --message/--data)" % config.max_event_bytes
         )
     recorder.record(args.phase, args.message, args.status, None, data, cut_long=False)
-    if args.send:
+    if args.send and config.sink == "stdout":  # the whole spool in the pilot's output is never wanted
+        warn("--send: the sink is stdout, so nothing was sent; 'pilotlog replay' prints the spool")
+    elif args.send:
         try:
             deliver(config, recorder.spool, report_success=False)
         except ConfigError as exc:  # the event is safe in the spool: a warning, not a usage error
@@ -420,8 +424,8 @@ def cmd_power(args, config) -> int:
     from .power import db12
     from .probes import wlcg_features
 
-    if not 0 < args.fraction <= 10:
-        raise UsageError("--fraction must be in (0, 10]")
+    if not MIN_FRACTION <= args.fraction <= 10:  # below, the run is too short to time: a meaningless figure
+        raise UsageError("--fraction must be between %g and 10" % MIN_FRACTION)
     result = db12(args.fraction)
     hs06 = wlcg_features(config.environ).get("hs06")
     if hs06 is not None:

@@ -11,7 +11,7 @@ value came from (``pilotlog config`` shows it, with secrets masked).
 import os
 import stat
 
-from .events import CONTEXT_KEYS, FORMATS, STATUSES, EventError, check_name, check_pilot
+from .events import CONTEXT_KEYS, FORMATS, MAX_PILOT_LEN, STATUSES, EventError, check_name, check_pilot
 from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
 
 DEFAULT_SPOOL = ".pilotlog-spool"
@@ -239,7 +239,17 @@ def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
                 check(values[name])
         except EventError as exc:
             raise ConfigError("%s: %s" % (origin[name], exc)) from None
-    return Config(values, origin, environ, credential_error)
+    for name in ("site", "ce", "queue"):  # context of every event: too long, and every event is refused
+        if values[name] and len(values[name]) > MAX_PILOT_LEN:
+            raise ConfigError("%s: %s is longer than %d characters" % (origin[name], name, MAX_PILOT_LEN))
+    config = Config(values, origin, environ, credential_error)
+    pilot, where = config.resolved_pilot()
+    if pilot and where.startswith("env "):  # DIRAC_PILOT_STAMP, a grid job id...: name the variable
+        try:
+            check_pilot(pilot)
+        except EventError as exc:
+            raise ConfigError("%s: %s" % (where, exc)) from None
+    return config
 
 
 def _grid_defaults(values: dict, origin: dict, environ) -> None:

@@ -344,7 +344,7 @@ class Spool:
             body = (to_json(event) + "\n").encode("utf-8")
             if len(body) > self.max_event_bytes:
                 raise EventError(
-                    "event is %d bytes, over the limit of %d (shorten --message/--data or raise max_event_bytes)"
+                    "event is %d bytes, over the limit of %d (shorten its message or data, or raise max_event_bytes)"
                     % (len(body), self.max_event_bytes)
                 )
             room = self._make_room(names, event["phase"], len(body), total)

@@ -179,7 +179,8 @@ class Wrapper:
         if self.budget.skipped:
             data["capture_skipped_lines"] = self.budget.skipped
         status = "info" if code == 0 else "error"
-        self.record("shutdown", "%s exited with %d after %.1f s" % (self.argv[0], code, duration), status, **data)
+        ended = "killed by %s" % data["signal"] if signum else "exited with %d" % code
+        self.record("shutdown", "%s %s after %.1f s" % (self.argv[0], ended, duration), status, **data)
         self.done.set()
         if shipper is not None:
             shipper.join(timeout=1)

@@ -383,3 +383,56 @@ def test_a_message_starting_with_a_dash_is_data(pilotlog, args):
                                 args[-1] if args[0] == "-s" else "-x")
     if "k=v" in args:
         assert event["data"] == {"k": "v"}
+
+
+# -- 16. misleading answers ------------------------------------------------------------------------------
+
+
+def test_emit_send_with_the_stdout_sink_keeps_the_pilots_stdout_clean(pilotlog):
+    pilotlog("emit", "boot")
+    p = pilotlog("emit", "os", "--send")
+    assert p.returncode == 0 and p.stdout == "" and pilotlog.depth() == 2
+    (line,) = stderr_lines(p)
+    assert "sink is stdout" in line and "pilotlog replay" in line
+
+
+def test_power_refuses_a_fraction_too_small_to_time(pilotlog):
+    p = pilotlog("power", "--fraction", "1e-9")
+    assert p.returncode == 2 and "--fraction must be between 0.001 and 10" in p.stderr and pilotlog.depth() == 0
+    p = pilotlog("power", "--fraction", "0.001")
+    (event,) = pilotlog.events()
+    assert p.returncode == 0 and 0.5 < event["data"]["db12"] < 500, event["data"]  # a plausible figure
+
+
+def test_a_child_killed_by_a_signal_is_reported_as_such(pilotlog):
+    p = pilotlog("run", "--", "sh", "-c", "kill -9 $$")
+    assert p.returncode == 137
+    shutdown = pilotlog.events()[-1]
+    assert shutdown["message"].startswith("sh killed by SIGKILL after") and shutdown["data"]["signal"] == "SIGKILL"
+
+
+def test_python_api_keeps_a_record_with_a_bad_phase_and_blames_nothing_on_the_cli(pilotlog):
+    code = (
+        "import logging, sys; sys.path.insert(0, %r); import pilotlogger; log = logging.getLogger('Pilot');"
+        "log.addHandler(pilotlogger.Handler()); log.setLevel(logging.INFO);"
+        "log.info('installing', extra={'phase': 'not a phase!'});"
+        "pilotlogger.emit('boot', 'big', blob='x' * 100000)" % str(pilotlog.bundle)
+    )
+    p = subprocess.run([pilotlog.python, "-I", "-S", "-c", code], cwd=str(pilotlog.cwd), env=pilotlog.env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    (event,) = pilotlog.events()
+    assert event["phase"] == "log" and event["data"]["invalid_phase"] == "not a phase!"
+    (line,) = stderr_lines(p)
+    assert "over the limit" in line and "--message" not in line and "--data" not in line
+
+
+@pytest.mark.parametrize("env,named", [
+    ({"PILOTLOG_SITE": "LCG." + "x" * 300}, "env PILOTLOG_SITE: site is longer than 256 characters"),
+    ({"DIRAC_PILOT_STAMP": "two words"}, "env DIRAC_PILOT_STAMP: pilot id"),
+    ({"PILOTLOG_SOURCE": "wrapper-é"}, "ASCII letters"),
+])
+def test_a_bad_setting_is_named_not_blamed_on_the_message(pilotlog, env, named):
+    p = pilotlog("emit", "boot", "-m", "hello", env=env)
+    (line,) = stderr_lines(p)
+    assert p.returncode == 2 and named in line and "--message" not in line, line
+    assert pilotlog("run", "--", "sh", "-c", "exit 8", env=env).returncode == 8  # the pilot still runs
