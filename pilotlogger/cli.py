@@ -259,7 +259,12 @@ def _json_value(text: str, what: str):
     """One JSON value given on the command line as ``what``, or UsageError saying why not."""
     import json
 
-    from .events import MAX_DEPTH, nesting
+    from .events import MAX_DEPTH, MAX_INT_DIGITS, nesting
+
+    def integer(digits):  # Python 3.6 would take any length; a consumer on 3.11+ could not read it back
+        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+            raise ValueError("an integer of %d digits is longer than %d" % (len(digits), MAX_INT_DIGITS))
+        return int(digits)
 
     def refuse(constant):
         raise ValueError("%s is not a JSON number" % constant)
@@ -271,7 +276,7 @@ def _json_value(text: str, what: str):
         return value
 
     try:
-        value = json.loads(text, parse_constant=refuse, parse_float=finite)
+        value = json.loads(text, parse_constant=refuse, parse_float=finite, parse_int=integer)
     except ValueError as exc:
         raise UsageError("%s is not valid JSON (%s)" % (what, exc)) from None
     except RecursionError:  # nested far deeper than the limit
@@ -607,7 +612,7 @@ def main(argv=None) -> int:
         warn("internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc))
         return EXIT_OK if command in PILOT_SAFE else EXIT_FAILED
     finally:
-        _settle_stdout()
+        _settle_streams()
 
 
 def _guard_std_streams() -> None:
@@ -645,18 +650,19 @@ def _guard_std_streams() -> None:
             pass
 
 
-def _settle_stdout() -> None:
-    """Flush stdout now; if its reader is gone, point it at /dev/null.
+def _settle_streams() -> None:
+    """Flush stdout and stderr now; one whose reader is gone (or a full device) goes to /dev/null.
 
     Otherwise the interpreter's own flush at exit fails again on the buffered data and
-    turns our exit code into 120 with a "BrokenPipeError" line.
+    turns our exit code (the child's, for ``run``) into 120 with a "BrokenPipeError" line.
     """
-    if sys.stdout is None:
-        return
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            stream.flush()
         except (OSError, ValueError):
-            pass
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):
+                pass

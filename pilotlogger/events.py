@@ -32,6 +32,8 @@ MAX_NAME_LEN = 64
 MAX_PILOT_LEN = 256
 #: How deeply ``data`` may nest (objects and lists): ample for facts, far from the recursion limit.
 MAX_DEPTH = 32
+#: Longest integer in data: what Python 3.11+ (and so a consumer on it) will parse by default.
+MAX_INT_DIGITS = 4300
 
 
 class EventError(ValueError):

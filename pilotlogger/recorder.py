@@ -9,7 +9,7 @@ Kept free of :mod:`logging` so the CLI's start-up does not pay for it.
 
 import sys
 
-from .events import MAX_DEPTH, EventError, clean_text, make_event
+from .events import MAX_DEPTH, MAX_INT_DIGITS, EventError, clean_text, make_event
 from .spool import SpoolError, open_spool
 
 
@@ -26,6 +26,8 @@ def jsonable(value, depth: int = 0):
     """``value`` as JSON can hold it: text that is not UTF-8 gets U+FFFD (see clean_text), NaN and
     Infinity become the strings "nan", "inf", "-inf", nesting deeper than MAX_DEPTH and other
     objects their repr().  A caller of the Python API loses no event over its data."""
+    if isinstance(value, int) and value.bit_length() > MAX_INT_DIGITS * 3:  # 3 bits < 1 digit: a safe bound
+        return "<an integer of %d bits>" % value.bit_length()  # a consumer on Python 3.11+ could not read it
     if value is None or isinstance(value, (int, bool)):
         return value
     if isinstance(value, str):

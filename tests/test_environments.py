@@ -137,8 +137,9 @@ def test_config_files_must_be_small_regular_files(pilotlog, tmp_path, kind):
 # -- 5. an unreadable passcode file is a shipping problem ---------------------------------------
 
 
-def test_an_unreadable_passcode_file_records_and_says_so_when_shipping(pilotlog):
-    env = {"PILOTLOG_PASSCODE_FILE": "/nonexistent", "PILOTLOG_SINK": "stomp://127.0.0.1:9/queue/q"}
+def test_an_unreadable_passcode_file_records_and_says_so_when_shipping(pilotlog, tmp_path):
+    missing = str(tmp_path / "nonexistent")
+    env = {"PILOTLOG_PASSCODE_FILE": missing, "PILOTLOG_SINK": "stomp://127.0.0.1:9/queue/q"}
     emit = pilotlog("emit", "boot", env=env)
     assert emit.returncode == 0 and emit.stderr == "" and pilotlog.depth() == 1
     for command in (("status",), ("config",)):
@@ -146,7 +147,7 @@ def test_an_unreadable_passcode_file_records_and_says_so_when_shipping(pilotlog)
     assert "passcode_file (unreadable)" in pilotlog("config", env=env).stdout
     replay = pilotlog("replay", env=env)
     (line,) = stderr_lines(replay)
-    assert replay.returncode == 0 and "/nonexistent cannot be read" in line and "1 event(s) kept" in line
+    assert replay.returncode == 0 and missing + " cannot be read" in line and "1 event(s) kept" in line
     assert pilotlog("replay", "--strict", env=env).returncode == 3
     send = pilotlog("emit", "os", "--send", env=env)
     assert send.returncode == 0 and "not sent" in send.stderr and pilotlog.depth() == 2
@@ -436,3 +437,20 @@ def test_a_bad_setting_is_named_not_blamed_on_the_message(pilotlog, env, named):
     (line,) = stderr_lines(p)
     assert p.returncode == 2 and named in line and "--message" not in line, line
     assert pilotlog("run", "--", "sh", "-c", "exit 8", env=env).returncode == 8  # the pilot still runs
+
+
+# -- found by tests/faults/test_robustness.py ------------------------------------------------------
+
+
+def test_stderr_on_a_full_device_does_not_change_the_childs_exit_code(pilotlog, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    env = {"PILOTLOG_SPOOL": tmp_path / "a-file"}  # every record warns: stderr is written, and fails
+    for redirect in ("2>/dev/full", ">/dev/full 2>/dev/full"):
+        assert shell(pilotlog, redirect, "run", "--", "sh", "-c", "exit 0", env=env).returncode == 0
+        assert shell(pilotlog, redirect, "emit", "boot", env=env).returncode == 0
+
+
+def test_integers_a_newer_python_could_not_read_back_are_refused(pilotlog):
+    p = pilotlog("emit", "boot", "-d", "k:=" + "1" * 4301)  # Python 3.6 would store it; 3.11+ cannot parse it
+    assert p.returncode == 2 and "longer than 4300" in p.stderr and pilotlog.depth() == 0
+    assert pilotlog("emit", "boot", "-d", "k:=" + "1" * 4300).returncode == 0
