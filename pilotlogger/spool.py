@@ -139,6 +139,25 @@ def _not_json(constant: str):
     raise ValueError("%s is not a JSON number" % constant)
 
 
+def _flock_within(fd: int, timeout: float, pause: float) -> bool:
+    """Take an exclusive flock on ``fd``, retrying every ``pause`` s for up to ``timeout`` s.
+
+    False (and ``fd`` closed) when another holder kept it, or flock failed otherwise.
+    """
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                os.close(fd)
+                return False
+            time.sleep(pause)
+
+
 def _make_parents(path: str) -> None:
     """Create the missing directories above ``path`` (0700: they lead to private events)."""
     missing, parent = [], os.path.dirname(path)
@@ -230,24 +249,13 @@ class Spool:
         return None
 
     def _lock(self) -> int:
-        import fcntl
-
         try:
             fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise SpoolError("cannot open spool lock in %s (%s)" % (self.path, _describe(exc))) from None
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    os.close(fd)
-                    raise SpoolError(
-                        "spool %s is locked by another process for more than %g s" % (self.path, self.lock_timeout)
-                    ) from None
-                time.sleep(0.002)
+        if not _flock_within(fd, self.lock_timeout, 0.002):
+            raise SpoolError("spool %s is locked by another process for more than %g s" % (self.path, self.lock_timeout))
+        return fd
 
     @staticmethod
     def _unlock(fd: int) -> None:
@@ -261,25 +269,16 @@ class Spool:
         come only from a crash between receipt and removal).  Separate from the writers'
         lock: an emit never waits for a long replay.
         """
-        import fcntl
-
         try:
             fd = os.open(os.path.join(self.path, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 return None  # nothing can be removed from this spool, so nothing is shipped (check_writable)
             raise SpoolError("cannot open the replay lock in %s (%s)" % (self.path, _describe(exc))) from None
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    os.close(fd)
-                    raise SpoolError("spool %s is being shipped by another process (waited %g s); its events are"
-                                     " left to it" % (self.path, self.lock_timeout)) from None
-                time.sleep(0.05)
+        if not _flock_within(fd, self.lock_timeout, 0.05):
+            raise SpoolError("spool %s is being shipped by another process (waited %g s); its events are left to it"
+                             % (self.path, self.lock_timeout))
+        return fd
 
     def unlock_replay(self, fd) -> None:
         if fd is not None:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import clean_env, stderr_lines
+from helpers import pyenv_python, stderr_lines
 
 
 def shell(pilotlog, redirect: str, *args, env=None, timeout=60) -> subprocess.CompletedProcess:
@@ -154,16 +154,6 @@ def test_an_unreadable_passcode_file_records_and_says_so_when_shipping(pilotlog,
 
 
 # -- 6 and 7. the C locale of Python 3.6, and bytes that are not UTF-8 ----------------------
-
-
-def pyenv_python(version: str) -> str:
-    root = subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
-    exe = os.path.join(root or os.path.expanduser("~/.pyenv"), "versions", version, "bin", "python")
-    if not os.access(exe, os.X_OK):
-        from helpers import unavailable
-
-        unavailable("Python %s is not installed with pyenv" % version)
-    return exe
 
 
 def bare(python, bundle, cwd, *args, env=None):

@@ -27,6 +27,7 @@ becomes a row of docs/reliability.md: trials, broken promises, outcome.
 """
 
 import collections
+import contextlib
 import json
 import os
 import pwd
@@ -40,7 +41,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger
-from helpers import build_bundle, unavailable
+from helpers import build_bundle, pyenv_python
 from pilotlogger.events import validate
 
 PYTHONS = ("3.6.15", "3.13.0")
@@ -50,14 +51,6 @@ NOBODY = pwd.getpwnam("nobody") if "nobody" in {p.pw_name for p in pwd.getpwall(
 
 #: fault class -> [trials, broken promises, example of what broke, longest process (s)]
 TALLY = collections.defaultdict(lambda: [0, 0, "", 0.0])
-
-
-def _python(version: str) -> str:
-    root = subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
-    exe = os.path.join(root or os.path.expanduser("~/.pyenv"), "versions", version, "bin", "python")
-    if not os.access(exe, os.X_OK):
-        unavailable("Python %s is not installed with pyenv" % version)
-    return exe
 
 
 # -- the world ---------------------------------------------------------------------------------
@@ -296,7 +289,7 @@ def warm_caches():
     base = tempfile.mkdtemp(prefix="pilotlog-warm-")
     caches = {}
     for version in PYTHONS:
-        python = _python(version)
+        python = pyenv_python(version)
         caches[version] = os.path.join(base, version)
         subprocess.run([python, "-I", "-S", bundle, "--version"], env={"PILOTLOG_CACHE": caches[version]},
                        stdout=subprocess.DEVNULL, check=True, timeout=60)
@@ -337,6 +330,22 @@ def tally(world: World, command: str, broken: str, seconds: float) -> None:
             row[2] = row[2] or broken[:140]
 
 
+@contextlib.contextmanager
+def world_of(version: str, warm_caches: dict, drawn: dict):
+    """The drawn world, built for one example and removed after it."""
+    w = World(drawn, pyenv_python(version), str(build_bundle()), warm_caches[version])
+    try:
+        yield w
+    finally:
+        w.cleanup()
+
+
+def verdict(w: World, command: str, broken: str, p) -> None:
+    """Count the example in the ledger, then fail it if it broke an invariant."""
+    tally(w, command, broken, p.seconds)
+    assert not broken, (w.drawn, broken)
+
+
 def no_traceback(p) -> bool:
     return b"Traceback" not in p.stderr and b"internal error" not in p.stderr
 
@@ -356,25 +365,20 @@ common = settings(max_examples=EXAMPLES, deadline=None, derandomize=not ledger.F
 @common
 @given(drawn=world, code=st.integers(min_value=0, max_value=255), extra=st.lists(message_bytes, max_size=2))
 def test_run_starts_the_child_and_returns_its_exact_code(version, warm_caches, drawn, code, extra):
-    w = World(drawn, _python(version), str(build_bundle()), warm_caches[version])
-    try:
+    with world_of(version, warm_caches, drawn) as w:
         child = [b"sh", b"-c", b'echo started > "$0"; exit ' + str(code).encode(), w.marker.encode()] + extra
         p = w.run([b"run", b"--"] + child)
         started = os.path.exists(w.marker)
         broken = "" if p.returncode == code and started and no_traceback(p) else (
             "exit %s for %s, child started: %s; %s" % (p.returncode, code, started, p.stderr[-300:]))
-        tally(w, "run", broken, p.seconds)
-        assert not broken, (drawn, broken)
-    finally:
-        w.cleanup()
+        verdict(w, "run", broken, p)
 
 
 @pytest.mark.parametrize("version", PYTHONS)
 @common
 @given(drawn=world, phase=phases, message=message_bytes, data=data_args, send=st.booleans())
 def test_emit_exits_0_or_2_and_stores_a_valid_event_or_says_why(version, warm_caches, drawn, phase, message, data, send):
-    w = World(drawn, _python(version), str(build_bundle()), warm_caches[version])
-    try:
+    with world_of(version, warm_caches, drawn) as w:
         before = w.files("events")
         p = w.run([b"emit", phase, b"-m", message] + data + ([b"--send"] if send else []))
         new = {n: raw for n, raw in w.files("events").items() if n not in before}
@@ -397,18 +401,14 @@ def test_emit_exits_0_or_2_and_stores_a_valid_event_or_says_why(version, warm_ca
                     broken = "stored an invalid event (%s): %r" % (exc, raw[:200])
             if not new and stderr_seen and not said:
                 broken = "exit 0, nothing stored, nothing said"
-        tally(w, "emit", broken, p.seconds)
-        assert not broken, (drawn, broken)
-    finally:
-        w.cleanup()
+        verdict(w, "emit", broken, p)
 
 
 @pytest.mark.parametrize("version", PYTHONS)
 @common
 @given(drawn=world, strict=st.booleans())
 def test_replay_never_removes_an_event_it_did_not_deliver(version, warm_caches, drawn, strict):
-    w = World(drawn, _python(version), str(build_bundle()), warm_caches[version])
-    try:
+    with world_of(version, warm_caches, drawn) as w:
         w.seed()
         before = w.files("events")
         p = w.run([b"replay"] + ([b"--strict"] if strict else []))
@@ -426,7 +426,4 @@ def test_replay_never_removes_an_event_it_did_not_deliver(version, warm_caches, 
             broken = "%d event(s) removed but not delivered; %s" % (len(lost), p.stderr[-200:])
         elif p.returncode not in ((0, 2, 3) if strict else (0, 2)) or not no_traceback(p):
             broken = "exit %d: %s" % (p.returncode, p.stderr[-300:])
-        tally(w, "replay", broken, p.seconds)
-        assert not broken, (drawn, broken)
-    finally:
-        w.cleanup()
+        verdict(w, "replay", broken, p)
