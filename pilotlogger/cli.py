@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import __version__
-from .config import SETTINGS, ConfigError
+from .config import SETTINGS, ConfigError, CredentialError
 from .events import STATUSES, EventError
 from .recorder import warn
 from .spool import open_spool
@@ -19,6 +19,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # status/config hit an unexpected error, or serve cannot listen
 EXIT_USAGE = 2  # bad arguments, bad config: the caller must fix something
 EXIT_UNDELIVERED = 3  # replay --strict only: events are still in the spool
+
+MIN_FRACTION = 0.001  # power: the smallest share of a DB12 run (12,500 draws, some ms) worth timing
 
 PROG = "pilotlog"
 
@@ -98,6 +100,25 @@ def parse_emit_quickly(argv):
         return None
     values["phase"] = phase
     return _Args(**values)
+
+
+def message_is_data(argv):
+    """``emit … -m -x`` → ``emit … --message=-x``: the word after ``-m``/``--message`` is the message,
+    even when it starts with a dash (a message is data; argparse would take it for an option
+    and a ``set -e`` bootstrap would stop on the usage error)."""
+    if not argv or argv[0] != "emit":
+        return argv
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--":
+            return out + argv[i:]
+        if argv[i] in ("-m", "--message") and i + 1 < len(argv):
+            out.append("--message=" + argv[i + 1])
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _parser():
@@ -231,31 +252,54 @@ def parse_data(data_json, pairs) -> dict:
     """``--data`` and ``-d`` options → one dict (pairs win); raise UsageError with the reason.
 
     :mod:`json` is imported only when JSON is given: plain ``-d key=text`` stays lean.
+    NaN and Infinity are refused (they are not JSON), and so is nesting deeper than MAX_DEPTH.
     """
     data = {}
     if data_json is not None:
-        import json
-
-        try:
-            data = json.loads(data_json)
-        except ValueError as exc:
-            raise UsageError("--data is not valid JSON (%s)" % exc) from None
+        data = _json_value(data_json, "--data")
         if not isinstance(data, dict):
             raise UsageError("--data must be a JSON object, e.g. '{\"hs06\": 11}'")
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if key.endswith(":"):
-            import json
-
             key = key[:-1]
-            try:
-                value = json.loads(value)
-            except ValueError as exc:
-                raise UsageError("-d %s: the value after ':=' is not JSON (%s)" % (pair, exc)) from None
+            value = _json_value(value, "-d %s: the value after ':='" % pair[:60])
         if not sep or not key:
             raise UsageError("-d %r must be KEY=VALUE or KEY:=JSON" % pair)
         data[key] = value
     return data
+
+
+def _json_value(text: str, what: str):
+    """One JSON value given on the command line as ``what``, or UsageError saying why not."""
+    import json
+
+    from .events import MAX_DEPTH, MAX_INT_DIGITS, nesting
+
+    def integer(digits):  # Python 3.6 would take any length; a consumer on 3.11+ could not read it back
+        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+            raise ValueError("an integer of %d digits is longer than %d" % (len(digits), MAX_INT_DIGITS))
+        return int(digits)
+
+    def refuse(constant):
+        raise ValueError("%s is not a JSON number" % constant)
+
+    def finite(number):
+        value = float(number)
+        if value in (float("inf"), float("-inf")):
+            refuse(number + " (Infinity)")
+        return value
+
+    try:
+        value = json.loads(text, parse_constant=refuse, parse_float=finite, parse_int=integer)
+    except ValueError as exc:
+        raise UsageError("%s is not valid JSON (%s)" % (what, exc)) from None
+    except RecursionError:  # nested far deeper than the limit
+        value = None
+    else:
+        if nesting(value) <= MAX_DEPTH:
+            return value
+    raise UsageError("%s nests deeper than %d levels, the limit for data" % (what, MAX_DEPTH))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,10 +307,13 @@ def parse_data(data_json, pairs) -> dict:
 
 
 def cmd_emit(args, config) -> int:
-    from .events import make_event, to_json
-    from .recorder import Recorder
+    from .events import clean_text, make_event, to_json
+    from .recorder import Recorder, jsonable
 
-    data = parse_data(args.data_json, args.data_pairs)
+    # Bytes that are not UTF-8 (and everything non-ASCII under Python 3.6 in a C locale)
+    # arrive as surrogate escapes: recorded with U+FFFD, as the wrapper records child output.
+    data = jsonable(parse_data(args.data_json, args.data_pairs))
+    args.message = clean_text(args.message)
     recorder = Recorder(config)
     # Validate everything (and the size) before the spool is touched: nothing half-written.
     draft = make_event(args.phase, args.message, args.status, config.source, data,
@@ -276,7 +323,9 @@ def cmd_emit(args, config) -> int:
             "event is larger than max_event_bytes=%d (shorten --message/--data)" % config.max_event_bytes
         )
     recorder.record(args.phase, args.message, args.status, None, data, cut_long=False)
-    if args.send:
+    if args.send and config.sink == "stdout":  # the whole spool in the pilot's output is never wanted
+        warn("--send: the sink is stdout, so nothing was sent; 'pilotlog replay' prints the spool")
+    elif args.send:
         try:
             deliver(config, recorder.spool, report_success=False)
         except ConfigError as exc:  # the event is safe in the spool: a warning, not a usage error
@@ -295,7 +344,7 @@ def deliver(config, spool, report_success: bool = True):
     from .sinks import open_sink
 
     sink = open_sink(config, sys.stdout)
-    progress = _show_progress if sys.stderr.isatty() else None
+    progress = _show_progress if sys.stderr is not None and sys.stderr.isatty() else None
     try:
         result = ship(spool, sink, config.format, progress=progress)
     finally:
@@ -330,9 +379,15 @@ def deliver(config, spool, report_success: bool = True):
 def cmd_replay(args, config) -> int:
     spool = open_spool(config)
     if not spool.exists():
-        warn("nothing to replay: no spool at %s" % spool.path)
+        problem = spool.problem()
+        warn("nothing replayed: %s" % problem if problem else "nothing to replay: no spool at %s" % spool.path)
         return EXIT_OK
-    result = deliver(config, spool)
+    try:
+        result = deliver(config, spool)
+    except CredentialError as exc:  # a shipping problem, not a usage error: the events wait in the spool
+        depth = spool.stats()["depth"]
+        warn("not sent: %s; %d event(s) kept in spool %s" % (exc, depth, spool.path))
+        return EXIT_UNDELIVERED if args.strict and depth else EXIT_OK
     if args.strict and result.remaining:
         return EXIT_UNDELIVERED
     return EXIT_OK
@@ -349,7 +404,8 @@ def cmd_status(args, config) -> int:
                 pilot, origin = f.read().strip(), "spool"
         except OSError:
             pilot, origin = None, "not yet generated"
-    report = {"spool": spool.path, "exists": spool.exists(), "pilot": pilot, "pilot_origin": origin}
+    report = {"spool": spool.path, "exists": spool.exists(), "problem": spool.problem(), "pilot": pilot,
+              "pilot_origin": origin}
     report.update(spool.stats())
     state = spool.read_state()
     for key in ("delivered_total", "dropped_total"):
@@ -388,8 +444,8 @@ def cmd_power(args, config) -> int:
     from .power import db12
     from .probes import wlcg_features
 
-    if not 0 < args.fraction <= 10:
-        raise UsageError("--fraction must be in (0, 10]")
+    if not MIN_FRACTION <= args.fraction <= 10:  # below, the run is too short to time: a meaningless figure
+        raise UsageError("--fraction must be between %g and 10" % MIN_FRACTION)
     result = db12(args.fraction)
     hs06 = wlcg_features(config.environ).get("hs06")
     if hs06 is not None:
@@ -548,7 +604,8 @@ def main(argv=None) -> int:
     """Run one command; return its exit code.  Never raises (except SystemExit from --help)."""
     from . import config as config_module
 
-    argv = sys.argv[1:] if argv is None else argv
+    _guard_std_streams()
+    argv = message_is_data(sys.argv[1:] if argv is None else argv)
     command = None
     try:
         args = parse_emit_quickly(argv) or _parser().parse_args(argv)
@@ -577,19 +634,57 @@ def main(argv=None) -> int:
         warn("internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc))
         return EXIT_OK if command in PILOT_SAFE else EXIT_FAILED
     finally:
-        _settle_stdout()
+        _settle_streams()
 
 
-def _settle_stdout() -> None:
-    """Flush stdout now; if its reader is gone, point it at /dev/null.
+def _guard_std_streams() -> None:
+    """Make the standard streams safe to use, whatever the pilot's shell left us.
+
+    * A closed descriptor 0, 1 or 2 gets /dev/null: otherwise the next file we open (a
+      spool event, a lock) would take its number and a child or a stray print would write
+      into it.  The Python stream stays None, so the stdout sink refuses to "deliver" into
+      /dev/null (see StdoutSink) and ``print`` writes nothing.
+    * stdout and stderr write UTF-8, whatever the locale: Python 3.6 in a C/POSIX locale
+      (an EL7 batch job under ``env -i``) would write ASCII and fail on the first "é".  A
+      path that is not UTF-8 is written as its own bytes on stdout (surrogateescape).
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                os.open(os.devnull, os.O_RDWR)  # the lowest free number: this fd
+            except OSError:
+                pass
+    for name, errors in (("stdout", "surrogateescape"), ("stderr", "backslashreplace")):
+        stream = getattr(sys, name)
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if stream is None or (encoding, stream.errors) == ("utf8", errors) or not hasattr(stream, "detach"):
+            continue
+        import io  # already imported by the interpreter: free
+
+        try:
+            stream.flush()
+            line_buffering = stream.line_buffering
+            setattr(sys, name, io.TextIOWrapper(stream.detach(), encoding="utf-8", errors=errors,
+                                                line_buffering=line_buffering))
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _settle_streams() -> None:
+    """Flush stdout and stderr now; one whose reader is gone (or a full device) goes to /dev/null.
 
     Otherwise the interpreter's own flush at exit fails again on the buffered data and
-    turns our exit code into 120 with a "BrokenPipeError" line.
+    turns our exit code (the child's, for ``run``) into 120 with a "BrokenPipeError" line.
     """
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            stream.flush()
         except (OSError, ValueError):
-            pass
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):
+                pass

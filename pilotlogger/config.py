@@ -9,8 +9,9 @@ value came from (``pilotlog config`` shows it, with secrets masked).
 """
 
 import os
+import stat
 
-from .events import CONTEXT_KEYS, FORMATS, STATUSES, EventError, check_name, check_pilot, dirac_accepts
+from .events import CONTEXT_KEYS, FORMATS, MAX_PILOT_LEN, STATUSES, EventError, check_name, check_pilot, dirac_accepts
 from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
 
 DEFAULT_SPOOL = ".pilotlog-spool"
@@ -18,6 +19,15 @@ DEFAULT_SPOOL = ".pilotlog-spool"
 
 class ConfigError(ValueError):
     """A setting has a bad value or the config file is unusable; the message names which."""
+
+
+class CredentialError(ConfigError):
+    """A credential cannot be read: a shipping problem, said when shipping (events are still recorded)."""
+
+
+#: Largest config file read (a DIRAC pilot.json is a few tens of KiB); a secret file is smaller still.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_SECRET_BYTES = 64 * 1024
 
 
 class Setting:
@@ -109,10 +119,12 @@ BATCH_JOB_VARS = (
 class Config:
     """Resolved settings (attribute access) plus ``origin``: where each value came from."""
 
-    def __init__(self, values: dict, origin: dict, environ):
+    def __init__(self, values: dict, origin: dict, environ, credential_error: str = None):
         self.__dict__.update(values)
         self.origin = origin
         self._environ = environ
+        #: Why a credential (passcode_file) could not be read; raised by open_sink for a STOMP sink.
+        self.credential_error = credential_error
 
     @property
     def environ(self):
@@ -228,17 +240,36 @@ def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
         if name != "config":
             take(name, value, "--" + name.replace("_", "-"))
 
-    values["spool"] = os.path.join(cwd or os.getcwd(), os.path.expanduser(values["spool"]))
+    values["spool"] = os.path.expanduser(values["spool"])
+    if not os.path.isabs(values["spool"]):
+        try:
+            values["spool"] = os.path.join(cwd or os.getcwd(), values["spool"])
+        except OSError:  # the working directory was deleted: the spool says so when it is used
+            pass
     _grid_defaults(values, origin, environ)
+    credential_error = None
     if values["passcode_file"]:
-        values["passcode"], origin["passcode"] = _read_secret(values["passcode_file"]), "passcode_file"
+        try:
+            values["passcode"], origin["passcode"] = _read_secret(values["passcode_file"]), "passcode_file"
+        except ConfigError as exc:  # events are still recorded; shipping says it (see sinks.open_sink)
+            values["passcode"], origin["passcode"], credential_error = None, "passcode_file (unreadable)", str(exc)
     for name, check in (("source", lambda v: check_name("source", v)), ("pilot_uuid", check_pilot)):
         try:
             if values[name]:
                 check(values[name])
         except EventError as exc:
             raise ConfigError("%s: %s" % (origin[name], exc)) from None
-    return Config(values, origin, environ)
+    for name in ("site", "ce", "queue"):  # context of every event: too long, and every event is refused
+        if values[name] and len(values[name]) > MAX_PILOT_LEN:
+            raise ConfigError("%s: %s is longer than %d characters" % (origin[name], name, MAX_PILOT_LEN))
+    config = Config(values, origin, environ, credential_error)
+    pilot, where = config.resolved_pilot()
+    if pilot and where.startswith("env "):  # DIRAC_PILOT_STAMP, a grid job id...: name the variable
+        try:
+            check_pilot(pilot)
+        except EventError as exc:
+            raise ConfigError("%s: %s" % (where, exc)) from None
+    return config
 
 
 def _grid_defaults(values: dict, origin: dict, environ) -> None:
@@ -255,13 +286,42 @@ def _grid_defaults(values: dict, origin: dict, environ) -> None:
         values["cert"], origin["cert"] = environ["X509_USER_PROXY"], "env X509_USER_PROXY"
 
 
+def read_regular_file(path: str, what: str, limit: int) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes, or ConfigError naming ``what``.
+
+    Never blocks and never reads without bound: a FIFO, ``/dev/zero`` or a device as a
+    config or secret file is refused at once (the pilot must start whatever is configured).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ConfigError("%s %s cannot be read (%s)" % (what, path, exc.strerror or exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("%s %s is not a regular file" % (what, path))
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError("%s %s cannot be read (%s)" % (what, path, exc.strerror or exc)) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ConfigError("%s %s is larger than %d bytes" % (what, path, limit))
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("%s %s is not UTF-8 text (%s)" % (what, path, exc.reason)) from None
+
+
 def _read_secret(path: str) -> str:
     """The first line of a secret file.  Errors name the file, never its content."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            secret = f.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("passcode_file %s cannot be read (%s)" % (path, getattr(exc, "strerror", None) or exc)) from None
+    secret = read_regular_file(path, "passcode_file", MAX_SECRET_BYTES).split("\n", 1)[0].rstrip("\r")
     if not secret:
         raise ConfigError("passcode_file %s is empty" % path)
     return secret
@@ -280,12 +340,10 @@ def read_file(path: str, hint: dict) -> dict:
     """
     import json
 
+    text = read_regular_file(path, "config file", MAX_CONFIG_BYTES)
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise ConfigError("config file %s cannot be read (%s)" % (path, exc.strerror or exc)) from None
-    except ValueError as exc:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise ConfigError("config file %s is not valid JSON (%s)" % (path, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError("config file %s must hold a JSON object" % path)

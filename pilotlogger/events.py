@@ -32,6 +32,10 @@ DIRAC_CONTENT_MAX = 255
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MAX_NAME_LEN = 64
 MAX_PILOT_LEN = 256
+#: How deeply ``data`` may nest (objects and lists): ample for facts, far from the recursion limit.
+MAX_DEPTH = 32
+#: Longest integer in data: what Python 3.11+ (and so a consumer on it) will parse by default.
+MAX_INT_DIGITS = 4300
 
 
 class EventError(ValueError):
@@ -50,7 +54,7 @@ def check_name(kind: str, value: str) -> str:
         raise EventError("%s %r is longer than %d characters" % (kind, value[:20] + "...", MAX_NAME_LEN))
     if not value[0].isalpha() or not _NAME_CHARS.issuperset(value):
         raise EventError(
-            "%s %r may only hold letters, digits, '_', '.', '-' and must start with a letter" % (kind, value)
+            "%s %r may only hold ASCII letters, digits, '_', '.', '-' and must start with a letter" % (kind, value)
         )
     return value
 
@@ -85,6 +89,40 @@ def dirac_accepts(pilot: str) -> bool:
         return _STAMP_CHARS.issuperset(pilot)
     parts = pilot.split("-")
     return len(pilot) == 36 and [len(x) for x in parts] == [8, 4, 4, 4, 12] and _HEX.issuperset("".join(parts))
+
+
+def clean_text(text: str) -> str:
+    """``text`` as it can be stored in UTF-8: bytes that were not UTF-8 become U+FFFD.
+
+    Such bytes reach us as surrogate escapes: from argv, the environment or a path that
+    is not UTF-8, and from everything non-ASCII under Python 3.6 in a C/POSIX locale,
+    which decodes argv as ASCII.  Their original bytes are recovered first, so UTF-8 that
+    was merely mis-decoded comes back intact.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # lone surrogates that were never bytes (e.g. "\ud800" in JSON)
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def nesting(value) -> int:
+    """How deeply lists and objects nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, (list, tuple)):
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 <= MAX_DEPTH:  # deeper than the limit is all a caller needs to know
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def new_id() -> str:
@@ -241,16 +279,20 @@ def status_rank(status: str) -> int:
 def to_json(obj) -> str:
     """The one JSON encoding of events on disk and on the wire: compact, UTF-8, keys in order.
 
-    Byte for byte ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"))`` (a property
-    test holds it to that), written without importing :mod:`json`, which imports :mod:`re`
-    and would double the cost of a one-shot ``pilotlog emit``.
+    Byte for byte ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)``
+    (a property test holds it to that), written without importing :mod:`json`, which imports
+    :mod:`re` and would double the cost of a one-shot ``pilotlog emit``.  NaN and Infinity
+    raise :class:`EventError`: they are not JSON, and a consumer's parser would refuse them.
     """
     try:
         from _json import encode_basestring as quote
     except ImportError:  # not CPython
         import json
 
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError as exc:
+            raise EventError(str(exc)) from None
     parts = []
     _encode(obj, parts.append, quote)
     return "".join(parts)
@@ -268,10 +310,9 @@ def _encode(obj, out, quote) -> None:
     elif isinstance(obj, int):
         out(int.__repr__(obj))
     elif isinstance(obj, float):
-        if obj != obj or obj in (float("inf"), float("-inf")):
-            out("NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity"))
-        else:
-            out(float.__repr__(obj))
+        if obj != obj or obj in (float("inf"), float("-inf")):  # json.dumps would write NaN: not JSON
+            raise EventError("%r is not a JSON number (NaN and Infinity cannot be stored)" % obj)
+        out(float.__repr__(obj))
     elif isinstance(obj, dict):
         out("{")
         for i, (key, value) in enumerate(obj.items()):

@@ -37,6 +37,14 @@ def _safe_name(text: str, default: str) -> str:
         return default
 
 
+def _valid_phase(phase) -> bool:
+    try:
+        check_name("phase", phase)
+        return True
+    except EventError:
+        return False
+
+
 def emit(phase: str, message: str = "", status: str = "info", source: str = None, config=None, **data):
     """Record one event in the spool, like ``pilotlog emit``; return it, or None if it was not kept.
 
@@ -85,6 +93,9 @@ class Handler(logging.Handler):
                 data["exception"] = logging.Formatter().formatException(record.exc_info)
             message = record.getMessage()
             phase = getattr(record, "phase", self.phase)
+            if not _valid_phase(phase):  # a typo in extra= must not cost the record: keep it as a log line
+                data["invalid_phase"] = str(phase)[:100]
+                phase = self.phase if _valid_phase(self.phase) else "log"
             self._get_recorder().record(phase, message, status_for(record.levelno), _safe_name(record.name, "pilot"), data)
         except Exception as exc:
             warn("log record not recorded: %s: %s" % (type(exc).__name__, exc))

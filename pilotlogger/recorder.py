@@ -9,7 +9,7 @@ Kept free of :mod:`logging` so the CLI's start-up does not pay for it.
 
 import sys
 
-from .events import EventError, make_event
+from .events import MAX_DEPTH, MAX_INT_DIGITS, EventError, clean_text, make_event
 from .spool import SpoolError, open_spool
 
 
@@ -18,18 +18,29 @@ def warn(message: str) -> None:
     try:
         sys.stderr.write("pilotlog: %s\n" % message)
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: stderr was closed (None)
         pass
 
 
-def _jsonable(value):
-    if value is None or isinstance(value, (str, int, float, bool)):
+def jsonable(value, depth: int = 0):
+    """``value`` as JSON can hold it: text that is not UTF-8 gets U+FFFD (see clean_text), NaN and
+    Infinity become the strings "nan", "inf", "-inf", nesting deeper than MAX_DEPTH and other
+    objects their repr().  A caller of the Python API loses no event over its data."""
+    if isinstance(value, int) and value.bit_length() > MAX_INT_DIGITS * 3:  # 3 bits < 1 digit: a safe bound
+        return "<an integer of %d bits>" % value.bit_length()  # a consumer on Python 3.11+ could not read it
+    if value is None or isinstance(value, (int, bool)):
         return value
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+    if depth >= MAX_DEPTH:
+        return clean_text(repr(value)[:200])
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
+        return {clean_text(str(k)): jsonable(v, depth + 1) for k, v in value.items()}
+    return clean_text(repr(value))
 
 
 class Recorder:
@@ -64,10 +75,11 @@ class Recorder:
         c = self.config
         if status_rank(status) < status_rank(c.level):
             return None  # below the configured level: filtered by design
+        message = clean_text(message)
         limit = c.max_event_bytes // 2
         if cut_long and len(message.encode("utf-8")) > limit:
             message = message.encode("utf-8")[:limit].decode("utf-8", "ignore") + " [truncated]"
-        data = _jsonable(data or {})
+        data = jsonable(data or {})
         try:
             if self.pilot is None:
                 self.pilot = self.spool.pilot_id()
@@ -113,7 +125,7 @@ class Recorder:
         try:
             sink = open_sink(self.config, sys.stdout)
         except ConfigError as exc:
-            warn("not sent: %s" % exc)
+            self._warn("not sent: %s" % exc)  # once: a wrapper ships every few seconds
             return None
         try:
             return ship(self.spool, sink, self.config.format)

@@ -34,6 +34,20 @@ class ShipResult:
 
 
 def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
+    """Send everything in ``spool`` through ``sink``, one shipper at a time (see Spool.lock_replay)."""
+    try:
+        held = spool.lock_replay()
+    except SpoolError as exc:  # another replay is at work: this one leaves the events to it
+        result = ShipResult()
+        result.error, result.remaining = str(exc), spool.stats()["depth"]
+        return result
+    try:
+        return _ship_held(spool, sink, fmt, progress)
+    finally:
+        spool.unlock_replay(held)
+
+
+def _ship_held(spool, sink, fmt: str, progress=None) -> ShipResult:
     """Send everything in ``spool`` through ``sink``; return what happened.
 
     ``progress(delivered)`` is called every PROGRESS_EVERY settled events when given (the

@@ -54,6 +54,8 @@ class StdoutSink:
         self.batch_events, self.batch_bytes = batch_events, batch_bytes
 
     def deliver(self, events):
+        if self.stream is None:  # fd 1 was closed when we started: writing would "deliver" into nothing
+            raise SinkError("stdout is closed, nothing written")
         for batch in in_batches(events, self.batch_events, self.batch_bytes):
             try:
                 self.stream.write("".join(body + "\n" for _, body in batch))
@@ -125,6 +127,10 @@ def _open_one(url: str, config, stdout):
 
     if url == "stdout":
         return StdoutSink(stdout, config.batch_events, config.batch_bytes)
+    if url.startswith("stomp") and getattr(config, "credential_error", None):
+        from .config import CredentialError
+
+        raise CredentialError("sink %s: %s" % (describe(url), config.credential_error))
     try:
         if url.startswith(("stomp+ssl://", "stomp://")):
             from .stompclient import StompSink

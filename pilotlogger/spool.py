@@ -3,6 +3,7 @@
 Layout of a spool directory (all 0700, files 0600)::
 
     lock            flock(2) target: every writer holds it while it assigns a seq and writes
+    replay.lock     flock(2) target: held by whoever ships the spool, so replays take turns
     seq             the last sequence number handed out, and the bytes in events/ (text)
     pilot-uuid      the pilot id generated for this spool when the environment gave none
     state.json      delivery bookkeeping for `pilotlog status` (last error, drops)
@@ -120,8 +121,10 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _check_own_directory(path: str) -> None:
-    info = os.lstat(path)
+def _check_own_directory(path: str, follow: bool = False) -> None:
+    """Raise SpoolError unless ``path`` is a directory of ours.  ``follow``: the spool path
+    itself may be a symbolic link to such a directory (the user chose it); inside it, never."""
+    info = os.stat(path) if follow else os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise SpoolError("spool path %s exists and is not a directory" % path)
     if info.st_uid != os.geteuid():
@@ -129,6 +132,43 @@ def _check_own_directory(path: str) -> None:
             "spool directory %s belongs to uid %d, not to this user (uid %d), who must not trust it;"
             " use a spool of your own (--spool or PILOTLOG_SPOOL)" % (path, info.st_uid, os.geteuid())
         )
+
+
+def _not_json(constant: str):
+    """json's parse_constant: NaN and Infinity are not JSON, so a file holding them is not an event."""
+    raise ValueError("%s is not a JSON number" % constant)
+
+
+def _flock_within(fd: int, timeout: float, pause: float) -> bool:
+    """Take an exclusive flock on ``fd``, retrying every ``pause`` s for up to ``timeout`` s.
+
+    False (and ``fd`` closed) when another holder kept it, or flock failed otherwise.
+    """
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                os.close(fd)
+                return False
+            time.sleep(pause)
+
+
+def _make_parents(path: str) -> None:
+    """Create the missing directories above ``path`` (0700: they lead to private events)."""
+    missing, parent = [], os.path.dirname(path)
+    while parent and not os.path.isdir(parent) and parent != os.path.dirname(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:  # made meanwhile by a concurrent first emit
+            pass
 
 
 def _describe(exc: OSError) -> str:
@@ -146,7 +186,10 @@ class Spool:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         lock_timeout: float = LOCK_TIMEOUT,
     ):
-        self.path = os.path.abspath(path)
+        try:
+            self.path = os.path.abspath(path)
+        except OSError:  # a relative path, and the working directory was deleted under us
+            self.path = path
         self.events_dir = os.path.join(self.path, "events")
         self._events_prefix = self.events_dir + os.sep
         self.tmp_dir = os.path.join(self.path, "tmp")
@@ -165,41 +208,81 @@ class Spool:
         A spool directory owned by another account is refused: that account could read the
         events or plant files and links in them (the rule ssh applies to ``~/.ssh``).
         """
+        if not os.path.isabs(self.path):
+            raise SpoolError("cannot use spool %s: the working directory no longer exists; give an absolute"
+                             " path (--spool or PILOTLOG_SPOOL)" % self.path)
         try:
             for d in (self.path, self.events_dir, self.tmp_dir, self.quarantine_dir):
                 try:
                     os.mkdir(d, 0o700)
                 except FileExistsError:
-                    _check_own_directory(d)
+                    _check_own_directory(d, follow=d == self.path)
+                except FileNotFoundError:
+                    if d != self.path:
+                        raise
+                    _make_parents(d)  # as mkdir -p would, but private
+                    os.mkdir(d, 0o700)
         except OSError as exc:
             raise SpoolError("cannot create spool %s (%s)" % (d, _describe(exc))) from None
 
     def exists(self) -> bool:
         return os.path.isdir(self.events_dir)
 
-    def _lock(self) -> int:
-        import fcntl
+    def problem(self):
+        """Why this spool cannot be read, in one line; None when it can, or does not exist yet.
 
+        So that ``status`` and ``replay`` never mistake a spool they may not read (a file,
+        mode 000, a path too long, another account's) for an empty or missing one.
+        """
+        try:
+            _check_own_directory(self.path, follow=True)
+            os.listdir(self.path)
+            if os.path.lexists(self.events_dir):
+                _check_own_directory(self.events_dir)
+                os.listdir(self.events_dir)
+        except FileNotFoundError:
+            return None
+        except SpoolError as exc:
+            return str(exc)
+        except OSError as exc:
+            return "cannot read spool %s (%s)" % (self.path, _describe(exc))
+        return None
+
+    def _lock(self) -> int:
         try:
             fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise SpoolError("cannot open spool lock in %s (%s)" % (self.path, _describe(exc))) from None
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    os.close(fd)
-                    raise SpoolError(
-                        "spool %s is locked by another process for more than %g s" % (self.path, self.lock_timeout)
-                    ) from None
-                time.sleep(0.002)
+        if not _flock_within(fd, self.lock_timeout, 0.002):
+            raise SpoolError("spool %s is locked by another process for more than %g s" % (self.path, self.lock_timeout))
+        return fd
 
     @staticmethod
     def _unlock(fd: int) -> None:
         os.close(fd)  # closing the descriptor releases the flock
+
+    def lock_replay(self):
+        """Hold the right to ship this spool (waiting up to ``lock_timeout``); release with
+        :meth:`unlock_replay`.  Raise SpoolError when another process keeps shipping it.
+
+        Concurrent replays take turns, so each event is sent by one of them (duplicates
+        come only from a crash between receipt and removal).  Separate from the writers'
+        lock: an emit never waits for a long replay.
+        """
+        try:
+            fd = os.open(os.path.join(self.path, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return None  # nothing can be removed from this spool, so nothing is shipped (check_writable)
+            raise SpoolError("cannot open the replay lock in %s (%s)" % (self.path, _describe(exc))) from None
+        if not _flock_within(fd, self.lock_timeout, 0.05):
+            raise SpoolError("spool %s is being shipped by another process (waited %g s); its events are left to it"
+                             % (self.path, self.lock_timeout))
+        return fd
+
+    def unlock_replay(self, fd) -> None:
+        if fd is not None:
+            os.close(fd)
 
     # -- pilot id --------------------------------------------------------------------------
 
@@ -260,7 +343,7 @@ class Spool:
             body = (to_json(event) + "\n").encode("utf-8")
             if len(body) > self.max_event_bytes:
                 raise EventError(
-                    "event is %d bytes, over the limit of %d (shorten --message/--data or raise max_event_bytes)"
+                    "event is %d bytes, over the limit of %d (shorten its message or data, or raise max_event_bytes)"
                     % (len(body), self.max_event_bytes)
                 )
             room = self._make_room(names, event["phase"], len(body), total)
@@ -427,11 +510,11 @@ class Spool:
 
             try:
                 text = raw.decode("utf-8").rstrip("\n")
-                event = validate(json.loads(text))
+                event = validate(json.loads(text, parse_constant=_not_json))
                 if EventName.for_event(event) != name:
                     raise EventError("content does not match the file name")
                 return event, text
-            except (ValueError, EventError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            except (ValueError, EventError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
                 reason = "is not a valid event (%s)" % exc
         self.quarantine(name, reason)
         return None
@@ -452,7 +535,7 @@ class Spool:
         (read-only mount, permissions)."""
         try:
             for d in (self.path, self.events_dir):
-                _check_own_directory(d)
+                _check_own_directory(d, follow=d == self.path)
         except OSError as exc:
             raise SpoolError("cannot use spool %s (%s)" % (self.path, _describe(exc))) from None
         if not os.access(self.events_dir, os.W_OK | os.X_OK):
@@ -517,11 +600,11 @@ class Spool:
                     size += entry.stat(follow_symlinks=False).st_size
                     oldest = parsed.name if oldest is None or parsed.name < oldest else oldest
                     newest = parsed.name if newest is None or parsed.name > newest else newest
-        except FileNotFoundError:
+        except OSError:  # missing, or unreadable: problem() says which
             pass
         try:
             quarantined = sum(1 for n in os.listdir(self.quarantine_dir) if not n.endswith(_REASON))
-        except FileNotFoundError:
+        except OSError:
             quarantined = 0
         return {
             "depth": depth,

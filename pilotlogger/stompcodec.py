@@ -37,6 +37,9 @@ _UNESCAPED_COMMANDS = frozenset(("CONNECT", "CONNECTED"))
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_HEADERS = 128
+#: A content-length is ASCII digits, at most this many (a body is bounded far below 10**12 bytes).
+MAX_LENGTH_DIGITS = 12
+_ASCII_DIGITS = frozenset("0123456789")
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", ":": "\\c"}
 _UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "c": ":"}
@@ -89,13 +92,23 @@ def unescape(text: str) -> str:
 def encode_frame(command: str, headers=(), body: bytes = b"") -> bytes:
     """One frame as bytes.  ``headers`` is a sequence of (name, value) pairs or a dict.
 
-    ``content-length`` is added for any non-empty body (so bodies may hold NUL).  In
-    CONNECT, where escaping does not apply, a header that would need it is refused.
+    ``content-length`` is computed here for any non-empty body (so bodies may hold NUL); a
+    caller's that disagrees with the body is refused, as is an empty header name (a
+    peer's parser, ours included, would refuse the frame).  In CONNECT, where escaping
+    does not apply, a header that would need it is refused.
     """
     if command not in CLIENT_COMMANDS and command not in SERVER_COMMANDS:
         raise ValueError("unknown STOMP command %r" % command)
-    pairs = list(headers.items() if isinstance(headers, dict) else headers)
-    if body and not any(name == "content-length" for name, _ in pairs):
+    pairs = []
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        if not str(name):
+            raise ValueError("a STOMP header name cannot be empty")
+        if name == "content-length":
+            if str(value) != str(len(body)):
+                raise ValueError("content-length %r disagrees with the body of %d bytes" % (value, len(body)))
+            continue  # computed below
+        pairs.append((name, value))
+    if body:
         pairs.append(("content-length", str(len(body))))
     lines = [command]
     raw = command in _UNESCAPED_COMMANDS
@@ -157,7 +170,9 @@ class FrameParser:
             else:
                 sep = 2
             if end == -1:
-                if len(buf) > self.max_header_bytes:
+                # The head is at least len(buf) - 2 bytes (its terminator may have begun), so the
+                # limit holds the same however the bytes were split into reads.
+                if len(buf) - 2 > self.max_header_bytes:
                     raise ProtocolError("frame headers exceed %d bytes" % self.max_header_bytes)
                 self._scan = max(0, len(buf) - 2)
                 return None
@@ -205,8 +220,9 @@ class FrameParser:
         length = None
         for name, value in header_list:
             if name == "content-length":
-                if not value.isdigit():
-                    raise ProtocolError("content-length %r is not a number" % value[:20])
+                if not value or len(value) > MAX_LENGTH_DIGITS or not _ASCII_DIGITS.issuperset(value):
+                    raise ProtocolError("content-length %r is not a number of at most %d digits"
+                                        % (value[:20], MAX_LENGTH_DIGITS))
                 length = int(value)
                 if length > self.max_body_bytes:
                     raise ProtocolError("frame body of %d bytes exceeds %d" % (length, self.max_body_bytes))

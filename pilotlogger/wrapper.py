@@ -95,8 +95,9 @@ class Wrapper:
         """Copy the child's stream through unchanged; look at each line on the way."""
         for raw in iter(source.readline, b""):
             try:
-                sink.write(raw)
-                sink.flush()
+                if sink is not None:  # None: our own stream was closed when we started
+                    sink.write(raw)
+                    sink.flush()
             except (OSError, ValueError):
                 pass  # our own output is gone; keep draining so the child never blocks
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -132,7 +133,11 @@ class Wrapper:
             from .probes import probe_all
 
             facts = probe_all(self.recorder.config.environ)
-        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=os.getcwd(), pid=os.getpid(),
+        try:
+            cwd = os.getcwd()
+        except OSError as exc:  # deleted under the pilot: the child still runs there
+            cwd = "(%s)" % (exc.strerror or exc)
+        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=cwd, pid=os.getpid(),
                     probes=facts)
         try:
             child = subprocess.Popen(self.argv, stdout=subprocess.PIPE if self.capture or self.patterns else None,
@@ -174,7 +179,8 @@ class Wrapper:
         if self.budget.skipped:
             data["capture_skipped_lines"] = self.budget.skipped
         status = "info" if code == 0 else "error"
-        self.record("shutdown", "%s exited with %d after %.1f s" % (self.argv[0], code, duration), status, **data)
+        ended = "killed by %s" % data["signal"] if signum else "exited with %d" % code
+        self.record("shutdown", "%s %s after %.1f s" % (self.argv[0], ended, duration), status, **data)
         self.done.set()
         if shipper is not None:
             shipper.join()  # a ship under way ends within its deadline; two at once would send twice

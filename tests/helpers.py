@@ -65,6 +65,15 @@ class SilentListener:
         self.server.close()
 
 
+def pyenv_python(version: str) -> str:
+    """The pyenv interpreter of ``version`` (e.g. "3.6.15"); unavailable() when it is not installed."""
+    root = subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    exe = os.path.join(root or os.path.expanduser("~/.pyenv"), "versions", version, "bin", "python")
+    if not os.access(exe, os.X_OK):
+        unavailable("Python %s is not installed with pyenv" % version)
+    return exe
+
+
 def build_bundle() -> Path:
     """Build dist/pilotlog with the Makefile rule (a no-op when it is up to date)."""
     subprocess.run(["make", "-s", "-C", str(ROOT), "dist/pilotlog"], check=True, stdout=subprocess.DEVNULL)

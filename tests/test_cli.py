@@ -85,7 +85,7 @@ def test_generated_pilot_id_is_reused_by_later_calls(pilotlog):
         (["emit", "boot", "--data", "{nope"], "--data is not valid JSON"),
         (["emit", "boot", "--data", "[1]"], "--data must be a JSON object"),
         (["emit", "boot", "-d", "novalue"], "must be KEY=VALUE or KEY:=JSON"),
-        (["emit", "boot", "-d", "n:=nan-ish"], "is not JSON"),
+        (["emit", "boot", "-d", "n:=nan-ish"], "is not valid JSON"),
         (["emit", "boot", "-m", "x" * 70000], "larger than max_event_bytes"),
         (["emit", "boot", "--status", "fatal"], "invalid choice"),
         (["emit", "has space"], "phase"),

@@ -209,9 +209,8 @@ def test_passcode_from_file_and_masked(tmp_path):
     assert c.passcode == "hunter2-x" and c.origin["passcode"] == "passcode_file"
     assert c.masked()["passcode"] == "****" and "hunter2" not in json.dumps(c.masked())
     assert load(env={"PILOTLOG_PASSCODE": "p"}).masked()["passcode"] == "****"
-    with pytest.raises(ConfigError) as err:
-        load({"passcode_file": str(tmp_path / "missing")})
-    assert "passcode_file" in str(err.value) and "cannot be read" in str(err.value)
+    c = load({"passcode_file": str(tmp_path / "missing")})  # a shipping problem: said by open_sink (issue 13)
+    assert c.passcode is None and "passcode_file" in c.credential_error and "cannot be read" in c.credential_error
 
 
 def test_network_settings_types():

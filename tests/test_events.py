@@ -144,7 +144,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
@@ -153,7 +153,7 @@ json_values = st.recursive(
 @settings(max_examples=500, deadline=None)
 @given(json_values)
 def test_to_json_is_byte_identical_to_json_dumps(value):
-    assert events.to_json(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert events.to_json(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def test_to_json_refuses_non_json_values():
@@ -161,3 +161,25 @@ def test_to_json_refuses_non_json_values():
     for bad in ({1: "int key"}, {"set": {1}}, object()):
         with pytest.raises(TypeError):
             events.to_json(bad)
+
+
+def test_to_json_refuses_nan_and_infinity():
+    """json.dumps would write NaN/Infinity, which no JSON parser accepts (issue 13, case 10)."""
+    for bad in (float("nan"), {"i": float("inf")}, [float("-inf")]):
+        with pytest.raises(events.EventError, match="not a JSON number"):
+            events.to_json(bad)
+
+
+def test_clean_text_recovers_utf8_and_replaces_the_rest():
+    assert events.clean_text("h\udcc3\udca9llo") == "héllo"  # UTF-8 decoded as ASCII by Python 3.6 in C locale
+    assert events.clean_text("a\udcffb") == "a\ufffdb"  # a byte that is not UTF-8
+    assert events.clean_text("x\ud800y\udcffz") == "x\ufffdy\ufffdz"  # lone surrogates, e.g. from JSON "\ud800"
+    assert events.clean_text("plain é") == "plain é"
+
+
+def test_nesting_is_measured_without_recursion():
+    deep = []
+    for _ in range(100000):
+        deep = [deep]
+    assert events.nesting(deep) == events.MAX_DEPTH + 1  # counted only as far as the limit needs
+    assert events.nesting({"a": [1, {"b": 2}]}) == 3 and events.nesting(5) == 0

@@ -1,8 +1,11 @@
-"""Version matrix: the bundle's smoke suite on every installed CPython.
+"""Version matrix: the bundle's smoke suite on every installed CPython, in three locales.
 
 Interpreters come from ``pyenv versions`` and from ``python3`` on PATH.  A Python older
 than 3.6 is reported (skipped with its version), not failed; the terminal summary lists
-which versions passed.
+which versions passed.  Each runs the smoke suite with ``LANG=C.UTF-8``, and again as
+under ``env -i`` with ``LANG``/``LC_ALL`` unset and set to ``C`` (a batch job's
+environment, where Python 3.6 decodes argv and writes stdout as ASCII): events with
+non-ASCII text must still be stored and shipped as UTF-8.
 """
 
 import json
@@ -14,7 +17,6 @@ import tempfile
 import pytest
 
 from brokers import free_port
-from helpers import clean_env
 
 RESULTS = {}  # label -> "passed" / "FAILED" / "older than 3.6", for the terminal summary
 
@@ -50,25 +52,31 @@ def interpreters() -> list:
     return sorted((label, exe) for exe, label in found.items())
 
 
+#: The locales the smoke suite runs in: the environment's variables besides PATH and ours.
+LOCALES = {"C.UTF-8": {"LANG": "C.UTF-8"}, "unset": {}, "C": {"LANG": "C", "LC_ALL": "C"}}
+
+
 @pytest.mark.matrix
+@pytest.mark.parametrize("locale", sorted(LOCALES))
 @pytest.mark.parametrize("label,python", interpreters(), ids=lambda v: v if " " not in v else v.replace(" ", "-"))
-def test_bundle_smoke(label, python, bundle, pki):
+def test_bundle_smoke(label, python, locale, bundle, pki):
     version = python_version(python)
-    key = "%s (%s)" % (".".join(map(str, version)) or "?", label)
+    key = "%s (%s), locale %s" % (".".join(map(str, version)) or "?", label, locale)
     if version[:2] < (3, 6):
         RESULTS[key] = "older than 3.6, not supported"
         pytest.skip("Python %s is older than 3.6: reported, not supported" % key)
     RESULTS[key] = "FAILED"
     with tempfile.TemporaryDirectory() as cwd:
-        env = clean_env(PILOTLOG_SPOOL=os.path.join(cwd, "spool"), DIRAC_PILOT_STAMP="a" * 32)
+        env = {"PATH": "/usr/bin:/bin", "PILOTLOG_SPOOL": os.path.join(cwd, "spool"), "DIRAC_PILOT_STAMP": "a" * 32}
+        env.update(LOCALES[locale])  # as under env -i: nothing else
 
         def pilotlog(*args):
             p = subprocess.run([python, "-I", "-S", str(bundle)] + list(args), cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", timeout=60)
             assert p.returncode == 0, "%s %s: %s" % (key, args, p.stderr)
             return p
 
-        pilotlog("emit", "boot", "-m", "booted up")
+        pilotlog("emit", "boot", "-m", "booted up on nœud-é")
         pilotlog("emit", "power", "-m", "power of 11 HS06", "-d", "hs06:=11")
         status = json.loads(pilotlog("status", "--json").stdout)
         assert status["depth"] == 2 and status["pilot"] == "a" * 32
@@ -76,6 +84,7 @@ def test_bundle_smoke(label, python, bundle, pki):
         assert shown["spool"]["from"] == "env PILOTLOG_SPOOL"
         shipped = [json.loads(line) for line in pilotlog("replay").stdout.splitlines()]
         assert [(e["phase"], e["seq"], e["data"]) for e in shipped] == [("boot", 1, {}), ("power", 2, {"hs06": 11})]
+        assert shipped[0]["message"] == "booted up on nœud-é"  # UTF-8 in and out, whatever the locale
         pilotlog("emit", "shutdown", "-m", "about to shutdown")
         (record,) = [json.loads(line) for line in pilotlog("replay", "--format", "dirac").stdout.splitlines()]
         assert record["phase"] == "shutdown" and record["pilotUUID"] == "a" * 32
@@ -91,16 +100,16 @@ def test_bundle_smoke(label, python, bundle, pki):
         phases = [json.loads(line)["phase"] for line in replayed.splitlines()]
         assert phases == ["boot", "shutdown", "power", "boot"], phases
         # Operator tools: a timeline of what was replayed, and doctor (certificate reading, TLS set-up).
-        with open(os.path.join(cwd, "events.jsonl"), "w") as f:
+        with open(os.path.join(cwd, "events.jsonl"), "w", encoding="utf-8") as f:
             f.write(replayed)
         timeline = json.loads(pilotlog("timeline", "--json", "--html", "page.html", "events.jsonl").stdout)
         assert timeline["summary"]["pilots"] == 1 and timeline["summary"]["events"] == 4
-        assert "<svg" in open(os.path.join(cwd, "page.html")).read()
+        assert "<svg" in open(os.path.join(cwd, "page.html"), encoding="utf-8").read()
         assert json.loads(pilotlog("doctor", "--json").stdout)["works"]  # the stdout sink
         env.update(PILOTLOG_SINK="stomp+ssl://localhost:%d/queue/q" % free_port(), PILOTLOG_CA_FILE=pki.path("ca.pem"),
                    PILOTLOG_CERT=pki.path("client.pem"), PILOTLOG_KEY=pki.path("client.key"))
         doctor = subprocess.run([python, "-I", "-S", str(bundle), "doctor", "--json"], cwd=cwd, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", timeout=60)
         steps = {s["name"]: s for s in json.loads(doctor.stdout)["steps"]}
         assert doctor.returncode == 1 and not steps["tcp"]["ok"], doctor.stdout + doctor.stderr
         assert "/CN=pilot-client, key matches, expires in" in steps["credentials"]["detail"]

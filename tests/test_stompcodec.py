@@ -178,3 +178,73 @@ def test_garbage_never_hangs_or_grows_past_limits(data, step):
             assert parser.buffered <= 256 + 256 + 64 + 2
     except ProtocolError as exc:
         assert str(exc)
+
+
+# -- issue 13, case 13: every malformed input is a ProtocolError, whatever the split ----------
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1" * 4300, "", "-1", " 1", "1e3"])
+def test_content_length_that_is_not_ascii_digits_is_a_protocol_error(value):
+    with pytest.raises(ProtocolError, match="content-length"):
+        parse_all(("MESSAGE\ncontent-length:%s\n\nab\x00" % value).encode())
+
+
+def test_header_limit_does_not_depend_on_how_the_bytes_were_split():
+    head = b"MESSAGE\nh:" + b"v" * 10  # 20 bytes
+    data = head + b"\n\nbody\x00"
+    for cut in range(len(data) + 1):
+        frames, _ = parse_all(data, chunks=[data[:cut], data[cut:]], max_header_bytes=20)
+        assert [f.body for f in frames] == [b"body"], cut
+    with pytest.raises(ProtocolError, match="exceed 19"):
+        parse_all(data, chunks=[data[:21], data[21:]], max_header_bytes=19)
+
+
+def test_encoder_computes_content_length_and_refuses_what_no_parser_accepts():
+    assert encode_frame("SEND", [("content-length", "3")], b"abc") == b"SEND\ncontent-length:3\n\nabc\x00"
+    with pytest.raises(ValueError, match="disagrees"):
+        encode_frame("SEND", [("content-length", "99")], b"abc")
+    with pytest.raises(ValueError, match="empty"):
+        encode_frame("SEND", [("", "v")], b"")
+
+
+lengths = st.one_of(
+    st.sampled_from(["²", "١٢", "1" * 4400, "0" * 30, "-0", "9" * 13, "", " 7"]),
+    st.integers(min_value=0, max_value=120).map(str),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    command=st.sampled_from(["MESSAGE", "RECEIPT", "ERROR", "CONNECTED", "NOPE"]),
+    length=st.none() | lengths,
+    lines=st.lists(st.tuples(st.sampled_from(["receipt-id", "", "h\\c", "x\\q", "é"]), st.text(max_size=12),
+                             st.sampled_from([":", ""])), max_size=3),
+    padding=st.integers(min_value=150, max_value=220),
+    body=st.binary(max_size=120),
+    eol=st.sampled_from([b"\n", b"\r\n"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=6),
+    near=st.lists(st.integers(min_value=-2, max_value=3), max_size=2),
+    slack=st.integers(min_value=-2, max_value=2),
+)
+def test_hostile_frames_parse_or_fail_cleanly_and_the_same_way_for_every_split(command, length, lines, padding, body,
+                                                                               eol, cuts, near, slack):
+    """Frames near the header limit, with hostile content-lengths and header lines: the codec
+    yields frames or raises ProtocolError (nothing else), and the outcome never depends on
+    how the bytes were split into reads."""
+    head = [command, "p:" + "x" * (padding - len(command) - 3)] + [n + sep + v for n, v, sep in lines]
+    if length is not None:
+        head.insert(1, "content-length:" + length)
+    head = "\n".join(head).encode("utf-8", "surrogatepass").replace(b"\n", eol)
+    data = head + eol + eol + body + b"\x00"
+    # Cuts anywhere, and around the end of the head, where a limit is easiest to get wrong.
+    points = sorted({c % (len(data) + 1) for c in cuts} | {len(head) + k for k in near} | {0, len(data)})
+
+    def outcome(chunks):
+        try:
+            frames, parser = parse_all(data, chunks=chunks, max_header_bytes=len(head) + slack, max_body_bytes=100)
+            return [(f.command, f.header_list, f.body) for f in frames], parser.buffered
+        except ProtocolError as exc:
+            return "ProtocolError", str(exc).split(" ")[0]
+
+    whole = outcome([data])
+    assert outcome([data[a:b] for a, b in zip(points, points[1:])]) == whole
