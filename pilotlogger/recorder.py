@@ -9,8 +9,8 @@ Kept free of :mod:`logging` so the CLI's start-up does not pay for it.
 
 import sys
 
-from .events import EventError, make_event
-from .spool import SpoolError, open_spool
+from .events import LOG_PHASE, EventError, make_event
+from .spool import SpoolError, SyncGroup, open_spool
 
 
 def warn(message: str) -> None:
@@ -33,9 +33,15 @@ def _jsonable(value):
 
 
 class Recorder:
-    """A resolved configuration, its spool and pilot id: everything needed to record events."""
+    """A resolved configuration, its spool and pilot id: everything needed to record events.
 
-    def __init__(self, config=None):
+    ``group_log_fsyncs``: for long-lived callers (the logging Handler, ``run --capture``)
+    with the ``log_fsync`` setting ``grouped``: ``log`` events are written before
+    :meth:`record` returns and fsynced in groups (:class:`~pilotlogger.spool.SyncGroup`);
+    other phases are always fsynced before it returns.  Call :meth:`close` at the end.
+    """
+
+    def __init__(self, config=None, group_log_fsyncs=False):
         if config is None:
             from . import config as config_module
 
@@ -45,6 +51,8 @@ class Recorder:
         self.pilot, _ = config.resolved_pilot()
         self.context = config.context()
         self._warned = set()
+        self._grouped = group_log_fsyncs and getattr(config, "log_fsync", "each") == "grouped"
+        self._group = None
 
     def _warn(self, message: str) -> None:
         """Say each distinct problem once: a wrapper capturing output onto a full disk must not
@@ -71,10 +79,16 @@ class Recorder:
         try:
             if self.pilot is None:
                 self.pilot = self.spool.pilot_id()
+            grouped = self._grouped and phase == LOG_PHASE
             result = self.spool.put(
                 lambda seq, epoch: make_event(phase, message, status, source or c.source, data,
-                                              pilot=self.pilot, context=self.context, seq=seq, epoch=epoch)
+                                              pilot=self.pilot, context=self.context, seq=seq, epoch=epoch),
+                sync=not grouped,
             )
+            if grouped and result.stored:
+                if self._group is None:
+                    self._group = SyncGroup(self.spool, on_error=self._warn)
+                self._group.add(result.name)
         except (SpoolError, EventError) as exc:
             self._warn("event not recorded: %s; the pilot goes on" % exc)
             return None
@@ -91,6 +105,17 @@ class Recorder:
                  % (self.spool.path, result.evicted, phase))
             self._count_drops(result.evicted)
         return result.event
+
+    def sync(self) -> None:
+        """Make every event recorded so far durable against power loss (grouped fsyncs)."""
+        if self._group is not None:
+            self._group.sync()
+
+    def close(self) -> None:
+        """Sync what is waiting and stop the background fsync thread, if any."""
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
     def _count_drops(self, n: int) -> None:
         try:
