@@ -213,7 +213,6 @@ class Spool:
         self.quarantined_here = 0  # files this object moved to quarantine (for replay's summary)
         self._acked = os.path.join(self.path, "acked")
         self._boot = None  # this boot's id, read once
-        self._swept = False  # tmp/ cleared of a killed writer's debris by this object
 
     # -- setup and locking ---------------------------------------------------------------
 
@@ -327,21 +326,20 @@ class Spool:
                 self._write_counter(books)
                 return PutResult(event, stored=False, evicted=0)
             name = EventName.for_event(event)
+            books.seq, books.count, books.bytes, books.pending = seq, books.count + 1, books.bytes + len(body), name
+            self._write_counter(books)  # before any of the event exists: a kill -9 leaves an over-estimate
             tmp = os.path.join(self.tmp_dir, name)
             try:
                 _write_file(tmp, body, sync)
-                books.seq, books.count, books.bytes, books.pending = seq, books.count + 1, books.bytes + len(body), name
-                self._write_counter(books)  # before the event is visible: a kill -9 leaves an over-estimate
                 os.rename(tmp, os.path.join(self.events_dir, name))
                 if sync:
                     _fsync_dir(self.events_dir)
-            except (OSError, SpoolError) as exc:
+            except OSError as exc:
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
-                if isinstance(exc, SpoolError):
-                    raise
+                self._mark_acked()  # counted, not stored: the counts are over
                 raise SpoolError("cannot write event to spool %s (%s)" % (self.path, _describe(exc))) from None
             return PutResult(event, stored=True, evicted=evicted, name=name)
         finally:
@@ -355,17 +353,18 @@ class Spool:
         boot = self._boot_id()
         if books is None or books.count is None or books.boot != boot:
             return self._recount(books, after_reboot=books is not None and books.boot != boot)
-        if books.pending != "-":  # did the last writer get as far as its rename?
+        if books.pending != "-":  # did the last writer get as far as its rename?  (the only debris possible)
             debris = os.path.join(self.tmp_dir, books.pending)
             try:
                 size = os.lstat(debris).st_size
                 os.unlink(debris)
                 books.count, books.bytes = books.count - 1, books.bytes - size
+            except FileNotFoundError:
+                if not os.path.lexists(os.path.join(self.events_dir, books.pending)):
+                    self._mark_acked()  # delivered since, or died before writing it: the counts may be over
             except OSError:
-                pass  # renamed (the common case), or unreadable: an over-estimate is safe
+                pass  # unreadable: an over-estimate is safe
             books.pending = "-"
-        if not self._swept:  # once per Spool object: debris of writers killed before their counter write
-            self._clear_debris()
         return books
 
     def _boot_id(self) -> str:
@@ -381,7 +380,6 @@ class Spool:
 
     def _clear_debris(self) -> None:
         """Remove files in tmp/: with the lock held, no live writer can own one."""
-        self._swept = True
         try:
             for name in os.listdir(self.tmp_dir):
                 if not name.startswith(".pilot-uuid-"):  # written outside the lock, see pilot_id()
@@ -671,7 +669,7 @@ class Spool:
             for key, value in changes.items():
                 state[key] = state.get(key, 0) + value if key.endswith("_total") else value
             tmp = os.path.join(self.tmp_dir, ".state-%d" % os.getpid())
-            _write_file(tmp, (to_json(state) + "\n").encode("utf-8"))
+            _write_file(tmp, (to_json(state) + "\n").encode("utf-8"), sync=False)  # for status: a power cut may lose it
             os.rename(tmp, os.path.join(self.path, "state.json"))
         except OSError as exc:
             raise SpoolError("cannot write %s/state.json (%s)" % (self.path, _describe(exc))) from None

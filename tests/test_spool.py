@@ -235,10 +235,10 @@ def test_put_does_not_list_the_spool_per_event(tmp_path, monkeypatch):
     for _ in range(300):
         spool.put(builder("log"))
     scans = Scans(monkeypatch)
-    fresh = Spool(spool.path, max_events=400)  # a new process (one-shot CLI emit) sweeps tmp/ once
+    fresh = Spool(spool.path, max_events=400)  # as in a new process (one-shot CLI emit)
     for _ in range(100):
         assert fresh.put(builder("log")).evicted == 0
-    assert scans.dirs == ["tmp"]
+    assert scans.dirs == []
     del scans.dirs[:]
     for _ in range(200):  # at the bound now: every put evicts the oldest log event
         assert fresh.put(builder("log")).evicted == 1
@@ -312,6 +312,7 @@ def test_bounds_hold_after_a_writer_dies_between_any_two_steps(tmp_path, monkeyp
         seqs = [EventName(n).seq for n in names(survivor)]
         assert len(set(seqs)) == len(seqs)
         assert EventName(names(survivor)[0]).phase == "boot"
+        assert not [n for n in os.listdir(survivor.tmp_dir) if n.endswith(".json")], "debris left in tmp/"
         if not died:
             break
     assert k > 0, "the put never made that call"
