@@ -299,7 +299,7 @@ def spread(values, fmt="%.0f") -> str:
     return (fmt + " (" + fmt + "–" + fmt + ")") % (statistics.median(values), min(values), max(values))
 
 
-def emit_costs(code: str, rounds: int, runs: int, depth: int = 20000, burst: int = 10000) -> list:
+def emit_costs(code: str, rounds: int, runs: int, emits: int, depth: int = 20000, burst: int = 10000) -> list:
     """Emit at depth 0 and ``depth``, at the bound, the disk floor, the one-shot CLI, the
     Handler and run --capture.  Every round measures each figure once, in turn, so a ratio
     compares numbers taken seconds apart on this shared disk; the tables give the median
@@ -320,7 +320,7 @@ def emit_costs(code: str, rounds: int, runs: int, depth: int = 20000, burst: int
         for name in ("deep", "full"):  # each round on its own copy: the same depth every time
             shutil.copytree(os.path.join(work, name), os.path.join(turn, name))
         os.sync()
-        got = probe(code, "emits", turn, 300, quiet=True, extra=[str(depth)])  # quiet: a warning per eviction
+        got = probe(code, "emits", turn, emits, quiet=True, extra=[str(depth)])  # quiet: a warning per eviction
         shutil.rmtree(turn)
         f["floor"].append(got["floor"])
         f["append"].append(got["append"])
@@ -392,6 +392,8 @@ def main():
     ap.add_argument("--write", help="replace the results section of this Markdown file")
     ap.add_argument("--only", default="replay,startup,memory,spool,emit", help="sections to run (comma-separated)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the emit figures (median and range)")
+    ap.add_argument("--emits", type=int, default=300, help="in-process emits per figure and round")
+    ap.add_argument("--burst", type=int, default=10000, help="records per logging.Handler burst")
     ap.add_argument("--code", default=ROOT, help="checkout whose code and bundle the emit figures measure")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -406,7 +408,8 @@ def main():
     brokers = {"rabbitmq": RabbitMQ, "activemq": ActiveMQ}
     send_url = None
     if "emit" in only:
-        out += emit_tables(*emit_costs(args.code, args.rounds, args.runs), rounds=args.rounds, runs=args.runs)
+        out += emit_tables(*emit_costs(args.code, args.rounds, args.runs, args.emits, burst=args.burst),
+                           rounds=args.rounds, runs=args.runs, burst=args.burst)
     for name in [b for b in args.brokers.split(",") if b and "replay" in only]:
         broker = brokers[name](os.path.join(work, name), pki).start()
         try:
