@@ -9,7 +9,11 @@ Figures (see docs/performance.md for the latest results and what they mean):
      newest Python, cold (first start of a new bundle) and warm; `emit --send`;
   3. peak RSS of replaying 100,000 vs 1,000 spooled events;
   4. spool: emits per second from 1 and 8 processes;
-  5. bundle size.
+  5. bundle size;
+  6. emit where pilots feel it: in-process emit at spool depth 0 and 20,000 and at the bound,
+     beside the disk's durability floor (fsyncs per event counted), the one-shot CLI emit at
+     both depths, a logging.Handler burst and `run --capture` per log_fsync mode (median and
+     range of --rounds; `--code` measures another checkout, e.g. main, with the same bench).
 Never run as a test: numbers depend on the machine; compare ratios within one run.
 """
 

@@ -51,8 +51,8 @@ class Recorder:
         self.pilot, _ = config.resolved_pilot()
         self.context = config.context()
         self._warned = set()
-        self._grouped = group_log_fsyncs and getattr(config, "log_fsync", "each") == "grouped"
-        self._group = None
+        grouped = group_log_fsyncs and getattr(config, "log_fsync", "each") == "grouped"
+        self._group = SyncGroup(self.spool, on_error=self._warn) if grouped else None
 
     def _warn(self, message: str) -> None:
         """Say each distinct problem once: a wrapper capturing output onto a full disk must not
@@ -79,15 +79,13 @@ class Recorder:
         try:
             if self.pilot is None:
                 self.pilot = self.spool.pilot_id()
-            grouped = self._grouped and phase == LOG_PHASE
+            grouped = self._group is not None and phase == LOG_PHASE
             result = self.spool.put(
                 lambda seq, epoch: make_event(phase, message, status, source or c.source, data,
                                               pilot=self.pilot, context=self.context, seq=seq, epoch=epoch),
                 sync=not grouped,
             )
             if grouped and result.stored:
-                if self._group is None:
-                    self._group = SyncGroup(self.spool, on_error=self._warn)
                 self._group.add(result.name)
         except (SpoolError, EventError) as exc:
             self._warn("event not recorded: %s; the pilot goes on" % exc)
@@ -112,10 +110,10 @@ class Recorder:
             self._group.sync()
 
     def close(self) -> None:
-        """Sync what is waiting and stop the background fsync thread, if any."""
+        """Sync what is waiting and stop the background fsync thread, if any (later log
+        events are then fsynced as they come)."""
         if self._group is not None:
             self._group.close()
-            self._group = None
 
     def _count_drops(self, n: int) -> None:
         try:
