@@ -9,7 +9,11 @@ Figures (see docs/performance.md for the latest results and what they mean):
      newest Python, cold (first start of a new bundle) and warm; `emit --send`;
   3. peak RSS of replaying 100,000 vs 1,000 spooled events;
   4. spool: emits per second from 1 and 8 processes;
-  5. bundle size.
+  5. bundle size;
+  6. emit where pilots feel it: in-process emit at spool depth 0 and 20,000 and at the bound,
+     beside the disk's durability floor (fsyncs per event counted), the one-shot CLI emit at
+     both depths, a logging.Handler burst and `run --capture` per log_fsync mode (median and
+     range of --rounds; `--code` measures another checkout, e.g. main, with the same bench).
 Never run as a test: numbers depend on the machine; compare ratios within one run.
 """
 
@@ -281,13 +285,124 @@ def spool_rate(processes: int, per_process: int) -> float:
     return processes * per_process / elapsed
 
 
+# -- 6. emit: spool depth, disk floor, chatty loggers ---------------------------------------------
+
+
+def probe(code: str, kind: str, path: str, n: int, quiet=False, extra=(), **env) -> dict:
+    """One bench/emit_probe.py measurement in a fresh process, importing pilotlogger from ``code``."""
+    env = dict(os.environ, PILOTLOG_SPOOL=path, PILOTLOG_PILOT_UUID=PILOT, **env)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "emit_probe.py"), code, kind, path, str(n)]
+                         + list(extra),
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None,
+                         universal_newlines=True, check=True).stdout
+    return json.loads(out)
+
+
+def spread(values, fmt="%.0f") -> str:
+    """``median (min–max)`` of a figure measured in several rounds."""
+    return (fmt + " (" + fmt + "–" + fmt + ")") % (statistics.median(values), min(values), max(values))
+
+
+def emit_costs(code: str, rounds: int, runs: int, emits: int, depth: int = 20000, burst: int = 10000) -> list:
+    """Emit at depth 0 and ``depth``, at the bound, the disk floor, the one-shot CLI, the
+    Handler and run --capture.  Every round measures each figure once, in turn, so a ratio
+    compares numbers taken seconds apart on this shared disk; the tables give the median
+    and range over the rounds."""
+    bundle = os.path.join(code, "dist", "pilotlog")
+    work = tempfile.mkdtemp(prefix="pilotlog-emit-")
+    deep, full = os.path.join(work, "deep"), os.path.join(work, "full")
+    fill_spool(deep, depth)
+    fill_spool(full, depth)
+    os.sync()  # else the kernel writes 40,000 fresh files back during the first rounds
+    big = {"PILOTLOG_MAX_EVENTS": str(10 * depth)}  # depth without eviction
+    f = {k: [] for k in ("floor", "append", "e0", "edeep", "ebound", "fs0", "r_floor", "r_deep", "r_bound",
+                         "c0", "cdeep", "r_cli", "child", "cap_each", "cap_grouped")}
+    h = {m: {k: [] for k in ("p50", "p99", "rate", "durable")} for m in ("each", "grouped")}
+    child = [sys.executable, "-I", "-S", "-c", "for i in range(10000): print('pilot output line %d' % i)"]
+    for r in range(rounds):
+        turn = tempfile.mkdtemp(dir=work)
+        for name in ("deep", "full"):  # each round on its own copy: the same depth every time
+            shutil.copytree(os.path.join(work, name), os.path.join(turn, name))
+        os.sync()
+        got = probe(code, "emits", turn, emits, quiet=True, extra=[str(depth)])  # quiet: a warning per eviction
+        shutil.rmtree(turn)
+        f["floor"].append(got["floor"])
+        f["append"].append(got["append"])
+        f["e0"].append(got["empty"])
+        f["fs0"].append(got["fsyncs"])
+        f["edeep"].append(got["deep"])
+        f["ebound"].append(got["full"])
+        f["r_floor"].append(got["empty"] / got["floor"])
+        f["r_deep"].append(got["deep"] / got["empty"])
+        f["r_bound"].append(got["full"] / got["empty"])
+        emit = [sys.executable, "-I", "-S", bundle, "emit", "log", "-m", "one-shot"]
+        empty = os.path.join(work, "cli%d" % r)
+        base = {"PATH": os.environ["PATH"], "HOME": work, "PILOTLOG_PILOT_UUID": PILOT}
+        subprocess.run(emit, env=dict(base, PILOTLOG_SPOOL=deep, **big), cwd=work)  # unpack cache, counter
+        c0 = median_ms(emit, runs, dict(base, PILOTLOG_SPOOL=empty), work)
+        cdeep = median_ms(emit, runs, dict(base, PILOTLOG_SPOOL=deep, **big), work)
+        f["c0"].append(c0)
+        f["cdeep"].append(cdeep)
+        f["r_cli"].append(cdeep / c0)
+        for mode in ("each", "grouped"):
+            got = probe(code, "handler", os.path.join(work, "h-%s%d" % (mode, r)), burst, PILOTLOG_LOG_FSYNC=mode, **big)
+            for k in h[mode]:
+                h[mode][k].append(got[k])
+        f["child"].append(median_ms(child, 3, os.environ, work))
+        for mode in ("each", "grouped"):
+            run = [sys.executable, "-I", "-S", bundle, "run", "--capture", "--"] + child
+            env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(work, "cap-%s%d" % (mode, r)), PILOTLOG_LOG_FSYNC=mode)
+            f["cap_" + mode].append(median_ms(run, 3, env, work))
+    shutil.rmtree(work, ignore_errors=True)
+    return f, h
+
+
+def emit_tables(f, h, rounds: int, runs: int, depth: int = 20000, burst: int = 10000) -> list:
+    out = [table("Emit vs spool depth (in-process `pilotlogger.emit()`, emits/s; median (range) of %d rounds)" % rounds,
+                 ["spooled events", "emits/s", "vs empty (per round)", "target"],
+                 [["0", spread(f["e0"]), "1", ""],
+                  ["%d (bound raised)" % depth, spread(f["edeep"]), spread(f["r_deep"], "%.2f×"), "≥ 0.9×"],
+                  ["%d = the bound (each emit evicts)" % depth, spread(f["ebound"]), spread(f["r_bound"], "%.2f×"),
+                   "O(1) eviction"]])]
+    out.append(table("Emit vs the disk's durability floor (same disk, same round; emits or loops per second)",
+                     ["loop", "per second", "emit vs it (per round)", "fsyncs per event", "target"],
+                     [["floor: write tmp + fsync + rename + fsync dir", spread(f["floor"]),
+                       spread(f["r_floor"], "%.2f×"), "2", "emit ≥ 0.8×"],
+                      ["append + fdatasync (one file)", spread(f["append"]), "", "1", "for comparison"],
+                      ["`pilotlogger.emit()`, empty spool", spread(f["e0"]), "", spread(f["fs0"], "%.2f"), ""]]))
+    out.append(table("One-shot CLI `emit` vs spool depth (ms, median of %d starts per round; %d rounds)" % (runs, rounds),
+                     ["spooled events", "ms", "vs empty (per round)", "target"],
+                     [["0", spread(f["c0"], "%.1f"), "1", ""],
+                      ["%d" % depth, spread(f["cdeep"], "%.1f"), spread(f["r_cli"], "%.2f×"), "≤ 1.1×"]]))
+    rows = []
+    for mode in ("each", "grouped"):
+        rows.append(["log_fsync=%s" % mode, spread(h[mode]["p50"], "%.2f"), spread(h[mode]["p99"], "%.2f"),
+                     spread(h[mode]["rate"]), spread(h[mode]["durable"])])
+    out.append(table("logging.Handler, a burst of %d records (%d rounds)" % (burst, rounds),
+                     ["mode", "emit p50 (ms)", "emit p99 (ms)", "records/s while logging", "records/s to disk (close)"],
+                     rows))
+    out.append(table("`run --capture` of a child printing 10,000 lines (ms, median of 3 per round; %d rounds)" % rounds,
+                     ["", "ms"], [["the child alone", spread(f["child"])],
+                                  ["run --capture, log_fsync=each", spread(f["cap_each"])],
+                                  ["run --capture, log_fsync=grouped", spread(f["cap_grouped"])]]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--brokers", default="rabbitmq,activemq")
     ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--write", help="replace the results section of this Markdown file")
+    ap.add_argument("--only", default="replay,startup,memory,spool,emit", help="sections to run (comma-separated)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the emit figures (median and range)")
+    ap.add_argument("--emits", type=int, default=300, help="in-process emits per figure and round")
+    ap.add_argument("--burst", type=int, default=10000, help="records per logging.Handler burst")
+    ap.add_argument("--code", default=ROOT, help="checkout whose code and bundle the emit figures measure")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    global BUNDLE
+    BUNDLE = os.path.join(os.path.abspath(args.code), "dist", "pilotlog")
     subprocess.run(["make", "-s", "-C", ROOT, "dist/pilotlog"], check=True)
     work = tempfile.mkdtemp(prefix="pilotlog-bench-")
     pki = PKI(os.path.join(work, "pki"))
@@ -296,7 +411,10 @@ def main():
         time.strftime("%Y-%m-%d"))]
     brokers = {"rabbitmq": RabbitMQ, "activemq": ActiveMQ}
     send_url = None
-    for name in [b for b in args.brokers.split(",") if b]:
+    if "emit" in only:
+        out += emit_tables(*emit_costs(args.code, args.rounds, args.runs, args.emits, burst=args.burst),
+                           rounds=args.rounds, runs=args.runs, burst=args.burst)
+    for name in [b for b in args.brokers.split(",") if b and "replay" in only]:
         broker = brokers[name](os.path.join(work, name), pki).start()
         try:
             rows = throughput(broker, pki, args.events)
@@ -310,14 +428,16 @@ def main():
                 send_url = True
         finally:
             broker.shutdown() if hasattr(broker, "shutdown") else broker.stop()
-    if not send_url:
+    if not send_url and "startup" in only:
         out.append(table("One-shot cost (ms, medians of %d)" % args.runs,
                          ["Python", "bare", "emit, warm", "emit, cold", "emit, no cache"], one_shot(args.runs)))
-    small, large = peak_rss_mb(1000), peak_rss_mb(100000)
-    out.append(table("Memory: peak RSS of `replay` to stdout", ["spooled events", "peak RSS (MB)"],
-                     [["1,000", "%.1f" % small], ["100,000", "%.1f" % large], ["growth", "%.1f" % (large - small)]]))
-    out.append(table("Spool: emits per second (CLI code in a loop, fsync on)", ["writers", "emits/s"],
-                     [["1 process", "%.0f" % spool_rate(1, 300)], ["8 processes", "%.0f" % spool_rate(8, 100)]]))
+    if "memory" in only:
+        small, large = peak_rss_mb(1000), peak_rss_mb(100000)
+        out.append(table("Memory: peak RSS of `replay` to stdout", ["spooled events", "peak RSS (MB)"],
+                         [["1,000", "%.1f" % small], ["100,000", "%.1f" % large], ["growth", "%.1f" % (large - small)]]))
+    if "spool" in only:
+        out.append(table("Spool: emits per second (CLI code in a loop, fsync on)", ["writers", "emits/s"],
+                         [["1 process", "%.0f" % spool_rate(1, 300)], ["8 processes", "%.0f" % spool_rate(8, 100)]]))
     shutil.rmtree(work, ignore_errors=True)
     if args.write:
         marker = "<!-- results -->"

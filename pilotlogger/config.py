@@ -83,6 +83,8 @@ SETTINGS = (
     Setting("max_events", int, DEFAULT_MAX_EVENTS, "spool bound: number of events"),
     Setting("max_bytes", int, DEFAULT_MAX_BYTES, "spool bound: total bytes of events"),
     Setting("max_event_bytes", int, DEFAULT_MAX_EVENT_BYTES, "largest accepted event, in bytes"),
+    Setting("log_fsync", str, "grouped", "log events of the logging Handler and run --capture: written before the"
+            " call returns, fsynced in groups (within 0.1 s) or each before returning", choices=("grouped", "each")),
     Setting("setup", str, None, "DIRAC setup to read in pilot.json (default: its DefaultSetup)"),
     Setting("vo", str, None, "VO to read in pilot.json"),
     # Delivery to a broker (STOMP) -- see README "Sending to a broker".

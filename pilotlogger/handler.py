@@ -64,9 +64,13 @@ class Handler(logging.Handler):
     logger name → source; ``extra={...}`` fields → data (``extra={"phase": "install"}``
     sets the phase, default ``log``); an exception's traceback → ``data.exception``.
 
-    Every record is spooled before ``emit`` returns.  With ``ship_every`` (seconds) a
-    background thread ships the spool periodically; ``flush()`` and ``close()`` ship too
-    (bounded by the configured deadline).  Nothing raises into the caller.
+    Every record is spooled before ``emit`` returns: written, so a kill -9 of the program
+    loses nothing.  With ``log_fsync`` ``grouped`` (the default) ``log`` records reach the
+    disk in groups within 0.1 s — a power cut can lose that last 0.1 s — instead of two
+    fsyncs per record blocking the caller; other phases are fsynced before ``emit`` returns.
+    With ``ship_every`` (seconds) a background thread ships the spool periodically;
+    ``flush()`` and ``close()`` fsync what waits and ship too (bounded by the configured
+    deadline).  Nothing raises into the caller.
     """
 
     def __init__(self, phase: str = "log", ship_every: float = None, config=None, level=logging.NOTSET):
@@ -83,7 +87,7 @@ class Handler(logging.Handler):
 
     def _get_recorder(self):
         if self._recorder is None:
-            self._recorder = Recorder(self._config)
+            self._recorder = Recorder(self._config, group_log_fsyncs=True)
         return self._recorder
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -117,11 +121,15 @@ class Handler(logging.Handler):
             self._ship()
 
     def flush(self) -> None:
+        if self._recorder is not None:
+            self._recorder.sync()
         self._ship()
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1)
+        if self._recorder is not None:
+            self._recorder.close()
         self._ship()
         super().close()

@@ -9,8 +9,8 @@ Kept free of :mod:`logging` so the CLI's start-up does not pay for it.
 
 import sys
 
-from .events import MAX_DEPTH, MAX_INT_DIGITS, EventError, clean_text, make_event
-from .spool import SpoolError, open_spool
+from .events import LOG_PHASE, MAX_DEPTH, MAX_INT_DIGITS, EventError, clean_text, make_event
+from .spool import SpoolError, SyncGroup, open_spool
 
 
 def warn(message: str) -> None:
@@ -44,9 +44,15 @@ def jsonable(value, depth: int = 0):
 
 
 class Recorder:
-    """A resolved configuration, its spool and pilot id: everything needed to record events."""
+    """A resolved configuration, its spool and pilot id: everything needed to record events.
 
-    def __init__(self, config=None):
+    ``group_log_fsyncs``: for long-lived callers (the logging Handler, ``run --capture``)
+    with the ``log_fsync`` setting ``grouped``: ``log`` events are written before
+    :meth:`record` returns and fsynced in groups (:class:`~pilotlogger.spool.SyncGroup`);
+    other phases are always fsynced before it returns.  Call :meth:`close` at the end.
+    """
+
+    def __init__(self, config=None, group_log_fsyncs=False):
         if config is None:
             from . import config as config_module
 
@@ -56,6 +62,8 @@ class Recorder:
         self.pilot, _ = config.resolved_pilot()
         self.context = config.context()
         self._warned = set()
+        grouped = group_log_fsyncs and getattr(config, "log_fsync", "each") == "grouped"
+        self._group = SyncGroup(self.spool, on_error=self._warn) if grouped else None
 
     def _warn(self, message: str) -> None:
         """Say each distinct problem once: a wrapper capturing output onto a full disk must not
@@ -83,10 +91,14 @@ class Recorder:
         try:
             if self.pilot is None:
                 self.pilot = self.spool.pilot_id()
+            grouped = self._group is not None and phase == LOG_PHASE
             result = self.spool.put(
                 lambda seq, epoch: make_event(phase, message, status, source or c.source, data,
-                                              pilot=self.pilot, context=self.context, seq=seq, epoch=epoch)
+                                              pilot=self.pilot, context=self.context, seq=seq, epoch=epoch),
+                sync=not grouped,
             )
+            if grouped and result.stored:
+                self._group.add(result.name)
         except (SpoolError, EventError) as exc:
             self._warn("event not recorded: %s; the pilot goes on" % exc)
             return None
@@ -103,6 +115,17 @@ class Recorder:
                  % (self.spool.path, result.evicted, phase))
             self._count_drops(result.evicted)
         return result.event
+
+    def sync(self) -> None:
+        """Make every event recorded so far durable against power loss (grouped fsyncs)."""
+        if self._group is not None:
+            self._group.sync()
+
+    def close(self) -> None:
+        """Sync what is waiting and stop the background fsync thread, if any (later log
+        events are then fsynced as they come)."""
+        if self._group is not None:
+            self._group.close()
 
     def _count_drops(self, n: int) -> None:
         try:

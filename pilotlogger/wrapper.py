@@ -76,7 +76,7 @@ class Wrapper:
         self.argv, self.capture, self.patterns, self.ship_every = argv, capture, patterns, ship_every
         self.recorder = None
         try:
-            self.recorder = Recorder(config) if config is not None else None
+            self.recorder = Recorder(config, group_log_fsyncs=True) if config is not None else None
         except Exception as exc:  # no recording at all; the child still runs
             warn("not recording this run: %s" % exc)
         self.tail = []
@@ -188,8 +188,10 @@ class Wrapper:
         return code
 
     def _finish(self):
-        """Drain the spool at the end (the sink's deadline bounds it)."""
+        """fsync the captured lines still waiting, drain the spool (the sink's deadline bounds it)."""
         self.done.set()
+        if self.recorder is not None:
+            self.recorder.close()
         if self.recorder is not None and self.recorder.config.sink != "stdout":
             self._ship()
 

@@ -128,3 +128,35 @@ def test_full_spool_is_reported_and_counted_as_for_the_cli(tmp_path, capsys):
     from pilotlogger.spool import Spool
 
     assert Spool(cfg.spool).read_state()["dropped_total"] == 1
+
+
+@pytest.mark.parametrize("mode", ["grouped", "each"])
+def test_log_fsync_grouped_writes_before_returning_and_fsyncs_off_the_callers_path(tmp_path, monkeypatch, mode):
+    """grouped: each log record is in events/ when emit returns, but the caller's thread does
+    not fsync it (a background group does, within 0.1 s, and close() syncs what waits);
+    lifecycle records are fsynced by the caller in both modes."""
+    import threading
+
+    caller, fsyncs, real = threading.current_thread(), [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(threading.current_thread() is caller), real(fd)))
+    handler = pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1", PILOTLOG_LOG_FSYNC=mode))
+    log = logging.getLogger("test.grouped.%s" % mode)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for i in range(30):
+            log.info("line %d", i)
+            assert len(spooled(tmp_path)) == i + 1  # written before emit returned
+        by_caller = fsyncs.count(True)
+        log.info("matched a job", extra={"phase": "match"})
+        lifecycle = fsyncs.count(True) - by_caller
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    if mode == "grouped":
+        assert by_caller <= 1  # at most the counter's reserve, once per 1024 seqs
+        assert len(fsyncs) - by_caller - lifecycle >= 30  # every record fsynced: by the group, or by close()
+    else:
+        assert by_caller >= 60  # the file and events/, per record
+    assert lifecycle >= 2
+    assert [e["message"] for e in spooled(tmp_path)][-1] == "matched a job"

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import clean_env, run_loops
 from pilotlogger.events import make_event
-from pilotlogger.spool import EventName, Spool, SpoolError
+from pilotlogger.spool import EventName, Spool, SpoolError, _Books
 
 PILOT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
@@ -207,8 +207,115 @@ def test_cached_byte_total_self_corrects_after_acks(tmp_path):
     assert [r.evicted for r in kept] == [0] * 6 and all(r.stored for r in kept)
     assert len(names(spool)) == 6
     with open(os.path.join(spool.path, "seq")) as f:
-        seq, total = map(int, f.read().split())
+        seq, total = map(int, f.read().split()[:2])
     assert seq == 12 and total == sum(os.path.getsize(os.path.join(spool.events_dir, n)) for n in names(spool))
+
+
+class Scans:
+    """Counts directory listings (os.listdir / os.scandir) by directory, while installed."""
+
+    def __init__(self, monkeypatch):
+        self.dirs = []
+        for fn in ("listdir", "scandir"):
+            real = getattr(os, fn)
+            monkeypatch.setattr(os, fn, self._wrap(real))
+
+    def _wrap(self, real):
+        def counted(path="."):
+            self.dirs.append(os.path.basename(str(path)))
+            return real(path)
+
+        return counted
+
+
+def test_put_does_not_list_the_spool_per_event(tmp_path, monkeypatch):
+    """Emit cost must not grow with the spool's depth: put() lists nothing per event, and at
+    the bound it evicts from a victim list, recounting once per many evictions."""
+    spool = Spool(str(tmp_path / "s"), max_events=400)
+    for _ in range(300):
+        spool.put(builder("log"))
+    scans = Scans(monkeypatch)
+    fresh = Spool(spool.path, max_events=400)  # as in a new process (one-shot CLI emit)
+    for _ in range(100):
+        assert fresh.put(builder("log")).evicted == 0
+    assert scans.dirs == []
+    del scans.dirs[:]
+    for _ in range(200):  # at the bound now: every put evicts the oldest log event
+        assert fresh.put(builder("log")).evicted == 1
+    assert scans.dirs.count("events") <= 200 // 50 + 1, scans.dirs
+    assert len(names(fresh)) == 400
+
+
+def test_acks_never_lead_to_evicting_from_a_spool_that_is_not_full(tmp_path):
+    """Acks do not count down (replay holds no lock): they leave a mark, and the writer that
+    finds the spool full by its counter recounts before evicting anything."""
+    spool = Spool(str(tmp_path / "s"), max_events=20)
+    for _ in range(20):
+        spool.put(builder("log"))
+    oldest = names(spool)[:5]
+    for name in oldest:
+        spool.ack(name)
+    assert [spool.put(builder("log")).evicted for _ in range(5)] == [0] * 5
+    assert len(names(spool)) == 20 and not set(oldest) & set(names(spool))
+    assert spool.put(builder("log")).evicted == 1
+
+
+class Killed(BaseException):
+    """A simulated kill -9: nothing after it runs, not even except clauses for Exception."""
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+@pytest.mark.parametrize("step", ["open", "pwrite", "fsync", "rename", "unlink"])
+def test_bounds_hold_after_a_writer_dies_between_any_two_steps(tmp_path, monkeypatch, step, after):
+    """Die before or after each system call of an evicting put, in turn: the next put
+    still keeps both bounds, keeps lifecycle events and hands out a fresh seq."""
+    import shutil
+
+    real = getattr(os, step)
+    full = Spool(str(tmp_path / "full"), max_events=10, max_bytes=3600)
+    for i in range(10):
+        assert full.put(builder("log" if i else "boot", "x" * 30)).evicted == 0
+    for k in range(40):
+        path = str(tmp_path / ("s%d" % k))
+        shutil.copytree(full.path, path)
+        spool = Spool(path, max_events=10, max_bytes=3600)
+        calls = []
+
+        def dying(*args, **kw):
+            calls.append(args)
+            if len(calls) - 1 == k:
+                if after:
+                    try:
+                        real(*args, **kw)
+                    except OSError:
+                        pass
+                raise Killed()
+            return real(*args, **kw)
+
+        monkeypatch.setattr(os, step, dying)
+        try:
+            spool.put(builder("log", "dies"))
+            died = False
+        except Killed:
+            died = True
+        finally:
+            monkeypatch.setattr(os, step, real)
+        survivor = Spool(path, max_events=10, max_bytes=3600)
+        for _ in range(4):
+            r = survivor.put(builder("log", "y" * random.randint(1, 400)))
+            assert r.stored
+            listed = names(survivor)
+            size = sum(os.path.getsize(os.path.join(survivor.events_dir, n)) for n in listed)
+            assert len(listed) <= 10 and size <= 3600
+            books = _Books.read(os.path.join(path, "seq"))
+            assert books.count >= len(listed) and books.bytes >= size  # never under the truth
+        seqs = [EventName(n).seq for n in names(survivor)]
+        assert len(set(seqs)) == len(seqs)
+        assert EventName(names(survivor)[0]).phase == "boot"
+        assert not [n for n in os.listdir(survivor.tmp_dir) if n.endswith(".json")], "debris left in tmp/"
+        if not died:
+            break
+    assert k > 0, "the put never made that call"
 
 
 def test_event_names_give_back_the_events_time(tmp_path):

@@ -19,7 +19,8 @@ import ledger
 from brokers import PASSWORD, USER
 from helpers import Pilotlog, fill_spool, run_loops
 from pilotlogger.config import BY_NAME
-from pilotlogger.spool import Spool
+from pilotlogger.events import make_event
+from pilotlogger.spool import EventName, Spool, _Books
 
 WINDOW = BY_NAME["window"].default  # frames in flight: the most a kill can leave sent but not removed
 
@@ -135,3 +136,90 @@ def test_broker_stopped_in_the_middle_of_a_replay(broker, kill, pki, pilotlog, q
     assert 0 < midway < n, "replay finished before the broker went down: make n larger"
     assert proc.returncode == 0 and pilotlog.events() == [], err
     assert lost == 0  # every event arrived; duplicates (in flight at the restart) are allowed
+
+
+def test_kill_9_during_emit_at_the_bound_keeps_the_bookkeeping(bundle, tmp_path):
+    """Emitters into a full spool (every put evicts), killed at random moments while a
+    "replay" acks events behind the writers' backs: the counter never under-counts, the
+    next put honours the bound, lifecycle events are never evicted, no seq is reused."""
+    trials, bound = ledger.trials(20, 200), 200
+    spool = Spool(str(tmp_path / "spool"), max_events=bound)
+    filled = fill_spool(spool.path, bound)  # full from the start: every put evicts
+    assert spool.put(lambda seq, epoch: make_event("log", "counted", pilot="p", seq=seq, epoch=epoch)).evicted == 1
+    rng = random.Random(1129)
+    seq_ids, delivered, acked, lost, emitted, watch = {}, set(), set(), 0, 0, ledger.Stopwatch()
+    for trial in range(trials):
+        with watch:
+            proc = run_loops(["b%d" % trial], 10000, spool.path, str(bundle), PILOTLOG_MAX_EVENTS=str(bound))[0]
+            time.sleep(rng.uniform(0.03, 0.2))
+            listed = sorted(os.listdir(spool.events_dir))
+            for name in rng.sample(listed, min(5, len(listed))) if trial % 2 else ():
+                event = spool.load(name)  # None: evicted meanwhile
+                if event is not None:
+                    delivered.add(event["message"])
+                    acked.add(event["id"])
+                    spool.ack(name)  # a replay acknowledging while the emitter writes
+            proc.send_signal(signal.SIGKILL)
+            out, _ = proc.communicate(timeout=30)
+        emitted += len(out.split())
+        events = [spool.load(n) for n in sorted(os.listdir(spool.events_dir))]
+        assert None not in events, "a killed writer left a broken event"
+        books = _Books.read(os.path.join(spool.path, "seq"))
+        size = sum(os.path.getsize(os.path.join(spool.events_dir, n)) for n in os.listdir(spool.events_dir))
+        assert books.count >= len(events) and books.bytes >= size, "the counter fell under the truth"
+        kept = {e["message"] for e in events}
+        installs = {m for m in out.split() if int(m.rsplit("-", 1)[1]) % 2 == 0}  # lifecycle: never evicted
+        lost += len(installs - kept - delivered)
+        for e in events:
+            assert seq_ids.setdefault(e["seq"], e["id"]) == e["id"], "seq %d handed out twice" % e["seq"]
+        assert spool.put(lambda seq, epoch: make_event("log", "after kill", pilot="p", seq=seq, epoch=epoch)).stored
+        assert len(os.listdir(spool.events_dir)) <= bound
+        for name in os.listdir(spool.events_dir):
+            if EventName(name).phase != "log":
+                spool.ack(name)  # delivered: lifecycle events never pile up to the bound
+    ledger.record("kill -9", "pilotlog emit into a full spool (evicting), acks alongside", trials, lost, True,
+                  watch.longest, extra="%d emits returned, bound %d events; counter never under the truth"
+                  % (emitted, bound))
+    evicted = filled - {e["id"] for e in events} - acked
+    assert emitted > trials and evicted, "the kills did not land on evicting emits"
+    assert lost == 0, "acknowledged lifecycle events were evicted or lost"
+
+
+GROUPED_LOOP = """
+import logging, sys
+sys.path.insert(0, sys.argv[1])
+import pilotlogger
+log = logging.getLogger("pilot")
+log.addHandler(pilotlogger.Handler())
+log.setLevel(logging.INFO)
+for i in range(100000):
+    log.info("g-%d", i)
+    sys.stdout.write("g-%d\\n" % i)
+    sys.stdout.flush()
+"""
+
+
+def test_kill_9_during_grouped_handler_emits(bundle, tmp_path):
+    """log_fsync=grouped keeps the kill -9 promise: every record whose emit returned is in
+    the spool, whole (only a power cut can take the last 0.1 s)."""
+    trials = ledger.trials(10, 100)
+    pilotlog = Pilotlog(bundle, tmp_path)
+    spool = Spool(str(pilotlog.spool))
+    rng = random.Random(11291)
+    acknowledged, watch = set(), ledger.Stopwatch()
+    env = dict(pilotlog.env, PILOTLOG_LOG_FSYNC="grouped", PILOTLOG_PILOT_UUID="p")
+    for _ in range(trials):
+        with watch:
+            proc = subprocess.Popen([sys.executable, "-c", GROUPED_LOOP, str(bundle)], env=env, cwd=str(tmp_path),
+                                    stdout=subprocess.PIPE, universal_newlines=True)
+            time.sleep(rng.uniform(0.2, 0.6))
+            proc.send_signal(signal.SIGKILL)
+            out, _ = proc.communicate(timeout=30)
+        acknowledged |= set(out.split())
+    events = [spool.load(n) for n in sorted(os.listdir(spool.events_dir))]
+    lost = len(acknowledged - {e["message"] for e in events if e})
+    ledger.record("kill -9", "logging Handler, log_fsync=grouped", trials, lost, True, watch.longest,
+                  extra="%d records had returned" % len(acknowledged))
+    assert len(acknowledged) > trials
+    assert None not in events, "a killed writer left a broken event"
+    assert lost == 0
