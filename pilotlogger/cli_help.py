@@ -7,9 +7,9 @@ as its flag, so ``pilotlog serve --help`` is not buried under the spool and STOM
 
 # Settings by what they are for; a command lists the groups it reads.
 WHICH_FILE = ("config", "setup", "vo")
-SPOOL = ("spool", "max_events", "max_bytes", "max_event_bytes")
+SPOOL = ("spool", "max_events", "max_bytes", "max_event_bytes", "log_fsync")
 EVENTS = ("pilot_uuid", "source", "level", "site", "ce", "queue")
-CONNECTION = ("sink", "user", "passcode_file", "vhost", "ca_file", "ca_dir", "cert", "key", "timeout", "deadline")
+CONNECTION = ("sink", "user", "passcode", "passcode_file", "vhost", "ca_file", "ca_dir", "cert", "key", "timeout", "deadline")
 SHIPPING = ("format", "fallback_sink", "window", "receipt_every", "http_protocol", "batch_events", "batch_bytes")
 
 RECORDING = WHICH_FILE + SPOOL + EVENTS

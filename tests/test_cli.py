@@ -228,8 +228,16 @@ def test_version_and_help(pilotlog):
 def _help_sections(text: str):
     """(the settings' flags, the example lines) of one --help."""
     settings = text.split("settings it reads", 1)[1].split("examples:")[0] if "settings it reads" in text else ""
-    flags = {word for line in settings.splitlines() for word in line.split() if word.startswith("--")}
+    flags = {line.split()[0] for line in settings.splitlines() if line.startswith("  --")}  # not help text
     return flags, [line.strip() for line in text.split("examples:\n", 1)[1].splitlines() if line.strip()]
+
+
+def test_every_setting_belongs_to_the_commands_that_read_it():
+    """A new setting must be placed in cli_help's groups, or no command's help would show it."""
+    from pilotlogger.cli_help import EVERYTHING
+    from pilotlogger.config import SETTINGS
+
+    assert sorted(s.name for s in SETTINGS) == sorted(EVERYTHING)
 
 
 def test_each_command_help_teaches_its_own_use(pilotlog):
