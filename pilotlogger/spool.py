@@ -34,7 +34,7 @@ import os
 import stat
 import time
 
-from .events import LOG_PHASE, EventError, new_id, to_json, validate
+from .events import LOG_PHASE, EventError, check_size, new_id, to_json, validate
 
 DEFAULT_MAX_EVENTS = 10000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -258,11 +258,7 @@ class Spool:
             seq, total = counter[0] + 1, counter[1]
             event = build(seq, time.time())
             body = (to_json(event) + "\n").encode("utf-8")
-            if len(body) > self.max_event_bytes:
-                raise EventError(
-                    "event is %d bytes, over the limit of %d (shorten --message/--data or raise max_event_bytes)"
-                    % (len(body), self.max_event_bytes)
-                )
+            check_size(len(body), self.max_event_bytes)
             room = self._make_room(names, event["phase"], len(body), total)
             if room is None:
                 return PutResult(event, stored=False, evicted=0)

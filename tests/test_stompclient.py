@@ -12,15 +12,15 @@ import threading
 
 import pytest
 
-from pilotlogger.stompclient import (
-    StompConnection,
-    StompError,
-    Transport,
-    _heartbeats,
-    normalise_destination,
-    parse_url,
-)
+from pilotlogger.sinks import normalise_destination, parse
+from pilotlogger.stompclient import StompConnection, StompError, Transport
 from pilotlogger.stompcodec import FrameParser, encode_frame, CLIENT_COMMANDS
+from pilotlogger.stompsession import heartbeats
+
+
+def parse_url(url):
+    target = parse(url)
+    return target.tls, target.hosts, target.destination
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_parse_url(url, expected):
 @pytest.mark.parametrize(
     "url,needle",
     [
-        ("http://h/queue/q", "must start with stomp+ssl://"),
+        ("ftp://h/queue/q", "is not supported"),
         ("stomp+ssl://u:p@h/queue/q", "credentials"),
         ("stomp+ssl://h:port/queue/q", "bad port"),
         ("stomp+ssl://h", "must look like /queue/name"),
@@ -61,10 +61,10 @@ def test_destinations_pass_through():
 
 def test_heartbeat_negotiation_follows_the_spec():
     # client offers 10000,10000; server sx,sy → we send every max(cx, sy), expect every max(cy, sx)
-    assert _heartbeats("0,0") == (0.0, 0.0)
-    assert _heartbeats("5000,20000") == (20.0, 10.0)
-    assert _heartbeats("30000,0") == (0.0, 30.0)
-    assert _heartbeats("garbage") == (0.0, 0.0)
+    assert heartbeats("0,0") == (0.0, 0.0)
+    assert heartbeats("5000,20000") == (20.0, 10.0)
+    assert heartbeats("30000,0") == (0.0, 30.0)
+    assert heartbeats("garbage") == (0.0, 0.0)
 
 
 class ScriptedPeer:
@@ -127,7 +127,7 @@ def stream(conn, n, window, every=1):
     """Drive conn.stream over n events; return (ids confirmed, the StompError that ended it or None)."""
     confirmed, inflight = [], collections.OrderedDict()
     try:
-        for event_id in conn.stream(inflight, (("id-%d" % i, i) for i in range(n)), build, window, every):
+        for event_id in conn.stream((("id-%d" % i, i) for i in range(n)), build, window, every, inflight):
             confirmed.append(event_id)
     except StompError as exc:
         return confirmed, exc
@@ -203,7 +203,7 @@ def test_frames_left_in_flight_are_sent_again_first_on_the_next_connection():
         return receipt(frame)
 
     inflight = collections.OrderedDict((("id-%d" % i, (build(i, True), True)) for i in (7, 8)))
-    confirmed = list(ScriptedPeer(on_send).connect().stream(inflight, iter([("id-9", 9)]), build, 10))
+    confirmed = list(ScriptedPeer(on_send).connect().stream(iter([("id-9", 9)]), build, 10, inflight=inflight))
     assert seen == confirmed == ["id-7", "id-8", "id-9"] and not inflight
 
 
@@ -220,9 +220,9 @@ def test_connection_closed_mid_stream_is_retryable():
 
 
 def test_heartbeats_are_sent_while_waiting_for_receipts(monkeypatch):
-    import pilotlogger.stompclient as client
+    import pilotlogger.stompsession as session
 
-    monkeypatch.setattr(client, "HEARTBEAT_MS", 100)
+    monkeypatch.setattr(session, "HEARTBEAT_MS", 100)
     peer = ScriptedPeer(lambda n, f: b"", heartbeat="0,100")  # server wants a beat every 100 ms
     conn = peer.connect(timeout=0.6)
     assert conn.send_every == 0.1
@@ -243,7 +243,7 @@ def test_sink_frames_equal_what_the_codec_builds():
     from pilotlogger.stompcodec import FrameParser, encode_frame
 
     config = SimpleNamespace(ca_file=None, ca_dir=None, cert=None, key=None)
-    sink = StompSink(config, "stomp://h:1/queue/a:b")
+    sink = StompSink(config, parse("stomp://h:1/queue/a:b"))
     event = make_event("boot", "x", pilot="https://ce:9000/a\\b", seq=1, epoch=0.0)
     body = b'{"k":"v\x00"}'
     for receipt in (True, False):
@@ -251,8 +251,9 @@ def test_sink_frames_equal_what_the_codec_builds():
                    ("persistent", "true")] + ([("receipt", event["id"])] if receipt else []) + [
                    ("pilot_id", event["pilot"]), ("event_id", event["id"]), ("phase", "boot"), ("status", "info"),
                    ("content-length", str(len(body)))]
-        assert sink._frame(event, body, receipt) == encode_frame("SEND", headers, body)
+        frame = sink.encode((event, body.decode("utf-8")), receipt)
+        assert frame == encode_frame("SEND", headers, body)
         parser = FrameParser(commands={"SEND"})
-        parser.feed(sink._frame(event, body, receipt))
+        parser.feed(frame)
         frame = parser.next_frame()
         assert frame.headers["pilot_id"] == "https://ce:9000/a\\b" and frame.body == body
