@@ -6,8 +6,6 @@ garbage, a hang-up — is scripted as bytes, split at arbitrary points, and fed 
 hang-ups on a real connection) is in test_stompclient.py and tests/faults.
 """
 
-import collections
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

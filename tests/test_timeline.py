@@ -3,7 +3,8 @@
 import calendar
 import subprocess
 import time
-from html.parser import HTMLParser
+
+from helpers import Page
 
 from pilotlogger.events import make_event
 from pilotlogger.timeline import Timeline
@@ -50,25 +51,12 @@ def test_lifecycles_are_ordered_timed_and_deduplicated():
     assert [p["pilot"] for p in timeline.as_dict()["pilots"]] == ["p1", "p2", "p3"]
 
 
-class Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags, self.text = [], []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def test_html_page_is_self_contained_and_escapes_what_pilots_wrote():
     timeline = Timeline()
     for e in sample() + [event("p4", "boot", 30, 1, message="<script>alert('x')</script>")]:
         timeline.add(e)
     page = render(timeline)
-    parsed = Page()
-    parsed.feed(page)
+    parsed = Page(page)
     tags = [t for t, _ in parsed.tags]
     assert "script" not in tags and "<script>" not in page
     assert not any(a.get("src") or a.get("href") for _, a in parsed.tags)
