@@ -128,8 +128,13 @@ class SendFrames:
         self._tail = "".join("%s:%%s\n" % escape(n).replace("%", "%%") for n in names) + "content-length:%d\n\n"
 
     def encode(self, body: bytes, values=(), receipt=None) -> bytes:
-        head = self._prefix if receipt is None else self._prefix + "receipt:%s\n" % escape(receipt)
-        return (head + self._tail % (tuple(map(escape, values)) + (len(body),))).encode("utf-8") + body + b"\x00"
+        """``values``: a tuple, one per name.  One scan of all the text decides whether any escaping is due."""
+        text = "".join(values) if receipt is None else receipt + "".join(values)
+        if "\\" in text or "\n" in text or "\r" in text or ":" in text:
+            values = tuple(map(escape, values))
+            receipt = None if receipt is None else escape(receipt)
+        head = self._prefix if receipt is None else self._prefix + "receipt:" + receipt + "\n"
+        return (head + self._tail % (values + (len(body),))).encode("utf-8") + body + b"\x00"
 
 
 class FrameParser:

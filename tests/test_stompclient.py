@@ -8,11 +8,8 @@ Everything a real broker can do is tested in tests/interop/.
 """
 
 import collections
-import re
 import socket
 import threading
-
-import pytest
 
 from pilotlogger.sinks import parse
 from pilotlogger.stompclient import StompConnection, StompError, Transport
