@@ -129,13 +129,12 @@ class StompConnection:
             now = time.monotonic()
             if now >= until:
                 return []
-            session.check(now)
-            beat = session.heartbeat(now)
+            beat, wait = session.timers(now, until)
             if beat:
                 self._send(beat)
                 continue
             try:
-                data = self.transport.recv(session.wait_until(now, until))
+                data = self.transport.recv(wait)
             except socket.timeout:
                 continue
             except ssl.SSLError as exc:  # e.g. the broker rejected our certificate after the handshake
@@ -178,9 +177,10 @@ class StompConnection:
                 exhausted = len(chunk) < room
                 if chunk:
                     self._send(session.send(chunk, build, time.monotonic()))
+                    room = session.room()
             if not session.inflight:
                 return
-            block = exhausted or not session.room()
+            block = exhausted or not room
             for event in self._receive(session.progress + self.timeout, block):
                 if event.__class__ is Settled:
                     yield from event.ids

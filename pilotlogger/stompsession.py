@@ -222,23 +222,19 @@ class StompSession:
 
     # -- time ---------------------------------------------------------------------------------
 
-    def heartbeat(self, now: float) -> bytes:
-        """An EOL when one is due (we promised one every ``send_every`` s), else b""."""
-        if self.send_every and now - self.last_sent >= self.send_every:
-            return self._sent(b"\n", now)
-        return b""
-
-    def wait_until(self, now: float, until: float) -> float:
-        """How long to wait for bytes before ``heartbeat`` must be asked again (at most until ``until``)."""
-        if self.send_every:
-            until = min(until, self.last_sent + self.send_every)
-        return until - now
-
-    def check(self, now: float) -> None:
-        """Raise StompError when the broker has been silent for twice its heart-beat interval."""
+    def timers(self, now: float, until: float):
+        """What time asks for before waiting for bytes until ``until``: (a heart-beat EOL to send now,
+        or b""; how long to wait).  Raises StompError when the broker has been silent for twice its
+        heart-beat interval."""
         if self.expect_every and now - self.last_received > 2 * self.expect_every:
             self.state = FAILED
             raise StompError("%s silent for %.0f s (heart-beats missed)" % (self.where, now - self.last_received))
+        if self.send_every:
+            due = self.last_sent + self.send_every
+            if now >= due:
+                return self._sent(b"\n", now), 0.0
+            until = min(until, due)
+        return b"", until - now
 
     # -- what arrives -------------------------------------------------------------------------
 
@@ -249,17 +245,24 @@ class StompSession:
         self.last_received = now
         if not data:
             return [self._fail("%s closed the connection" % self.where)]
-        self.parser.feed(data)
+        parser, inflight = self.parser, self.inflight
+        parser.feed(data)
         events = []
         try:
-            frame = self.parser.next_frame()
-            while frame is not None:
+            while parser.buffered:  # (a RECEIPT per event: no parse of an empty buffer, no extra call)
+                frame = parser.next_frame()
+                if frame is None:
+                    break
+                receipt = frame.headers.get("receipt-id") if frame.command == "RECEIPT" else None
+                if receipt in inflight and self.state != CONNECTING:
+                    self.progress = now
+                    events.append(Settled(settle(inflight, receipt)))
+                    continue
                 event = self._handle(frame, now)
                 if event is not None:
                     events.append(event)
                     if event.__class__ is Failed:
                         return events
-                frame = self.parser.next_frame()
         except ProtocolError as exc:
             events.append(self._fail("%s broke the protocol: %s" % (self.where, exc), retryable=False))
         return events
@@ -281,12 +284,8 @@ class StompSession:
             self.state, self.server = CONNECTED, frame.headers.get("server", "")
             self.send_every, self.expect_every = heartbeats(frame.headers.get("heart-beat", "0,0"), self.heartbeat_ms)
             return Connected(self.server, self.send_every, self.expect_every)
-        if command == "RECEIPT":
-            receipt = frame.headers.get("receipt-id")
-            if receipt in self.inflight:
-                self.progress = now
-                return Settled(settle(self.inflight, receipt))
-            if receipt == BYE and self.state == DISCONNECTING:
+        if command == "RECEIPT":  # (one for a frame in flight was settled by receive_data)
+            if frame.headers.get("receipt-id") == BYE and self.state == DISCONNECTING:
                 self.state = CLOSED
                 return Closed()
             return None  # a receipt we never asked for, or asked for on a previous connection

@@ -196,15 +196,15 @@ def test_messages_and_the_disconnect_receipt():
 def test_heartbeats_are_due_from_the_clock_and_a_silent_broker_is_given_up():
     session = connected(heartbeat="1000,1000", now=100.0, heartbeat_ms=1000)  # both ways every second
     assert (session.send_every, session.expect_every) == (1.0, 1.0)
-    assert session.heartbeat(100.5) == b""
-    assert session.wait_until(100.5, 200.0) == pytest.approx(0.5)
-    assert session.heartbeat(101.0) == b"\n"
-    assert session.heartbeat(101.5) == b""
-    session.check(102.0)  # silent 2 s: not yet more than twice the interval
+    assert session.timers(100.5, 200.0) == (b"", pytest.approx(0.5))  # the next beat is due in 0.5 s
+    assert session.timers(101.0, 200.0) == (b"\n", 0.0)
+    assert session.timers(101.5, 101.7) == (b"", pytest.approx(0.2))  # the caller's own limit comes first
+    session.timers(102.0, 200.0)  # silent 2 s: not yet more than twice the interval
     session.receive_data(b"\n", 102.0)  # the broker's own heart-beat: no event, but it is alive
-    session.check(104.0)
+    session.timers(104.0, 200.0)
     with pytest.raises(StompError, match="silent for 3 s"):
-        session.check(105.0)
+        session.timers(105.0, 200.0)
+    assert session.state == FAILED
 
 
 # -- hypothesis: any grouping of the broker's bytes, any mix of receipts, beats and an ERROR -----
