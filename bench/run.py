@@ -34,9 +34,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
+import helpers  # noqa: E402
 from brokers import PASSWORD, PKI, USER, ActiveMQ, RabbitMQ  # noqa: E402
-from pilotlogger.events import make_event, render  # noqa: E402
-from pilotlogger.spool import EventName, Spool  # noqa: E402
+from pilotlogger.events import render  # noqa: E402
 from pilotlogger.stompcodec import FrameParser, encode_frame  # noqa: E402
 
 BUNDLE = os.path.join(ROOT, "dist", "pilotlog")
@@ -51,17 +51,8 @@ def pyenv_python(version_prefix: str) -> str:
 
 def fill_spool(path: str, n: int) -> list:
     """n ~300-byte events written straight into a spool (the bench's setup, not the emit path)."""
-    spool = Spool(path)
-    spool.ensure()
-    events = []
-    t0 = time.time()
-    for i in range(n):
-        e = make_event("log", "benchmark line %06d " % i + "x" * 120, pilot=PILOT, seq=i + 1, epoch=t0 + i * 1e-6,
-                       data={"i": i, "step": "InstallDIRAC"}, context={"host": "wn042.example.org", "site": "LCG.Bench.org"})
-        with open(os.path.join(spool.events_dir, EventName.for_event(e)), "w") as f:
-            f.write(render(e, "native") + "\n")
-        events.append(e)
-    return events
+    return helpers.fill_spool(path, n, PILOT, message="benchmark line %06d " + "x" * 120,
+                              context={"host": "wn042.example.org", "site": "LCG.Bench.org"})
 
 
 def table(title: str, header: list, rows: list) -> str:

@@ -13,7 +13,7 @@ loaded on first use, so the CLI never pays for them.
 import sys
 import types
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 class _LazyModule(types.ModuleType):

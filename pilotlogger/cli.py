@@ -8,11 +8,11 @@ went wrong in one stderr line.
 import os
 import sys
 
-from . import __version__
 from .config import SETTINGS, ConfigError, CredentialError
+from .console import warn
 from .events import STATUSES, EventError
-from .recorder import warn
 from .spool import open_spool
+from .version import __version__
 
 #: Exit codes — documented in README.md ("Exit codes").
 EXIT_OK = 0
@@ -307,7 +307,7 @@ def _json_value(text: str, what: str):
 
 
 def cmd_emit(args, config) -> int:
-    from .events import clean_text, make_event, to_json
+    from .events import DRAFT_ROOM, check_size, clean_text, make_event, to_json
     from .recorder import Recorder, jsonable
 
     # Bytes that are not UTF-8 (and everything non-ASCII under Python 3.6 in a C locale)
@@ -318,10 +318,10 @@ def cmd_emit(args, config) -> int:
     # Validate everything (and the size) before the spool is touched: nothing half-written.
     draft = make_event(args.phase, args.message, args.status, config.source, data,
                        pilot=recorder.pilot or "0" * 36, context=recorder.context, seq=1, epoch=0.0)
-    if len(to_json(draft)) + 32 > config.max_event_bytes:
-        raise UsageError(
-            "event is larger than max_event_bytes=%d (shorten --message/--data)" % config.max_event_bytes
-        )
+    try:
+        check_size(len((to_json(draft) + "\n").encode("utf-8")) + DRAFT_ROOM, config.max_event_bytes)
+    except EventError as exc:
+        raise UsageError(str(exc)) from None
     recorder.record(args.phase, args.message, args.status, None, data, cut_long=False)
     if args.send and config.sink == "stdout":  # the whole spool in the pilot's output is never wanted
         warn("--send: the sink is stdout, so nothing was sent; 'pilotlog replay' prints the spool")
@@ -340,15 +340,10 @@ def _show_progress(delivered: int) -> None:
 
 def deliver(config, spool, report_success: bool = True):
     """Ship the spool to the configured sink and say how it went in one stderr line."""
-    from .ship import ship
-    from .sinks import open_sink
+    from .ship import deliver as ship_spool
 
-    sink = open_sink(config, sys.stdout)
     progress = _show_progress if sys.stderr is not None and sys.stderr.isatty() else None
-    try:
-        result = ship(spool, sink, config.format, progress=progress)
-    finally:
-        sink.close()
+    result, sink = ship_spool(config, spool, sys.stdout, progress)
     if progress:
         sys.stderr.write("\n")
     if getattr(sink, "fell_back", None) and not result.error:

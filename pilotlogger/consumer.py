@@ -54,20 +54,22 @@ def follow(config, handle, count=None, seconds=None, idle=None, duplicate=None) 
     without any message — whichever comes first (none: until interrupted).  A lost
     connection is re-established (failover within ``deadline``, said on stderr); what was
     not acknowledged comes again and is recognised.  Returns how many were handled.
-    Raises :class:`stompclient.StompError` when the broker refuses us or stays away.
+    Raises :class:`stompsession.StompError` when the broker refuses us or stays away.
     """
-    from .recorder import warn
-    from .stompclient import StompError, connect, parse_url
-    from .tls import client_context
+    from .console import warn
+    from .sinks import parse as parse_sink
+    from .stompclient import StompError, connect
+    from .tls import client_context_for
 
-    if not config.sink.startswith(("stomp+ssl://", "stomp://")):
-        raise ValueError("reading events needs a STOMP sink (stomp+ssl://host:port/queue/name), not %s" % config.sink)
-    use_tls, hosts, destination = parse_url(config.sink)
-    context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if use_tls else None
+    target = parse_sink(config.sink)
+    if target.kind != "stomp":
+        raise ValueError("reading events needs a STOMP sink (stomp+ssl://host:port/queue/name), not %s" % target.name)
+    context = client_context_for(config) if target.tls else None
 
     def subscribed():
-        conn = connect(hosts, context, config.vhost, config.user, config.passcode, config.timeout, config.deadline)
-        conn.subscribe(destination)
+        conn = connect(target.hosts, context, config.vhost, config.user, config.passcode, config.timeout,
+                       config.deadline)
+        conn.subscribe(target.destination)
         return conn
 
     conn = subscribed()
@@ -95,7 +97,7 @@ def follow(config, handle, count=None, seconds=None, idle=None, duplicate=None) 
             except StompError as exc:
                 if not exc.retryable:
                     raise
-                conn.transport.close()
+                conn.abort()
                 warn("%s; reconnecting" % exc)
                 conn = subscribed()
                 warn("reconnected to %s" % conn.where)

@@ -102,11 +102,11 @@ class Doctor:
         return None, "%s: ours and writable, %d event(s) waiting, %s free" % (spool.path, spool.stats()["depth"], _size(free))
 
     def _credentials(self):
-        from .tls import TLSConfigError, client_context, host_credentials
+        from .tls import TLSConfigError, client_context_for, host_credentials
 
         c = self.config
         try:
-            self.context = client_context(c.ca_file, c.ca_dir, c.cert, c.key)
+            self.context = client_context_for(c)
         except TLSConfigError as exc:
             raise Failed(str(exc), "fix cert/key/ca_file/ca_dir (X509_USER_PROXY, X509_CERT_DIR)") from None
         trust = c.ca_file or c.ca_dir or ("/etc/grid-security/certificates"
@@ -127,52 +127,49 @@ class Doctor:
         return None, "%s, key matches, expires in %s; trusting %s" % (info["subject"], _duration(left), trust)
 
     def _sink(self, url: str, label: str) -> bool:
-        if url.startswith(("stomp+ssl://", "stomp://")):
-            from .stompclient import parse_url
+        from .sinks import describe, parse
 
-            use_tls, hosts, _ = parse_url(url)
-        elif url.startswith(("https://", "http://")):
-            from urllib.parse import urlsplit
-
-            parts = urlsplit(url)
-            use_tls = parts.scheme == "https"
-            hosts = [(parts.hostname, parts.port or (443 if use_tls else 80))]
-        else:
-            self.steps.append(Step(label + "sink", url, False, 0.0, "unsupported sink URL", "see README, Configuration"))
+        try:
+            target = parse(url)
+        except ValueError as exc:
+            self.steps.append(Step(label + "sink", describe(url), False, 0.0, str(exc), "see README, Configuration"))
             return False
-        stomp = url.startswith("stomp")
+        if target.kind == "stdout":
+            self.steps.append(Step(label + "sink", "stdout", True, 0.0, "events are printed to stdout, not sent"))
+            return True
+        use_tls, stomp = target.tls, target.kind == "stomp"
         working = False
-        for host, port in hosts:
+        for host, port in target.hosts:
             addresses = self.check(label + "dns", host, lambda: _resolve(host, port))
             for family, sockaddr in addresses or ():
-                target = "%s:%d [%s]" % (host, port, sockaddr[0])
-                sock = self.check(label + "tcp", target, lambda: _tcp(family, sockaddr, self.config.timeout))
+                where = "%s:%d [%s]" % (host, port, sockaddr[0])
+                sock = self.check(label + "tcp", where, lambda: _tcp(family, sockaddr, self.config.timeout))
                 if not sock:
                     continue
                 if use_tls:
                     if self.context is None:
                         sock.close()
                         continue  # the credentials step already said why
-                    sock = self.check(label + "tls", target, lambda: _tls(sock, host, self.context, self.config))
+                    sock = self.check(label + "tls", where, lambda: _tls(sock, host, self.context, self.config))
                     if not sock:
                         continue
                 if stomp:
-                    working = self._stomp(sock, url, target, label) or working
+                    working = self._stomp(sock, target, where, label) or working
                 else:
-                    working = self.check(label + "https", target, lambda: _http(sock, url, host)) is not None or working
+                    working = self.check(label + "https", where, lambda: _http(sock, target, host)) is not None or working
         return working
 
-    def _stomp(self, sock, url: str, target: str, label: str) -> bool:
-        from .stompclient import StompConnection, StompSink, Transport
+    def _stomp(self, sock, target, where: str, label: str) -> bool:
+        from .stompclient import StompConnection, StompSink
 
         c = self.config
-        conn = StompConnection(Transport(sock), "broker " + target, c.timeout)
-        if not self.check(label + "stomp", target, lambda: _connect(conn, c)):
-            conn.transport.close()
+        conn = StompConnection.on_socket(sock, "broker " + where, c.timeout)
+        if not self.check(label + "stomp", where, lambda: _connect(conn, c)):
+            conn.abort()
             return False
         ok = True
         if self.send_test:
-            ok = bool(self.check(label + "send", target, lambda: _send_test(conn, StompSink(c, url), c)))
+            ok = bool(self.check(label + "send", where, lambda: _send_test(conn, StompSink(c, target), c)))
         conn.close()
         return ok
 
@@ -212,11 +209,10 @@ def _tcp(family, sockaddr, timeout: float):
 def _tls(sock, host: str, context, config):
     import ssl
 
-    from .stompclient import _wire_host
-    from .tls import common_name, describe_verify_error
+    from .tls import common_name, describe_verify_error, server_hostname
 
     try:
-        tls = context.wrap_socket(sock, server_hostname=_wire_host(host))
+        tls = context.wrap_socket(sock, server_hostname=server_hostname(host))
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
         sock.close()
         text = describe_verify_error(exc) if isinstance(exc, (ssl.SSLError, ssl.CertificateError)) else str(exc)
@@ -246,7 +242,7 @@ def _tls(sock, host: str, context, config):
 
 
 def _connect(conn, config):
-    from .stompclient import StompError
+    from .stompsession import StompError
 
     try:
         conn.handshake(config.vhost, config.user, config.passcode)
@@ -265,10 +261,8 @@ def _connect(conn, config):
 
 
 def _send_test(conn, sink, config):
-    import collections
-
     from .events import make_event, render
-    from .stompclient import StompError
+    from .stompsession import StompError
 
     pilot, _ = config.resolved_pilot()
     event = make_event("doctor", "pilotlog doctor test event: safe to ignore", "debug", "pilotlog-doctor",
@@ -276,7 +270,7 @@ def _send_test(conn, sink, config):
                        epoch=time.time())
     payload = (event, render(event, config.format))
     try:
-        confirmed = list(conn.stream(collections.OrderedDict(), iter([(event["id"], payload)]), sink._build, 1))
+        confirmed = list(conn.stream(iter([(event["id"], payload)]), sink.encode, 1))
     except StompError as exc:
         raise Failed(str(exc), "the broker refused the message: check the destination and write permission "
                                "for this user") from None
@@ -285,17 +279,15 @@ def _send_test(conn, sink, config):
     return None, "test event %s to %s receipted" % (event["id"], sink.destination)
 
 
-def _http(sock, url: str, host: str):
+def _http(sock, target, host: str):
     import http.client
-    from urllib.parse import urlsplit
 
-    from . import __version__
+    from .version import __version__
 
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(host, parts.port, timeout=sock.gettimeout())
+    conn = http.client.HTTPConnection(host, target.hosts[0][1], timeout=sock.gettimeout())
     conn.sock = sock  # the verified socket of the previous step
     try:
-        conn.request("GET", parts.path or "/", headers={"User-Agent": "pilotlog-doctor/" + __version__})
+        conn.request("GET", target.destination, headers={"User-Agent": "pilotlog-doctor/" + __version__})
         response = conn.getresponse()
         status, reason = response.status, response.reason
     except (OSError, http.client.HTTPException) as exc:

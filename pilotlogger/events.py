@@ -276,6 +276,19 @@ def status_rank(status: str) -> int:
 # Renderings.  ``native`` is the event itself; ``dirac`` is DIRAC's six-field record.
 
 
+#: How much longer an event's stored line can be than a draft of it made with ``seq=1``: the
+#: spool assigns the real seq (at most 20 digits) when it stores the event.
+DRAFT_ROOM = 19
+
+
+def check_size(size: int, limit: int) -> None:
+    """The event-size rule, one home for the spool and the CLI: an event's stored line (its
+    JSON, a newline, in UTF-8) is at most ``limit`` (``max_event_bytes``) bytes."""
+    if size > limit:
+        raise EventError("event is %d bytes, larger than max_event_bytes=%d (shorten its message or data, or raise"
+                         " max_event_bytes)" % (size, limit))
+
+
 def to_json(obj) -> str:
     """The one JSON encoding of events on disk and on the wire: compact, UTF-8, keys in order.
 

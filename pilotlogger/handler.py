@@ -8,10 +8,11 @@ config file), resolved once.
 
 import logging
 import sys
-import threading
 
+from .console import warn
 from .events import EventError, check_name
-from .recorder import Recorder, warn
+from .recorder import Recorder
+from .ship import Shipper
 
 def status_for(levelno: int) -> str:
     """logging level → DIRAC status."""
@@ -78,12 +79,7 @@ class Handler(logging.Handler):
         self.phase = phase
         self._recorder = None
         self._config = config
-        self._ship_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = None
-        if ship_every:
-            self._thread = threading.Thread(target=self._ship_loop, args=(ship_every,), name="pilotlog-ship", daemon=True)
-            self._thread.start()
+        self._shipper = Shipper(self._get_recorder, ship_every)
 
     def _get_recorder(self):
         if self._recorder is None:
@@ -107,29 +103,13 @@ class Handler(logging.Handler):
     def handleError(self, record) -> None:  # one line, never logging's traceback
         warn("log record not recorded: %s" % (sys.exc_info()[1],))
 
-    def _ship(self) -> None:
-        with self._ship_lock:
-            try:
-                result = self._get_recorder().ship()
-                if result is not None and result.error:
-                    warn("%s; %d event(s) kept in spool %s" % (result.error, result.remaining, self._recorder.spool.path))
-            except Exception as exc:
-                warn("shipping failed: %s: %s" % (type(exc).__name__, exc))
-
-    def _ship_loop(self, every: float) -> None:
-        while not self._stop.wait(every):
-            self._ship()
-
     def flush(self) -> None:
         if self._recorder is not None:
             self._recorder.sync()
-        self._ship()
+        self._shipper.ship_once()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1)
         if self._recorder is not None:
-            self._recorder.close()
-        self._ship()
+            self._recorder.close()  # fsync the log records still waiting
+        self._shipper.stop()
         super().close()

@@ -26,11 +26,11 @@ One connection is kept alive for the whole replay.
 """
 
 import json
-import random
 import time
 
 from .events import readable_line
-from .sinks import SinkError, in_batches
+from .sink import Backoff, SinkError, in_batches
+from .version import __version__
 
 REFUSED = frozenset((400, 413, 415, 422))
 RETRY = frozenset((408, 425, 429))
@@ -90,24 +90,17 @@ def dirac_form(method: str, payload, pilot: str, vo, host_credentials: bool) -> 
 
 
 class HttpsSink:
-    def __init__(self, config, url: str):
-        from urllib.parse import urlsplit
+    def __init__(self, config, target):
+        from .tls import client_context_for, host_credentials
 
-        from .tls import client_context, host_credentials
-
-        text, url = url, urlsplit(url)
-        if url.scheme not in ("https", "http") or not url.hostname:
-            raise ValueError("HTTPS URL %r must look like https://host[:port]/path" % text)
-        if url.username or url.password:
-            raise ValueError("put credentials in cert/key settings, not in the HTTPS URL")
-        self.tls = url.scheme == "https"
-        self.host, self.port = url.hostname, url.port or (443 if self.tls else 80)
-        self.path = (url.path or "/") + ("?" + url.query if url.query else "")
-        self.context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if self.tls else None
+        self.tls = target.tls
+        (self.host, self.port), = target.hosts
+        self.path = target.destination
+        self.context = client_context_for(config) if self.tls else None
         self.hosts_credentials = bool(host_credentials(config.cert))
         self.config = config
         self.conn = None
-        self.rng = random.Random()
+        self.backoff = Backoff()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -150,7 +143,8 @@ class HttpsSink:
     def _deliver_batch(self, batch):
         """POST one batch; yield each event as it is settled, retrying until the deadline."""
         texts = {event["id"]: text for event, text in batch}
-        end, attempt = None, 0
+        end = None
+        self.backoff.reset()
         pending = list(self._requests(batch))
         while pending:
             request = pending.pop(0)
@@ -168,16 +162,15 @@ class HttpsSink:
             except _Retry as exc:
                 self._close()
                 end = end or time.monotonic() + self.config.deadline
-                attempt += 1
-                delay = min(5.0, 0.2 * 2 ** attempt) * self.rng.uniform(0.5, 1.5)
+                delay = self.backoff.next_delay()
                 if time.monotonic() + delay >= end:
-                    raise SinkError(
-                        "%s (still failing after %d attempts; deadline %g s)" % (exc, attempt, self.config.deadline)
-                    ) from None
+                    raise SinkError("%s (still failing after %d attempts; deadline %g s)"
+                                    % (exc, self.backoff.attempts, self.config.deadline)) from None
                 time.sleep(delay)
                 pending.insert(0, request)
                 continue
-            end, attempt = None, 0
+            end = None
+            self.backoff.reset()
             if request.then is not None:  # the lines are stored; delivered once the log is finalised
                 pending.insert(0, request.then)
             else:
@@ -203,7 +196,6 @@ class HttpsSink:
         import socket
         import ssl
 
-        from . import __version__
         from .tls import describe_verify_error, is_verify_error
 
         headers = {"Content-Type": request.content_type, "User-Agent": "pilotlog/" + __version__}
@@ -251,3 +243,7 @@ class HttpsSink:
 
     def close(self) -> None:
         self._close()
+
+
+def make(config, target, stdout) -> HttpsSink:
+    return HttpsSink(config, target)

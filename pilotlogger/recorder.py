@@ -1,4 +1,4 @@
-"""Recording one event, the same way for every entry point, and the one-line warning.
+"""Recording one event, the same way for every entry point.
 
 ``pilotlog emit``, ``probe``, ``power``, the wrapper, ``pilotlogger.emit()`` and the
 logging handler all record through :class:`Recorder`: resolve the pilot id, store the
@@ -9,17 +9,9 @@ Kept free of :mod:`logging` so the CLI's start-up does not pay for it.
 
 import sys
 
+from .console import warn
 from .events import LOG_PHASE, MAX_DEPTH, MAX_INT_DIGITS, EventError, clean_text, make_event
 from .spool import SpoolError, SyncGroup, open_spool
-
-
-def warn(message: str) -> None:
-    """One line on stderr, prefixed with the program name.  Never raises."""
-    try:
-        sys.stderr.write("pilotlog: %s\n" % message)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # AttributeError: stderr was closed (None)
-        pass
 
 
 def jsonable(value, depth: int = 0):
@@ -137,20 +129,16 @@ class Recorder:
         """Ship what is spooled to the configured sink; return the ShipResult or None.
 
         With the default ``stdout`` sink nothing is shipped: JSON lines must not appear in
-        the host program's output; the events wait in the spool for ``pilotlog replay``.
+        the host program's output (the wrapper's child, the handler's program); the events
+        wait in the spool for ``pilotlog replay``.  This is the one place that rule lives.
         """
         from .config import ConfigError
-        from .ship import ship
-        from .sinks import open_sink
+        from .ship import deliver
 
         if self.config.sink == "stdout":
             return None
         try:
-            sink = open_sink(self.config, sys.stdout)
+            return deliver(self.config, self.spool, sys.stdout)[0]
         except ConfigError as exc:
             self._warn("not sent: %s" % exc)  # once: a wrapper ships every few seconds
             return None
-        try:
-            return ship(self.spool, sink, self.config.format)
-        finally:
-            sink.close()

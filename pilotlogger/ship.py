@@ -9,12 +9,19 @@
   the spool's quarantine with the reason, never retried forever nor silently dropped.
 * Any other sink failure stops the run; what was not confirmed stays spooled, and the
   error is recorded in the spool state for ``pilotlog status``.
+
+The one shipping loop: :func:`deliver` opens the configured sink, ships, and closes it
+(``replay``, ``emit --send`` and the background shipping all go through it);
+:class:`Shipper` runs it in a background thread every few seconds and once more at the
+end (the drain), for the wrapper and the logging handler.
 """
 
+import threading
 import time
 
+from .console import warn
 from .events import render
-from .sinks import SinkError
+from .sink import SinkError
 from .spool import SpoolError
 
 PROGRESS_EVERY = 1000
@@ -102,3 +109,56 @@ def _record(spool, result: ShipResult) -> None:
         spool.update_state(**changes)
     except SpoolError:
         pass
+
+
+def deliver(config, spool, stdout, progress=None):
+    """Open the configured sink, ship ``spool`` through it, close it: (ShipResult, the sink).
+
+    The sink is returned for the caller's summary (its name, whether it fell back).
+    Raises ConfigError when the sink URL or its TLS settings cannot be used.
+    """
+    from .sinks import open_sink
+
+    sink = open_sink(config, stdout)
+    try:
+        return ship(spool, sink, config.format, progress=progress), sink
+    finally:
+        sink.close()
+
+
+class Shipper:
+    """Ship in the background every ``every`` seconds while a program runs, and drain at :meth:`stop`.
+
+    ``ship_once()`` does one run (``Recorder.ship``, which owns the stdout rule) and says
+    a failure in one stderr line; runs never overlap.  Nothing here raises.
+    """
+
+    def __init__(self, recorder, every=None):
+        self._recorder = recorder  # a callable giving the Recorder: the handler makes its own on first use
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if every:
+            self._thread = threading.Thread(target=self._loop, args=(every,), name="pilotlog-ship", daemon=True)
+            self._thread.start()
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.ship_once()
+
+    def ship_once(self) -> None:
+        with self._lock:
+            try:
+                recorder = self._recorder()
+                result = recorder.ship()
+                if result is not None and result.error:
+                    warn("%s; %d event(s) kept in spool %s" % (result.error, result.remaining, recorder.spool.path))
+            except Exception as exc:
+                warn("shipping failed: %s: %s" % (type(exc).__name__, exc))
+
+    def stop(self) -> None:
+        """Stop the thread (waiting at most 1 s for a run in progress) and ship what is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        self.ship_once()

@@ -1,117 +1,50 @@
-"""Sinks: where shipped events go.  Every sink has the same small surface.
+"""Sinks: which destination a sink URL means.  The only place a sink URL is read.
 
-``deliver(events)`` takes an iterator of ``(event, body)`` pairs, where ``body`` is the
-event already rendered in the configured format, pulls from it at its own pace, and
-yields ``(event_id, refusal)`` as the destination settles each event: ``refusal`` is
-None once the destination confirmed it, or the reason it will never accept it (the
-event is then quarantined, not retried).  Streaming lets a sink keep the pipe full —
-STOMP sends the next frames while earlier receipts are still coming — and lets the
-caller remove each event from the spool the moment it is confirmed.  A sink that cannot
-go on raises :class:`SinkError`; events it pulled but did not settle stay spooled.
-``close()`` releases connections.  ``name`` is the destination without credentials.
+A URL becomes one :class:`Target` (kind, TLS or not, hosts, destination), and every user
+of a sink works from it: ``replay`` and the background shipping (through
+:func:`open_sink`), ``doctor`` (which walks its hosts), ``tail`` and ``timeline`` (which
+subscribe to its destination).  Credentials never appear in a sink URL (they are
+settings: user/passcode, cert/key), so a Target's ``name`` can be printed as it is.
 
-``ship.py`` sees only this surface; which sink a URL means is decided here, and the
-modules for network sinks are imported only when such a sink is asked for.
+Adding a sink: one module with a sink following the contract in ``sink.py`` and a
+``make(config, target, stdout)`` building it, and one line in :data:`MODULES` (plus one in
+:data:`SCHEMES` for a new URL scheme).  A sink's module is imported only when such a sink
+is asked for (the emit path never pays for the network sinks).
 """
 
-import collections
-import itertools
+import importlib
+
+from .sink import FallbackSink
+
+#: scheme -> (kind, TLS, default port)
+SCHEMES = {
+    "stomp+ssl": ("stomp", True, 61614),
+    "stomp": ("stomp", False, 61613),
+    "https": ("https", True, 443),
+    "http": ("https", False, 80),
+}
+#: kind -> the module (in this package) whose ``make(config, target, stdout)`` opens such a sink
+MODULES = {"stdout": "stdoutsink", "stomp": "stompclient", "https": "https"}
+SUPPORTED = ("use stdout, stomp+ssl://host:port/queue/name or https://host/path;"
+             " stomp:// and http:// for plain TCP")
 
 
-class SinkError(Exception):
-    """Delivery stopped; ``str(exc)`` is one line for the operator."""
+class Target:
+    """A parsed sink URL.
 
-
-def in_batches(events, max_events: int, max_bytes: int):
-    """Group ``(event, body)`` pairs into lists bounded by count and by bytes of body.
-
-    For sinks that send in requests (HTTPS) or writes (stdout): few, but never huge.
-    """
-    batch, size = [], 0
-    for event, body in events:
-        if batch and size + len(body) > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append((event, body))
-        size += len(body)
-        if len(batch) >= max_events:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-class StdoutSink:
-    """JSON lines on a text stream: the embedded default, needs no broker.
-
-    A line counts as delivered once the stream was flushed without error.
+    ``kind``: ``stdout``, ``stomp`` or ``https``; ``tls``: whether the connection is
+    verified TLS; ``hosts``: [(host, port)…], in the order written (STOMP failover);
+    ``destination``: the STOMP destination, or the HTTP path with its query;
+    ``name``: the URL as it may be printed.
     """
 
-    name = "stdout"
+    __slots__ = ("kind", "tls", "hosts", "destination", "name")
 
-    def __init__(self, stream, batch_events: int, batch_bytes: int):
-        self.stream = stream
-        self.batch_events, self.batch_bytes = batch_events, batch_bytes
+    def __init__(self, kind: str, tls: bool, hosts: list, destination: str, name: str):
+        self.kind, self.tls, self.hosts, self.destination, self.name = kind, tls, hosts, destination, name
 
-    def deliver(self, events):
-        if self.stream is None:  # fd 1 was closed when we started: writing would "deliver" into nothing
-            raise SinkError("stdout is closed, nothing written")
-        for batch in in_batches(events, self.batch_events, self.batch_bytes):
-            try:
-                self.stream.write("".join(body + "\n" for _, body in batch))
-                self.stream.flush()
-            except (OSError, ValueError) as exc:  # broken pipe, closed stream
-                raise SinkError("cannot write to stdout (%s)" % exc) from None
-            for event, _ in batch:
-                yield event["id"], None
-
-    def close(self) -> None:
-        pass
-
-
-class FallbackSink:
-    """The primary sink until it fails (not merely refuses events), then the fallback for the rest.
-
-    Events the primary pulled but never settled go to the fallback first, in order.
-    Once the primary failed it is not tried again by this sink: a dead broker would
-    otherwise cost its whole deadline on every shipping run.
-    """
-
-    def __init__(self, primary, fallback):
-        self.primary, self.fallback = primary, fallback
-        self.fell_back = None  # why the primary was abandoned, for the summary line
-
-    @property
-    def name(self) -> str:
-        return self.fallback.name if self.fell_back else self.primary.name
-
-    def deliver(self, events):
-        events = iter(events)
-        if self.fell_back is None:
-            unsettled = collections.OrderedDict()
-
-            def tracked():
-                for event, body in events:
-                    unsettled[event["id"]] = (event, body)
-                    yield event, body
-
-            try:
-                for event_id, refusal in self.primary.deliver(tracked()):
-                    del unsettled[event_id]
-                    yield event_id, refusal
-                return
-            except SinkError as exc:
-                self.fell_back = str(exc)
-                self.primary.close()
-                events = itertools.chain(list(unsettled.values()), events)
-        try:
-            yield from self.fallback.deliver(events)
-        except SinkError as exc:
-            raise SinkError("%s; fallback: %s" % (self.fell_back, exc)) from None
-
-    def close(self) -> None:
-        self.primary.close()
-        self.fallback.close()
+    def __repr__(self):
+        return "Target(%r, %r, %r, %r)" % (self.kind, self.tls, self.hosts, self.destination)
 
 
 def describe(url: str) -> str:
@@ -121,33 +54,91 @@ def describe(url: str) -> str:
     return mask_url(url)
 
 
+def normalise_destination(path: str) -> str:
+    """``/queue/x``, ``/topic/x`` (any ``/...`` form passes) or DIRAC's ``host::Queues::x``."""
+    if "::" in path:
+        parts = path.lstrip("/").split("::")
+        if len(parts) == 3 and parts[2]:
+            kind = parts[1].lower().rstrip("s")
+            if kind in ("queue", "topic"):
+                return "/%s/%s" % (kind, parts[2])
+        raise ValueError("destination %r is not DIRAC's host::Queue::name or host::Topic::name" % path)
+    if not path.startswith("/") or path.rstrip("/").count("/") < 2:
+        raise ValueError("destination %r must look like /queue/name or /topic/name" % path)
+    return path
+
+
+def parse(url: str) -> Target:
+    """The Target a sink URL names; ValueError says what is wrong with it."""
+    if url == "stdout":
+        return Target("stdout", False, [], "", "stdout")
+    scheme = url.partition("://")[0]
+    if "://" not in url or scheme not in SCHEMES:
+        raise ValueError("sink %r is not supported (%s)" % (describe(url), SUPPORTED))
+    if SCHEMES[scheme][0] == "stomp":
+        return _parse_stomp(url)
+    return _parse_http(url)
+
+
+def _parse_stomp(url: str) -> Target:
+    """``stomp+ssl://h1[:p1][,h2[:p2]…][:port]/destination``.
+
+    A host without its own port takes the port written last (or the scheme's default:
+    61614 with TLS, 61613 plain).  Parsed by hand: ``urllib`` knows no host lists.
+    """
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        raise ValueError("put credentials in user/passcode settings, not in the STOMP URL")
+    hosts = []
+    for item in netloc.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or host.count(":") and not host.endswith("]"):  # no port, or a bare IPv6 address
+            host, port = item.strip(), ""
+        host = host.strip("[]")
+        if not host:
+            raise ValueError("STOMP URL %r has an empty host" % url)
+        if port and not port.isdigit():
+            raise ValueError("STOMP URL %r has a bad port %r" % (url, port))
+        hosts.append((host, int(port) if port else None))
+    kind, tls, default = SCHEMES[scheme]
+    default = next((p for _, p in reversed(hosts) if p), default)
+    destination = normalise_destination("/" + path if slash else "")
+    return Target(kind, tls, [(h, p or default) for h, p in hosts], destination, url)
+
+
+def _parse_http(url: str) -> Target:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("HTTPS URL %r must look like https://host[:port]/path" % describe(url))
+    if parts.username or parts.password:
+        raise ValueError("put credentials in cert/key settings, not in the HTTPS URL")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("HTTPS URL %r has a bad port" % describe(url)) from None
+    kind, tls, default = SCHEMES[parts.scheme]
+    path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    return Target(kind, tls, [(parts.hostname, port or default)], path, url)
+
+
 def _open_one(url: str, config, stdout):
     from .config import ConfigError
     from .tls import TLSConfigError
 
-    if url == "stdout":
-        return StdoutSink(stdout, config.batch_events, config.batch_bytes)
     if url.startswith("stomp") and getattr(config, "credential_error", None):
-        from .config import CredentialError
+        from .config import CredentialError  # an unreadable passcode_file: said when shipping, events kept
 
         raise CredentialError("sink %s: %s" % (describe(url), config.credential_error))
     try:
-        if url.startswith(("stomp+ssl://", "stomp://")):
-            from .stompclient import StompSink
-
-            sink = StompSink(config, url)
-        elif url.startswith(("https://", "http://")):
-            from .https import HttpsSink
-
-            sink = HttpsSink(config, url)
-        else:
-            raise ConfigError(
-                "sink %r is not supported (use stdout, stomp+ssl://host:port/queue/name or https://host/path;"
-                " stomp:// and http:// for plain TCP)" % describe(url)
-            )
+        target = parse(url)
+        sink = importlib.import_module("." + MODULES[target.kind], __package__).make(config, target, stdout)
     except (ValueError, TLSConfigError) as exc:
-        raise ConfigError("sink %s: %s" % (describe(url), exc)) from None
-    sink.name = describe(url)
+        text = str(exc)
+        raise ConfigError(text if text.startswith("sink ") else "sink %s: %s" % (describe(url), text)) from None
+    sink.name = target.name
     return sink
 
 

@@ -43,7 +43,7 @@ import os
 import stat
 import time
 
-from .events import LOG_PHASE, EventError, new_id, to_json, validate
+from .events import LOG_PHASE, EventError, check_size, new_id, to_json, validate
 
 DEFAULT_MAX_EVENTS = 10000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -399,11 +399,7 @@ class Spool:
             seq = books.seq + 1
             event = build(seq, time.time())
             body = (to_json(event) + "\n").encode("utf-8")
-            if len(body) > self.max_event_bytes:
-                raise EventError(
-                    "event is %d bytes, over the limit of %d (shorten its message or data, or raise max_event_bytes)"
-                    % (len(body), self.max_event_bytes)
-                )
+            check_size(len(body), self.max_event_bytes)
             evicted, books = self._make_room(books, event["phase"], len(body))
             if evicted is None:
                 self._write_counter(books)

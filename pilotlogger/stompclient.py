@@ -1,10 +1,10 @@
-"""STOMP 1.2 client over TCP or TLS: connect with failover, pipelined SENDs with receipts.
+"""STOMP 1.2 over TCP or TLS: the I/O around the sans-IO session, failover, and the STOMP sink.
 
 Layers, bottom up:
     Transport        a connected (TLS) socket with a deadline on every call
-    StompConnection  CONNECT/CONNECTED, heart-beats, a window of SEND frames each with a
-                     receipt, ERROR frames, DISCONNECT — frames built and parsed by
-                     :mod:`stompcodec`, which knows nothing of sockets
+    StompConnection  drives a :class:`stompsession.StompSession` (CONNECT/CONNECTED,
+                     heart-beats, the window of SENDs and their receipts, ERROR) over a
+                     transport: the session decides, this only reads, writes and waits
     connect()        DNS expansion + shuffled failover with backoff and jitter inside a deadline
     StompSink        the sink surface (deliver(events) yields settled ids) for ship.py
 
@@ -20,81 +20,14 @@ import socket
 import ssl
 import time
 
-from .stompcodec import FrameParser, ProtocolError, encode_frame, escape
-
-DEFAULT_PORTS = {"stomp": 61613, "stomp+ssl": 61614}
-HEARTBEAT_MS = 10000  # what we offer and ask for: an EOL at least every 10 s when idle
-
-
-class StompError(Exception):
-    """Delivery over STOMP failed.
-
-    ``retryable`` says whether another attempt (another address, a reconnection) can
-    help: a refused or lost connection can, a wrong password or an untrusted
-    certificate cannot.
-    """
-
-    def __init__(self, message: str, retryable: bool = True):
-        super().__init__(message)
-        self.retryable = retryable
-
-
-# ---------------------------------------------------------------------------------------------
-# URLs and destinations
-
-
-def normalise_destination(path: str) -> str:
-    """``/queue/x``, ``/topic/x`` (any ``/...`` form passes) or DIRAC's ``host::Queues::x``."""
-    if "::" in path:
-        parts = path.lstrip("/").split("::")
-        if len(parts) == 3 and parts[2]:
-            kind = parts[1].lower().rstrip("s")
-            if kind in ("queue", "topic"):
-                return "/%s/%s" % (kind, parts[2])
-        raise ValueError("destination %r is not DIRAC's host::Queue::name or host::Topic::name" % path)
-    if not path.startswith("/") or path.rstrip("/").count("/") < 2:
-        raise ValueError("destination %r must look like /queue/name or /topic/name" % path)
-    return path
-
-
-def parse_url(url: str):
-    """``stomp+ssl://h1[:p1][,h2[:p2]…][:port]/destination`` → (use_tls, [(host, port)…], destination).
-
-    A host without its own port takes the port written last (or the scheme's default:
-    61614 with TLS, 61613 plain).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in DEFAULT_PORTS:
-        raise ValueError("STOMP URL %r must start with stomp+ssl:// (or stomp:// for plain TCP)" % url)
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        raise ValueError("put credentials in user/passcode settings, not in the STOMP URL")
-    hosts = []
-    for item in netloc.split(","):
-        host, colon, port = item.strip().rpartition(":")
-        if not colon or host.count(":") and not host.endswith("]"):  # no port, or a bare IPv6 address
-            host, port = item.strip(), ""
-        host = host.strip("[]")
-        if not host:
-            raise ValueError("STOMP URL %r has an empty host" % url)
-        if port and not port.isdigit():
-            raise ValueError("STOMP URL %r has a bad port %r" % (url, port))
-        hosts.append((host, int(port) if port else None))
-    default = next((p for _, p in reversed(hosts) if p), DEFAULT_PORTS[scheme])
-    destination = normalise_destination("/" + path if slash else "")
-    return scheme == "stomp+ssl", [(h, p or default) for h, p in hosts], destination
+from .sink import Backoff, SinkError
+from .stompcodec import SendFrames
+from .stompsession import Closed, Connected, Failed, Message, Settled, StompError, StompSession
+from .tls import server_hostname
 
 
 # ---------------------------------------------------------------------------------------------
 # Transport
-
-
-def _wire_host(host: str):
-    """An ASCII host name as bytes, so CPython skips the idna codec (≈3 ms to import)."""
-    try:
-        return host.encode("ascii")
-    except UnicodeEncodeError:
-        return host
 
 
 class Transport:
@@ -112,7 +45,7 @@ class Transport:
             sock.connect(sockaddr)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if context is not None:
-                sock = context.wrap_socket(sock, server_hostname=_wire_host(host), do_handshake_on_connect=False)
+                sock = context.wrap_socket(sock, server_hostname=server_hostname(host), do_handshake_on_connect=False)
                 sock.settimeout(timeout)
                 sock.do_handshake()
         except BaseException:
@@ -148,64 +81,30 @@ class Transport:
 # Connection
 
 
-def _heartbeats(offered: str):
-    """(send every, expect every) in seconds from the server's heart-beat header; 0 = none."""
-    try:
-        sx, sy = (int(x) for x in offered.split(","))
-    except ValueError:
-        sx = sy = 0
-    send = max(HEARTBEAT_MS, sy) / 1000.0 if sy else 0.0
-    expect = max(HEARTBEAT_MS, sx) / 1000.0 if sx else 0.0
-    return send, expect
-
-
-def _error_text(frame) -> str:
-    """One line from an ERROR frame: its message header, plus the body's first line."""
-    message = frame.headers.get("message", "").strip()
-    detail = frame.body.decode("utf-8", "replace").strip().split("\n")[0][:200]
-    if detail and detail not in message:
-        message = "%s (%s)" % (message, detail) if message else detail
-    return message or "ERROR frame without a message"
-
-
-def _settle(inflight, receipt: str) -> list:
-    """Remove and return the ids a RECEIPT for ``receipt`` confirms, oldest first.
-
-    ``inflight`` maps event id -> (frame, has_receipt), in sending order.  A RECEIPT
-    confirms ``receipt`` itself and every frame before it that was sent without a
-    receipt (cumulative, STOMP 1.2); frames before it that asked for their own receipt
-    wait for it.  Receipts normally arrive in order, so this pops from the front in
-    O(confirmed); only an out-of-order receipt costs a scan.
-    """
-    done = []
-    while inflight:
-        event_id, (_, has_receipt) = next(iter(inflight.items()))
-        if event_id != receipt and has_receipt:
-            break
-        del inflight[event_id]
-        done.append(event_id)
-        if event_id == receipt:
-            return done
-    for event_id in list(inflight):  # out of order: skip frames still awaiting their own receipt
-        if event_id == receipt or not inflight[event_id][1]:
-            del inflight[event_id]
-            done.append(event_id)
-        if event_id == receipt:
-            break
-    return done
-
-
 class StompConnection:
-    """One STOMP session on a transport.  Use :func:`connect` to get one."""
+    """A STOMP session on a transport.  Use :func:`connect` to get one (or :meth:`on_socket`)."""
 
     def __init__(self, transport: Transport, where: str, timeout: float):
         self.transport = transport
-        self.where = where
         self.timeout = timeout
-        self.parser = FrameParser()
-        self.server = ""
-        self.send_every = self.expect_every = 0.0
-        self._last_sent = self._last_received = time.monotonic()
+        self.session = StompSession(where)
+
+    @classmethod
+    def on_socket(cls, sock, where: str, timeout: float) -> "StompConnection":
+        """A connection over a socket someone else connected (doctor walks the steps itself)."""
+        return cls(Transport(sock), where, timeout)
+
+    @property
+    def where(self) -> str:
+        return self.session.where
+
+    @property
+    def server(self) -> str:
+        return self.session.server
+
+    @property
+    def send_every(self) -> float:
+        return self.session.send_every
 
     # -- low level --------------------------------------------------------------------------
 
@@ -216,37 +115,24 @@ class StompConnection:
             raise StompError("%s: write timed out after %g s" % (self.where, self.timeout)) from None
         except OSError as exc:
             raise StompError("%s: connection lost while sending (%s)" % (self.where, exc)) from None
-        self._last_sent = time.monotonic()
 
-    def _receive(self, until: float, block: bool):
-        """Frames available now, or (``block``) the first ones to arrive before ``until``.
+    def _receive(self, until: float, block: bool) -> list:
+        """Session events from bytes available now, or (``block``) the first to arrive before ``until``.
 
-        While waiting, sends heart-beat EOLs when they are due and gives up on a server
-        that has been silent for twice its heart-beat interval.
+        While waiting, sends the heart-beats the session says are due, and lets it give up
+        on a server that stays silent.
         """
-        frames = []
+        session = self.session
         while True:
-            try:
-                frame = self.parser.next_frame() if self.parser.buffered else None
-            except ProtocolError as exc:
-                raise StompError("%s broke the protocol: %s" % (self.where, exc), retryable=False) from None
-            if frame is not None:
-                frames.append(frame)
-                continue
-            if frames or (not block and not self.transport.readable_now()):
-                return frames
+            if not block and not self.transport.readable_now():
+                return []
             now = time.monotonic()
             if now >= until:
-                return frames
-            if self.expect_every and now - self._last_received > 2 * self.expect_every:
-                raise StompError("%s silent for %.0f s (heart-beats missed)" % (self.where, now - self._last_received))
-            wait = until - now
-            if self.send_every:
-                due = self._last_sent + self.send_every - now
-                if due <= 0:
-                    self._send(b"\n")
-                    continue
-                wait = min(wait, due)
+                return []
+            beat, wait = session.timers(now, until)
+            if beat:
+                self._send(beat)
+                continue
             try:
                 data = self.transport.recv(wait)
             except socket.timeout:
@@ -255,116 +141,86 @@ class StompConnection:
                 raise StompError("%s: TLS error (%s)" % (self.where, exc.reason or exc), retryable=False) from None
             except OSError as exc:
                 raise StompError("%s: connection lost (%s)" % (self.where, exc)) from None
-            if not data:
-                raise StompError("%s closed the connection" % self.where)
-            self._last_received = time.monotonic()
-            self.parser.feed(data)
+            events = session.receive_data(data, time.monotonic())
+            if events:
+                return events
 
     # -- STOMP -------------------------------------------------------------------------------
 
     def handshake(self, vhost: str, login=None, passcode=None) -> None:
-        headers = [("accept-version", "1.2"), ("host", vhost), ("heart-beat", "%d,%d" % (HEARTBEAT_MS, HEARTBEAT_MS))]
-        if login:
-            headers.append(("login", login))
-        if passcode:
-            headers.append(("passcode", passcode))
-        self._send(encode_frame("CONNECT", headers))
-        frames = self._receive(time.monotonic() + self.timeout, block=True)
-        if not frames:
+        self._send(self.session.connect(vhost, login, passcode, time.monotonic()))
+        events = self._receive(time.monotonic() + self.timeout, block=True)
+        if not events:
             raise StompError("%s: no CONNECTED frame within %g s" % (self.where, self.timeout))
-        frame = frames[0]
-        if frame.command == "ERROR":
-            raise StompError("%s refused the connection: %s" % (self.where, _error_text(frame)), retryable=False)
-        if frame.command != "CONNECTED":
-            raise StompError("%s: expected CONNECTED, got %s" % (self.where, frame.command), retryable=False)
-        if frame.headers.get("version", "1.0") != "1.2":
-            raise StompError("%s does not speak STOMP 1.2 (version %r)" % (self.where, frame.headers.get("version")), retryable=False)
-        self.server = frame.headers.get("server", "")
-        self.send_every, self.expect_every = _heartbeats(frame.headers.get("heart-beat", "0,0"))
+        if events[0].__class__ is Failed:
+            raise events[0].error
+        assert events[0].__class__ is Connected
 
-    def stream(self, inflight, source, build, window: int, every: int = 1):
+    def stream(self, source, build, window: int, every: int = 1, inflight=None):
         """Send SEND frames for ``source`` and yield event ids as the broker confirms them.
 
         ``source`` is an iterator of ``(event_id, payload)``; ``build(payload, receipt)``
-        makes the frame.  At most ``window`` frames are unconfirmed at a time, kept in
-        ``inflight`` (event id -> (frame, has_receipt)), which the caller owns: after a
-        lost connection it still holds what must be re-sent, and this method sends it
-        first on the next connection.  The window is refilled whenever half of it is
-        free, so the broker always has frames to work on while receipts come back.
-
-        A frame with its own ``receipt`` is confirmed only by *that* RECEIPT.  With
-        ``every`` = K > 1 (opt-in) a receipt is asked every K frames and on the last frame
-        of each write; the frames between are confirmed by the next RECEIPT, which STOMP
-        1.2 makes a cumulative acknowledgment that all previous frames were received.
+        makes the frame.  ``inflight`` (event id -> (frame, has_receipt)), when given, is
+        the caller's: after a lost connection it still holds what must be re-sent, and
+        this method sends it first on the next connection.  The window rules (size,
+        refill, receipts every K frames) are the session's (see stompsession.py).
         """
-        if inflight:
-            self._send(b"".join(frame for frame, _ in inflight.values()))
-        progress, exhausted, counted = time.monotonic(), False, 0
+        session = self.session
+        session.open_window(window, every, inflight)
+        if session.inflight:
+            self._send(session.resend(time.monotonic()))
+        exhausted = False
         while True:
-            if not exhausted and len(inflight) <= window // 2:
-                want = window - len(inflight)
-                chunk = list(itertools.islice(source, want))
-                exhausted = len(chunk) < want
-                frames = []
-                for i, (event_id, payload) in enumerate(chunk, 1):
-                    counted += 1
-                    receipt = every <= 1 or counted % every == 0 or i == len(chunk)
-                    frame = build(payload, receipt)
-                    inflight[event_id] = (frame, receipt)
-                    frames.append(frame)
-                if frames:
-                    self._send(b"".join(frames))
-                    progress = time.monotonic()
-            if not inflight:
+            room = session.room()
+            if not exhausted and room:
+                chunk = list(itertools.islice(source, room))
+                exhausted = len(chunk) < room
+                if chunk:
+                    self._send(session.send(chunk, build, time.monotonic()))
+                    room = session.room()
+            if not session.inflight:
                 return
-            block = exhausted or len(inflight) > window // 2
-            for frame in self._receive(progress + self.timeout, block):
-                if frame.command == "RECEIPT":
-                    receipt_id = frame.headers.get("receipt-id")
-                    if receipt_id in inflight:
-                        yield from _settle(inflight, receipt_id)
-                        progress = time.monotonic()
-                elif frame.command == "ERROR":
-                    raise StompError("%s sent an ERROR: %s" % (self.where, _error_text(frame)), retryable=False)
-            if block and inflight and time.monotonic() >= progress + self.timeout:
+            block = exhausted or not room
+            for event in self._receive(session.progress + self.timeout, block):
+                if event.__class__ is Settled:
+                    yield from event.ids
+                elif event.__class__ is Failed:
+                    raise event.error
+            if block and session.inflight and time.monotonic() >= session.progress + self.timeout:
                 raise StompError(
-                    "%s: no RECEIPT within %g s (%d frame(s) unconfirmed)" % (self.where, self.timeout, len(inflight))
+                    "%s: no RECEIPT within %g s (%d frame(s) unconfirmed)" % (self.where, self.timeout, len(session.inflight))
                 )
 
     # -- consuming (pilotlog tail / timeline) ------------------------------------------------
 
     def subscribe(self, destination: str, prefetch: int = 100) -> None:
-        """SUBSCRIBE with ``client-individual`` acks: a message is ours to lose only once ACKed.
-
-        ``prefetch`` bounds what the broker sends before our ACKs (RabbitMQ and ActiveMQ
-        each read their own header; others ignore both).
-        """
-        self._send(encode_frame("SUBSCRIBE", [
-            ("destination", destination), ("id", "pilotlog"), ("ack", "client-individual"),
-            ("prefetch-count", str(prefetch)), ("activemq.prefetchSize", str(prefetch)),
-        ]))
+        self._send(self.session.subscribe(destination, prefetch, time.monotonic()))
 
     def messages(self, until: float):
         """MESSAGE frames arriving before ``until`` (an ERROR frame raises StompError)."""
-        for frame in self._receive(until, block=True):
-            if frame.command == "MESSAGE":
-                yield frame
-            elif frame.command == "ERROR":
-                raise StompError("%s sent an ERROR: %s" % (self.where, _error_text(frame)), retryable=False)
+        for event in self._receive(until, block=True):
+            if event.__class__ is Message:
+                yield event.frame
+            elif event.__class__ is Failed:
+                raise event.error
 
     def ack(self, frame) -> None:
-        """Acknowledge one MESSAGE (STOMP 1.2: by the value of its ``ack`` header)."""
-        self._send(encode_frame("ACK", [("id", frame.headers.get("ack", frame.headers.get("message-id", "")))]))
+        self._send(self.session.ack(frame, time.monotonic()))
+
+    def abort(self) -> None:
+        """Drop the connection without a word (after a failure: the session is over)."""
+        self.transport.close()
 
     def close(self) -> None:
         """DISCONNECT with a receipt (so the broker has everything), bounded by a short wait."""
         try:
-            self._send(encode_frame("DISCONNECT", [("receipt", "bye")]))
-            until = time.monotonic() + min(self.timeout, 2.0)
-            while time.monotonic() < until:  # MESSAGE frames may still arrive first: skip them
-                frames = self._receive(until, block=True)
-                if any(f.command == "RECEIPT" and f.headers.get("receipt-id") == "bye" for f in frames):
-                    break
+            if self.session.state == "CONNECTED":
+                self._send(self.session.disconnect(time.monotonic()))
+                until = time.monotonic() + min(self.timeout, 2.0)
+                while time.monotonic() < until:  # MESSAGE frames may still arrive first: skip them
+                    events = self._receive(until, block=True)
+                    if any(e.__class__ in (Closed, Failed) for e in events):
+                        break
         except StompError:
             pass
         finally:
@@ -381,7 +237,7 @@ def addresses(host: str, port: int) -> list:
     Raises ``socket.gaierror`` when the name does not resolve.
     """
     found = []
-    for family, _, _, _, sockaddr in socket.getaddrinfo(_wire_host(host), port, type=socket.SOCK_STREAM):
+    for family, _, _, _, sockaddr in socket.getaddrinfo(server_hostname(host), port, type=socket.SOCK_STREAM):
         if (family, sockaddr) not in found:
             found.append((family, sockaddr))
     return found
@@ -402,15 +258,15 @@ def _resolve(hosts, rng):
 def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, deadline=20.0, rng=None):
     """A connected, CONNECTED session to one of ``hosts`` ([(host, port)…]).
 
-    Addresses are tried in shuffled order; between rounds we back off (0.2 s doubling to
-    5 s, ±50 % jitter) while ``deadline`` lasts.  Errors that another try cannot fix
+    Addresses are tried in shuffled order; between rounds we back off (sink.Backoff)
+    while ``deadline`` lasts.  Errors that another try cannot fix
     (authentication, certificate) end the loop at once.
     """
     from .tls import describe_verify_error, is_verify_error
 
     rng = rng or random.Random()
     end = time.monotonic() + deadline
-    backoff, last = 0.2, "no address to try"
+    backoff, last = Backoff(rng), "no address to try"
     names = ",".join("%s:%d" % hp for hp in hosts)
     while True:
         addresses, errors = _resolve(hosts, rng)
@@ -447,8 +303,7 @@ def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, d
         remaining = end - time.monotonic()
         if remaining <= 0:
             raise StompError("cannot reach broker %s within %g s (last: %s)" % (names, deadline, last))
-        time.sleep(min(remaining, backoff * rng.uniform(0.5, 1.5)))
-        backoff = min(backoff * 2, 5.0)
+        time.sleep(min(remaining, backoff.next_delay()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +314,7 @@ class StompSink:
     """Ship events as SEND frames: one per event, each with its own receipt (by default).
 
     ``receipt_every`` > 1 (opt-in) asks for a receipt every K frames and on the last of
-    each write; a receipt then confirms the unreceipted frames before it (see stream).
+    each write; a receipt then confirms the unreceipted frames before it (see stompsession).
 
     Every message is ``persistent`` JSON and carries headers consumers can filter on
     with selectors: ``pilot_id``, ``event_id``, ``phase``, ``status`` (JMS selector
@@ -467,42 +322,28 @@ class StompSink:
     (failover again, within ``deadline``) and only unconfirmed events are re-sent.
     """
 
-    def __init__(self, config, url: str):
-        from .tls import client_context
+    def __init__(self, config, target):
+        from .tls import client_context_for
 
-        use_tls, self.hosts, self.destination = parse_url(url)
-        self._prefix = "SEND\ndestination:%s\ncontent-type:application/json;charset=utf-8\npersistent:true\n" % escape(
-            self.destination
-        )
-        self.context = client_context(config.ca_file, config.ca_dir, config.cert, config.key) if use_tls else None
+        self.hosts, self.destination = target.hosts, target.destination
+        self.frames = SendFrames(self.destination, (("content-type", "application/json;charset=utf-8"),
+                                                    ("persistent", "true")),
+                                 ("pilot_id", "event_id", "phase", "status"))
+        self.context = client_context_for(config) if target.tls else None
         self.config = config
         self.conn = None
 
-    def _frame(self, event: dict, body: bytes, receipt: bool) -> bytes:
-        """A SEND frame, built from a pre-encoded header prefix (the codec's rules, cheaper).
+    def encode(self, payload, receipt: bool) -> bytes:
+        """The SEND frame of one ``(event, body)``; ``receipt``: ask for its own RECEIPT."""
+        event, body = payload
+        return self.frames.encode(body.encode("utf-8"), (event["pilot"], event["id"], event["phase"], event["status"]),
+                                  event["id"] if receipt else None)
 
-        Only the pilot id can need STOMP escaping: event ids are UUIDs and phase and status
-        are names of ``[A-Za-z0-9_.-]`` (see events.check_name).
-        """
-        head = self._prefix
-        if receipt:
-            head += "receipt:%s\n" % event["id"]
-        head += "pilot_id:%s\nevent_id:%s\nphase:%s\nstatus:%s\ncontent-length:%d\n\n" % (
-            escape(event["pilot"]), event["id"], event["phase"], event["status"], len(body),
-        )
-        return head.encode("utf-8") + body + b"\x00"
-
-    def _connect(self, deadline: float) -> StompConnection:
+    def connect(self, deadline: float) -> StompConnection:
         c = self.config
         return connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, deadline)
 
-    def _build(self, payload, receipt: bool) -> bytes:
-        event, body = payload
-        return self._frame(event, body.encode("utf-8"), receipt)
-
     def deliver(self, events):
-        from .sinks import SinkError
-
         source = ((event["id"], (event, body)) for event, body in events)
         inflight = collections.OrderedDict()  # survives reconnections: what must be re-sent
         lost, end = None, None  # why the last connection was lost; when reconnecting must stop
@@ -513,18 +354,18 @@ class StompSink:
                 if budget <= 0:
                     raise SinkError(gave_up)
                 try:
-                    self.conn = self._connect(budget)
+                    self.conn = self.connect(budget)
                 except StompError as exc:  # failover spent its deadline, or another try cannot help
                     if lost is None:
                         raise SinkError(str(exc)) from None
                     raise SinkError(gave_up if exc.retryable else "%s; reconnecting failed: %s" % (lost, exc)) from None
             try:
-                for event_id in self.conn.stream(inflight, source, self._build, self.config.window,
-                                                 self.config.receipt_every):
+                for event_id in self.conn.stream(source, self.encode, self.config.window, self.config.receipt_every,
+                                                 inflight):
                     yield event_id, None
                 return
             except StompError as exc:
-                self.conn.transport.close()
+                self.conn.abort()
                 self.conn = None
                 if not exc.retryable:
                     raise SinkError(str(exc)) from None
@@ -536,3 +377,7 @@ class StompSink:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def make(config, target, stdout) -> StompSink:
+    return StompSink(config, target)

@@ -79,6 +79,20 @@ def client_context(ca_file=None, ca_dir=None, cert=None, key=None):
     return context
 
 
+def client_context_for(config):
+    """The client context for a configuration's trust and identity settings (see client_context)."""
+    return client_context(config.ca_file, config.ca_dir, config.cert, config.key)
+
+
+def server_hostname(host: str):
+    """``host`` as ``server_hostname``/``getaddrinfo`` want it: ASCII names as bytes, so CPython
+    skips the idna codec (≈3 ms to import, with unicodedata and stringprep)."""
+    try:
+        return host.encode("ascii")
+    except UnicodeEncodeError:
+        return host
+
+
 def server_context(cert: str, key: str, client_ca=None, require_client_cert: bool = False):
     """A server context for ``pilotlog serve``: our certificate; client certificates checked
     against ``client_ca`` when given (and required with ``require_client_cert``)."""

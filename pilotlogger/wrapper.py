@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 
-from .recorder import Recorder, warn
+from .console import warn
+from .recorder import Recorder
 
 FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")
 STDERR_TAIL = 20
@@ -82,7 +83,7 @@ class Wrapper:
         self.tail = []
         self.tail_lock = threading.Lock()
         self.budget = _Budget(CAPTURE_PER_SECOND, CAPTURE_BURST)
-        self.done = threading.Event()
+        self.shipper = None
 
     def record(self, phase, message, status="info", **data):
         if self.recorder is not None:
@@ -113,18 +114,6 @@ class Wrapper:
                     self.record("log", line[:CAPTURE_LINE_BYTES], "warning" if stream_name == "stderr" else "info",
                                 stream=stream_name)
         source.close()
-
-    def _ship_loop(self):
-        while not self.done.wait(self.ship_every):
-            self._ship()
-
-    def _ship(self):
-        try:
-            result = self.recorder.ship()
-            if result is not None and result.error:
-                warn("%s; %d event(s) kept in spool" % (result.error, result.remaining))
-        except Exception as exc:
-            warn("shipping failed: %s" % exc)
 
     def run(self) -> int:
         started = time.monotonic()
@@ -157,10 +146,10 @@ class Wrapper:
             pumps.append(threading.Thread(target=self._pump, args=(child.stdout, _binary(sys.stdout), "stdout"), daemon=True))
         for pump in pumps:
             pump.start()
-        shipper = None
-        if self.recorder is not None and self.recorder.config.sink != "stdout":
-            shipper = threading.Thread(target=self._ship_loop, daemon=True)
-            shipper.start()
+        if self.recorder is not None:
+            from .ship import Shipper
+
+            self.shipper = Shipper(lambda: self.recorder, self.ship_every)
         try:
             returncode = child.wait()
         finally:
@@ -181,19 +170,19 @@ class Wrapper:
         status = "info" if code == 0 else "error"
         ended = "killed by %s" % data["signal"] if signum else "exited with %d" % code
         self.record("shutdown", "%s %s after %.1f s" % (self.argv[0], ended, duration), status, **data)
-        self.done.set()
-        if shipper is not None:
-            shipper.join()  # a ship under way ends within its deadline; two at once would send twice
         self._finish()
         return code
 
     def _finish(self):
         """fsync the captured lines still waiting, drain the spool (the sink's deadline bounds it)."""
-        self.done.set()
         if self.recorder is not None:
             self.recorder.close()
-        if self.recorder is not None and self.recorder.config.sink != "stdout":
-            self._ship()
+        if self.shipper is not None:
+            self.shipper.stop()
+        elif self.recorder is not None:
+            from .ship import Shipper
+
+            Shipper(lambda: self.recorder).stop()
 
 
 def _binary(stream):

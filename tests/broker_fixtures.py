@@ -1,6 +1,8 @@
 """Real brokers for the interop and fault tests, started once per session on loopback.
 
-A pytest plugin (see conftest.py): a broker starts only when a test asks for it.
+A pytest plugin (see conftest.py): a broker starts only when a test asks for it, and
+stomp.py is imported only when a test opens a consumer, so the unit tests run on a
+machine without it.
 
 With CI=true a broker that cannot be started fails the tests that need it (never a
 silent skip); on a developer machine without the packages they are skipped with the
@@ -15,7 +17,6 @@ import time
 import uuid
 
 import pytest
-import stomp
 
 from brokers import PASSWORD, USER, ActiveMQ, BrokerError, RabbitMQ
 from helpers import unavailable
@@ -56,10 +57,15 @@ def queue():
     return "/queue/pilotlog-test-" + uuid.uuid4().hex[:12]
 
 
-class Consumer(stomp.ConnectionListener):
-    """stomp.py — the independent implementation — reading what the broker delivered."""
+class Consumer:
+    """stomp.py — the independent implementation — reading what the broker delivered.
+
+    A stomp.py listener (stomp.py calls the ``on_*`` methods a listener has).
+    """
 
     def __init__(self, broker, destination: str):
+        import stomp
+
         self.messages = []
         self.ids = set()  # distinct event ids received; len(messages) - len(ids) are duplicates
         self.cond = threading.Condition()

@@ -29,8 +29,18 @@ def pki(tmp_path_factory) -> PKI:
 
 
 @pytest.fixture
-def pilotlog(bundle, tmp_path) -> Pilotlog:
-    return Pilotlog(bundle, tmp_path)
+def pilotlog_env() -> dict:
+    """Settings every ``pilotlog`` run of a test module gets; a module overrides this fixture
+    (e.g. with ``helpers.broker_env(pki)``) instead of redefining ``pilotlog``."""
+    return {}
+
+
+@pytest.fixture
+def pilotlog(bundle, tmp_path, pilotlog_env) -> Pilotlog:
+    """The bundle as a user runs it, in a fresh directory with its own spool."""
+    p = Pilotlog(bundle, tmp_path)
+    p.env.update({k: str(v) for k, v in pilotlog_env.items()})
+    return p
 
 
 def _secrets():

@@ -134,20 +134,129 @@ def run_loops(tags, count, spool_dir, source, pilot="3f2504e0-4f89-41d3-9a0c-030
     ]
 
 
-def fill_spool(spool_dir, n: int, pilot: str = "p1") -> set:
-    """n valid ``log`` events written straight into a spool (fast set-up, no fsync); their ids."""
-    from pilotlogger.events import make_event, render
+def make_events(n: int, pilot: str = "p1", message: str = "line %d", shutdown: bool = False, context=None) -> list:
+    """n valid events of one pilot, a microsecond apart: ``log`` lines (``message % i``), the last
+    a ``shutdown`` with exit_code 3 when asked."""
+    from pilotlogger.events import make_event
+
+    t0, events = time.time(), []
+    for i in range(n):
+        last = shutdown and i == n - 1
+        events.append(make_event("shutdown" if last else "log", message % i, pilot=pilot, seq=i + 1,
+                                 epoch=t0 + i * 1e-6, data={"exit_code": 3} if last else {"i": i}, context=context))
+    return events
+
+
+def fill_spool(spool_dir, n: int, pilot: str = "p1", **kw) -> list:
+    """``make_events(n, pilot, **kw)`` written straight into a spool (fast set-up, no fsync); the events."""
+    from pilotlogger.events import render
     from pilotlogger.spool import EventName, Spool
 
     spool = Spool(str(spool_dir))
     spool.ensure()
-    ids, t0 = set(), time.time()
-    for i in range(n):
-        event = make_event("log", "line %d" % i, pilot=pilot, seq=i + 1, epoch=t0 + i * 1e-6, data={"i": i})
+    events = make_events(n, pilot, **kw)
+    for event in events:
         with open(os.path.join(spool.events_dir, EventName.for_event(event)), "w") as f:
             f.write(render(event, "native") + "\n")
-        ids.add(event["id"])
-    return ids
+    return events
+
+
+def replay(pilotlog, **env):
+    """``pilotlog replay`` with ``env`` added: (the completed process, seconds it took)."""
+    started = time.monotonic()
+    p = pilotlog("replay", env=env)
+    return p, time.monotonic() - started
+
+
+class Page:
+    """An HTML page as a test reads it: ``tags`` [(tag, attrs)…], ``text`` pieces, ``urls`` it loads."""
+
+    def __init__(self, html: str):
+        from html.parser import HTMLParser
+
+        page = self
+        self.tags, self.text = [], []
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                page.tags.append((tag, dict(attrs)))
+
+            def handle_data(self, data):
+                page.text.append(data)
+
+        Parser().feed(html)
+
+    @property
+    def urls(self) -> list:
+        return [a[k] for _, a in self.tags for k in ("src", "href") if a.get(k)]
+
+
+SERVE_PATH = "/WorkloadManagement/TornadoPilotLogging"
+
+
+class Serve:
+    """`pilotlog serve` from the bundle, as a site would run it (TLS, client certificates required)."""
+
+    def __init__(self, bundle, pki, directory, *extra, cert="server"):
+        from brokers import free_port
+
+        self.bundle, self.pki, self.dir, self.extra, self.cert = bundle, pki, directory, list(extra), cert
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    @property
+    def url(self):
+        return "https://localhost:%d%s" % (self.port, SERVE_PATH)
+
+    def start(self):
+        import socket
+
+        p = self.pki.path
+        cmd = [sys.executable, "-I", "-S", str(self.bundle), "serve", "--listen", "127.0.0.1:%d" % self.port,
+               "--dir", str(self.dir), "--server-cert", p(self.cert + ".pem"), "--server-key", p(self.cert + ".key"),
+               "--client-ca", p("ca.pem"), "--require-client-cert"] + self.extra
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("pilotlog serve did not start")
+
+    def stop(self):
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def post(self, body: bytes, content_type: str, cert=True):
+        import http.client
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.pki.path("ca.pem"))
+        if cert:
+            ctx.load_cert_chain(self.pki.path("client.pem"), self.pki.path("client.key"))
+        conn = http.client.HTTPSConnection("localhost", self.port, context=ctx, timeout=10)
+        conn.request("POST", SERVE_PATH, body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+
+
+def broker_env(pki) -> dict:
+    """What a pilot needs to reach the test brokers: their CA and the test login."""
+    from brokers import PASSWORD, USER
+
+    return {"PILOTLOG_CA_FILE": pki.path("ca.pem"), "PILOTLOG_USER": USER, "PILOTLOG_PASSCODE": PASSWORD}
+
+
+def https_env(pki) -> dict:
+    """What a pilot needs to reach `pilotlog serve`: the CA and a client certificate."""
+    return {"PILOTLOG_CA_FILE": pki.path("ca.pem"), "PILOTLOG_CERT": pki.path("client.pem"),
+            "PILOTLOG_KEY": pki.path("client.key")}
 
 
 def stderr_lines(proc) -> list:

@@ -11,9 +11,8 @@ import uuid
 import pytest
 
 import pilotlogger
-from helpers import ROOT
+from helpers import ROOT, Serve
 from pilotlogger import config
-from test_https import Serve
 
 
 def settings(tmp_path, **env):

@@ -4,11 +4,8 @@ Every error class is produced for real: the receiver refuses content (4xx), fail
 (5xx), is restarted mid-replay, or a listener never answers.
 """
 
-import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,58 +15,10 @@ from urllib.parse import parse_qs
 import pytest
 
 from brokers import CLIENT_CN, free_port
-from helpers import Pilotlog, SilentListener, stderr_lines
+from helpers import SERVE_PATH as PATH, Serve, SilentListener, fill_spool, https_env, replay, stderr_lines
 from pilotlogger.events import make_event, readable_line
 from pilotlogger.https import dirac_form
 from pilotlogger.tls import host_credentials
-
-PATH = "/WorkloadManagement/TornadoPilotLogging"
-
-
-class Serve:
-    """`pilotlog serve` from the bundle, as a site would run it."""
-
-    def __init__(self, bundle, pki, directory, *extra, cert="server"):
-        self.bundle, self.pki, self.dir, self.extra, self.cert = bundle, pki, directory, list(extra), cert
-        self.port = free_port()
-        self.proc = None
-        self.start()
-
-    @property
-    def url(self):
-        return "https://localhost:%d%s" % (self.port, PATH)
-
-    def start(self):
-        p = self.pki.path
-        cmd = [sys.executable, "-I", "-S", str(self.bundle), "serve", "--listen", "127.0.0.1:%d" % self.port,
-               "--dir", str(self.dir), "--server-cert", p(self.cert + ".pem"), "--server-key", p(self.cert + ".key"),
-               "--client-ca", p("ca.pem"), "--require-client-cert"] + self.extra
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("pilotlog serve did not start")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def post(self, body: bytes, content_type: str, cert=True):
-        import ssl
-
-        ctx = ssl.create_default_context(cafile=self.pki.path("ca.pem"))
-        if cert:
-            ctx.load_cert_chain(self.pki.path("client.pem"), self.pki.path("client.key"))
-        conn = http.client.HTTPSConnection("localhost", self.port, context=ctx, timeout=10)
-        conn.request("POST", PATH, body=body, headers={"Content-Type": content_type})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-
 
 @pytest.fixture
 def serve(bundle, pki, tmp_path):
@@ -86,36 +35,18 @@ def serve(bundle, pki, tmp_path):
 
 
 @pytest.fixture
-def pilotlog(bundle, tmp_path, pki):
-    p = Pilotlog(bundle, tmp_path)
-    p.env.update(PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_CERT=pki.path("client.pem"),
-                 PILOTLOG_KEY=pki.path("client.key"), PILOTLOG_DEADLINE="20", PILOTLOG_TIMEOUT="3")
-    return p
+def pilotlog_env(pki):
+    return dict(https_env(pki), PILOTLOG_DEADLINE="20", PILOTLOG_TIMEOUT="3")
 
 
 def spool_events(pilotlog, pilot, n, shutdown=True, message="line"):
     """n events straight into the spool (fast), the last a shutdown with exit_code 3."""
-    code = (
-        "import sys; sys.path.insert(0, %r)\n"
-        "from pilotlogger.spool import Spool\nfrom pilotlogger.events import make_event\n"
-        "s = Spool(%r)\n"
-        "for i in range(%d):\n"
-        "    last = %r and i == %d - 1\n"
-        "    s.put(lambda seq, t: make_event('shutdown' if last else 'log', '%s %%d' %% i, pilot=%r, seq=seq, epoch=t,\n"
-        "                                    data={'exit_code': 3} if last else {}))\n"
-    ) % (str(pilotlog.bundle), str(pilotlog.spool), n, shutdown, n, message, pilot)
-    subprocess.run([sys.executable, "-c", code], check=True)
+    fill_spool(pilotlog.spool, n, pilot, message=message + " %d", shutdown=shutdown)
 
 
 def stored_lines(path):
     with open(str(path)) as f:
         return f.read().splitlines()
-
-
-def replay(pilotlog, **env):
-    started = time.monotonic()
-    p = pilotlog("replay", env=env)
-    return p, time.monotonic() - started
 
 
 # -- the dirac protocol, decoded as DIRAC decodes it --------------------------------------------

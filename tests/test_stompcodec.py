@@ -248,3 +248,22 @@ def test_hostile_frames_parse_or_fail_cleanly_and_the_same_way_for_every_split(c
 
     whole = outcome([data])
     assert outcome([data[a:b] for a, b in zip(points, points[1:])]) == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    destination=st.text(min_size=1, max_size=20),
+    values=st.lists(st.text(max_size=20), min_size=4, max_size=4),
+    receipt=st.none() | st.text(max_size=40),
+    body=st.binary(max_size=50),
+)
+def test_send_frames_are_exactly_what_encode_frame_builds(destination, values, receipt, body):
+    """The fast SEND encoder (replay's, one frame per event) never departs from the codec's rules."""
+    from pilotlogger.stompcodec import SendFrames
+
+    names = ("pilot_id", "event_id", "pha:se", "sta\\tus")
+    frames = SendFrames(destination, (("content-type", "application/json"), ("persistent", "true")), names)
+    headers = [("destination", destination), ("content-type", "application/json"), ("persistent", "true")]
+    headers += ([("receipt", receipt)] if receipt is not None else []) + list(zip(names, values))
+    headers.append(("content-length", str(len(body))))
+    assert frames.encode(body, tuple(values), receipt) == encode_frame("SEND", headers, body)

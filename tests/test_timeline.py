@@ -4,7 +4,8 @@ import calendar
 import json
 import subprocess
 import time
-from html.parser import HTMLParser
+
+from helpers import Page
 
 from pilotlogger.events import make_event
 from pilotlogger.timeline import Timeline
@@ -53,25 +54,12 @@ def test_lifecycles_are_ordered_timed_and_deduplicated():
     assert document["summary"] == timeline.summary()
 
 
-class Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags, self.text = [], []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def test_html_page_is_self_contained_and_escapes_what_pilots_wrote():
     timeline = Timeline()
     for e in sample() + [event("p4", "boot", 30, 1, message="<script>alert('x')</script>")]:
         timeline.add(e)
     page = render(timeline)
-    parsed = Page()
-    parsed.feed(page)
+    parsed = Page(page)
     scripts = [a for t, a in parsed.tags if t == "script"]
     assert scripts == [{}] and "<script>alert" not in page  # our one inline script; the pilot's text is escaped
     assert not any(a.get("src") or a.get("href") for _, a in parsed.tags)  # nothing fetched

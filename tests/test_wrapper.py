@@ -101,7 +101,7 @@ def test_signals_are_forwarded_to_the_child(pilotlog, sig):
 def test_ships_while_the_child_runs_and_drains_at_the_end(pilotlog, bundle, pki, tmp_path):
     import uuid
 
-    from test_https import Serve
+    from helpers import Serve
 
     server = Serve(bundle, pki, tmp_path / "store")
     try:

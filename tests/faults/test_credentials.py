@@ -14,8 +14,7 @@ import uuid
 import pytest
 
 import ledger
-from helpers import Pilotlog, stderr_lines
-from test_https import Serve
+from helpers import Pilotlog, Serve, https_env, stderr_lines
 
 # name: (serve certificate, environment (a callable of pki, tmp_path), exit code of replay and of emit --send,
 #        needle).  A broken configuration file is a usage error (2, nothing written); a credential
@@ -91,8 +90,7 @@ def test_bad_configuration(case, bundle, pki, server, tmp_path):
     s = server(cert)
     time.sleep(1.1 if "expired" in case else 0)  # valid for zero days: expired a second later
     pilotlog = Pilotlog(bundle, tmp_path)
-    pilotlog.env.update(PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_CERT=pki.path("client.pem"),
-                        PILOTLOG_KEY=pki.path("client.key"), PILOTLOG_DEADLINE="2", PILOTLOG_TIMEOUT="2",
+    pilotlog.env.update(https_env(pki), PILOTLOG_DEADLINE="2", PILOTLOG_TIMEOUT="2",
                         PILOTLOG_PILOT_UUID=str(uuid.uuid4()), PILOTLOG_SINK=s.url)
     assert pilotlog("emit", "boot").returncode == 0
     spooled = {e["id"] for e in pilotlog.events()}

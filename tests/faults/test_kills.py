@@ -16,8 +16,7 @@ import time
 import pytest
 
 import ledger
-from brokers import PASSWORD, USER
-from helpers import Pilotlog, fill_spool, run_loops
+from helpers import Pilotlog, broker_env, fill_spool, run_loops
 from pilotlogger.config import BY_NAME
 from pilotlogger.events import make_event
 from pilotlogger.spool import EventName, Spool, _Books
@@ -25,9 +24,8 @@ from pilotlogger.spool import EventName, Spool, _Books
 WINDOW = BY_NAME["window"].default  # frames in flight: the most a kill can leave sent but not removed
 
 
-def broker_env(pilotlog, broker, queue, pki, **extra):
-    return dict(pilotlog.env, PILOTLOG_SINK=broker.url(queue), PILOTLOG_CA_FILE=pki.path("ca.pem"),
-                PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD, **extra)
+def sink_env(pilotlog, broker, queue, pki, **extra):
+    return dict(pilotlog.env, PILOTLOG_SINK=broker.url(queue), **broker_env(pki), **extra)
 
 
 def spooled_ids(pilotlog) -> set:
@@ -57,7 +55,7 @@ def test_kill_9_during_emit(rabbitmq, pki, queue, consume, bundle, tmp_path):
         acknowledged |= set(out.split())
     quarantined = spool.stats()["quarantined"]
     consumer = consume(rabbitmq, queue)
-    final = pilotlog("replay", env=broker_env(pilotlog, rabbitmq, queue, pki))
+    final = pilotlog("replay", env=sink_env(pilotlog, rabbitmq, queue, pki))
     messages = consumer.wait_for(len(acknowledged), timeout=60)
     delivered = {json.loads(m.body)["message"] for m in messages}
     lost = len(acknowledged - delivered)
@@ -78,13 +76,13 @@ def test_kill_9_during_replay(rabbitmq, pki, queue, consume, bundle, tmp_path):
     pilotlog = Pilotlog(bundle, tmp_path)
     spooled = set()
     consumer = consume(rabbitmq, queue)
-    env = broker_env(pilotlog, rabbitmq, queue, pki)
+    env = sink_env(pilotlog, rabbitmq, queue, pki)
     rng = random.Random(1128)
     killed_midway, ran, watch = 0, 0, ledger.Stopwatch()
     for _ in range(trials):
         before = spooled_ids(pilotlog)
         if len(before) < 1500:  # keep the spool busy: every kill must find events to replay
-            fresh = fill_spool(pilotlog.spool, 3000)
+            fresh = {e["id"] for e in fill_spool(pilotlog.spool, 3000)}
             spooled |= fresh
             before |= fresh
         ran += 1
@@ -116,8 +114,8 @@ def test_kill_9_during_replay(rabbitmq, pki, queue, consume, bundle, tmp_path):
 def test_broker_stopped_in_the_middle_of_a_replay(broker, kill, pki, pilotlog, queue, consume):
     """The broker dies (or is stopped) and comes back while a replay runs: it reconnects, nothing lost."""
     n = 3000
-    spooled = fill_spool(pilotlog.spool, n)
-    env = broker_env(pilotlog, broker, queue, pki, PILOTLOG_DEADLINE="90", PILOTLOG_WINDOW="20")
+    spooled = {e["id"] for e in fill_spool(pilotlog.spool, n)}
+    env = sink_env(pilotlog, broker, queue, pki, PILOTLOG_DEADLINE="90", PILOTLOG_WINDOW="20")
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-I", "-S", str(pilotlog.bundle), "replay"], cwd=str(pilotlog.cwd),
                             env=env, stderr=subprocess.PIPE, universal_newlines=True)

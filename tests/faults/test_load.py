@@ -12,8 +12,7 @@ import threading
 import time
 
 import ledger
-from brokers import PASSWORD, USER
-from helpers import Pilotlog, run_loops
+from helpers import Pilotlog, broker_env, run_loops
 
 WRITERS, BOUND = 8, 5000
 
@@ -21,8 +20,7 @@ WRITERS, BOUND = 8, 5000
 def test_eight_emitters_while_replay_runs(rabbitmq, pki, queue, consume, bundle, tmp_path):
     seconds = ledger.trials(10, 60)
     pilotlog = Pilotlog(bundle, tmp_path)
-    env = dict(pilotlog.env, PILOTLOG_SINK=rabbitmq.url(queue), PILOTLOG_CA_FILE=pki.path("ca.pem"),
-               PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD, PILOTLOG_MAX_EVENTS=str(BOUND))
+    env = dict(pilotlog.env, PILOTLOG_SINK=rabbitmq.url(queue), PILOTLOG_MAX_EVENTS=str(BOUND), **broker_env(pki))
     consumer = consume(rabbitmq, queue)
     writers = run_loops(["w%d" % i for i in range(WRITERS)], 10 ** 7, str(pilotlog.spool), str(bundle),
                         PILOTLOG_MAX_EVENTS=str(BOUND))

@@ -10,22 +10,17 @@ import shutil
 import subprocess
 import sys
 import time
-from html.parser import HTMLParser
 
 import pytest
 import stomp
 
 from brokers import PASSWORD, USER, free_port
-from helpers import Pilotlog
-from test_https import Serve
+from helpers import Page, Pilotlog, Serve, broker_env, make_events
 
 
 @pytest.fixture
-def pilotlog(bundle, tmp_path, pki):
-    p = Pilotlog(bundle, tmp_path)
-    p.env.update(PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD,
-                 PILOTLOG_TIMEOUT="3", PILOTLOG_DEADLINE="5")
-    return p
+def pilotlog_env(pki):
+    return dict(broker_env(pki), PILOTLOG_TIMEOUT="3", PILOTLOG_DEADLINE="5")
 
 
 def doctor(pilotlog, *args, **env):
@@ -143,11 +138,7 @@ def publish(broker, queue, bodies):
 
 
 def spooled_events(pilotlog, n, pilot="3f2504e0-4f89-41d3-9a0c-0305e82c3301"):
-    for i in range(n):
-        assert pilotlog("emit", "log", "-m", "line %d" % i, env={"PILOTLOG_PILOT_UUID": pilot}).returncode == 0
-    events = pilotlog.events()
-    shutil.rmtree(str(pilotlog.spool))
-    return events
+    return make_events(n, pilot, context={"host": "wn01.example.org"})
 
 
 def test_tail_prints_each_event_once_and_acknowledges_only_what_it_printed(broker, pilotlog, queue):
@@ -218,19 +209,6 @@ def run_pilot(bundle, tmp_path, index, outcome, env):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True)
 
 
-class Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.text, self.urls, self.tags = [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.urls += [v for k, v in attrs if k in ("src", "href") and v]
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def test_timeline_of_a_burst_of_pilots(rabbitmq, pilotlog, queue, tmp_path, bundle):
     env = dict(pilotlog.env, PILOTLOG_SINK=rabbitmq.url(queue))
     burst = [run_pilot(bundle, tmp_path, i, outcome, env) for i, outcome in enumerate(OUTCOMES)]
@@ -259,12 +237,11 @@ def test_timeline_of_a_burst_of_pilots(rabbitmq, pilotlog, queue, tmp_path, bund
     first = next(x for x in result["pilots"] if x["pilot"] == "pilot-00")
     assert [s["phase"] for s in first["phases"]] == ["boot", "os", "power", "install", "match", "shutdown"]
     assert first["phases"][0]["after_s"] is None and all(s["after_s"] >= 0 for s in first["phases"][1:])
-    parsed = Page()
-    parsed.feed(page.read_text())
-    text = " ".join(parsed.text)
+    parsed = Page(page.read_text())
+    text, tags = " ".join(parsed.text), [tag for tag, _ in parsed.tags]
     assert all("pilot-%02d" % i in text for i in range(len(OUTCOMES)))
-    assert "install failed: disk full" in text and parsed.tags.count("svg") >= len(OUTCOMES)
-    assert parsed.urls == [] and parsed.tags.count("script") == 1  # self-contained: one inline script, nothing fetched
+    assert "install failed: disk full" in text and tags.count("svg") >= len(OUTCOMES)
+    assert parsed.urls == [] and tags.count("script") == 1  # self-contained: one inline script, nothing fetched
 
 
 def test_timeline_from_files_drops_duplicates_and_reads_stdin(pilotlog, tmp_path):

@@ -10,17 +10,15 @@ import time
 
 import pytest
 
-from brokers import CLIENT_CN, PASSWORD, USER
-from helpers import Pilotlog, SilentListener, stderr_lines
+from brokers import CLIENT_CN, PASSWORD
+from helpers import SilentListener, broker_env, replay as replay_env, stderr_lines
 
 PILOTS = ["https://ce.example.org:9000/aBc:12", "0123456789abcdef0123456789abcdef"]
 
 
 @pytest.fixture
-def pilotlog(bundle, tmp_path, pki):
-    p = Pilotlog(bundle, tmp_path)
-    p.env.update(PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD)
-    return p
+def pilotlog_env(pki):
+    return broker_env(pki)
 
 
 def spool_lifecycle(pilotlog, pilot=PILOTS[0]):
@@ -50,10 +48,7 @@ def check_delivered(messages, spooled):
 
 
 def replay(pilotlog, sink, **env):
-    env = dict(env, PILOTLOG_SINK=sink)
-    started = time.monotonic()
-    p = pilotlog("replay", env=env)
-    return p, time.monotonic() - started
+    return replay_env(pilotlog, PILOTLOG_SINK=sink, **env)
 
 
 def test_replay_to_a_queue_over_tls_with_login(broker, pilotlog, queue, consume):
