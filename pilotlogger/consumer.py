@@ -9,32 +9,8 @@ at-least-once, so events are de-duplicated by id; a duplicate is acknowledged an
 import json
 import time
 
+from .dedup import Seen
 from .events import EventError, validate
-
-SEEN_LIMIT = 200000  # ids remembered for de-duplication (~25 MB at most)
-
-
-class Seen:
-    """The ids handled lately: at most ``limit``, and always at least the newest ``limit // 2``.
-
-    Two generations of sets rather than an ordered map (a third of the memory per id, which
-    matters for a day of events): a full generation becomes the old one, the old one is
-    dropped.  An id seen again is refreshed into the current generation.
-    """
-
-    def __init__(self, limit: int = SEEN_LIMIT):
-        self.current, self.previous, self.half = set(), set(), max(1, limit // 2)
-
-    def add(self, event_id: str) -> bool:
-        """True the first time an id is seen (within the window)."""
-        if event_id in self.current:
-            return False
-        known = event_id in self.previous
-        if len(self.current) >= self.half:
-            self.previous, self.current = self.current, set()
-        self.current.add(event_id)
-        return not known
-
 
 def parse(text: str):
     """The event in a message body or JSON line, or None when it is not a pilotlog event

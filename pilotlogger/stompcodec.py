@@ -93,23 +93,25 @@ def unescape(text: str) -> str:
 def encode_frame(command: str, headers=(), body: bytes = b"") -> bytes:
     """One frame as bytes.  ``headers`` is a sequence of (name, value) pairs or a dict.
 
-    ``content-length`` is computed here for any non-empty body (so bodies may hold NUL); a
-    caller's that disagrees with the body is refused, as is an empty header name (a
+    ``content-length`` is computed here for any non-empty body (so bodies may hold NUL) or
+    when the caller gives one (last of the headers, as SEND frames have it); a caller's that
+    disagrees with the body is refused, as is an empty header name (a
     peer's parser, ours included, would refuse the frame).  In CONNECT, where escaping
     does not apply, a header that would need it is refused.
     """
     if command not in CLIENT_COMMANDS and command not in SERVER_COMMANDS:
         raise ValueError("unknown STOMP command %r" % command)
-    pairs = []
+    pairs, asked = [], False
     for name, value in headers.items() if isinstance(headers, dict) else headers:
         if not str(name):
             raise ValueError("a STOMP header name cannot be empty")
         if name == "content-length":
             if str(value) != str(len(body)):
                 raise ValueError("content-length %r disagrees with the body of %d bytes" % (value, len(body)))
-            continue  # computed below
+            asked = True  # computed below, where the codec puts it
+            continue
         pairs.append((name, value))
-    if body:
+    if body or asked:
         pairs.append(("content-length", str(len(body))))
     lines = [command]
     raw = command in _UNESCAPED_COMMANDS

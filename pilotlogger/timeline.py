@@ -8,7 +8,7 @@ kept out of the lifecycle line: they are the pilot's free text, not its phases.
 Memory is bounded for a grid's day (100,000 pilots x 50 events): no event is kept, only a
 summary per pilot — its lifecycle steps (at most ``MAX_STEPS``, first and last always kept,
 each message cut to ``MESSAGE_CHARS``), its log-line count, its site and first time — plus
-a de-duplication window of the newest ``consumer.SEEN_LIMIT`` ids (duplicates arrive close
+a de-duplication window of the newest ``dedup.SEEN_LIMIT`` ids (duplicates arrive close
 together: a replay re-sends at most its window) and at most ``MAX_FAILURE_MESSAGES``
 distinct failure messages.  Output is written as it is produced (``lines``, ``json_chunks``).
 """
@@ -17,7 +17,7 @@ import bisect
 import collections
 import sys
 
-from .consumer import SEEN_LIMIT, Seen
+from .dedup import SEEN_LIMIT, Seen
 from .events import parse_rfc3339, rfc3339, to_json
 
 LIFECYCLE_SKIP = ("log",)

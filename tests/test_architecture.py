@@ -16,8 +16,9 @@ PACKAGE = ROOT / "pilotlogger"
 
 #: Lowest first.  Keep docs/architecture.md ("Layers") in step.
 LAYERS = (
-    ("foundations", {"version", "console", "events", "x509", "power", "stompcodec", "tls", "timeline_html"}),
+    ("foundations", {"version", "console", "events", "x509", "power", "stompcodec", "tls", "dedup", "cli_help"}),
     ("state machines and storage", {"stompsession", "spool", "sink", "timeline"}),
+    ("views", {"timeline_html"}),
     ("configuration", {"config"}),
     ("sinks and node facts", {"stdoutsink", "stompclient", "https", "probes", "serve"}),
     ("sink factory", {"sinks"}),

@@ -23,13 +23,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brokers import CLIENT_CN, HOST_CN, free_port
-from helpers import Pilotlog, stderr_lines, unavailable
+from helpers import Pilotlog, Serve, https_env, stderr_lines, unavailable
 from pilotlogger.events import readable_line
-from test_https import Serve, pilotlog  # noqa: F401  (the HTTPS sink's runner: test PKI, client certificate)
 
 HERE = Path(__file__).resolve().parent / "dirac"
 PATH = "/WorkloadManagement/TornadoPilotLogging"
 STAMP = "0123456789abcdefghijklmnopqrstuv"  # a DIRAC pilot stamp: 32 of [0-9a-z]
+
+
+@pytest.fixture
+def pilotlog_env(pki):
+    """The HTTPS sink's settings: the test PKI's CA and client certificate."""
+    return dict(https_env(pki), PILOTLOG_DEADLINE="20", PILOTLOG_TIMEOUT="3")
 
 
 def dirac_python() -> str:

@@ -255,7 +255,7 @@ def test_missing_parent_directories_of_the_spool_are_made_private(pilotlog, tmp_
 def test_concurrent_replays_send_each_event_once(pilotlog):
     from helpers import fill_spool
 
-    ids = fill_spool(pilotlog.spool, 3000)
+    ids = {e["id"] for e in fill_spool(pilotlog.spool, 3000)}
     cmd = [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "replay"]
     procs = [subprocess.Popen(cmd, cwd=str(pilotlog.cwd), env=pilotlog.env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, universal_newlines=True) for _ in range(3)]
@@ -274,7 +274,7 @@ def test_concurrent_replays_send_each_event_once(pilotlog):
 def test_stdout_sink_counts_only_what_was_written_and_flushed(pilotlog, redirect):
     from helpers import fill_spool
 
-    ids = fill_spool(pilotlog.spool, 2000)
+    ids = {e["id"] for e in fill_spool(pilotlog.spool, 2000)}
     p = shell(pilotlog, redirect, "replay", env={"PILOTLOG_BATCH_EVENTS": 10})
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     (line,) = stderr_lines(p)
@@ -414,7 +414,7 @@ def test_python_api_keeps_a_record_with_a_bad_phase_and_blames_nothing_on_the_cl
     (event,) = pilotlog.events()
     assert event["phase"] == "log" and event["data"]["invalid_phase"] == "not a phase!"
     (line,) = stderr_lines(p)
-    assert "over the limit" in line and "--message" not in line and "--data" not in line
+    assert "larger than max_event_bytes" in line and "--message" not in line and "--data" not in line
 
 
 @pytest.mark.parametrize("env,named", [

@@ -114,7 +114,7 @@ def test_a_day_of_events_is_held_in_memory_bounded_by_pilots_not_events():
 
 
 def test_deduplication_window_remembers_at_least_the_newest_half_of_its_limit():
-    from pilotlogger.consumer import Seen
+    from pilotlogger.dedup import Seen
 
     seen = Seen(limit=10)
     assert all(seen.add("id%d" % i) for i in range(5))

@@ -41,7 +41,7 @@ class Trial:
         self.cluster, self.n = cluster, n
         self.destination = cluster.declare_quorum_queue("pilots-" + uuid.uuid4().hex[:8])
         self.pilotlog = Pilotlog(bundle, tmp_path)
-        self.ids = fill_spool(self.pilotlog.spool, n)
+        self.ids = {e["id"] for e in fill_spool(self.pilotlog.spool, n)}
         self.env = dict(self.pilotlog.env, PILOTLOG_SINK=cluster.url(self.destination),
                         PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD,
                         PILOTLOG_WINDOW=str(WINDOW))
@@ -177,7 +177,7 @@ def test_rolling_restart_during_replays(cluster, pki, bundle, tmp_path):
         _, err = proc.communicate(timeout=300)
         codes.append(proc.returncode)
         rounds += 1
-        trial.ids |= fill_spool(trial.pilotlog.spool, 1000)
+        trial.ids |= {e["id"] for e in fill_spool(trial.pilotlog.spool, 1000)}
     roller.join()
     trial.n = len(trial.ids)
     trial.check("rolling restart of all 3 nodes during %d replays" % rounds, trial.replay(), started,

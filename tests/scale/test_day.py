@@ -90,7 +90,7 @@ def test_competing_tail_consumers_share_one_queue(rabbitmq, pki, bundle, tmp_pat
     n = scale_report.size(3000, 30000)
     queue = "/queue/pilotlog-share-" + uuid.uuid4().hex[:8]
     pilotlog = Pilotlog(bundle, tmp_path)
-    ids = fill_spool(pilotlog.spool, n)
+    ids = {e["id"] for e in fill_spool(pilotlog.spool, n)}
     env = dict(pilotlog.env, PILOTLOG_SINK=rabbitmq.url(queue), PILOTLOG_CA_FILE=pki.path("ca.pem"),
                PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD)
     tails = [subprocess.Popen([sys.executable, "-I", "-S", str(bundle), "tail", "--json", "--idle", "5"], env=env,
