@@ -11,7 +11,8 @@ value came from (``pilotlog config`` shows it, with secrets masked).
 import os
 import stat
 
-from .events import CONTEXT_KEYS, FORMATS, MAX_PILOT_LEN, STATUSES, EventError, check_name, check_pilot, dirac_accepts
+from .events import (CONTEXT_KEYS, FORMATS, MAX_PILOT_LEN, STATUSES, EventError, check_name, check_pilot,
+                     clean_text, dirac_accepts)
 from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
 
 DEFAULT_SPOOL = ".pilotlog-spool"
@@ -189,7 +190,7 @@ class Config:
         """Context attached to every event: host, site/CE/queue when known, batch job id."""
         ctx = {"host": os.uname().nodename, "site": self.site, "ce": self.ce, "queue": self.queue}
         ctx.update(batch_context(self._environ))
-        return {k: ctx[k] for k in CONTEXT_KEYS if ctx.get(k)}
+        return {k: clean_text(ctx[k]) for k in CONTEXT_KEYS if ctx.get(k)}  # env bytes may not be UTF-8
 
 
 def batch_context(environ) -> dict:

@@ -440,6 +440,18 @@ def test_stderr_on_a_full_device_does_not_change_the_childs_exit_code(pilotlog, 
         assert shell(pilotlog, redirect, "emit", "boot", env=env).returncode == 0
 
 
+def test_settings_from_the_environment_that_are_not_utf8_are_recorded_with_replacement_characters(bundle, tmp_path):
+    env = {b"PILOTLOG_SPOOL": str(tmp_path / "spool").encode(), b"PILOTLOG_SITE": b"LCG.\x80", b"SLURM_JOB_ID": b"7\xff",
+           b"PATH": b"/usr/bin:/bin"}
+    for python in (pyenv_python("3.6.15"), sys.executable):
+        p = subprocess.run([python, "-I", "-S", str(bundle), "emit", "boot"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        assert p.returncode == 0 and p.stderr == b"", p.stderr
+    for path in (tmp_path / "spool" / "events").iterdir():
+        context = json.loads(path.read_bytes().decode("utf-8"))["context"]
+        assert context["site"] == "LCG.\ufffd" and context["batch_job"] == "7\ufffd"
+
+
 def test_integers_a_newer_python_could_not_read_back_are_refused(pilotlog):
     p = pilotlog("emit", "boot", "-d", "k:=" + "1" * 4301)  # Python 3.6 would store it; 3.11+ cannot parse it
     assert p.returncode == 2 and "longer than 4300" in p.stderr and pilotlog.depth() == 0
