@@ -27,6 +27,7 @@ import random
 import time
 
 from .events import readable_line
+from .redact import mask_url
 from .sinks import SinkError, in_batches
 
 REFUSED = frozenset((400, 413, 415, 422))
@@ -93,7 +94,7 @@ class HttpsSink:
 
         text, url = url, urlsplit(url)
         if url.scheme not in ("https", "http") or not url.hostname:
-            raise ValueError("HTTPS URL %r must look like https://host[:port]/path" % text)
+            raise ValueError("HTTPS URL %r must look like https://host[:port]/path" % mask_url(text))
         if url.username or url.password:
             raise ValueError("put credentials in cert/key settings, not in the HTTPS URL")
         self.tls = url.scheme == "https"
@@ -180,7 +181,7 @@ class HttpsSink:
 
     @property
     def where(self) -> str:
-        return "%s://%s:%d%s" % ("https" if self.tls else "http", self.host, self.port, self.path)
+        return mask_url("%s://%s:%d%s" % ("https" if self.tls else "http", self.host, self.port, self.path))
 
     def _connection(self):
         import http.client

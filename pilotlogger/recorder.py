@@ -10,13 +10,14 @@ Kept free of :mod:`logging` so the CLI's start-up does not pay for it.
 import sys
 
 from .events import EventError, make_event
+from .redact import mask_text
 from .spool import SpoolError, open_spool
 
 
 def warn(message: str) -> None:
     """One line on stderr, prefixed with the program name.  Never raises."""
     try:
-        sys.stderr.write("pilotlog: %s\n" % message)
+        sys.stderr.write("pilotlog: %s\n" % mask_text(message))
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

@@ -114,7 +114,7 @@ class FallbackSink:
 
 def describe(url: str) -> str:
     """A sink for messages: the URL without credentials."""
-    from .config import mask_url
+    from .redact import mask_url
 
     return mask_url(url)
 

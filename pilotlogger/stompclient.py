@@ -20,6 +20,7 @@ import socket
 import ssl
 import time
 
+from .redact import mask_url
 from .stompcodec import FrameParser, ProtocolError, encode_frame, escape
 
 DEFAULT_PORTS = {"stomp": 61613, "stomp+ssl": 61614}
@@ -65,7 +66,7 @@ def parse_url(url: str):
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in DEFAULT_PORTS:
-        raise ValueError("STOMP URL %r must start with stomp+ssl:// (or stomp:// for plain TCP)" % url)
+        raise ValueError("STOMP URL %r must start with stomp+ssl:// (or stomp:// for plain TCP)" % mask_url(url))
     netloc, slash, path = rest.partition("/")
     if "@" in netloc:
         raise ValueError("put credentials in user/passcode settings, not in the STOMP URL")
@@ -76,9 +77,9 @@ def parse_url(url: str):
             host, port = item.strip(), ""
         host = host.strip("[]")
         if not host:
-            raise ValueError("STOMP URL %r has an empty host" % url)
+            raise ValueError("STOMP URL %r has an empty host" % mask_url(url))
         if port and not port.isdigit():
-            raise ValueError("STOMP URL %r has a bad port %r" % (url, port))
+            raise ValueError("STOMP URL %r has a bad port %r" % (mask_url(url), port))
         hosts.append((host, int(port) if port else None))
     default = next((p for _, p in reversed(hosts) if p), DEFAULT_PORTS[scheme])
     destination = normalise_destination("/" + path if slash else "")
