@@ -121,6 +121,14 @@ def _parser():
         def error(self, message):  # argparse prints usage + message; we want one clear line
             raise UsageError("%s (see '%s --help')" % (message, self.prog))
 
+        def parse_args(self, args=None, namespace=None):
+            # argparse's own "unrecognized arguments: --passcode hunter2" would echo the value
+            # of an option it does not know into the pilot's log: name the options only.
+            args, unknown = self.parse_known_args(args, namespace)
+            if unknown:
+                raise UsageError(unknown_arguments(unknown, self.prog))
+            return args
+
     settings = Parser(add_help=False)
     group = settings.add_argument_group("settings (flag > PILOTLOG_<NAME> env > config file > default)")
     for s in SETTINGS:
@@ -203,6 +211,19 @@ def _parser():
     conf = command("config", "show the effective configuration and where each value comes from")
     conf.add_argument("--json", action="store_true", help="machine-readable output")
     return top
+
+
+def unknown_arguments(unknown, prog: str) -> str:
+    """The usage error for arguments argparse did not take, showing option names, never values.
+
+    What follows an unknown option may be its value (a password), and so may a stray word:
+    only ``--name`` (cut at ``=``) or a short ``-x`` is shown; the rest is counted.
+    """
+    names = [a.split("=", 1)[0] if a.startswith("--") else a[:2] for a in unknown if a.startswith("-") and a != "-"]
+    parts = ["unknown option(s) %s" % " ".join(dict.fromkeys(names))] if names else []
+    if len(unknown) > len(names):
+        parts.append("%d unexpected argument(s), not shown in case one is a secret" % (len(unknown) - len(names)))
+    return "%s (see '%s --help')" % ("; ".join(parts), prog)
 
 
 def _add_stop_options(parser, idle=None) -> None:
@@ -389,6 +410,8 @@ def cmd_run(args, config) -> int:
     from .wrapper import Wrapper, parse_patterns
 
     child = args.child[1:] if args.child[:1] == ["--"] else args.child
+    if child[:1] and child[0].startswith("-"):  # an option argparse could not place, not a program
+        raise UsageError(unknown_arguments(child[:child.index("--")] if "--" in child else child, "%s run" % PROG))
     if not child:
         raise UsageError("run needs a command: pilotlog run [options] -- CMD ARGS")
     try:

@@ -38,8 +38,9 @@ def _secrets():
     import glob
 
     from brokers import PASSWORD
+    from helpers import PASSCODE_SECRET, URL_SECRET
 
-    found = {PASSWORD}
+    found = {PASSWORD, PASSCODE_SECRET, URL_SECRET}
     for fixture_dir in glob.glob("/tmp/pytest-of-*/pytest-current/pki*"):
         for key in glob.glob(os.path.join(fixture_dir, "*.key")):
             lines = [l for l in open(key).read().splitlines() if l and not l.startswith("-----")]
@@ -47,22 +48,42 @@ def _secrets():
     return found
 
 
+def _agent_files():
+    """(path, text) of every file in a directory only the agent writes: spools (state.json,
+    quarantine reasons, events) and serve's stores."""
+    from helpers import AGENT_DIRS
+
+    for top in sorted(AGENT_DIRS):
+        for directory, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    with open(path, "rb") as f:
+                        yield path, f.read().decode("utf-8", "replace")
+                except OSError:
+                    pass  # gone, or made unreadable by a fault test
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Secrets never appear in any output of the suite (issue 7): passcodes, key material."""
+    """Secrets never appear in any output of the suite (issue 7), nor in any file the agent wrote
+    (issue 15): passcodes, tokens in URLs, key material."""
     from helpers import SEEN_OUTPUT
 
     import ledger
 
     secrets = _secrets()
-    leaks = sorted({command for command, text in SEEN_OUTPUT for secret in secrets if secret in text})
+    scanned = SEEN_OUTPUT + list(_agent_files())
+    leaks = sorted({command for command, text in scanned for secret in secrets if secret in text})
     if ledger.ROWS:
-        ledger.record("secrets", "passcode and private-key material in any output of this run", len(SEEN_OUTPUT), 0,
-                      not leaks, 0.0, extra="%d secrets looked for; leaks in: %s" % (len(secrets), ", ".join(leaks) or "none"))
+        ledger.record("secrets", "passcodes, URL tokens and private-key material in any output or file written",
+                      len(scanned), 0, not leaks, 0.0,
+                      extra="%d secrets looked for; leaks in: %s" % (len(secrets), ", ".join(leaks) or "none"))
     if leaks:
         session.exitstatus = 1
         sys.stderr.write("\nSECRET LEAK: test secrets appeared in the output of: %s\n" % ", ".join(leaks))
     elif SEEN_OUTPUT:
-        sys.stderr.write("\nsecrets scan: %d outputs scanned for %d test secrets, none found\n" % (len(SEEN_OUTPUT), len(secrets)))
+        sys.stderr.write("\nsecrets scan: %d outputs and %d written files scanned for %d test secrets, none found\n"
+                         % (len(SEEN_OUTPUT), len(scanned) - len(SEEN_OUTPUT), len(secrets)))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -90,7 +90,7 @@ def test_generated_pilot_id_is_reused_by_later_calls(pilotlog):
         (["emit", "boot", "--status", "fatal"], "invalid choice"),
         (["emit", "has space"], "phase"),
         (["emit", "boot", "--max-events", "0"], "--max-events: '0' is not a positive integer"),
-        (["emit", "boot", "--bogus"], "unrecognized arguments: --bogus"),
+        (["emit", "boot", "--bogus"], "unknown option(s) --bogus"),
         (["frobnicate"], "invalid choice"),
         ([], "a command is required"),
     ],
@@ -262,7 +262,7 @@ def test_make_run_demo_shows_the_whole_lifecycle(bundle, tmp_path):
 
 def test_passcode_is_never_a_command_line_value(pilotlog):
     p = pilotlog("replay", "--passcode", "hunter2")
-    assert p.returncode == 2 and "unrecognized arguments: --passcode" in p.stderr
+    assert p.returncode == 2 and "unknown option(s) --passcode" in p.stderr and "hunter2" not in p.stderr
     assert "hunter2" not in pilotlog("config", env={"PILOTLOG_PASSCODE": "hunter2"}).stdout
 
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from brokers import CLIENT_CN, free_port
-from helpers import Pilotlog, SilentListener, stderr_lines
+from helpers import AGENT_DIRS, Pilotlog, SilentListener, stderr_lines
 from pilotlogger.events import make_event, readable_line
 from pilotlogger.https import dirac_form
 from pilotlogger.tls import host_credentials
@@ -33,6 +33,7 @@ class Serve:
         self.bundle, self.pki, self.dir, self.extra, self.cert = bundle, pki, directory, list(extra), cert
         self.port = free_port()
         self.proc = None
+        AGENT_DIRS.add(str(directory))  # the stored logs are scanned for secrets
         self.start()
 
     @property

@@ -11,9 +11,8 @@ import socket
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pilotlogger.redact import MASK, is_secret_name, mask_text, mask_url
-
-SECRET = "Tok3nS3cr3tXyZ"
+from helpers import URL_SECRET as SECRET
+from pilotlogger.redact import is_secret_name, mask_text, mask_url
 
 
 @pytest.mark.parametrize("url, shown", [

@@ -1,0 +1,101 @@
+"""Security, the command line (issue 15, items 1 and 3): a secret given to pilotlog never comes back out.
+
+Usage errors name unknown options but never echo a value; the passcode, given in every way
+pilotlog takes one (environment, passcode file, config file, even mistyped), appears in no
+output of any command and in no file the agent writes.
+"""
+
+import contextlib
+import io
+import json
+import socket
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from helpers import PASSCODE_SECRET as SECRET, stderr_lines
+from pilotlogger import cli
+
+COMMANDS = ("emit boot", "replay", "status", "probe", "run", "serve", "doctor", "tail", "timeline", "config")
+
+
+def _usage(capsys, argv):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("form", [["--passcode", SECRET], ["--passcode=" + SECRET], ["-p" + SECRET], [SECRET],
+                                  ["--token", SECRET, "--password", SECRET]])
+def test_usage_errors_never_echo_values(capsys, command, form):
+    if form == [SECRET] and command in ("run", "timeline"):
+        return  # their positional arguments are the child command / the files to read: shown when wrong
+    argv = command.split() + form + (["--", "true"] if command == "run" else [])
+    code, err = _usage(capsys, argv)
+    assert code == 2 and SECRET not in err and len(err.splitlines()) == 1, err
+    if form[0].startswith("--"):
+        assert form[0].split("=")[0] in err  # the option is named, so the user knows what to fix
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.from_regex(r"\A--?[a-z][a-z0-9-]{0,15}\Z"), value=st.text(min_size=6).filter(lambda v: v.strip()),
+       command=st.sampled_from(COMMANDS), glued=st.booleans())
+def test_no_unknown_option_value_is_ever_echoed(name, value, command, glued):
+    known = {"--" + s.name.replace("_", "-") for s in cli.SETTINGS if s.flag} | {"-m", "-s", "-d", "--message", "-h"}
+    if name in known or name[:2] in known or any(k.startswith(name) for k in known) or name.startswith("--h"):
+        return  # a known option: its value may be quoted back (e.g. an invalid choice)
+    argv = command.split() + ([name + "=" + value] if glued else [name, value])
+    if command == "run":
+        argv += ["--", "true"]
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        code = cli.main(argv)
+    err = stderr.getvalue()
+    assert code == 2 and value not in err.replace("pilotlog", "", 1).replace(name, "")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _every_way(tmp_path):
+    """The passcode as each supported way gives it: (label, environment)."""
+    sink = "stomp+ssl://localhost:%d/queue/q" % _closed_port()
+    base = {"PILOTLOG_SINK": sink, "PILOTLOG_USER": "pilot", "PILOTLOG_DEADLINE": "1", "PILOTLOG_TIMEOUT": "1"}
+    secret_file = tmp_path / "passcode"
+    secret_file.write_text(SECRET + "\n")
+    config_file = tmp_path / "pilotlog.json"
+    config_file.write_text(json.dumps({"passcode": SECRET, "sink": sink}))
+    mistyped = tmp_path / "mistyped.json"
+    mistyped.write_text(json.dumps({"passcode": ["a list", SECRET]}))
+    return [
+        ("env", dict(base, PILOTLOG_PASSCODE=SECRET)),
+        ("passcode file", dict(base, PILOTLOG_PASSCODE_FILE=str(secret_file))),
+        ("config file", dict(base, PILOTLOG_CONFIG=str(config_file))),
+        ("mistyped in a config file", dict(base, PILOTLOG_CONFIG=str(mistyped))),
+    ]
+
+
+def test_the_passcode_given_every_way_is_never_shown_nor_stored(pilotlog, tmp_path):
+    for label, env in _every_way(tmp_path):
+        outputs = []
+        for args in (["emit", "boot", "--send"], ["replay"], ["status"], ["status", "--json"], ["config"],
+                     ["config", "--json"], ["doctor"], ["doctor", "--json"], ["tail", "--count", "1"],
+                     ["run", "--", "true"]):
+            p = pilotlog(*args, env=env)
+            outputs.append(p.stdout + p.stderr)
+        assert not [o for o in outputs if SECRET in o], label
+        written = [f for f in pilotlog.spool.rglob("*") if f.is_file() and SECRET in f.read_text(errors="replace")]
+        assert not written, (label, written)
+    p = pilotlog("config", env=_every_way(tmp_path)[3][1])
+    assert p.returncode == 2 and "passcode: '****' is not a string" in p.stderr
+
+
+def test_an_unknown_option_is_a_usage_error_from_the_bundle(pilotlog):
+    p = pilotlog("replay", "--passcode", SECRET)
+    (line,) = stderr_lines(p)
+    assert p.returncode == 2 and SECRET not in p.stdout + p.stderr
+    assert line == ("pilotlog: unknown option(s) --passcode; 1 unexpected argument(s), not shown in case one is a "
+                    "secret (see 'pilotlog --help')")
