@@ -477,7 +477,12 @@ def _follow(config, handle, args, duplicate=None) -> int:
 
 
 def cmd_tail(args, config) -> int:
-    """Events as they arrive: de-duplicated, each ACKed once printed (see consumer.py)."""
+    """Events as they arrive: de-duplicated, each ACKed once printed (see consumer.py).
+
+    What a worker node wrote never reaches the terminal raw: control characters are escaped.
+    """
+    from .events import escape_controls
+
     def handle(event, text):
         if args.json:
             line = text
@@ -486,7 +491,7 @@ def cmd_tail(args, config) -> int:
         else:
             line = "%s %s %s %s: %s" % (event["time"], event["pilot"], event["status"].upper(), event["phase"],
                                         event["message"] or "-")
-        sys.stdout.write(line + "\n")
+        sys.stdout.write(escape_controls(line) + "\n")
         sys.stdout.flush()  # written before it is acknowledged
 
     return _follow(config, handle, args)

@@ -8,7 +8,7 @@ kept out of the lifecycle line: they are the pilot's free text, not its phases.
 
 import collections
 
-from .events import parse_rfc3339
+from .events import escape_controls, parse_rfc3339
 
 LIFECYCLE_SKIP = ("log",)
 
@@ -116,7 +116,7 @@ class Timeline:
             "failures by message:" + ("" if s["failures_by_message"] else " none"),
         ]
         lines += ["  %5d  %s" % (n, message) for message, n in s["failures_by_message"].items()]
-        return "\n".join(lines) + "\n"
+        return "\n".join(escape_controls(line) for line in lines) + "\n"  # worker nodes' text, never raw
 
 
 def _seconds(value: float) -> str:

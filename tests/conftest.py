@@ -1,6 +1,7 @@
 """Shared fixtures: the bundle (built once per session) and a Pilotlog runner per test."""
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def _agent_files():
             for name in names:
                 path = os.path.join(directory, name)
                 try:
+                    if not stat.S_ISREG(os.lstat(path).st_mode):
+                        continue  # links and FIFOs planted by the fault tests: not written by the agent
                     with open(path, "rb") as f:
                         yield path, f.read().decode("utf-8", "replace")
                 except OSError:

@@ -99,3 +99,51 @@ def test_an_unknown_option_is_a_usage_error_from_the_bundle(pilotlog):
     assert p.returncode == 2 and SECRET not in p.stdout + p.stderr
     assert line == ("pilotlog: unknown option(s) --passcode; 1 unexpected argument(s), not shown in case one is a "
                     "secret (see 'pilotlog --help')")
+
+
+# -- what worker nodes wrote never reaches the terminal raw (item 9) ---------------------------------
+
+HOSTILE = "ok\r\x1b[2J\x1b]0;owned\x07\nFAKE LINE\x9b31m\u2028end"
+
+
+def _hostile_events(pilot="3f2504e0-4f89-41d3-9a0c-0305e82c3301"):
+    from pilotlogger.events import make_event
+
+    return [make_event("boot", HOSTILE, pilot=pilot, seq=1, epoch=1795832978.0),
+            make_event("install", "x", "error", pilot=pilot, seq=2, epoch=1795832979.0, data={"why": HOSTILE}),
+            make_event("shutdown", HOSTILE, "error", pilot=pilot, seq=3, epoch=1795832980.0)]
+
+
+def _raw_controls(text: str) -> list:
+    return sorted({c for c in text if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029"})
+
+
+def test_timeline_escapes_control_characters(pilotlog, tmp_path):
+    from pilotlogger.events import to_json
+
+    events_file = tmp_path / "events.jsonl"
+    events_file.write_text("".join(to_json(e) + "\n" for e in _hostile_events()) + HOSTILE + "\n", encoding="utf-8")
+    p = pilotlog("timeline", str(events_file))
+    assert p.returncode == 0 and _raw_controls(p.stdout) == [], p.stdout
+    assert "ok\\r\\u001b[2J\\u001b]0;owned\\u0007\\nFAKE LINE\\u009b31m\\u2028end" in p.stdout
+    assert not any(line.startswith("FAKE LINE") for line in p.stdout.splitlines())
+
+
+def test_tail_escapes_control_characters(rabbitmq, pilotlog, queue, pki):
+    import stomp
+
+    from brokers import PASSWORD, USER
+    from pilotlogger.events import to_json
+
+    conn = stomp.Connection12([("127.0.0.1", rabbitmq.plain)], vhost="/", heartbeats=(0, 0))
+    conn.connect(USER, PASSWORD, wait=True)
+    for body in [to_json(e) for e in _hostile_events()] + ["not an event " + HOSTILE]:
+        conn.send(queue, body, headers={"persistent": "true"})
+    conn.disconnect()
+    env = {"PILOTLOG_SINK": rabbitmq.url(queue), "PILOTLOG_CA_FILE": pki.path("ca.pem"), "PILOTLOG_USER": USER,
+           "PILOTLOG_PASSCODE": PASSWORD}
+    p = pilotlog("tail", "--count", "4", "--seconds", "30", env=env)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 4 and _raw_controls(p.stdout) == [], p.stdout + p.stderr
+    assert lines[0].endswith("INFO boot: ok\\r\\u001b[2J\\u001b]0;owned\\u0007\\nFAKE LINE\\u009b31m\\u2028end")
+    assert lines[3].startswith("? (not a pilotlog event) ") and "\\u001b[2J" in lines[3]
