@@ -190,6 +190,10 @@ def _parser():
     srv.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
     srv.add_argument("--allowed-cn", action="append", default=[], metavar="CN", help="accept only these client CNs")
     srv.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
+    srv.add_argument("--max-connections", type=int, default=100, metavar="N",
+                     help="connections served at once; as many more get 503, the rest are closed (default 100)")
+    srv.add_argument("--request-timeout", type=float, default=15.0, metavar="SECONDS",
+                     help="time allowed for a whole request: TLS handshake, headers and body (default 15)")
     srv.add_argument("--plain", action="store_true", help="plain HTTP (explicitly insecure, for tests behind TLS)")
 
     doctor = command("doctor", "check the delivery path step by step (config, spool, DNS, TCP, TLS, STOMP/HTTPS)")
@@ -422,9 +426,26 @@ def cmd_run(args, config) -> int:
 
 
 def cmd_serve(args, config) -> int:
-    from .serve import serve
+    """Every argument is checked before anything listens: a mistake is a usage error (exit 2)."""
+    from .serve import StoreError, parse_listen, serve
     from .tls import TLSConfigError, server_context
 
+    try:
+        parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for name, value, most in (("--max-body", args.max_body, 1 << 40), ("--max-connections", args.max_connections, 100000),
+                              ("--request-timeout", args.request_timeout, 3600)):
+        if not 0 < value <= most:  # NaN too
+            raise UsageError("%s must be above 0 and at most %d, not %s" % (name, most, value))
+    tls_options = [name for name, given in (("--server-cert", args.server_cert), ("--server-key", args.server_key),
+                   ("--client-ca", args.client_ca), ("--require-client-cert", args.require_client_cert),
+                   ("--allowed-cn", args.allowed_cn)) if given]
+    if args.plain and tls_options:
+        raise UsageError("--plain serves plain HTTP, so %s would be ignored: drop them or drop --plain"
+                         % ", ".join(tls_options))
+    if args.allowed_cn and not args.client_ca:
+        raise UsageError("--allowed-cn needs --client-ca (and TLS) to learn the client's CN; without it every POST is refused")
     context = None
     if not args.plain:
         if not (args.server_cert and args.server_key):
@@ -433,14 +454,15 @@ def cmd_serve(args, config) -> int:
             context = server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
         except TLSConfigError as exc:
             raise UsageError(str(exc)) from None
-    if args.allowed_cn and context is None:
-        raise UsageError("--allowed-cn needs TLS with --client-ca")
 
     def ready(address):
         warn("serving %s on %s:%d, storing into %s" % ("https" if context else "http", address[0], address[1], args.dir))
 
     try:
-        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready)
+        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready, args.request_timeout,
+              args.max_connections)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         warn("cannot serve on %s (%s)" % (args.listen, exc.strerror or exc))
         return EXIT_FAILED
