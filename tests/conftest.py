@@ -26,7 +26,13 @@ def pki(tmp_path_factory) -> PKI:
     for tool in ("openssl", "keytool"):
         if not shutil.which(tool):
             unavailable("%s is needed to make the test PKI" % tool)
-    return PKI(str(tmp_path_factory.mktemp("pki")))
+    pki = PKI(str(tmp_path_factory.mktemp("pki")))
+    PKI_DIRS.append(pki.dir)
+    return pki
+
+
+#: The PKI made in this session (under PYTEST_DEBUG_TEMPROOT too): its keys are secrets to look for.
+PKI_DIRS = []
 
 
 @pytest.fixture
@@ -42,9 +48,10 @@ def _secrets():
     from helpers import PASSCODE_SECRET, URL_SECRET
 
     found = {PASSWORD, PASSCODE_SECRET, URL_SECRET}
-    for fixture_dir in glob.glob("/tmp/pytest-of-*/pytest-current/pki*"):
+    for fixture_dir in PKI_DIRS:
         for key in glob.glob(os.path.join(fixture_dir, "*.key")):
-            lines = [l for l in open(key).read().splitlines() if l and not l.startswith("-----")]
+            with open(key) as f:
+                lines = [l for l in f.read().splitlines() if l and not l.startswith("-----")]
             found.update(lines[1:3])  # two full lines of base64 key material identify it
     return found
 
