@@ -51,10 +51,12 @@ test: venv brokers dist/pilotlog
 bench: venv brokers dist/pilotlog
 	@$(VPY) bench/run.py --write docs/performance.md
 
-## make faults: the fault suite at full counts (>= 200 kill -9 trials each, 60 s load); updates docs/reliability.md.
-## (make test runs the same suite at reduced counts that fit CI.)
+## make faults: the fault suite at full counts (>= 200 kill -9 trials each, 60 s load) and the security
+## tests (1000 generated requests to serve); updates both tables of docs/reliability.md.
+## (make test runs the same suites at reduced counts that fit CI.)
 faults: venv brokers dist/pilotlog
-	@PILOTLOG_FAULTS=full PILOTLOG_FAULTS_REPORT=docs/reliability.md $(VPY) -m pytest tests/faults
+	@PILOTLOG_FAULTS=full PILOTLOG_FAULTS_REPORT=docs/reliability.md $(VPY) -m pytest tests/faults tests/test_security_*.py \
+	  tests/test_static_security.py
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache

@@ -217,13 +217,25 @@ def _parser():
     return top
 
 
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_NAME_CHARS = _LETTERS | frozenset("0123456789-_")
+
+
+def _looks_like_option(text: str) -> bool:
+    """``--name`` or ``-x``: an ASCII letter first, then letters, digits, ``-`` or ``_``."""
+    body = text[2:] if text.startswith("--") else text[1:] if text.startswith("-") else ""
+    return 0 < len(body) <= 40 and body[0] in _LETTERS and all(c in _NAME_CHARS for c in body)
+
+
 def unknown_arguments(unknown, prog: str) -> str:
     """The usage error for arguments argparse did not take, showing option names, never values.
 
     What follows an unknown option may be its value (a password), and so may a stray word:
-    only ``--name`` (cut at ``=``) or a short ``-x`` is shown; the rest is counted.
+    only what looks like an option name, ``--name`` (cut at ``=``) or a short ``-x``, is
+    shown; the rest is counted.
     """
-    names = [a.split("=", 1)[0] if a.startswith("--") else a[:2] for a in unknown if a.startswith("-") and a != "-"]
+    names = [a.split("=", 1)[0] if a.startswith("--") else a[:2] for a in unknown]
+    names = [n for n in names if _looks_like_option(n)]
     parts = ["unknown option(s) %s" % " ".join(dict.fromkeys(names))] if names else []
     if len(unknown) > len(names):
         parts.append("%d unexpected argument(s), not shown in case one is a secret" % (len(unknown) - len(names)))
@@ -525,6 +537,9 @@ def cmd_timeline(args, config) -> int:
     from .timeline import Timeline
 
     timeline = Timeline()
+    options = [path for path in args.files if path.startswith("-") and path != "-"]
+    if options:  # what argparse left as a file name ("-x=a b"): an option it did not know (write ./-x for a file)
+        raise UsageError(unknown_arguments(options, "%s timeline" % PROG))
     if args.files:
         for path in args.files:
             try:

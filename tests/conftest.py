@@ -84,6 +84,8 @@ def pytest_sessionfinish(session, exitstatus):
     secrets = _secrets()
     scanned = SEEN_OUTPUT + list(_agent_files())
     leaks = sorted({command for command, text in scanned for secret in secrets if secret in text})
+    ledger.attack("secrets", "test passcodes, URL tokens and key material in every output and agent-written file",
+                  not leaks, "none found (%d secrets looked for)" % len(secrets), trials=len(scanned))
     if ledger.ROWS:
         ledger.record("secrets", "passcodes, URL tokens and private-key material in any output or file written",
                       len(scanned), 0, not leaks, 0.0,
@@ -104,6 +106,10 @@ def pytest_terminal_summary(terminalreporter):
     if ledger.ROWS:
         terminalreporter.section("fault trials (issue 7)")
         terminalreporter.write(ledger.markdown())
+    if ledger.attacked():
+        terminalreporter.section("security trials (issue 15)")
+        terminalreporter.write(ledger.security_markdown())
+    if ledger.ROWS or ledger.attacked():
         report = os.environ.get("PILOTLOG_FAULTS_REPORT")
         if report:
             ledger.write_report(report)

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import ledger
 from brokers import CLIENT_CN
 from helpers import AGENT_DIRS, URL_SECRET, stderr_lines
 from pilotlogger.events import make_event, to_json
@@ -34,6 +35,11 @@ FORM = "application/x-www-form-urlencoded"
 NDJSON = "application/x-ndjson"
 PILOT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) [^\r\n]*\r\n")
+
+
+def held(attack: str, ok, what: str) -> bool:
+    """One trial of an attack on serve, for the security table (docs/reliability.md)."""
+    return ledger.attack("serve", attack, bool(ok), what)
 
 
 @contextmanager
@@ -134,12 +140,13 @@ def test_a_vo_directory_that_is_a_link_is_never_written_through(server, tmp_path
     outside.mkdir()
     os.symlink(str(outside), str(tmp_path / "store" / "evilvo"))
     answers, closed, _ = exchange(server, request(body=form(vo="evilvo")))
-    assert answers[0][0] == 500 and "symbolic link" in answers[0][1]["Message"] and closed
+    assert held("VO directory replaced by a link to another directory", answers[0][0] == 500 and closed
+                and "symbolic link" in answers[0][1]["Message"], "500 with the reason; nothing written through"), answers
     event = make_event("boot", "up", pilot=PILOT, seq=1, epoch=1.0)
     answers, _, _ = exchange(server, request(body=to_json(event).encode(), content_type=NDJSON,
                                              headers={"X-Pilotlog-VO": "evilvo"}))
-    assert answers[0][0] == 500
-    assert os.listdir(str(outside)) == []
+    assert held("VO directory replaced by a link to another directory", answers[0][0] == 500
+                and os.listdir(str(outside)) == [], "500 with the reason; nothing written through")
 
 
 def test_pilot_files_that_are_links_or_fifos_are_refused_at_once(server, tmp_path):
@@ -152,10 +159,11 @@ def test_pilot_files_that_are_links_or_fifos_are_refused_at_once(server, tmp_pat
     os.mkfifo(str(vo / fifo))  # an open for writing would block for ever without O_NONBLOCK
     for pilot in (linked, fifo):
         answers, _, took = exchange(server, request(body=form(pilot=pilot)))
-        assert answers[0][0] == 500 and took < 3, (pilot, answers)
+        assert held("pilot file planted as a link or a FIFO", answers[0][0] == 500 and took < 3,
+                    "500 at once (no blocking open); the target untouched"), (pilot, answers)
     answers, _, _ = exchange(server, request(body=form(pilot=linked, method="finaliseLogs")))
-    assert answers[0][0] == 500 and os.path.islink(str(vo / linked))  # the link was neither followed nor moved
-    assert outside.read_text() == "untouched"
+    assert held("pilot file planted as a link or a FIFO", answers[0][0] == 500 and os.path.islink(str(vo / linked))
+                and outside.read_text() == "untouched", "500 at once (no blocking open); the target untouched")
 
 
 def test_a_link_swapped_in_while_requests_run_is_never_followed(server, tmp_path):
@@ -182,8 +190,8 @@ def test_a_link_swapped_in_while_requests_run_is_never_followed(server, tmp_path
     finally:
         stop.set()
         flipper.join()
-    assert statuses <= {200, 500}
-    assert os.listdir(str(outside)) == []
+    assert held("VO path flipped between directory and link during requests", statuses <= {200, 500}
+                and os.listdir(str(outside)) == [], "nothing written outside the store", ), statuses
 
 
 # -- 5. no request smuggling ----------------------------------------------------------------------
@@ -198,8 +206,10 @@ def test_a_chunked_body_is_refused_and_never_read_as_a_request(server, tmp_path)
                  request(body=SMUGGLED, length=False, headers={"Transfer-Encoding": "chunked"}),
                  request(body=SMUGGLED, headers={"Transfer-Encoding": "chunked"})):  # both headers
         answers, closed, _ = exchange(server, data)
-        assert [a[0] for a in answers] == [411] and closed, answers
-    assert files_under(tmp_path / "store") == []
+        assert held("chunked POST whose body is a second request", [a[0] for a in answers] == [411] and closed,
+                    "one 411, connection closed, the inner request never run"), answers
+    assert held("chunked POST whose body is a second request", files_under(tmp_path / "store") == [],
+                "one 411, connection closed, the inner request never run")
 
 
 @pytest.mark.parametrize("bad, status", [
@@ -220,8 +230,9 @@ def test_a_chunked_body_is_refused_and_never_read_as_a_request(server, tmp_path)
 def test_after_any_refusal_the_connection_closes_and_nothing_else_runs(tmp_path, bad, status):
     with running(tmp_path / "store", max_body=4096, request_timeout=2.0) as server:
         answers, closed, _ = exchange(server, bad + SMUGGLED)
-    assert [a[0] for a in answers] == [status] and closed, answers
-    assert files_under(tmp_path / "store") == []
+    assert held("a request after a refused or malformed one, same connection", [a[0] for a in answers] == [status]
+                and closed and files_under(tmp_path / "store") == [],
+                "one JSON 4xx/505, connection closed, the next request never run"), answers
 
 
 def test_a_refused_client_certificate_closes_the_connection(tmp_path, pki):
@@ -230,7 +241,8 @@ def test_a_refused_client_certificate_closes_the_connection(tmp_path, pki):
     client.load_cert_chain(pki.path("client.pem"), pki.path("client.key"))
     with running(tmp_path / "store", context, allowed_cns=["somebody-else"], request_timeout=2.0) as server:
         answers, closed, _ = exchange(server, request(body=b"ignored") + SMUGGLED, tls=client)
-        assert [a[0] for a in answers] == [403] and closed, answers
+        assert held("a request after a 403 (client CN not allowed)", [a[0] for a in answers] == [403] and closed,
+                    "403, connection closed, the next request never run"), answers
     with running(tmp_path / "store", context, allowed_cns=[CLIENT_CN], request_timeout=2.0) as server:
         answers, _, _ = exchange(server, request(body=form()) + SMUGGLED, tls=client)
         assert [a[0] for a in answers] == [200, 200]  # keep-alive still works for good requests
@@ -247,8 +259,8 @@ def test_deep_nesting_and_lone_surrogates_get_a_reason_not_an_empty_reply(server
     for data, status in ((deep_args, 400), (deep_line, 400), (surrogate_form, 400)):
         kind = NDJSON if data is deep_line else FORM
         answers, closed, _ = exchange(server, request(body=data, content_type=kind))
-        assert [a[0] for a in answers] == [status] and closed, (data[:60], answers)
-        assert answers[0][1]["OK"] is False and answers[0][1]["Message"]
+        assert held("50,000-deep nesting; a lone surrogate in a form line", [a[0] for a in answers] == [status]
+                    and closed and answers[0][1]["Message"], "400 with a DIRAC-style JSON reason"), (data[:60], answers)
     # A lone surrogate in a native event is valid JSON: stored, escaped, on one line.
     event = json.loads(to_json(make_event("log", "x", pilot=PILOT, seq=1, epoch=1.0)))
     line = to_json(event).replace('"message":"x"', '"message":"bad \\ud800 \\udcff"')
@@ -272,7 +284,8 @@ def test_a_client_dribbling_headers_is_cut_off_at_the_request_deadline(server):
         closed = True
     took = time.monotonic() - started
     sock.close()
-    assert closed and 1.9 < took < 6, took  # request_timeout is 2 s
+    assert held("one header line every 0.4 s (slowloris)", closed and 1.9 < took < 6,
+                "connection cut at the whole-request deadline"), took  # request_timeout is 2 s
 
 
 def test_a_client_dribbling_the_body_is_cut_off_too(server):
@@ -288,7 +301,8 @@ def test_a_client_dribbling_the_body_is_cut_off_too(server):
     except OSError:
         pass
     sock.close()
-    assert data == b"" and time.monotonic() - started < 6
+    assert held("body dribbled one byte every 0.3 s", data == b"" and time.monotonic() - started < 6,
+                "connection cut at the whole-request deadline")
 
 
 def test_a_silent_tls_client_is_cut_off(tmp_path, pki):
@@ -297,7 +311,8 @@ def test_a_silent_tls_client_is_cut_off(tmp_path, pki):
         sock = socket.create_connection(server.server_address[:2], timeout=10)
         started = time.monotonic()
         sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
-        assert sock.recv(100) == b"" and time.monotonic() - started < 4
+        assert held("TLS handshake started, never finished", sock.recv(100) == b"" and time.monotonic() - started < 4,
+                    "connection cut at the whole-request deadline")
         sock.close()
 
 
@@ -310,21 +325,24 @@ def _until(condition, seconds=5.0):
 
 def test_connections_beyond_the_bound_get_503_then_are_closed(tmp_path):
     with running(tmp_path / "store", max_connections=2, request_timeout=3.0) as server:
-        held = [socket.create_connection(server.server_address[:2]) for _ in range(2)]
-        for sock in held:
+        busy = [socket.create_connection(server.server_address[:2]) for _ in range(2)]
+        for sock in busy:
             sock.sendall(b"POST /p HTTP/1.1\r\n")  # busy, not finished
         assert _until(lambda: server.active == 2)
         answers, closed, _ = exchange(server, request(body=form()))
-        assert [a[0] for a in answers] == [503] and closed
+        assert held("connections past --max-connections", [a[0] for a in answers] == [503] and closed,
+                    "503 past the bound, closed at once past twice it; serving again once they go")
         assert _until(lambda: server.active == 2)
         overflow = [socket.create_connection(server.server_address[:2]) for _ in range(2)]  # take the 503 slots
         assert _until(lambda: server.active == 4)
         answers, closed, took = exchange(server, request(body=form()))
-        assert answers == [] and closed and took < 1.5  # past twice the bound: closed at once, no 503
-        for sock in held + overflow:
+        assert held("connections past --max-connections", answers == [] and closed and took < 1.5,
+                    "503 past the bound, closed at once past twice it; serving again once they go")
+        for sock in busy + overflow:
             sock.close()
         assert _until(lambda: server.active == 0)
-        assert [a[0] for a in exchange(server, request(body=form()))[0]] == [200]
+        assert held("connections past --max-connections", [a[0] for a in exchange(server, request(body=form()))[0]]
+                    == [200], "503 past the bound, closed at once past twice it; serving again once they go")
 
 
 def test_a_burst_of_pilots_is_answered(server):
@@ -341,7 +359,8 @@ def test_a_burst_of_pilots_is_answered(server):
         t.start()
     for t in threads:
         t.join(30)
-    assert len(results) == 150 and set(results) <= {200, 503} and results.count(200) >= 50, results
+    assert held("a burst of 150 pilots at once", len(results) == 150 and set(results) <= {200, 503}
+                and results.count(200) >= 50, "each answered, 200 or 503 (backlog %d)" % BACKLOG), results
 
 
 # -- 8. argument checks are usage errors -----------------------------------------------------------
@@ -363,14 +382,17 @@ def test_bad_serve_arguments_are_usage_errors(pilotlog, tmp_path, args, says):
     (tmp_path / "FILE").write_text("")
     p = pilotlog("serve", "--plain", "--listen", "127.0.0.1:0", *args, timeout=20)
     (line,) = stderr_lines(p)
-    assert p.returncode == 2 and says in line, line
+    assert held("bad arguments (listen, sizes, --plain with certificates, unusable --dir)",
+                p.returncode == 2 and says in line, "usage error, exit 2, one line naming the argument"), line
 
 
 def test_allowed_cn_without_a_client_ca_is_a_usage_error(pilotlog, pki):
     p = pilotlog("serve", "--listen", "127.0.0.1:0", "--server-cert", pki.path("server.pem"), "--server-key",
                  pki.path("server.key"), "--allowed-cn", CLIENT_CN, timeout=20)
     (line,) = stderr_lines(p)
-    assert p.returncode == 2 and "--allowed-cn needs --client-ca" in line
+    assert held("bad arguments (listen, sizes, --plain with certificates, unusable --dir)",
+                p.returncode == 2 and "--allowed-cn needs --client-ca" in line,
+                "usage error, exit 2, one line naming the argument"), line
 
 
 # -- 9. stored lines and the log are unambiguous --------------------------------------------------
@@ -382,7 +404,9 @@ def test_a_message_cannot_forge_a_line_and_the_form_protocol_keeps_its_bytes(ser
     answers, _, _ = exchange(server, request(body=to_json(event).encode() + b"\n", content_type=NDJSON))
     assert answers[0][0] == 200
     (stored,) = (tmp_path / "store" / "unknown" / PILOT).read_text().splitlines()
-    assert stored.endswith("log: real\\n2026-01-01T00:00:00.000000Z ERROR [pilot] fake: forged\\r\\u001b[2J")
+    assert held("a message with a newline and escape sequences (JSON lines)",
+                stored.endswith("log: real\\n2026-01-01T00:00:00.000000Z ERROR [pilot] fake: forged\\r\\u001b[2J"),
+                "stored as one line, control characters escaped"), stored
     answers, _, _ = exchange(server, request(body=form(lines=["tab\there \x1b[1m bold"])))
     assert answers[0][0] == 200  # DIRAC's FileCacheLoggingPlugin writes each line as it came: so do we
     assert (tmp_path / "store" / "lhcb" / PILOT).read_bytes() == b"tab\there \x1b[1m bold\n"
@@ -393,13 +417,18 @@ def test_the_log_masks_tokens_and_escapes_what_clients_sent(server, capfd):
     exchange(server, b"GET /\x1b[2J\r HTTP/1.1\r\n\r\n")
     time.sleep(0.2)
     err = capfd.readouterr().err
-    assert URL_SECRET not in err and "token=****" in err and "\x1b" not in err and "\r" not in err
+    assert held("a token in the request path; escape sequences in the request line",
+                URL_SECRET not in err and "token=****" in err and "\x1b" not in err and "\r" not in err,
+                "serve's log masks the token and escapes the rest"), err
 
 
 # -- the generative test ---------------------------------------------------------------------------
 
-#: Examples per run: small in `make test`; PILOTLOG_SERVE_EXAMPLES=2000 for a long hunt.
-EXAMPLES = int(os.environ.get("PILOTLOG_SERVE_EXAMPLES", "60"))
+#: Examples per run: small in `make test`, more in `make faults`; PILOTLOG_SERVE_EXAMPLES=5000 for a long hunt.
+EXAMPLES = int(os.environ.get("PILOTLOG_SERVE_EXAMPLES", ledger.trials(60, 1000)))
+GENERATED = "generated requests: methods, headers, chunking, types, bodies, nesting, encodings, paths, names"
+GENERATED_HELD = ("well-formed JSON answer or closed connection within 5 s; nothing read after a refusal; "
+                  "nothing outside the store; no thread left; still serving")
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20) | st.sampled_from(
     ["\ud800", "\x1b[2J", "a\nb", "é", "\x00", "../../x", "%2e%2e/"])
@@ -488,18 +517,23 @@ def test_generative_requests_never_break_the_receiver(tmp_path):
                   suppress_health_check=list(HealthCheck))
         @given(_request())
         def one(data):
-            answers, closed, took = exchange(server, data, wait=6.0)  # parse_answers: each well-formed JSON
-            assert took < 5.0 and closed, (took, answers)  # answered (or not) and closed, within the bound
+            try:
+                answers, closed, took = exchange(server, data, wait=6.0)  # parse_answers: each well-formed JSON
+            except AssertionError:
+                held(GENERATED, False, GENERATED_HELD)
+                raise
+            ok = took < 5.0 and closed  # answered (or not) and closed, within the bound
             if any(status != 200 for status, _ in answers):
-                assert answers[-1][0] != 200 and closed  # nothing is read after a refusal
+                ok = ok and answers[-1][0] != 200  # nothing is read after a refusal
+            assert held(GENERATED, ok, GENERATED_HELD), (took, closed, answers)
 
         one()
         deadline = time.monotonic() + 10
         while (server.active or threading.active_count() > serving_threads) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert server.active == 0 and threading.active_count() == serving_threads  # no thread left behind
-        assert [a[0] for a in exchange(server, request(body=form()))[0]] == [200]  # and it still serves
-    assert os.listdir(str(outside)) == []
+        assert held(GENERATED, server.active == 0 and threading.active_count() == serving_threads, GENERATED_HELD)
+        assert held(GENERATED, [a[0] for a in exchange(server, request(body=form()))[0]] == [200], GENERATED_HELD)
+    assert held(GENERATED, os.listdir(str(outside)) == [], GENERATED_HELD)
     for name in files_under(store):
         vo, _, pilot = name.partition("/")
         assert re.match(r"[A-Za-z0-9_.-]{1,64}\Z", vo) and vo not in (".", "..", "evilvo"), name
