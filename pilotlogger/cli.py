@@ -362,6 +362,7 @@ def cmd_replay(args, config) -> int:
 
 def cmd_status(args, config) -> int:
     from .events import rfc3339, to_json
+    from .redact import mask_text
 
     spool = open_spool(config)
     pilot, origin = config.resolved_pilot()
@@ -378,6 +379,7 @@ def cmd_status(args, config) -> int:
         report[key] = state.get(key, 0)
     for key in ("last_delivery", "last_error", "last_error_time"):
         report[key] = state.get(key)
+    report["last_error"] = mask_text(report["last_error"])  # a state.json of an older version may hold a token
     report["sink"] = config.masked()["sink"]
     for key in ("last_delivery", "last_error_time"):  # RFC 3339 UTC, as the events and stats() have it
         if report[key]:

@@ -148,6 +148,19 @@ def test_credentials_in_the_url_are_refused_without_being_echoed(pilotlog, sink)
                 "refused as a usage error, never echoed"), [p.stderr for p in outputs]
 
 
+def test_status_masks_a_token_an_older_version_stored(pilotlog):
+    assert pilotlog("emit", "boot").returncode == 0
+    state = pilotlog.spool / "state.json"
+    document = json.loads(state.read_text()) if state.exists() else {}
+    document["last_error"] = "https://h/p?token=%s: HTTP 500" % SECRET
+    state.write_text(json.dumps(document))
+    p = pilotlog("status", "--json")
+    assert held("token in a state.json written by an older version", p.returncode == 0 and SECRET not in p.stdout
+                and json.loads(p.stdout)["last_error"] == "https://h/p?token=****: HTTP 500",
+                "masked by status"), p.stdout
+    state.write_text(json.dumps(dict(document, last_error="gone")))  # the spool is scanned for secrets at the end
+
+
 def test_a_token_in_a_dirac_pilot_json_url_is_masked(pilotlog, tmp_path):
     pilot_json = tmp_path / "pilot.json"
     pilot_json.write_text(json.dumps({"DefaultSetup": "S", "Defaults": {"Pilot": {
