@@ -449,7 +449,12 @@ class Server:
         if full:  # not even a 503: the client's retry comes back later
             sock.close()
             return
-        threading.Thread(target=self._connection, args=(sock, client_address, overloaded), daemon=True).start()
+        try:
+            threading.Thread(target=self._connection, args=(sock, client_address, overloaded), daemon=True).start()
+        except RuntimeError:  # no thread to be had (process limits): as if full
+            with self.lock:
+                self.active -= 1
+            sock.close()
 
     def _connection(self, sock, client_address, overloaded: bool) -> None:
         seconds = min(2.0, self.request_timeout) if overloaded else self.request_timeout
