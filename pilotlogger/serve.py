@@ -316,6 +316,7 @@ def make_handler(store: Store, max_body: int, allowed_cns, request_timeout: floa
             import sys
 
             sys.stderr.write("pilotlog serve: %s %s\n" % (self.address_string(), escape_controls(fmt % args)))
+            sys.stderr.flush()  # before 3.9 a piped stderr is block-buffered: lines lost when serve is killed
 
         def do_GET(self):  # events are POSTed; a GET (e.g. pilotlog doctor) learns that, and that we are up
             self._answer(405, {"OK": False, "Message": "POST pilot logs here"})
@@ -505,6 +506,7 @@ class Server:
         import sys
 
         sys.stderr.write("pilotlog serve: %s: %s\n" % (client_address[0], escape_controls(str(sys.exc_info()[1]))))
+        sys.stderr.flush()
 
     # -- running -----------------------------------------------------------------------------
 
