@@ -72,10 +72,12 @@ test: venv packages dirac dist/pilotlog
 bench: venv packages dist/pilotlog
 	@$(VPY) bench/run.py --write docs/performance.md
 
-## make faults: the fault suite at full counts (>= 200 kill -9 trials each, 60 s load); updates docs/reliability.md.
-## (make test runs the same suite at reduced counts that fit CI.)
+## make faults: the fault suite at full counts (>= 200 kill -9 trials each, 60 s load) and the security
+## tests (1000 generated requests to serve); updates both tables of docs/reliability.md.
+## (make test runs the same suites at reduced counts that fit CI.)
 faults: venv packages dist/pilotlog
-	@PILOTLOG_FAULTS=full PILOTLOG_FAULTS_REPORT=docs/reliability.md $(VPY) -m pytest tests/faults
+	@PILOTLOG_FAULTS=full PILOTLOG_FAULTS_REPORT=docs/reliability.md $(VPY) -m pytest tests/faults tests/test_security_*.py \
+	  tests/test_static_security.py
 
 ## make scale: the scale suite at full size (3-node RabbitMQ cluster trials, a burst of 200 pilots, a day of
 ## 5 M events through timeline); writes the figures and the paper model into docs/scale.md.

@@ -140,11 +140,8 @@ def _parser():
             parsed, extras = self.parse_known_args(args, namespace)
             if extras:
                 command = getattr(parsed, "command", None)
-                unknown = sorted({e.split("=", 1)[0] for e in extras if e.startswith("-") and e != "-"})
-                what = ("unknown option(s) %s" % ", ".join(unknown) if unknown
-                        else "%d unexpected argument(s)" % len(extras))
-                raise UsageError("%s%s (see '%s --help')" % (command + ": " if command else "", what,
-                                                             " ".join(filter(None, (PROG, command)))))
+                where = " ".join(filter(None, (PROG, command)))
+                raise UsageError((command + ": " if command else "") + unknown_arguments(extras, where))
             return parsed
 
     by_name = {s.name: s for s in SETTINGS}
@@ -216,6 +213,10 @@ def _parser():
                      help="VO directory for logs whose client and pilot name none (default: unknown)")
     srv.add_argument("--vo-for-cn", action="append", default=[], metavar="CN=VO",
                      help="client certificate CN whose logs go to VO, whatever the pilot says (as DIRAC's group VO)")
+    srv.add_argument("--max-connections", type=int, default=100, metavar="N",
+                     help="connections served at once; as many more get 503, the rest are closed (default 100)")
+    srv.add_argument("--request-timeout", type=float, default=15.0, metavar="SECONDS",
+                     help="time allowed for a whole request: TLS handshake, headers and body (default 15)")
     srv.add_argument("--plain", action="store_true", help="plain HTTP (explicitly insecure, for tests behind TLS)")
 
     doctor = command("doctor", "check the delivery path step by step (config, spool, DNS, TCP, TLS, STOMP/HTTPS)")
@@ -237,6 +238,31 @@ def _parser():
     conf = command("config", "show the effective configuration and where each value comes from")
     conf.add_argument("--json", action="store_true", help="machine-readable output")
     return top
+
+
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_NAME_CHARS = _LETTERS | frozenset("0123456789-_")
+
+
+def _looks_like_option(text: str) -> bool:
+    """``--name`` or ``-x``: an ASCII letter first, then letters, digits, ``-`` or ``_``."""
+    body = text[2:] if text.startswith("--") else text[1:] if text.startswith("-") else ""
+    return 0 < len(body) <= 40 and body[0] in _LETTERS and all(c in _NAME_CHARS for c in body)
+
+
+def unknown_arguments(unknown, prog: str) -> str:
+    """The usage error for arguments argparse did not take, showing option names, never values.
+
+    What follows an unknown option may be its value (a password), and so may a stray word:
+    only what looks like an option name, ``--name`` (cut at ``=``) or a short ``-x``, is
+    shown; the rest is counted.
+    """
+    names = [a.split("=", 1)[0] if a.startswith("--") else a[:2] for a in unknown]
+    names = [n for n in names if _looks_like_option(n)]
+    parts = ["unknown option(s) %s" % " ".join(dict.fromkeys(names))] if names else []
+    if len(unknown) > len(names):
+        parts.append("%d unexpected argument(s), not shown in case one is a secret" % (len(unknown) - len(names)))
+    return "%s (see '%s --help')" % ("; ".join(parts), prog)
 
 
 def _add_stop_options(parser, idle) -> None:
@@ -390,6 +416,7 @@ def cmd_replay(args, config) -> int:
 
 def cmd_status(args, config) -> int:
     from .events import rfc3339, to_json
+    from .redact import mask_text
 
     spool = open_spool(config)
     pilot, origin = config.resolved_pilot()
@@ -407,6 +434,7 @@ def cmd_status(args, config) -> int:
         report[key] = state.get(key, 0)
     for key in ("last_delivery", "last_error", "last_error_time"):
         report[key] = state.get(key)
+    report["last_error"] = mask_text(report["last_error"])  # a state.json of an older version may hold a token
     report["sink"] = config.masked()["sink"]
     for key in ("last_delivery", "last_error_time"):  # RFC 3339 UTC, as the events and stats() have it
         if report[key]:
@@ -455,6 +483,8 @@ def cmd_run(args, config) -> int:
     from .wrapper import Wrapper, parse_patterns
 
     child = args.child[1:] if args.child[:1] == ["--"] else args.child
+    if child[:1] and child[0].startswith("-"):  # an option argparse could not place, not a program
+        raise UsageError(unknown_arguments(child[:child.index("--")] if "--" in child else child, "%s run" % PROG))
     if not child:
         raise UsageError("run needs a command: pilotlog run [options] -- CMD ARGS")
     try:
@@ -465,9 +495,27 @@ def cmd_run(args, config) -> int:
 
 
 def cmd_serve(args, config) -> int:
-    from .serve import serve
+    """Every argument is checked before anything listens: a mistake is a usage error (exit 2)."""
+    from .serve import StoreError, parse_listen, serve
     from .tls import TLSConfigError, server_context
 
+    try:
+        parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for name, value, most in (("--max-body", args.max_body, 1 << 40), ("--max-connections", args.max_connections, 100000),
+                              ("--request-timeout", args.request_timeout, 3600)):
+        if not 0 < value <= most:  # NaN too
+            raise UsageError("%s must be above 0 and at most %d, not %s" % (name, most, value))
+    tls_options = [name for name, given in (("--server-cert", args.server_cert), ("--server-key", args.server_key),
+                   ("--client-ca", args.client_ca), ("--require-client-cert", args.require_client_cert),
+                   ("--allowed-cn", args.allowed_cn), ("--vo-for-cn", args.vo_for_cn)) if given]
+    if args.plain and tls_options:
+        raise UsageError("--plain serves plain HTTP, so %s would be ignored: drop them or drop --plain"
+                         % ", ".join(tls_options))
+    if (args.allowed_cn or args.vo_for_cn) and not args.client_ca:
+        raise UsageError("--allowed-cn and --vo-for-cn need --client-ca (and TLS) to learn the client's CN"
+                         " (without it every POST would be refused, or no VO found)")
     context = None
     if not args.plain:
         if not (args.server_cert and args.server_key):
@@ -476,8 +524,6 @@ def cmd_serve(args, config) -> int:
             context = server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
         except TLSConfigError as exc:
             raise UsageError(str(exc)) from None
-    if (args.allowed_cn or args.vo_for_cn) and context is None:
-        raise UsageError("--allowed-cn and --vo-for-cn need TLS with --client-ca")
     from .serve import VO_RE
 
     vo_for_cn = dict(item.rpartition("=")[::2] for item in args.vo_for_cn)
@@ -489,7 +535,10 @@ def cmd_serve(args, config) -> int:
         warn("serving %s on %s:%d, storing into %s" % ("https" if context else "http", address[0], address[1], args.dir))
 
     try:
-        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready, args.default_vo, vo_for_cn)
+        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready, args.request_timeout,
+              args.max_connections, args.default_vo, vo_for_cn)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         warn("cannot serve on %s (%s)" % (args.listen, exc.strerror or exc))
         return EXIT_FAILED
@@ -526,7 +575,12 @@ def _follow(config, handle, args, duplicate=None) -> int:
 
 
 def cmd_tail(args, config) -> int:
-    """Events as they arrive: de-duplicated, each ACKed once printed (see consumer.py)."""
+    """Events as they arrive: de-duplicated, each ACKed once printed (see consumer.py).
+
+    What a worker node wrote never reaches the terminal raw: control characters are escaped.
+    """
+    from .events import escape_controls
+
     def handle(event, text):
         if args.json:
             line = text
@@ -535,7 +589,7 @@ def cmd_tail(args, config) -> int:
         else:
             line = "%s %s %s %s: %s" % (event["time"], event["pilot"], event["status"].upper(), event["phase"],
                                         event["message"] or "-")
-        sys.stdout.write(line + "\n")
+        sys.stdout.write(escape_controls(line) + "\n")
         sys.stdout.flush()  # written before it is acknowledged
 
     return _follow(config, handle, args)
@@ -546,6 +600,9 @@ def cmd_timeline(args, config) -> int:
     from .timeline import Timeline
 
     timeline = Timeline()
+    options = [path for path in args.files if path.startswith("-") and path != "-"]
+    if options:  # what argparse left as a file name ("-x=a b"): an option it did not know (write ./-x for a file)
+        raise UsageError(unknown_arguments(options, "%s timeline" % PROG))
     if args.files:
         for path in args.files:
             try:

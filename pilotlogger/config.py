@@ -13,6 +13,7 @@ import stat
 
 from .events import (CONTEXT_KEYS, FORMATS, MAX_PILOT_LEN, STATUSES, EventError, check_name, check_pilot,
                      clean_text, dirac_accepts)
+from .redact import MASK, mask_url
 from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
 
 DEFAULT_SPOOL = ".pilotlog-spool"
@@ -64,7 +65,8 @@ class Setting:
                 raise ValueError
         except (TypeError, ValueError):
             expected = {int: "a positive integer", float: "a positive number"}.get(self.kind, "a string")
-            raise ConfigError("%s: %r is not %s" % (where, given, expected)) from None
+            shown = MASK if self.secret else given  # a mistyped passcode is still a passcode
+            raise ConfigError("%s: %r is not %s" % (where, shown, expected)) from None
         if self.choices and value not in self.choices:
             raise ConfigError("%s: %r is not one of %s" % (where, value, ", ".join(self.choices)))
         return value
@@ -135,13 +137,13 @@ class Config:
         return self._environ
 
     def masked(self) -> dict:
-        """Settings for display: secrets replaced by ``****``, credentials cut from URLs."""
+        """Settings for display: secrets replaced by ``****``, URLs masked (see redact.py)."""
         shown = {}
         for s in SETTINGS:
             value = getattr(self, s.name)
             if value is not None and s.secret:
-                value = "****"
-            elif isinstance(value, str) and "://" in value:
+                value = MASK
+            elif isinstance(value, str) and ("://" in value or s.name.endswith("sink")):
                 value = mask_url(value)
             shown[s.name] = value
         return shown
@@ -202,17 +204,6 @@ def batch_context(environ) -> dict:
             return {"batch_system": system}  # the job id lives inside the job ad file
         return {"batch_system": system, "batch_job": value}
     return {}
-
-
-def mask_url(url: str) -> str:
-    """``scheme://user:secret@host/...`` → ``scheme://user:****@host/...``."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hostport = netloc.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return "%s%s%s:****@%s%s%s" % (scheme, sep, user, hostport, slash, path)
 
 
 def load(flags: dict = None, environ=None, cwd: str = None) -> Config:

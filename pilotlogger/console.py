@@ -2,11 +2,13 @@
 
 import sys
 
+from .redact import mask_text
+
 
 def warn(message: str) -> None:
     """One line on stderr, prefixed with the program name.  Never raises."""
     try:
-        sys.stderr.write("pilotlog: %s\n" % message)
+        sys.stderr.write("pilotlog: %s\n" % mask_text(message))  # a URL's token never reaches a log
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):  # AttributeError: stderr was closed (None)
         pass

@@ -15,6 +15,8 @@ import os
 import socket
 import time
 
+from .redact import mask_text, mask_url
+
 
 class Failed(Exception):
     """A step failed: ``detail`` says what was seen, ``advice`` what to do about it."""
@@ -28,7 +30,8 @@ class Step:
     __slots__ = ("name", "target", "ok", "ms", "detail", "advice")
 
     def __init__(self, name, target, ok, ms, detail, advice=""):
-        self.name, self.target, self.ok, self.ms, self.detail, self.advice = name, target, ok, ms, detail, advice
+        # What a step shows never holds a URL's secrets.
+        self.name, self.target, self.ok, self.ms, self.detail, self.advice = name, mask_text(target), ok, ms, mask_text(detail), advice
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}

@@ -345,17 +345,37 @@ def _encode(obj, out, quote) -> None:
         raise TypeError("%s is not JSON serializable" % type(obj).__name__)
 
 
+_CONTROLS = None
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with nothing a terminal or a line-based file would act on: control characters
+    (C0, DEL, C1), line and paragraph separators and lone surrogates become JSON-style escapes
+    (``\\n``, ``\\r``, ``\\t``, ``\\u001b``…), so one event stays one line and a message
+    cannot move the cursor, recolour the screen or forge a line.  Printable text is unchanged
+    (and inside a JSON string the escapes keep their meaning)."""
+    global _CONTROLS
+    if text.isprintable():
+        return text
+    if _CONTROLS is None:
+        codes = list(range(0x20)) + list(range(0x7F, 0xA0)) + [0x2028, 0x2029] + list(range(0xD800, 0xE000))
+        _CONTROLS = {c: "\\u%04x" % c for c in codes}
+        _CONTROLS.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+    return text.translate(_CONTROLS)
+
+
 def readable_line(event: dict) -> str:
     """One human line: ``<time> <STATUS> [<source>] <phase>: <message> {data}``.
 
     It follows DIRAC's pilot ``Logger.messageTemplate`` (time, level, [name], text), so
-    a file of these lines reads like a DIRAC pilot log.
+    a file of these lines reads like a DIRAC pilot log.  Always one line: control
+    characters in the message are escaped (:func:`escape_controls`).
     """
     text = event["message"] or event["phase"]
     line = "%s %s [%s] %s: %s" % (event["time"], event["status"].upper(), event["source"], event["phase"], text)
     if event["data"]:
         line += " " + to_json(event["data"])
-    return line
+    return escape_controls(line)
 
 
 def to_dirac(event: dict) -> dict:

@@ -178,7 +178,7 @@ class HttpsSink:
 
     @property
     def where(self) -> str:
-        return "%s://%s:%d%s" % ("https" if self.tls else "http", self.host, self.port, self.path)
+        return mask_url("%s://%s:%d%s" % ("https" if self.tls else "http", self.host, self.port, self.path))
 
     def _connection(self):
         import http.client

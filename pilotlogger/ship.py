@@ -21,6 +21,7 @@ import time
 
 from .console import warn
 from .events import render
+from .redact import mask_text
 from .sink import SinkError
 from .spool import SpoolError
 
@@ -102,7 +103,7 @@ def _record(spool, result: ShipResult) -> None:
     now = time.time()
     changes = {"delivered_total": result.delivered, "last_attempt": now}
     if result.error:
-        changes.update(last_error=result.error, last_error_time=now)
+        changes.update(last_error=mask_text(result.error), last_error_time=now)
     elif result.delivered:
         changes.update(last_delivery=now)
     try:

@@ -49,7 +49,7 @@ class Target:
 
 def describe(url: str) -> str:
     """A sink for messages: the URL without credentials."""
-    from .config import mask_url
+    from .redact import mask_url
 
     return mask_url(url)
 
@@ -97,14 +97,14 @@ def _parse_stomp(url: str) -> Target:
             host, port = item.strip(), ""
         host = host.strip("[]")
         if not host:
-            raise ValueError("STOMP URL %r has an empty host" % url)
+            raise ValueError("STOMP URL %r has an empty host" % describe(url))
         if port and not port.isdigit():
-            raise ValueError("STOMP URL %r has a bad port %r" % (url, port))
+            raise ValueError("STOMP URL %r has a bad port %r" % (describe(url), port))
         hosts.append((host, int(port) if port else None))
     kind, tls, default = SCHEMES[scheme]
     default = next((p for _, p in reversed(hosts) if p), default)
     destination = normalise_destination("/" + path if slash else "")
-    return Target(kind, tls, [(h, p or default) for h, p in hosts], destination, url)
+    return Target(kind, tls, [(h, p or default) for h, p in hosts], destination, describe(url))
 
 
 def _parse_http(url: str) -> Target:
@@ -121,7 +121,7 @@ def _parse_http(url: str) -> Target:
         raise ValueError("HTTPS URL %r has a bad port" % describe(url)) from None
     kind, tls, default = SCHEMES[parts.scheme]
     path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    return Target(kind, tls, [(parts.hostname, port or default)], path, url)
+    return Target(kind, tls, [(parts.hostname, port or default)], path, describe(url))
 
 
 def _open_one(url: str, config, stdout):

@@ -18,7 +18,7 @@ import collections
 import sys
 
 from .dedup import SEEN_LIMIT, Seen
-from .events import parse_rfc3339, rfc3339, to_json
+from .events import escape_controls, parse_rfc3339, rfc3339, to_json
 
 LIFECYCLE_SKIP = ("log",)
 MAX_STEPS = 64  # lifecycle steps kept per pilot; a pilot running many payloads repeats match
@@ -148,19 +148,19 @@ class Timeline:
                 parts.insert(len(parts) // 2, "… %d more …" % p.omitted)
             total = steps[-1][2] - steps[0][2] if len(steps) > 1 else 0.0
             first = steps[0][0]["time"] if steps else p.first
-            yield "%s  %s  %s   [%d log line(s), %s]\n" % (
-                p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, duration_text(total))
+            yield escape_controls("%s  %s  %s   [%d log line(s), %s]" % (
+                p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, duration_text(total))) + "\n"
         s = self.summary()
         never = s["booted_never_matched"]
         yield "\n"
         yield "pilots: %d, events: %d (%d duplicate(s) dropped, %d message(s) not pilotlog events)\n" % (
             s["pilots"], s["events"], s["duplicates_dropped"], s["not_pilotlog_events"])
-        yield "last phase: %s\n" % (", ".join("%s %d" % kv for kv in s["last_phase"].items()) or "-")
-        yield "booted but never matched: %d%s\n" % (
-            len(never), " (%s%s)" % (", ".join(never[:10]), ", …" if len(never) > 10 else "") if never else "")
+        yield "last phase: %s\n" % escape_controls(", ".join("%s %d" % kv for kv in s["last_phase"].items()) or "-")
+        yield "booted but never matched: %d%s\n" % (len(never), escape_controls(
+            " (%s%s)" % (", ".join(never[:10]), ", …" if len(never) > 10 else "") if never else ""))
         yield "failures by message:%s\n" % ("" if s["failures_by_message"] else " none")
         for message, n in s["failures_by_message"].items():
-            yield "  %5d  %s\n" % (n, message)
+            yield "  %5d  %s\n" % (n, escape_controls(message))  # worker nodes' text, never raw
 
 
 def duration_text(value: float) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures: the bundle (built once per session) and a Pilotlog runner per test."""
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -25,7 +26,13 @@ def pki(tmp_path_factory) -> PKI:
     for tool in ("openssl", "keytool"):
         if not shutil.which(tool):
             unavailable("%s is needed to make the test PKI" % tool)
-    return PKI(str(tmp_path_factory.mktemp("pki")))
+    pki = PKI(str(tmp_path_factory.mktemp("pki")))
+    PKI_DIRS.append(pki.dir)
+    return pki
+
+
+#: The PKI made in this session (under PYTEST_DEBUG_TEMPROOT too): its keys are secrets to look for.
+PKI_DIRS = []
 
 
 @pytest.fixture
@@ -48,31 +55,57 @@ def _secrets():
     import glob
 
     from brokers import PASSWORD
+    from helpers import PASSCODE_SECRET, URL_SECRET
 
-    found = {PASSWORD}
-    for fixture_dir in glob.glob("/tmp/pytest-of-*/pytest-current/pki*"):
+    found = {PASSWORD, PASSCODE_SECRET, URL_SECRET}
+    for fixture_dir in PKI_DIRS:
         for key in glob.glob(os.path.join(fixture_dir, "*.key")):
-            lines = [l for l in open(key).read().splitlines() if l and not l.startswith("-----")]
+            with open(key) as f:
+                lines = [l for l in f.read().splitlines() if l and not l.startswith("-----")]
             found.update(lines[1:3])  # two full lines of base64 key material identify it
     return found
 
 
+def _agent_files():
+    """(path, text) of every file in a directory only the agent writes: spools (state.json,
+    quarantine reasons, events) and serve's stores."""
+    from helpers import AGENT_DIRS
+
+    for top in sorted(AGENT_DIRS):
+        for directory, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    if not stat.S_ISREG(os.lstat(path).st_mode):
+                        continue  # links and FIFOs planted by the fault tests: not written by the agent
+                    with open(path, "rb") as f:
+                        yield path, f.read().decode("utf-8", "replace")
+                except OSError:
+                    pass  # gone, or made unreadable by a fault test
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Secrets never appear in any output of the suite (issue 7): passcodes, key material."""
+    """Secrets never appear in any output of the suite (issue 7), nor in any file the agent wrote
+    (issue 15): passcodes, tokens in URLs, key material."""
     from helpers import SEEN_OUTPUT
 
     import ledger
 
     secrets = _secrets()
-    leaks = sorted({command for command, text in SEEN_OUTPUT for secret in secrets if secret in text})
+    scanned = SEEN_OUTPUT + list(_agent_files())
+    leaks = sorted({command for command, text in scanned for secret in secrets if secret in text})
+    ledger.attack("secrets", "test passcodes, URL tokens and key material in every output and agent-written file",
+                  not leaks, "none found (%d secrets looked for)" % len(secrets), trials=len(scanned))
     if ledger.ROWS:
-        ledger.record("secrets", "passcode and private-key material in any output of this run", len(SEEN_OUTPUT), 0,
-                      not leaks, 0.0, extra="%d secrets looked for; leaks in: %s" % (len(secrets), ", ".join(leaks) or "none"))
+        ledger.record("secrets", "passcodes, URL tokens and private-key material in any output or file written",
+                      len(scanned), 0, not leaks, 0.0,
+                      extra="%d secrets looked for; leaks in: %s" % (len(secrets), ", ".join(leaks) or "none"))
     if leaks:
         session.exitstatus = 1
         sys.stderr.write("\nSECRET LEAK: test secrets appeared in the output of: %s\n" % ", ".join(leaks))
     elif SEEN_OUTPUT:
-        sys.stderr.write("\nsecrets scan: %d outputs scanned for %d test secrets, none found\n" % (len(SEEN_OUTPUT), len(secrets)))
+        sys.stderr.write("\nsecrets scan: %d outputs and %d written files scanned for %d test secrets, none found\n"
+                         % (len(SEEN_OUTPUT), len(scanned) - len(SEEN_OUTPUT), len(secrets)))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -83,6 +116,10 @@ def pytest_terminal_summary(terminalreporter):
     if ledger.ROWS:
         terminalreporter.section("fault trials (issue 7)")
         terminalreporter.write(ledger.markdown())
+    if ledger.attacked():
+        terminalreporter.section("security trials (issue 15)")
+        terminalreporter.write(ledger.security_markdown())
+    if ledger.ROWS or ledger.attacked():
         report = os.environ.get("PILOTLOG_FAULTS_REPORT")
         if report:
             ledger.write_report(report)

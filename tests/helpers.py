@@ -89,6 +89,11 @@ def clean_env(**extra) -> dict:
 
 #: Every stdout/stderr the Pilotlog runner saw: scanned for test secrets at the end of the session.
 SEEN_OUTPUT = []
+#: Directories only the agent writes into (spools, serve's stores): every file in them is scanned too.
+AGENT_DIRS = set()
+#: Secrets the security tests hand to pilotlog (besides the brokers' passcode and the PKI's keys).
+PASSCODE_SECRET = "hunter2-Pa55c0de-9x"
+URL_SECRET = "Tok3nS3cr3tXyZ"
 
 
 class Pilotlog:
@@ -108,6 +113,7 @@ class Pilotlog:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kw
         )
         SEEN_OUTPUT.append((" ".join(str(a) for a in args[:2]), p.stdout + p.stderr))
+        AGENT_DIRS.add(str(full_env.get("PILOTLOG_SPOOL", self.spool)))
         return p
 
     def depth(self) -> int:
@@ -203,6 +209,7 @@ class Serve:
         self.bundle, self.pki, self.dir, self.extra, self.cert = bundle, pki, directory, list(extra), cert
         self.port = free_port()
         self.proc = None
+        AGENT_DIRS.add(str(directory))  # the stored logs are scanned for secrets
         self.start()
 
     @property

@@ -4,9 +4,12 @@ Every row says what was done to pilotlog, how many times, and what the two promi
 came to: events lost (must be 0), the pilot-visible exit code (must be what the pilot
 expects), the longest trial (bounded) and the one stderr line the operator got.
 
+The security tests (issue 15) keep a second table the same way: each attack on a
+surface, how many trials, how many failed, and what had to hold (:func:`attack`).
+
 ``make faults`` sets PILOTLOG_FAULTS=full (the full trial counts) and
-PILOTLOG_FAULTS_REPORT=docs/reliability.md (the table is written there); ``make test``
-runs the reduced counts that fit CI and prints the same table.
+PILOTLOG_FAULTS_REPORT=docs/reliability.md (the tables are written there, each between
+its markers); ``make test`` runs the reduced counts that fit CI and prints the same tables.
 """
 
 import os
@@ -16,7 +19,9 @@ import time
 
 FULL = os.environ.get("PILOTLOG_FAULTS") == "full"
 MARKER = "<!-- results -->"
+SECURITY_MARKER = "<!-- security results -->"
 ROWS = []
+ATTACKS = {}  # (surface, attack) -> [trials, failed, what had to hold]
 
 
 def trials(reduced: int, full: int) -> int:
@@ -31,6 +36,16 @@ def record(area: str, fault: str, trials: int, lost: int, exit_ok: bool, seconds
     line = re.sub(r"/tmp/[^ ;,)]*/(spool|fs)\b", r"…/\1", line)  # the test's temporary paths are noise
     ROWS.append((area, fault, trials, lost, "as expected" if exit_ok else "WRONG", "%.1f" % seconds,
                  (line[:150] + "…") if len(line) > 150 else line, extra, "ok" if ok else "**FAILED**"))
+
+
+def attack(surface: str, what: str, ok: bool, held: str = "", trials: int = 1) -> bool:
+    """Count trial(s) of an attack on a surface; returns ``ok`` so a test can assert it.
+
+    ``held``: what had to hold (the same for every trial of that attack)."""
+    row = ATTACKS.setdefault((surface, what), [0, 0, held])
+    row[0] += trials
+    row[1] += 0 if ok else trials
+    return ok
 
 
 class Stopwatch:
@@ -63,9 +78,37 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def attacked() -> bool:
+    """Whether security tests ran (the secrets scan alone, recorded by every session, does not count)."""
+    return any(surface != "secrets" for surface, _ in ATTACKS)
+
+
+def security_markdown() -> str:
+    header = ("surface", "attack", "trials", "failed", "what had to hold", "outcome")
+    lines = [
+        "Run of %s: %s counts, Python %s." % (time.strftime("%Y-%m-%d"), "full" if FULL else "reduced (CI)",
+                                             platform.python_version()),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for (surface, what), (trials, failed, held) in ATTACKS.items():
+        cells = (surface, what, trials, failed, held, "ok" if not failed else "**FAILED**")
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(path: str) -> None:
-    """Replace what follows the results marker in ``path`` with this run's table."""
+    """Replace each table this run made in ``path``: what follows its marker, up to its end
+    marker (``<!-- /… -->``) or the end of the file."""
     with open(path) as f:
-        head = f.read().split(MARKER)[0]
+        text = f.read()
+    for marker, rows, render in ((MARKER, ROWS, markdown), (SECURITY_MARKER, attacked(), security_markdown)):
+        if not rows or marker not in text:
+            continue
+        end = "<!-- /" + marker[len("<!-- "):]
+        head, _, tail = text.partition(marker)
+        _, found, rest = tail.partition(end)
+        text = head + marker + "\n\n" + render() + ("\n" + end + rest if found else "")
     with open(path, "w") as f:
-        f.write(head + MARKER + "\n\n" + markdown())
+        f.write(text)

@@ -212,7 +212,7 @@ def test_config_shows_origins_and_masks_secrets(pilotlog):
     p = pilotlog("config", "--json", env={"PILOTLOG_SINK": "https://u:topsecret@h:8444/p", "PILOTLOG_SITE": "S"})
     shown = json.loads(p.stdout)
     assert shown["site"] == {"value": "S", "from": "env PILOTLOG_SITE"}
-    assert shown["sink"]["value"] == "https://u:****@h:8444/p" and "topsecret" not in p.stdout
+    assert shown["sink"]["value"] == "https://****@h:8444/p" and "topsecret" not in p.stdout
     assert "topsecret" not in pilotlog("config", env={"PILOTLOG_SINK": "https://u:topsecret@h/p"}).stdout
 
 

@@ -79,7 +79,7 @@ def test_bad_env_value_names_the_variable():
 def test_url_credentials_are_masked():
     c = load(env={"PILOTLOG_SINK": "https://pilot:s3cret@logs.example.org:8444/WorkloadManagement/TornadoPilotLogging"})
     shown = json.dumps(c.masked())
-    assert "s3cret" not in shown and "pilot:****@logs.example.org:8444/WorkloadManagement" in shown
+    assert "s3cret" not in shown and "https://****@logs.example.org:8444/WorkloadManagement" in shown
     assert config.mask_url("stomp+ssl://h:61614/queue/q") == "stomp+ssl://h:61614/queue/q"
 
 

@@ -1,0 +1,90 @@
+"""What is secret in a URL, and the one function that hides it before a URL is shown or stored.
+
+A sink URL can carry a credential in several places, and a receiver may name its token
+anything, so masking goes by *where* a value sits, not only by its name:
+
+* userinfo, all of it: ``https://user:pw@h`` and ``https://TOKEN@h`` → ``https://****@h``
+  (a lone "user name" is often the token itself);
+* every query value: ``?token=S&vo=lhcb`` → ``?token=****&vo=****`` (a bare ``?S`` → ``?****``);
+* the fragment: ``#S`` → ``#****``;
+* in the path, the value of a ``name=value`` segment or ``;name=value`` parameter, and the
+  segment after one named like a key (``/token/S``, ``/api-key/S``: see :func:`is_secret_name`).
+
+Scheme, host, port and the rest of the path stay readable: they are what an operator needs
+to find the service.  A secret written as a bare path segment with no key name before it
+cannot be told from a path and is not masked: put it in a query parameter.
+
+A leaf module (it imports nothing of ours), cheap to import.
+"""
+
+import re
+
+MASK = "****"
+
+#: Names of values that are secret wherever they appear (compared lower-case, ``-`` as ``_``).
+SECRET_NAMES = frozenset((
+    "token", "access_token", "refresh_token", "id_token", "auth", "authorization", "key", "apikey", "api_key",
+    "password", "passwd", "pass", "passcode", "pwd", "secret", "client_secret", "sig", "signature",
+    "credential", "credentials", "session", "sessionid", "jsessionid",
+))
+_SECRET_ENDINGS = ("token", "secret", "password", "passwd", "passcode", "apikey", "_key", "signature")
+
+_URL_PARTS = re.compile(r"([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#(.*))?\Z", re.S)
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:;,.)]")  # not the sentence's ":"
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a key name such as token, access_token, X-Api-Key, password, sig, signature."""
+    from urllib.parse import unquote
+
+    name = unquote(name).strip().lower().replace("-", "_")
+    return name in SECRET_NAMES or name.endswith(_SECRET_ENDINGS)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with every secret part (see the module's docstring) replaced by ``****``.
+
+    Idempotent, total (any string goes in, nothing raises) and the identity on a URL with
+    nothing secret in it.  A string without ``scheme://`` is read as ``host/path?query``,
+    so a mistyped sink (``user:pw@host/p``) is masked too.
+    """
+    if not isinstance(url, str):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc, path, query, fragment = _URL_PARTS.match(rest).groups()
+    _, at, hostport = netloc.rpartition("@")
+    masked = scheme + sep + (MASK + "@" if at else "") + hostport + _mask_path(path)
+    if query is not None:
+        masked += "?" + "&".join(_mask_pair(pair) for pair in query.split("&"))
+    if fragment is not None:
+        masked += "#" + (MASK if fragment else "")
+    return masked
+
+
+def mask_text(text: str) -> str:
+    """Every ``scheme://…`` in a free text (an error message) masked with :func:`mask_url`."""
+    if not isinstance(text, str) or "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+
+
+def _mask_pair(pair: str) -> str:
+    name, eq, value = pair.partition("=")
+    if eq:
+        return name + "=" + (MASK if value else "")
+    return MASK if pair else ""
+
+
+def _mask_path(path: str) -> str:
+    segments, after_key = [], False
+    for segment in path.split("/"):
+        name, *params = segment.split(";")
+        if after_key and name:
+            name = MASK
+        elif "=" in name:
+            name = _mask_pair(name)
+        after_key = "=" not in name and name != MASK and is_secret_name(name)
+        segments.append(";".join([name] + [_mask_pair(p) for p in params]))
+    return "/".join(segments)
