@@ -656,7 +656,8 @@ def main(argv=None) -> int:
     """Run one command; return its exit code.  Never raises (except SystemExit from --help)."""
     from . import config as config_module
 
-    _guard_std_streams()
+    if argv is None:  # the process's own entry: its standard streams are ours to guard (not a caller's)
+        _guard_std_streams()
     argv = message_is_data(sys.argv[1:] if argv is None else argv)
     command = None
     try:

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 
-from .redact import mask_text, mask_url
+from .redact import mask_text
 
 
 class Failed(Exception):

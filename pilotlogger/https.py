@@ -29,6 +29,7 @@ import json
 import time
 
 from .events import readable_line
+from .redact import mask_url
 from .sink import Backoff, SinkError, in_batches
 from .version import __version__
 

@@ -20,7 +20,7 @@ with 200 on success, 4xx for a bad request and 5xx for a failure of the server's
 
 Acceptance mirrors DIRAC 9.1.22 (tests/test_dirac.py runs both on the same requests):
 ``args`` of exactly three strings, pilot ids a lowercase UUID or a stamp ``[0-9a-z]{32}``,
-VO names ``[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*``, ``extraCredentials`` JSON (``"hosts"``); where
+VO names ``[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*``, ``extraCredentials`` JSON (``"hosts"``); where
 DIRAC fails with HTTP 500 serve answers 400.  The VO: DIRAC takes the client group's VO,
 else the pilot's; serve has no registry, so it takes ``vo_for_cn[client CN]``, else the
 pilot's, else ``default_vo`` -- a log is never dropped for want of a VO.

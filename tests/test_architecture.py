@@ -16,6 +16,7 @@ PACKAGE = ROOT / "pilotlogger"
 
 #: Lowest first.  Keep docs/architecture.md ("Layers") in step.
 LAYERS = (
+    ("secrets", {"redact"}),
     ("foundations", {"version", "console", "events", "x509", "power", "stompcodec", "tls", "dedup", "cli_help"}),
     ("state machines and storage", {"stompsession", "spool", "sink", "timeline"}),
     ("views", {"timeline_html"}),

@@ -115,8 +115,8 @@ def test_an_unknown_option_is_a_usage_error_from_the_bundle(pilotlog):
     p = pilotlog("replay", "--passcode", SECRET)
     (line,) = stderr_lines(p)
     assert p.returncode == 2 and SECRET not in p.stdout + p.stderr
-    assert line == ("pilotlog: unknown option(s) --passcode; 1 unexpected argument(s), not shown in case one is a "
-                    "secret (see 'pilotlog --help')")
+    assert line == ("pilotlog: replay: unknown option(s) --passcode; 1 unexpected argument(s), not shown in case one "
+                    "is a secret (see 'pilotlog replay --help')")
 
 
 # -- what worker nodes wrote never reaches the terminal raw (item 9) ---------------------------------

@@ -391,7 +391,7 @@ def test_allowed_cn_without_a_client_ca_is_a_usage_error(pilotlog, pki):
                  pki.path("server.key"), "--allowed-cn", CLIENT_CN, timeout=20)
     (line,) = stderr_lines(p)
     assert held("bad arguments (listen, sizes, --plain with certificates, unusable --dir)",
-                p.returncode == 2 and "--allowed-cn needs --client-ca" in line,
+                p.returncode == 2 and "--allowed-cn and --vo-for-cn need --client-ca" in line,
                 "usage error, exit 2, one line naming the argument"), line
 
 

@@ -64,7 +64,7 @@ class Trial:
         import stomp
 
         node = next(n for n in self.cluster.nodes if n._accepts_login())
-        got, done = [], []
+        got = []
 
         class Listener(stomp.ConnectionListener):
             def on_message(self, frame):
