@@ -10,7 +10,8 @@ WHICH_FILE = ("config", "setup", "vo")
 SPOOL = ("spool", "max_events", "max_bytes", "max_event_bytes", "log_fsync")
 EVENTS = ("pilot_uuid", "source", "level", "site", "ce", "queue")
 CONNECTION = ("sink", "user", "passcode", "passcode_file", "vhost", "ca_file", "ca_dir", "cert", "key", "timeout", "deadline")
-SHIPPING = ("format", "fallback_sink", "window", "receipt_every", "http_protocol", "batch_events", "batch_bytes")
+SHIPPING = ("format", "fallback_sink", "window", "receipt_every", "destination_headers", "destination_check",
+            "http_protocol", "batch_events", "batch_bytes")
 
 RECORDING = WHICH_FILE + SPOOL + EVENTS
 DELIVERY = CONNECTION + SHIPPING

@@ -103,6 +103,11 @@ SETTINGS = (
     Setting("deadline", float, 20.0, "seconds allowed for reaching a broker (all addresses, retries) or reconnecting"),
     Setting("window", int, 1000, "SEND frames in flight awaiting their receipts"),
     Setting("receipt_every", int, 1, "opt-in: a RECEIPT every K frames, cumulative (default 1: one per event)"),
+    Setting("destination_headers", str, None, "STOMP headers sent with every SEND, e.g. RabbitMQ's queue properties:"
+            " x-queue-type=quorum,durable=true (to reach a quorum queue as /queue/NAME)"),
+    Setting("destination_check", str, "strict", "strict: refuse destinations that can drop a confirmed message"
+            " (/topic/, /exchange/…) and check that a RabbitMQ /amq/queue/ exists; off: trust any RECEIPT",
+            choices=("strict", "off")),
     # Delivery over HTTPS, fallback, batching.
     Setting("fallback_sink", str, None, "used for the rest of a run when the sink fails (e.g. https://… behind stomp+ssl://…)"),
     Setting("http_protocol", str, "dirac", "HTTPS body: DIRAC's pilot-logging form, or JSON lines", choices=("dirac", "json")),

@@ -170,10 +170,10 @@ class Doctor:
         if not self.check(label + "stomp", where, lambda: _connect(conn, c)):
             conn.abort()
             return False
-        ok = True
-        if self.send_test:
+        ok = self.check(label + "destination", target.destination, lambda: _destination(conn, target, c)) is not None
+        if ok and self.send_test:
             ok = bool(self.check(label + "send", where, lambda: _send_test(conn, StompSink(c, target), c)))
-        conn.close()
+        conn.close()  # a DISCONNECT if the session is still up, else just the socket
         return ok
 
 
@@ -263,6 +263,37 @@ def _connect(conn, config):
     return None, "CONNECTED to %s, logged in %s, %s" % (conn.server or "an unnamed broker", who, beats)
 
 
+def _destination(conn, target, config):
+    """What replay would say about the destination: one that can drop what it confirms (refused
+    unless destination_check=off), the queue properties, and on RabbitMQ that an /amq/queue/ exists."""
+    from .stompclient import dropping, parse_headers
+    from .stompsession import StompError
+
+    destination = target.destination
+    why = dropping(destination)
+    if why and config.destination_check == "strict":
+        raise Failed("%s can drop messages silently (%s): a RECEIPT would not mean stored" % (destination, why),
+                     "send to /queue/NAME, or set destination_check=off if a durable subscription or a binding "
+                     "holds them")
+    try:
+        headers = parse_headers(config.destination_headers)
+    except ValueError as exc:
+        raise Failed(str(exc), "fix destination_headers (pilotlog config shows its value)") from None
+    if destination.startswith("/amq/queue/") and conn.server.startswith("RabbitMQ"):
+        try:
+            conn.check_queue(destination)
+        except StompError as exc:
+            raise Failed(str(exc), "declare the queue on the broker, or use /queue/NAME") from None
+        detail = "the queue exists (checked without consuming)"
+    elif why:
+        detail = "%s: destination_check=off trusts every RECEIPT, even for what nothing holds" % why
+    else:
+        detail = "a queue: what the broker confirms, it keeps"
+    if headers:
+        detail += "; sent with %s" % ", ".join("%s=%s" % h for h in headers)
+    return None, detail
+
+
 def _send_test(conn, sink, config):
     from .events import make_event, render
     from .stompsession import StompError
@@ -275,8 +306,11 @@ def _send_test(conn, sink, config):
     try:
         confirmed = list(conn.stream(iter([(event["id"], payload)]), sink.encode, 1))
     except StompError as exc:
-        raise Failed(str(exc), "the broker refused the message: check the destination and write permission "
-                               "for this user") from None
+        from .stompclient import advice
+
+        hint = advice(str(exc))
+        raise Failed(str(exc), hint[2:] if hint else "the broker refused the message: check the destination and "
+                                                     "write permission for this user") from None
     if confirmed != [event["id"]]:
         raise Failed("no receipt for the test event", "see the broker's log")
     return None, "test event %s to %s receipted" % (event["id"], sink.destination)

@@ -22,7 +22,7 @@ import time
 
 from .sink import Backoff, SinkError
 from .stompcodec import SendFrames
-from .stompsession import Closed, Connected, Failed, Message, Settled, StompError, StompSession
+from .stompsession import Closed, Connected, Failed, Message, Receipt, Settled, StompError, StompSession
 from .tls import server_hostname
 
 
@@ -207,6 +207,36 @@ class StompConnection:
     def ack(self, frame) -> None:
         self._send(self.session.ack(frame, time.monotonic()))
 
+    def check_queue(self, destination: str) -> None:
+        """Make sure a RabbitMQ ``/amq/queue/NAME`` exists, consuming nothing from it.
+
+        RabbitMQ confirms a SEND to a queue that does not exist, and drops the message; a
+        SUBSCRIBE to one is answered by an ERROR.  So: subscribe (prefetch 1), give back
+        whatever arrives meanwhile (NACK: requeued for the real consumers), unsubscribe,
+        and wait for the broker's receipt of that.
+        """
+        session, now = self.session, time.monotonic()
+        self._send(session.subscribe(destination, 1, now, sub_id=PROBE, receipt=PROBE)
+                   + session.unsubscribe(PROBE, PROBE + "-done", now))
+        until = now + self.timeout
+        while True:
+            events = self._receive(until, block=True)
+            if not events:
+                raise StompError("%s: no answer within %g s about %s" % (self.where, self.timeout, destination))
+            for event in events:
+                if event.__class__ is Failed:
+                    if "not_found" in str(event.error).lower():
+                        raise StompError(
+                            "%s: queue %s does not exist there, and RabbitMQ would confirm messages sent to it and "
+                            "drop them: declare the queue (a quorum queue on a cluster), or send to /queue/%s, which "
+                            "RabbitMQ declares" % (self.where, destination, destination[len("/amq/queue/"):]),
+                            retryable=False)
+                    raise event.error
+                if event.__class__ is Message and event.frame.headers.get("subscription") == PROBE:
+                    self._send(session.nack(event.frame, time.monotonic()))
+                elif event.__class__ is Receipt and event.receipt_id == PROBE + "-done":
+                    return
+
     def abort(self) -> None:
         """Drop the connection without a word (after a failure: the session is over)."""
         self.transport.close()
@@ -225,6 +255,57 @@ class StompConnection:
             pass
         finally:
             self.transport.close()
+
+
+PROBE = "pilotlog-queue-check"  # subscription id and receipts of check_queue
+
+#: Destinations a broker may confirm and then drop: nothing holds what is sent there unless a
+#: subscriber or a binding happens to exist at that moment (docs/events.md, "Destinations").
+DROPPING = (("/topic/", "a topic with no subscriber"), ("/exchange/", "an exchange with no binding"),
+            ("/temp-queue/", "a temporary queue"), ("/temp-topic/", "a temporary topic"),
+            ("/reply-queue/", "a reply queue"))
+#: Frame headers pilotlogger sets itself: destination_headers cannot replace them.
+OWN_HEADERS = frozenset(("destination", "receipt", "content-length", "content-type", "persistent", "transaction",
+                         "pilot_id", "event_id", "phase", "status"))
+
+
+def dropping(destination: str):
+    """Why ``destination`` can lose a confirmed message (a phrase), or None when a queue holds it."""
+    return next((why for prefix, why in DROPPING if destination.startswith(prefix)), None)
+
+
+def parse_headers(text) -> tuple:
+    """``destination_headers`` (``name=value,name=value``) → ((name, value)…); ValueError says why not."""
+    pairs = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.strip().partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError("destination_headers %r must be NAME=VALUE[,NAME=VALUE…], e.g. x-queue-type=quorum"
+                             % item.strip()[:60])
+        if not all(c.isalnum() or c in "-_." for c in name) or name.lower() in OWN_HEADERS:
+            raise ValueError("destination_headers: %r is not a header pilotlog can send (letters, digits, '-', '_', "
+                             "'.'; not one of its own: %s)" % (name[:40], ", ".join(sorted(OWN_HEADERS))))
+        if not value.isprintable():
+            raise ValueError("destination_headers: the value of %s holds control characters" % name)
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def advice(error: str) -> str:
+    """What to configure for a broker ERROR pilotlog can explain (appended to its one line), or ""."""
+    import re
+
+    found = re.search(r"inequivalent arg '([^']+)'.*current is (?:the value '([^']*)'|none)", error)
+    if found:
+        name, current = found.groups()
+        if current is None:
+            return "; the queue was declared without %s: remove it from destination_headers" % name
+        return ("; the queue exists with %s=%s: add %s=%s to destination_headers (and durable=true for a quorum "
+                "queue)" % (name, current, name, current))
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,8 +407,15 @@ class StompSink:
         from .tls import client_context_for
 
         self.hosts, self.destination = target.hosts, target.destination
+        why = dropping(self.destination)
+        if why and config.destination_check == "strict":
+            raise ValueError(
+                "destination %s can drop messages silently (%s), so a RECEIPT would not mean stored: send to "
+                "/queue/NAME, or set destination_check=off if a durable subscription or a binding holds them"
+                % (self.destination, why))
+        extra = parse_headers(config.destination_headers)
         self.frames = SendFrames(self.destination, (("content-type", "application/json;charset=utf-8"),
-                                                    ("persistent", "true")),
+                                                    ("persistent", "true")) + extra,
                                  ("pilot_id", "event_id", "phase", "status"))
         self.context = client_context_for(config) if target.tls else None
         self.config = config
@@ -340,8 +428,17 @@ class StompSink:
                                   event["id"] if receipt else None)
 
     def connect(self, deadline: float) -> StompConnection:
+        """A CONNECTED session; on RabbitMQ an ``/amq/queue/`` destination is checked to exist first
+        (ActiveMQ keeps whatever is sent to a queue: it creates it)."""
         c = self.config
-        return connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, deadline)
+        conn = connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, deadline)
+        if self.destination.startswith("/amq/queue/") and conn.server.startswith("RabbitMQ"):
+            try:
+                conn.check_queue(self.destination)
+            except StompError:
+                conn.abort()
+                raise
+        return conn
 
     def deliver(self, events):
         source = ((event["id"], (event, body)) for event, body in events)
@@ -368,7 +465,7 @@ class StompSink:
                 self.conn.abort()
                 self.conn = None
                 if not exc.retryable:
-                    raise SinkError(str(exc)) from None
+                    raise SinkError(str(exc) + advice(str(exc))) from None
                 lost = str(exc)
                 if end is None:
                     end = time.monotonic() + self.config.deadline

@@ -7,6 +7,7 @@ bytes that arrived and returns what they meant, as events, in order:
     Connected   the broker accepted us (its name, the negotiated heart-beats)
     Settled     event ids confirmed by a RECEIPT, oldest first
     Message     a MESSAGE frame (consumers)
+    Receipt     a RECEIPT for a frame other than a SEND in the window (a SUBSCRIBE we asked about)
     Closed      the broker confirmed our DISCONNECT
     Failed      the session is over: an ERROR frame, a protocol violation, the peer hung up;
                 ``error`` is the StompError to raise (after handling the events before it)
@@ -71,6 +72,13 @@ class Message:
 
     def __init__(self, frame):
         self.frame = frame
+
+
+class Receipt:
+    __slots__ = ("receipt_id",)
+
+    def __init__(self, receipt_id):
+        self.receipt_id = receipt_id
 
 
 class Closed:
@@ -197,17 +205,28 @@ class StompSession:
         self.progress = now
         return self._sent(b"".join(frames), now)
 
-    def subscribe(self, destination: str, prefetch: int, now: float) -> bytes:
+    def subscribe(self, destination: str, prefetch: int, now: float, sub_id: str = "pilotlog", receipt=None) -> bytes:
         """SUBSCRIBE with ``client-individual`` acks: a message is ours to lose only once ACKed.
 
         ``prefetch`` bounds what the broker sends before our ACKs (RabbitMQ and ActiveMQ
-        each read their own header; others ignore both).
+        each read their own header; others ignore both).  With ``receipt`` the broker's
+        RECEIPT (a :class:`Receipt` event) says the subscription exists.
         """
         self._need(CONNECTED)
-        return self._sent(encode_frame("SUBSCRIBE", [
-            ("destination", destination), ("id", "pilotlog"), ("ack", "client-individual"),
-            ("prefetch-count", str(prefetch)), ("activemq.prefetchSize", str(prefetch)),
-        ]), now)
+        headers = [("destination", destination), ("id", sub_id), ("ack", "client-individual"),
+                   ("prefetch-count", str(prefetch)), ("activemq.prefetchSize", str(prefetch))]
+        return self._sent(encode_frame("SUBSCRIBE", headers + ([("receipt", receipt)] if receipt else [])), now)
+
+    def unsubscribe(self, sub_id: str, receipt: str, now: float) -> bytes:
+        """UNSUBSCRIBE; its RECEIPT (a :class:`Receipt` event) says no MESSAGE for it follows."""
+        self._need(CONNECTED)
+        return self._sent(encode_frame("UNSUBSCRIBE", [("id", sub_id), ("receipt", receipt)]), now)
+
+    def nack(self, frame, now: float) -> bytes:
+        """Give a MESSAGE back to the broker, for another consumer (requeued)."""
+        self._need(CONNECTED)
+        return self._sent(encode_frame("NACK", [("id", frame.headers.get("ack", frame.headers.get("message-id", "")))]),
+                          now)
 
     def ack(self, frame, now: float) -> bytes:
         """Acknowledge one MESSAGE (STOMP 1.2: by the value of its ``ack`` header)."""
@@ -288,7 +307,7 @@ class StompSession:
             if frame.headers.get("receipt-id") == BYE and self.state == DISCONNECTING:
                 self.state = CLOSED
                 return Closed()
-            return None  # a receipt we never asked for, or asked for on a previous connection
+            return Receipt(frame.headers.get("receipt-id"))  # a SUBSCRIBE's, or one a lost session asked for
         if command == "ERROR":
             return self._fail("%s sent an ERROR: %s" % (self.where, error_text(frame)), retryable=False)
         if command == "MESSAGE" and self.state == CONNECTED:

@@ -94,3 +94,59 @@ def test_one_backoff_policy_doubles_to_five_seconds_with_jitter_and_resets():
     assert backoff.attempts == 8
     backoff.reset()
     assert 0.1 <= backoff.next_delay() <= 0.3
+
+
+# -- destinations that drop, and queue properties (issue 19) ------------------------------------
+
+
+@pytest.mark.parametrize("destination,why", [
+    ("/topic/t", "a topic with no subscriber"), ("/exchange/amq.topic/k", "an exchange with no binding"),
+    ("/temp-queue/t", "a temporary queue"), ("/queue/q", None), ("/amq/queue/q", None),
+])
+def test_which_destinations_can_drop_what_they_confirm(destination, why):
+    from pilotlogger.stompclient import dropping
+
+    assert dropping(destination) == why
+
+
+def test_a_sink_to_a_dropping_destination_is_refused_unless_trusted():
+    from pilotlogger import config as config_module
+    from pilotlogger.config import ConfigError
+    from pilotlogger.sinks import open_sink
+
+    environ = {"PILOTLOG_SINK": "stomp://h:1/topic/pilots", "PILOTLOG_SPOOL": "/tmp/x"}
+    with pytest.raises(ConfigError, match="can drop messages silently .a topic with no subscriber."):
+        open_sink(config_module.load(environ=environ), None)
+    sink = open_sink(config_module.load(environ=dict(environ, PILOTLOG_DESTINATION_CHECK="off")), None)
+    assert sink.destination == "/topic/pilots"
+
+
+def test_destination_headers_go_on_every_send_and_are_checked():
+    from pilotlogger import config as config_module
+    from pilotlogger.config import ConfigError
+    from pilotlogger.events import make_event
+    from pilotlogger.sinks import open_sink
+    from pilotlogger.stompcodec import FrameParser
+
+    environ = {"PILOTLOG_SINK": "stomp://h:1/queue/q", "PILOTLOG_DESTINATION_HEADERS": "x-queue-type=quorum,durable=true"}
+    sink = open_sink(config_module.load(environ=environ), None)
+    event = make_event("boot", pilot="p", seq=1)
+    parser = FrameParser(commands=("SEND",))
+    parser.feed(sink.encode((event, "{}"), True))
+    frame = parser.next_frame()
+    assert frame.headers["x-queue-type"] == "quorum" and frame.headers["durable"] == "true"
+    assert frame.headers["destination"] == "/queue/q" and frame.headers["receipt"] == event["id"]
+    for bad in ("x-queue-type", "destination=/queue/other", "a b=c", "k=v\x01"):
+        with pytest.raises(ConfigError, match="destination_headers"):
+            open_sink(config_module.load(environ=dict(environ, PILOTLOG_DESTINATION_HEADERS=bad)), None)
+
+
+def test_a_refusal_pilotlog_can_explain_says_what_to_configure():
+    from pilotlogger.stompclient import advice
+
+    error = ("broker h:1 sent an ERROR: precondition_failed (PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for "
+             "queue 'qq' in vhost '/': received none but current is the value 'quorum' of type 'longstr')")
+    assert "add x-queue-type=quorum to destination_headers" in advice(error)
+    assert "remove it from destination_headers" in advice(error.replace(
+        "received none but current is the value 'quorum'", "received the value 'quorum' of type 'longstr' but current is none"))
+    assert advice("sent an ERROR: access refused") == ""

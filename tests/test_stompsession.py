@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from pilotlogger.stompcodec import CLIENT_COMMANDS, FrameParser, encode_frame
 from pilotlogger.stompsession import (
-    CLOSED, CONNECTED, FAILED, Closed, Connected, Failed, Message, Settled, StompError, StompSession, heartbeats,
+    CLOSED, CONNECTED, FAILED, Closed, Connected, Failed, Message, Receipt, Settled, StompError, StompSession,
+    heartbeats,
 )
 
 
@@ -188,6 +189,33 @@ def test_messages_and_the_disconnect_receipt():
     (bye,) = frames_of(session.disconnect(0.0))
     events = session.receive_data(message + encode_frame("RECEIPT", [("receipt-id", bye.headers["receipt"])]), 0.0)
     assert [e.__class__ for e in events] == [Closed] and session.state == CLOSED
+
+
+def test_a_subscription_asked_about_is_answered_by_its_receipt_and_messages_can_be_given_back():
+    """What the /amq/queue/ existence check needs (issue 19): SUBSCRIBE and UNSUBSCRIBE with receipts, NACK."""
+    session = connected()
+    (sub, unsub) = frames_of(session.subscribe("/amq/queue/q", 1, 0.0, sub_id="probe", receipt="p")
+                             + session.unsubscribe("probe", "p-done", 0.0))
+    assert (sub.command, sub.headers["destination"], sub.headers["id"], sub.headers["receipt"],
+            sub.headers["prefetch-count"]) == ("SUBSCRIBE", "/amq/queue/q", "probe", "p", "1")
+    assert (unsub.command, unsub.headers["id"], unsub.headers["receipt"]) == ("UNSUBSCRIBE", "probe", "p-done")
+    message = encode_frame("MESSAGE", [("subscription", "probe"), ("message-id", "m"), ("ack", "a7")], b"theirs")
+    events = session.receive_data(encode_frame("RECEIPT", [("receipt-id", "p")]) + message
+                                  + encode_frame("RECEIPT", [("receipt-id", "p-done")]), 0.0)
+    assert [e.__class__ for e in events] == [Receipt, Message, Receipt]
+    assert [events[0].receipt_id, events[2].receipt_id] == ["p", "p-done"]
+    (nack,) = frames_of(session.nack(events[1].frame, 0.0))
+    assert (nack.command, nack.headers["id"]) == ("NACK", "a7")
+    assert session.state == CONNECTED
+
+
+def test_a_subscription_to_a_missing_queue_ends_the_session_with_the_brokers_words():
+    session = connected()
+    session.subscribe("/amq/queue/nope", 1, 0.0, sub_id="probe", receipt="p")
+    error = encode_frame("ERROR", [("message", "not_found")], b"NOT_FOUND - no queue 'nope' in vhost '/'")
+    (event,) = session.receive_data(error + encode_frame("RECEIPT", [("receipt-id", "p")]), 0.0)
+    assert event.__class__ is Failed and "NOT_FOUND - no queue 'nope'" in str(event.error)
+    assert not event.error.retryable and session.state == FAILED
 
 
 # -- the clock ----------------------------------------------------------------------------------

@@ -61,12 +61,15 @@ def test_replay_to_a_queue_over_tls_with_login(broker, pilotlog, queue, consume)
     check_delivered(consume(broker, queue).wait_for(6), spooled)
 
 
-def test_replay_to_a_topic(broker, pilotlog, queue, consume):
+def test_replay_to_a_topic_only_when_trusted(broker, pilotlog, queue, consume):
+    """A topic drops what nobody subscribes to: refused by default, sent with destination_check=off."""
     topic = queue.replace("/queue/", "/topic/")
     consumer = consume(broker, topic)  # a topic only delivers to subscribers present at send time
     time.sleep(0.3)
     spooled = spool_lifecycle(pilotlog, PILOTS[1])
     p, _ = replay(pilotlog, broker.url(topic))
+    assert p.returncode == 2 and "can drop messages silently" in p.stderr and len(pilotlog.events()) == 6
+    p, _ = replay(pilotlog, broker.url(topic), PILOTLOG_DESTINATION_CHECK="off")
     assert p.returncode == 0, p.stderr
     check_delivered(consumer.wait_for(6), spooled)
 

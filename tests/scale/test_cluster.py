@@ -183,3 +183,20 @@ def test_rolling_restart_during_replays(cluster, pki, bundle, tmp_path):
     trial.check("rolling restart of all 3 nodes during %d replays" % rounds, trial.replay(), started,
                 faults=rounds + len(cluster.nodes))
     assert codes == [0] * rounds and len(restarted) == 3
+
+
+def test_a_quorum_queue_reached_as_queue_name_and_a_missing_one(cluster, pki, bundle, tmp_path):
+    """Issue 19 on the cluster: /queue/NAME with the queue properties reaches the quorum queue;
+    an /amq/queue/ that does not exist is found before anything is sent (nothing counted delivered)."""
+    trial = Trial(cluster, pki, bundle, tmp_path, 500)
+    name = trial.destination.rsplit("/", 1)[1]
+    missing = dict(trial.env, PILOTLOG_SINK=cluster.url("/amq/queue/%s-typo" % name))
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(bundle), "replay"], cwd=str(trial.pilotlog.cwd),
+                            env=missing, stderr=subprocess.PIPE, universal_newlines=True)
+    started = time.monotonic()
+    left = trial.check("replay to an /amq/queue/ that does not exist", proc, started, expect_all=False)
+    assert left == trial.ids
+    trial.env.update(PILOTLOG_SINK=cluster.url("/queue/" + name),
+                     PILOTLOG_DESTINATION_HEADERS="x-queue-type=quorum,durable=true,auto-delete=false")
+    started = time.monotonic()
+    trial.check("replay to the quorum queue as /queue/NAME with destination_headers", trial.replay(), started)
