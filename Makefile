@@ -42,6 +42,7 @@ packages:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v keytool >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	test -x /usr/bin/time || missing="$$missing time"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing for the tests (apt-get)"; \
