@@ -22,7 +22,7 @@ import time
 
 from .sink import Backoff, SinkError
 from .stompcodec import SendFrames
-from .stompsession import Closed, Connected, Failed, Message, Receipt, Settled, StompError, StompSession
+from .stompsession import Closed, Failed, Message, Receipt, Settled, StompError, StompSession
 from .tls import server_hostname
 
 
@@ -154,7 +154,7 @@ class StompConnection:
             raise StompError("%s: no CONNECTED frame within %g s" % (self.where, self.timeout))
         if events[0].__class__ is Failed:
             raise events[0].error
-        assert events[0].__class__ is Connected
+        # (the session turns anything but CONNECTED, in CONNECTING, into Failed: Connected is what is left)
 
     def stream(self, source, build, window: int, every: int = 1, inflight=None):
         """Send SEND frames for ``source`` and yield event ids as the broker confirms them.
@@ -211,14 +211,21 @@ class StompConnection:
         """Make sure a RabbitMQ ``/amq/queue/NAME`` exists, consuming nothing from it.
 
         RabbitMQ confirms a SEND to a queue that does not exist, and drops the message; a
-        SUBSCRIBE to one is answered by an ERROR.  So: subscribe (prefetch 1), give back
-        whatever arrives meanwhile (NACK: requeued for the real consumers), unsubscribe,
-        and wait for the broker's receipt of that.
+        SUBSCRIBE to one is answered by an ERROR.  So: subscribe (prefetch 1, client
+        acknowledgments) and wait for its receipt, then unsubscribe and wait for that one.
+        A message the broker hands the check meanwhile is never acknowledged: the broker gives
+        it back to the queue's consumers when the subscription, or at the latest this
+        connection, ends (a NACK cannot be used: after the UNSUBSCRIBE it is an ERROR).
         """
-        session, now = self.session, time.monotonic()
-        self._send(session.subscribe(destination, 1, now, sub_id=PROBE, receipt=PROBE)
-                   + session.unsubscribe(PROBE, PROBE + "-done", now))
-        until = now + self.timeout
+        session = self.session
+        self._send(session.subscribe(destination, 1, time.monotonic(), sub_id=PROBE, receipt=PROBE))
+        self._await_receipt(PROBE, destination)  # subscribed: the queue exists
+        self._send(session.unsubscribe(PROBE, PROBE + "-done", time.monotonic()))
+        self._await_receipt(PROBE + "-done", destination)  # no message of the probe can follow
+
+    def _await_receipt(self, receipt: str, destination: str) -> None:
+        """Wait for ``receipt`` while checking ``destination`` (a message for the check is left unacknowledged)."""
+        until = time.monotonic() + self.timeout
         while True:
             events = self._receive(until, block=True)
             if not events:
@@ -232,9 +239,7 @@ class StompConnection:
                             "RabbitMQ declares" % (self.where, destination, destination[len("/amq/queue/"):]),
                             retryable=False)
                     raise event.error
-                if event.__class__ is Message and event.frame.headers.get("subscription") == PROBE:
-                    self._send(session.nack(event.frame, time.monotonic()))
-                elif event.__class__ is Receipt and event.receipt_id == PROBE + "-done":
+                if event.__class__ is Receipt and event.receipt_id == receipt:
                     return
 
     def abort(self) -> None:

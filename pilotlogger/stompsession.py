@@ -222,12 +222,6 @@ class StompSession:
         self._need(CONNECTED)
         return self._sent(encode_frame("UNSUBSCRIBE", [("id", sub_id), ("receipt", receipt)]), now)
 
-    def nack(self, frame, now: float) -> bytes:
-        """Give a MESSAGE back to the broker, for another consumer (requeued)."""
-        self._need(CONNECTED)
-        return self._sent(encode_frame("NACK", [("id", frame.headers.get("ack", frame.headers.get("message-id", "")))]),
-                          now)
-
     def ack(self, frame, now: float) -> bytes:
         """Acknowledge one MESSAGE (STOMP 1.2: by the value of its ``ack`` header)."""
         self._need(CONNECTED)

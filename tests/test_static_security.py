@@ -14,8 +14,8 @@ from helpers import ROOT, unavailable
 
 #: (test id, file): why it is accepted.
 ACCEPTED = {
-    ("B311", "pilotlogger/https.py"): "random.Random only jitters retry delays; nothing secret is drawn from it",
-    ("B311", "pilotlogger/stompclient.py"): "random.Random only shuffles broker addresses and jitters reconnection delays",
+    ("B311", "pilotlogger/sink.py"): "random.Random only jitters retry delays (Backoff); nothing secret is drawn from it",
+    ("B311", "pilotlogger/stompclient.py"): "random.Random only shuffles broker addresses for failover",
     ("B404", "pilotlogger/wrapper.py"): "`pilotlog run` exists to run the pilot's command: subprocess is its job",
     ("B603", "pilotlogger/wrapper.py"): "the argv list the caller gave to `pilotlog run -- CMD`, run without a shell",
 }

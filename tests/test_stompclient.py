@@ -128,7 +128,8 @@ def test_sink_frames_equal_what_the_codec_builds():
     from pilotlogger.stompclient import StompSink
     from pilotlogger.stompcodec import FrameParser, encode_frame
 
-    config = SimpleNamespace(ca_file=None, ca_dir=None, cert=None, key=None)
+    config = SimpleNamespace(ca_file=None, ca_dir=None, cert=None, key=None, destination_headers=None,
+                             destination_check="strict")
     sink = StompSink(config, parse("stomp://h:1/queue/a:b"))
     event = make_event("boot", "x", pilot="https://ce:9000/a\\b", seq=1, epoch=0.0)
     body = b'{"k":"v\x00"}'

@@ -42,8 +42,9 @@ def test_doctor_walks_a_working_path_and_sends_a_marked_test_event(broker, pilot
     code, report = doctor(pilotlog, "--send-test", PILOTLOG_SINK=broker.url(queue))
     assert code == 0 and report["works"], report
     names = [s["name"] for s in report["steps"]]
-    assert names == ["config", "spool", "credentials", "dns", "tcp", "tls", "stomp", "send"]
+    assert names == ["config", "spool", "credentials", "dns", "tcp", "tls", "stomp", "destination", "send"]
     details = {s["name"]: s["detail"] for s in report["steps"]}
+    assert "a queue: what the broker confirms, it keeps" in details["destination"]
     assert "TLSv1." in details["tls"] and "CN=localhost" in details["tls"] and "host name matches" in details["tls"]
     assert "CONNECTED to %s" % {"RabbitMQ": "RabbitMQ", "ActiveMQ": "ActiveMQ"}[broker.name] in details["stomp"]
     assert "logged in as %s" % USER in details["stomp"]
