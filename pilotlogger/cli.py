@@ -289,7 +289,7 @@ def parse_data(data_json, pairs) -> dict:
         key, sep, value = pair.partition("=")
         if key.endswith(":"):
             key = key[:-1]
-            value = _json_value(value, "-d %s: the value after ':='" % pair[:60])
+            value = _json_value(value, "-d %s:=…: the value after ':=' (not shown)" % key[:60])
         if not sep or not key:
             raise UsageError("-d %r must be KEY=VALUE or KEY:=JSON" % pair)
         data[key] = value
@@ -491,6 +491,8 @@ def cmd_run(args, config) -> int:
         patterns = parse_patterns(args.pattern)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not 0 <= args.ship_every <= 86400:  # NaN and inf too; 0: no background shipping, a drain at the end
+        raise UsageError("--ship-every must be from 0 to 86400 seconds, not %s" % args.ship_every)
     return Wrapper(config, child, args.capture, patterns, args.ship_every).run()
 
 
@@ -637,9 +639,9 @@ def cmd_config(args, config) -> int:
         print(to_json({k: {"value": v, "from": config.origin[k]} for k, v in shown.items()}))
         return EXIT_OK
     for key, value in shown.items():
-        print("%-16s %-40s (%s)" % (key, "-" if value is None else value, config.origin[key]))
+        print("%-20s %-40s (%s)" % (key, "-" if value is None else value, config.origin[key]))
     pilot, origin = config.resolved_pilot()
-    print("%-16s %-40s (%s)" % ("pilot (resolved)", pilot or "-", origin or "generated once per spool"))
+    print("%-20s %-40s (%s)" % ("pilot (resolved)", pilot or "-", origin or "generated once per spool"))
     return EXIT_OK
 
 
@@ -683,6 +685,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `pilotlog timeline | head`: the reader has what it wanted (the rest is not lost:
+        return EXIT_OK      # replay counts only what was flushed, and keeps the rest spooled)
     except Exception as exc:  # the last line of defence: never a traceback into a pilot log
         warn("internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc))
         return EXIT_OK if command in PILOT_SAFE else EXIT_FAILED

@@ -17,6 +17,7 @@ from .redact import MASK, mask_url
 from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
 
 DEFAULT_SPOOL = ".pilotlog-spool"
+MAX_SECONDS = 86400  # the largest timeout or deadline: a day
 
 
 class ConfigError(ValueError):
@@ -59,12 +60,13 @@ class Setting:
                 if isinstance(value, bool):
                     raise ValueError
                 value = float(value)
-                if not value > 0:
+                if not 0 < value <= MAX_SECONDS:  # NaN and inf too: every network step keeps a deadline
                     raise ValueError
             elif not isinstance(value, str):
                 raise ValueError
         except (TypeError, ValueError):
-            expected = {int: "a positive integer", float: "a positive number"}.get(self.kind, "a string")
+            expected = {int: "a positive integer", float: "a positive number of at most %d" % MAX_SECONDS}.get(
+                self.kind, "a string")
             shown = MASK if self.secret else given  # a mistyped passcode is still a passcode
             raise ConfigError("%s: %r is not %s" % (where, shown, expected)) from None
         if self.choices and value not in self.choices:
@@ -214,7 +216,7 @@ def batch_context(environ) -> dict:
 def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
     """Resolve every setting.  ``flags`` holds only the options given on the command line."""
     environ = os.environ if environ is None else environ
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    flags = {k: v for k, v in (flags or {}).items() if v not in (None, "")}  # empty: unset, as for PILOTLOG_*
     values, origin = {}, {}
 
     def take(name, value, where):

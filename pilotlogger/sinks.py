@@ -111,7 +111,7 @@ def _parse_http(url: str) -> Target:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    if not parts.hostname:
+    if not parts.hostname or any(c.isspace() for c in parts.netloc):
         raise ValueError("HTTPS URL %r must look like https://host[:port]/path" % describe(url))
     if parts.username or parts.password:
         raise ValueError("put credentials in cert/key settings, not in the HTTPS URL")

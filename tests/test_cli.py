@@ -359,3 +359,27 @@ def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
     from pilotlogger import cli
 
     assert cli.parse_emit_quickly(argv) is None
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["replay", "--deadline", "inf"], "is not a positive number of at most 86400"),
+    (["replay", "--timeout", "1e308"], "is not a positive number of at most 86400"),
+    (["run", "--ship-every", "nan", "--", "true"], "--ship-every must be from 0 to 86400"),
+    (["replay", "--sink", "https://local host:1/?token=X"], "must look like https://host"),
+    (["emit", "boot", "-d", 'k:={"pw":"SeCrEt"'], "(not shown) is not valid JSON"),
+])
+def test_values_a_newcomer_tried_are_clear_usage_errors(pilotlog, args, needle):
+    """Found by a newcomer's try: non-finite or huge times (a hang, an overflow), a space in a host
+    (retried as a network failure), a -d value echoed."""
+    p = pilotlog(*args)
+    (line,) = stderr_lines(p)
+    assert p.returncode == 2 and needle in line and "SeCrEt" not in line
+
+
+def test_an_empty_spool_flag_is_unset_and_a_closed_pipe_is_no_internal_error(pilotlog, tmp_path):
+    p = pilotlog("emit", "boot", "--spool", "")
+    assert p.returncode == 0 and not (tmp_path / "events").exists() and len(pilotlog.events()) == 1
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(pilotlog.bundle), "config"], cwd=str(tmp_path),
+                            env=pilotlog.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader went away before anything was written (`| head -0`)
+    assert proc.wait(60) == 0 and b"internal error" not in proc.stderr.read()
