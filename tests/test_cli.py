@@ -371,6 +371,7 @@ def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
 def test_values_a_newcomer_tried_are_clear_usage_errors(pilotlog, args, needle):
     """Found by a newcomer's try: non-finite or huge times (a hang, an overflow), a space in a host
     (retried as a network failure), a -d value echoed."""
+    assert pilotlog("emit", "boot").returncode == 0  # something to replay
     p = pilotlog(*args)
     (line,) = stderr_lines(p)
     assert p.returncode == 2 and needle in line and "SeCrEt" not in line
