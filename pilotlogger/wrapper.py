@@ -151,7 +151,12 @@ class Wrapper:
 
             self.shipper = Shipper(lambda: self.recorder, self.ship_every)
         try:
-            returncode = child.wait()
+            while True:  # not a bare wait(): a signal the kernel gives another of our threads would only be
+                try:     # handled (forwarded) once the child ended; a timed wait wakes every 50 ms at most
+                    returncode = child.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
