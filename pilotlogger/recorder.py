@@ -131,11 +131,13 @@ class Recorder:
         With the default ``stdout`` sink nothing is shipped: JSON lines must not appear in
         the host program's output (the wrapper's child, the handler's program); the events
         wait in the spool for ``pilotlog replay``.  This is the one place that rule lives.
+        Nor is anything opened when nothing waits: a pilot shipping every few seconds would
+        otherwise cost the broker a TLS handshake each time (docs/scale.md).
         """
         from .config import ConfigError
         from .ship import deliver
 
-        if self.config.sink == "stdout":
+        if self.config.sink == "stdout" or not self.spool.holds_events():
             return None
         try:
             return deliver(self.config, self.spool, sys.stdout)[0]

@@ -285,6 +285,17 @@ class Spool:
     def exists(self) -> bool:
         return os.path.isdir(self.events_dir)
 
+    def holds_events(self) -> bool:
+        """Whether anything waits in events/: one directory read, stopping at the first entry
+        (True when it cannot be read: shipping will say why)."""
+        try:
+            with os.scandir(self.events_dir) as entries:
+                return next(entries, None) is not None
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+
     def problem(self):
         """Why this spool cannot be read, in one line; None when it can, or does not exist yet.
 

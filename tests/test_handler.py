@@ -159,3 +159,20 @@ def test_log_fsync_grouped_writes_before_returning_and_fsyncs_off_the_callers_pa
         assert by_caller >= 60  # the file and events/, per record
     assert lifecycle >= 2
     assert [e["message"] for e in spooled(tmp_path)][-1] == "matched a job"
+
+
+def test_background_shipping_opens_nothing_when_nothing_waits(tmp_path):
+    """A pilot shipping every few seconds must not cost the broker a TLS handshake each time it has
+    nothing to send (issue 16: at 100,000 pilots that would be the first thing to saturate)."""
+    from pilotlogger import config as config_module
+    from pilotlogger.recorder import Recorder
+
+    environ = {"PILOTLOG_SPOOL": str(tmp_path / "spool"), "PILOTLOG_SINK": "stomp+ssl://localhost:1/queue/q",
+               "PILOTLOG_DEADLINE": "0.5", "PILOTLOG_TIMEOUT": "0.5"}
+    recorder = Recorder(config_module.load(environ=environ))
+    assert recorder.ship() is None  # no spool yet: not even a sink opened
+    recorder.record("boot", "booted")
+    result = recorder.ship()  # now something waits: the (unreachable) broker is tried
+    assert result is not None and result.error and result.remaining == 1
+    recorder.spool.ack(next(recorder.spool.entries()))
+    assert recorder.ship() is None  # empty again: nothing opened
