@@ -232,6 +232,9 @@ class StompConnection:
                 raise StompError("%s: no answer within %g s about %s" % (self.where, self.timeout, destination))
             for event in events:
                 if event.__class__ is Failed:
+                    if "subscription not found" in str(event.error).lower():  # the broker cancelled it first
+                        raise StompError("%s: the broker dropped the check's subscription to %s (the queue moving "
+                                         "between nodes?)" % (self.where, destination))  # retryable: connect again
                     if "not_found" in str(event.error).lower():
                         raise StompError(
                             "%s: queue %s does not exist there, and RabbitMQ would confirm messages sent to it and "
@@ -436,14 +439,20 @@ class StompSink:
         """A CONNECTED session; on RabbitMQ an ``/amq/queue/`` destination is checked to exist first
         (ActiveMQ keeps whatever is sent to a queue: it creates it)."""
         c = self.config
-        conn = connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, deadline)
-        if self.destination.startswith("/amq/queue/") and conn.server.startswith("RabbitMQ"):
+        end = time.monotonic() + deadline
+        while True:
+            conn = connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout,
+                           max(end - time.monotonic(), 0.001))
+            if not (self.destination.startswith("/amq/queue/") and conn.server.startswith("RabbitMQ")):
+                return conn
             try:
                 conn.check_queue(self.destination)
-            except StompError:
+                return conn
+            except StompError as exc:
                 conn.abort()
-                raise
-        return conn
+                if not exc.retryable or time.monotonic() + 0.5 >= end:
+                    raise
+                time.sleep(0.5)  # a cluster moving the queue: try again, within the deadline
 
     def deliver(self, events):
         source = ((event["id"], (event, body)) for event, body in events)
