@@ -439,10 +439,9 @@ class StompSink:
         """A CONNECTED session; on RabbitMQ an ``/amq/queue/`` destination is checked to exist first
         (ActiveMQ keeps whatever is sent to a queue: it creates it)."""
         c = self.config
-        end = time.monotonic() + deadline
+        end, budget = time.monotonic() + deadline, deadline
         while True:
-            conn = connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout,
-                           max(end - time.monotonic(), 0.001))
+            conn = connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, budget)
             if not (self.destination.startswith("/amq/queue/") and conn.server.startswith("RabbitMQ")):
                 return conn
             try:
@@ -453,6 +452,7 @@ class StompSink:
                 if not exc.retryable or time.monotonic() + 0.5 >= end:
                     raise
                 time.sleep(0.5)  # a cluster moving the queue: try again, within the deadline
+                budget = end - time.monotonic()
 
     def deliver(self, events):
         source = ((event["id"], (event, body)) for event, body in events)
