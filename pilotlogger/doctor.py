@@ -2,13 +2,19 @@
 
 config → spool → client credentials → per sink: DNS (every address of every host) → TCP
 per address → TLS (protocol, cipher, server certificate, host name, trust) → STOMP
-CONNECT (server, heart-beats, login) → optionally a test SEND with its receipt; for an
-HTTPS sink an HTTP request instead of STOMP.  Every step is timed and bounded by
+CONNECT (server, heart-beats, login) → the destination as replay judges it → optionally a
+test SEND with its receipt.  For an HTTPS sink, after TLS: a POST through the sink's own
+code that stores nothing (DIRAC's ``sendMessage`` with no lines, or an empty JSON-lines
+batch), so the service's authorisation, VO and pilot-id checks answer as they will for
+replay → optionally the test event POSTed.  Every step is timed and bounded by
 ``timeout``.  A sink works when one of its addresses passes every step (that is what
 failover needs); the path works when the sink — or its fallback — works.
 
-Nothing here records events: the optional test SEND goes straight to the broker, marked
-``phase=doctor``, ``status=debug`` and ``data.test=true`` so consumers can drop it.
+Nothing here records events: the optional test event goes straight to the sink, marked
+``phase=doctor``, ``status=debug`` and ``data.test=true`` so consumers can drop it; it is
+sent as the pilot whose spool this is (so over HTTPS it lands in that pilot's log).
+Doctor's answers come from the same code replay runs (the STOMP session and the HTTPS
+sink), so its verdict is replay's; tests/faults/test_doctor_agrees.py holds it to that.
 """
 
 import os
@@ -42,6 +48,7 @@ class Doctor:
         self.config, self.config_error, self.send_test = config, config_error, send_test
         self.steps = []
         self.context = None
+        self._pilot = None
 
     def check(self, name: str, target: str, fn):
         """Run one step; record it; return fn's value (its detail is the second item) or None."""
@@ -159,8 +166,23 @@ class Doctor:
                 if stomp:
                     working = self._stomp(sock, target, where, label) or working
                 else:
-                    working = self.check(label + "https", where, lambda: _http(sock, target, host)) is not None or working
+                    working = self._https(sock, target, where, label) or working
         return working
+
+    def pilot(self) -> str:
+        """The pilot id a test goes out as: the configured one, else the spool's own (the id the
+        pilot's events carry, so a test line lands in its log), else a fresh one."""
+        if self._pilot is None:
+            from .events import new_id
+            from .spool import SpoolError, open_spool
+
+            self._pilot = self.config.resolved_pilot()[0]
+            if self._pilot is None:
+                try:
+                    self._pilot = open_spool(self.config).pilot_id()
+                except (SpoolError, OSError):
+                    self._pilot = new_id()
+        return self._pilot
 
     def _stomp(self, sock, target, where: str, label: str) -> bool:
         from .stompclient import StompConnection, StompSink
@@ -172,8 +194,24 @@ class Doctor:
             return False
         ok = self.check(label + "destination", target.destination, lambda: _destination(conn, target, c)) is not None
         if ok and self.send_test:
-            ok = bool(self.check(label + "send", where, lambda: _send_test(conn, StompSink(c, target), c)))
+            payload = test_event(c, self.pilot())
+            ok = bool(self.check(label + "send", where, lambda: _send_test(conn, StompSink(c, target), payload)))
         conn.close()  # a DISCONNECT if the session is still up, else just the socket
+        return ok
+
+    def _https(self, sock, target, where: str, label: str) -> bool:
+        """The service's answer to a POST that stores nothing; with --send-test, to the test event."""
+        from .https import HttpsSink
+
+        sink = HttpsSink(self.config, target)
+        try:
+            sink.use_socket(sock)
+            ok = self.check(label + "https", where, lambda: _https(sink, self.pilot())) is not None
+            if ok and self.send_test:
+                payload = test_event(self.config, self.pilot())
+                ok = self.check(label + "send", where, lambda: _https(sink, self.pilot(), payload)) is not None
+        finally:
+            sink.close()
         return ok
 
 
@@ -294,15 +332,19 @@ def _destination(conn, target, config):
     return None, detail
 
 
-def _send_test(conn, sink, config):
+def test_event(config, pilot: str):
+    """The marked test event of ``--send-test`` and its text: ``(event, text)`` as the spool gives them."""
     from .events import make_event, render
+
+    event = make_event("doctor", "pilotlog doctor test event: safe to ignore", "debug", "pilotlog-doctor",
+                       {"test": True}, pilot=pilot, context=config.context(), seq=1, epoch=time.time())
+    return event, render(event, config.format)
+
+
+def _send_test(conn, sink, payload):
     from .stompsession import StompError
 
-    pilot, _ = config.resolved_pilot()
-    event = make_event("doctor", "pilotlog doctor test event: safe to ignore", "debug", "pilotlog-doctor",
-                       {"test": True}, pilot=pilot or "pilotlog-doctor", context=config.context(), seq=1,
-                       epoch=time.time())
-    payload = (event, render(event, config.format))
+    event = payload[0]
     try:
         confirmed = list(conn.stream(iter([(event["id"], payload)]), sink.encode, 1))
     except StompError as exc:
@@ -316,28 +358,31 @@ def _send_test(conn, sink, config):
     return None, "test event %s to %s receipted" % (event["id"], sink.destination)
 
 
-def _http(sock, target, host: str):
-    import http.client
+def _https(sink, pilot: str, payload=None):
+    """One POST through the HTTPS sink's own code, so its verdict is replay's (see HttpsSink.probe)."""
+    from .https import ProbeFailed
 
-    from .version import __version__
-
-    conn = http.client.HTTPConnection(host, target.hosts[0][1], timeout=sock.gettimeout())
-    conn.sock = sock  # the verified socket of the previous step
     try:
-        conn.request("GET", target.destination, headers={"User-Agent": "pilotlog-doctor/" + __version__})
-        response = conn.getresponse()
-        status, reason = response.status, response.reason
-    except (OSError, http.client.HTTPException) as exc:
-        raise Failed("no HTTP answer (%s)" % (exc or type(exc).__name__),
-                     "check that the URL points at an HTTP(S) service") from None
-    finally:
-        conn.close()
-    if status in (401, 403):
-        raise Failed("HTTP %d %s: our credentials were refused" % (status, reason),
-                     "the service must accept our certificate's DN (or host certificate)")
-    if status >= 500 and status != 501:  # 501: GET not implemented, which a POST-only service may say
-        raise Failed("HTTP %d %s" % (status, reason), "the service is failing: see its log")
-    return None, "the service answers (HTTP %d %s to a GET; events are POSTed)" % (status, reason)
+        answer = sink.probe(pilot, payload)
+    except ProbeFailed as exc:
+        text = str(exc)
+        if exc.status in (401, 403):
+            advice = "the service must accept our certificate's DN (or host certificate): ask its admins"
+        elif exc.status == 404:
+            advice = "check the path in the sink URL"
+        elif "refused our client certificate" in text:
+            advice = "the service requires a client certificate it accepts: set cert/key (X509_USER_PROXY)"
+        elif exc.kind == "refused":
+            advice = "replay would quarantine such events: check vo and the pilot id (DIRAC takes a UUID or a stamp)"
+        elif exc.kind == "retry":
+            advice = "the service is failing or overloaded: replay retries until its deadline; see the service's log"
+        else:
+            advice = "check the URL and credentials"
+        raise Failed(text, advice) from None
+    if payload is None:
+        what = "sendMessage of no lines" if sink.config.http_protocol == "dirac" else "an empty batch"
+        return None, "the service accepts our POST (%s, as pilot %s): %s" % (what, pilot, answer)
+    return None, "test event %s stored: %s" % (payload[0]["id"], answer)
 
 
 # -- formatting ----------------------------------------------------------------------------
@@ -363,7 +408,10 @@ def _duration(seconds: float) -> str:
 
 
 def report(steps, works: bool, stream) -> None:
-    """The human report: one line per step, then the verdict and the first failure explained."""
+    """The human report: one line per step, then the verdict and the first failure explained.
+
+    Without a confirmed test event (``--send-test``) a broker that fails only at SEND (a
+    disk alarm, a full queue) cannot be seen, and the verdict says so."""
     marks = ("✓", "✗") if _can_print(stream, "✓✗") else ("ok", "FAIL")
     for s in steps:
         stream.write("%-4s %-16s %-34s %8.1f ms  %s\n" % (marks[0] if s.ok else marks[1], s.name, s.target, s.ms, s.detail))
@@ -371,7 +419,13 @@ def report(steps, works: bool, stream) -> None:
     if first is not None:
         stream.write("%s: %s %s: %s; %s\n" % ("warning (another road works)" if works else "first failure",
                                                first.name, first.target, first.detail, first.advice))
-    stream.write("result: %s\n" % ("events can be delivered" if works else "events cannot be delivered; they stay spooled"))
+    if not works:
+        verdict = "events cannot be delivered; they stay spooled"
+    elif any(s.ok and (s.name.endswith("send") or s.target == "stdout") for s in steps):
+        verdict = "events can be delivered"
+    else:
+        verdict = "events can be delivered as far as a check that stores nothing shows (--send-test sends a marked test event)"
+    stream.write("result: %s\n" % verdict)
 
 
 def _can_print(stream, text: str) -> bool:

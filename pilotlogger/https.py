@@ -46,7 +46,28 @@ class _Refused(Exception):
 
 
 class _Retry(Exception):
-    pass
+    def __init__(self, text: str, status=None):
+        super().__init__(text)
+        self.status = status
+
+
+class _Stopped(SinkError):
+    """An answer that says the configuration is wrong (401, 403, 404, 3xx…): retrying cannot help."""
+
+    def __init__(self, text: str, status: int):
+        super().__init__(text)
+        self.status = status
+
+
+class ProbeFailed(Exception):
+    """doctor's POST did not go through.  ``kind`` says what replay would do with events:
+    ``refused`` (quarantined), ``retry`` (retried until its deadline) or ``stop`` (kept
+    spooled: a configuration problem — URL, credentials, TLS); ``status`` is the HTTP status
+    (None when there was no HTTP answer)."""
+
+    def __init__(self, kind: str, text: str, status=None):
+        super().__init__(text)
+        self.kind, self.status = kind, status
 
 
 def _retcode(event: dict) -> int:
@@ -177,6 +198,38 @@ class HttpsSink:
             else:
                 yield from ((e["id"], None) for e in request.events)
 
+    def probe(self, pilot: str, payload=None) -> str:
+        """POST once what ``pilotlog doctor`` checks, through the code replay uses; the answer.
+
+        With ``payload`` (an ``(event, text)``, the marked test event): that event, as replay
+        would send it.  Without: a request that stores nothing yet meets the service's same
+        checks — DIRAC's ``sendMessage`` of no lines for ``pilot`` (the same authorisation, VO
+        and pilot-id rules; at most an empty log file appears), or an empty JSON-lines batch.
+        Raises :class:`ProbeFailed`.
+        """
+        if payload is not None:
+            requests = list(self._requests([payload]))
+        elif self.config.http_protocol == "dirac":
+            requests = [self._form("sendMessage", [], pilot, [])]
+        else:
+            requests = [Request([], b"", "application/x-ndjson")]
+        try:
+            return " ".join(self._post(r) for r in requests)
+        except _Refused as exc:
+            raise ProbeFailed("refused", "%s refused it: %s" % (self.where, exc), exc.status) from None
+        except _Retry as exc:
+            raise ProbeFailed("retry", str(exc), exc.status) from None
+        except SinkError as exc:
+            raise ProbeFailed("stop", str(exc), getattr(exc, "status", None)) from None
+
+    def use_socket(self, sock) -> None:
+        """Send over ``sock``, already connected (and verified, for TLS): doctor's per-address walk."""
+        import http.client
+
+        self._close()
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.config.timeout)
+        self.conn.sock = sock
+
     @property
     def where(self) -> str:
         return mask_url("%s://%s:%d%s" % ("https" if self.tls else "http", self.host, self.port, self.path))
@@ -192,7 +245,8 @@ class HttpsSink:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         return self.conn
 
-    def _post(self, request: Request) -> None:
+    def _post(self, request: Request) -> str:
+        """POST one request; its answer (shortened) when it succeeded, else an exception saying how it failed."""
         import http.client
         import socket
         import ssl
@@ -229,13 +283,13 @@ class HttpsSink:
                     answer = None
                 if isinstance(answer, dict) and answer.get("OK") is False:
                     raise _Refused(status, str(answer.get("Message", "OK: false")))
-            return
+            return "HTTP %d %s" % (status, summary)
         if status in REFUSED:
             raise _Refused(status, "HTTP %d %s" % (status, summary))
         if status in RETRY or status >= 500:
-            raise _Retry("%s: HTTP %d %s" % (self.where, status, summary))
+            raise _Retry("%s: HTTP %d %s" % (self.where, status, summary), status)
         self._close()
-        raise SinkError("%s: HTTP %d %s (check the URL and credentials)" % (self.where, status, summary))
+        raise _Stopped("%s: HTTP %d %s (check the URL and credentials)" % (self.where, status, summary), status)
 
     def _close(self):
         if self.conn is not None:

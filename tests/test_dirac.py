@@ -258,6 +258,33 @@ def test_a_refused_finalise_is_not_a_delivery(dirac, pilotlog):
     assert (dirac.store / "dteam" / pilot).read_bytes() == "".join(l + "\n" for l in lines).encode()
 
 
+@pytest.mark.parametrize("send_test", [False, True], ids=["check", "send-test"])
+def test_doctor_agrees_with_replay_on_diracs_handler(dirac, pilotlog, pki, send_test):
+    """doctor's POST reaches DIRAC's own handler: it passes where replay delivers (with --send-test the
+    marked event is in the pilot's log DIRAC keeps, without it DIRAC stored nothing), and it fails
+    with DIRAC's own words where DIRAC refuses what replay would send (a host with no VO)."""
+    args = ["doctor", "--json"] + (["--send-test"] if send_test else [])
+    pilot = str(uuid.uuid4())
+    env = {"PILOTLOG_SINK": dirac.url, "PILOTLOG_PILOT_UUID": pilot}
+    p = pilotlog(*args, env=env)
+    report = json.loads(p.stdout)
+    assert p.returncode == 0 and report["works"], p.stdout
+    log = (dirac.store / "dteam" / pilot).read_text()
+    assert ("pilotlog doctor test event: safe to ignore" in log) == send_test and log.count("\n") == int(send_test)
+    emit_run(pilotlog, pilot, 2, **env)
+    assert pilotlog("replay", "--strict", env=env).returncode == 0 and pilotlog.events() == []
+
+    refused = dict(env, PILOTLOG_CERT=pki.path("hostcreds"), PILOTLOG_KEY="")  # a host, and no VO
+    p = pilotlog(*args, env=refused)
+    report = json.loads(p.stdout)
+    first = next(s for s in report["steps"] if not s["ok"])
+    assert p.returncode == 1 and first["name"] == "https" and "VO name is invalid" in first["detail"], p.stdout
+    emit_run(pilotlog, pilot, 2, **refused)
+    p = pilotlog("replay", env=refused)
+    assert "2 event(s) refused" in p.stderr and "VO name is invalid" in (
+        next((pilotlog.spool / "quarantine").glob("*.reason")).read_text()), p.stderr
+
+
 def test_grid_job_id_is_never_used_for_dirac(dirac, pilotlog):
     env = {"PILOTLOG_SINK": dirac.url, "GRID_GLOBAL_JOBID": "https://ce.example.org:8443/job-1f"}
     emit_run(pilotlog, None, 2, **env)

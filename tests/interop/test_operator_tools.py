@@ -122,7 +122,7 @@ def test_doctor_checks_the_https_fallback(bundle, rabbitmq, pilotlog, queue, pki
     assert code == 0 and report["works"]
     by_name = {s["name"]: s for s in report["steps"]}
     assert not by_name["tcp"]["ok"] and by_name["fallback tls"]["ok"] and by_name["fallback https"]["ok"]
-    assert "the service answers (HTTP" in by_name["fallback https"]["detail"]
+    assert "the service accepts our POST (sendMessage of no lines" in by_name["fallback https"]["detail"]
     assert "CN=pilotlog test client" in by_name["credentials"]["detail"] or "expires in" in by_name["credentials"]["detail"]
 
 

@@ -75,6 +75,12 @@ def spooled(spool) -> int:
     return len(os.listdir(str(d))) if d.is_dir() else 0
 
 
+def troubles(pilots, results) -> list:
+    """What the pilots that left events spooled said on stderr (the first few), for a failure's message."""
+    return [(spooled(spool), err.strip().splitlines()[-3:])
+            for (_, spool, _), (_, _, err) in zip(pilots, results) if spooled(spool)][:5]
+
+
 class Arrivals:
     """stomp.py on one node: each event's arrival time, by id."""
 
@@ -134,7 +140,7 @@ def test_a_burst_of_pilots_against_the_cluster(cluster, pki, bundle, tmp_path):
                   PILOTS, expected - got, all(code == EXIT for code, _, _ in results), wall,
                   extra="%d events delivered of %d; %d left spooled" % (got, expected, left))
     assert [code for code, _, _ in results] == [EXIT] * PILOTS, [err for _, _, err in results if err][:3]
-    assert got == expected and left == 0
+    assert got == expected and left == 0, troubles(pilots, results)
     assert all(phases.count("boot") == 1 and phases.count("match") == 1 and phases.count("shutdown") == 1
                for phases in per_pilot.values()) and len(per_pilot) == PILOTS
     connections = conns1 - conns0 - 1  # the consumer's own
@@ -218,7 +224,7 @@ def test_a_burst_of_pilots_against_serve_over_https(pki, bundle, tmp_path):
                   PILOTS * EVENTS_PER_PILOT - sum(len(v) for v in stored.values()),
                   all(code == EXIT for code, _, _ in results), wall, extra="%d requests" % len(posts))
     assert [code for code, _, _ in results] == [EXIT] * PILOTS
-    assert sorted(stored) == sorted(p + ".log" for p, _, _ in pilots)  # every pilot's log finalised
+    assert sorted(stored) == sorted(p + ".log" for p, _, _ in pilots), troubles(pilots, results)  # all finalised
     assert all(len(lines) == EVENTS_PER_PILOT for lines in stored.values())
     measure = scale_report.measure
     measure("https.requests_per_pilot", len(posts) / PILOTS, "requests",
