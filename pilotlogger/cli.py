@@ -31,7 +31,7 @@ class UsageError(Exception):
 #: The options of `emit` beside its phase and the settings: (flags, dest, action, default,
 #: argparse extras, help).  argparse is built from this table, and so is the lean parser
 #: that spares the common one-liner argparse's import cost.
-EMIT_OPTIONS = (
+EMIT_OPTIONS: tuple = (
     (("-m", "--message"), "message", "store", "", {}, "human-readable text"),
     (("-s", "--status"), "status", "store", "info", {"choices": STATUSES}, "level (default: info)"),
     (("--data",), "data_json", "store", None, {"metavar": "JSON"}, "a JSON object of extra fields"),

@@ -131,7 +131,7 @@ BATCH_JOB_VARS = (
 class Config:
     """Resolved settings (attribute access) plus ``origin``: where each value came from."""
 
-    def __init__(self, values: dict, origin: dict, environ, credential_error: str = None):
+    def __init__(self, values: dict, origin: dict, environ, credential_error: "str | None" = None):
         self.__dict__.update(values)
         self.origin = origin
         self._environ = environ
@@ -213,7 +213,7 @@ def batch_context(environ) -> dict:
     return {}
 
 
-def load(flags: dict = None, environ=None, cwd: str = None) -> Config:
+def load(flags: "dict | None" = None, environ=None, cwd: "str | None" = None) -> Config:
     """Resolve every setting.  ``flags`` holds only the options given on the command line."""
     environ = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v not in (None, "")}  # empty: unset, as for PILOTLOG_*
@@ -360,9 +360,10 @@ def read_file(path: str, hint: dict) -> dict:
 
 
 def _path(data: dict, keys) -> dict:
+    node: object = data
     for key in keys:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data if isinstance(data, dict) else {}
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
 
 
 def from_dirac(data: dict, hint: dict) -> dict:
@@ -392,7 +393,7 @@ def from_dirac(data: dict, hint: dict) -> dict:
     for where in () if "Setups" in data else paths:
         if None not in where:
             for key, value in _path(data, where).items():
-                pilot[key] = (value, "/".join(where) + "/" + key)
+                pilot[key] = (value, "/".join(map(str, where)) + "/" + key)
     if "PilotLogLevel" in pilot:
         value, where = pilot["PilotLogLevel"]
         out["level"] = ("debug" if str(value).upper() == "DEBUG" else "info", where)
@@ -406,19 +407,19 @@ def from_dirac(data: dict, hint: dict) -> dict:
 
     logging = _path(data, ("Setups", setup, "Logging")) if setup else {}
     if logging.get("Host") and (logging.get("LoggingType", "MQ") == "MQ"):
-        where = "Setups/%s/Logging" % setup
+        section = "Setups/%s/Logging" % setup
         queue = logging.get("QueuePath") or logging.get("Queue") or ""
         if isinstance(queue, list):
             queue = queue[0] if queue else ""
         queue = str(queue).split(",")[0].strip()
         if not queue:
-            raise ConfigError("DIRAC pilot.json %s: Host is set but Queue is missing" % where)
+            raise ConfigError("DIRAC pilot.json %s: Host is set but Queue is missing" % section)
         destination = queue if queue.startswith("/") else "/queue/" + queue
         if "sink" in out:  # both roads configured: the broker first, HTTPS as the fallback
             out["fallback_sink"] = out["sink"]
-        out["sink"] = ("stomp+ssl://%s:%s%s" % (logging["Host"], logging.get("Port", 61614), destination), where)
-        out["format"] = ("dirac", where)
+        out["sink"] = ("stomp+ssl://%s:%s%s" % (logging["Host"], logging.get("Port", 61614), destination), section)
+        out["format"] = ("dirac", section)
         for key, name in (("HostCertificate", "cert"), ("HostKey", "key"), ("CACertificate", "ca_file")):
             if logging.get(key):
-                out[name] = (logging[key], "%s/%s" % (where, key))
+                out[name] = (logging[key], "%s/%s" % (section, key))
     return out

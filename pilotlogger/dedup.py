@@ -18,7 +18,9 @@ class Seen:
     """
 
     def __init__(self, limit: int = SEEN_LIMIT):
-        self.current, self.previous, self.half = set(), set(), max(1, limit // 2)
+        self.current: set = set()
+        self.previous: set = set()
+        self.half = max(1, limit // 2)
 
     def add(self, event_id: str) -> bool:
         """True the first time an id is seen (within the window)."""

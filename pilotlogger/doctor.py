@@ -46,9 +46,9 @@ class Step:
 class Doctor:
     def __init__(self, config, config_error=None, send_test: bool = False):
         self.config, self.config_error, self.send_test = config, config_error, send_test
-        self.steps = []
+        self.steps: list = []
         self.context = None
-        self._pilot = None
+        self._pilot: "str | None" = None
 
     def check(self, name: str, target: str, fn):
         """Run one step; record it; return fn's value (its detail is the second item) or None."""
@@ -182,7 +182,7 @@ class Doctor:
                     self._pilot = open_spool(self.config).pilot_id()
                 except (SpoolError, OSError):
                     self._pilot = new_id()
-        return self._pilot
+        return self._pilot or new_id()
 
     def _stomp(self, sock, target, where: str, label: str) -> bool:
         from .stompclient import StompConnection, StompSink
@@ -394,9 +394,10 @@ def _ms(started: float) -> float:
 
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
+        if n < 1024:
             return "%.1f %s" % (n, unit)
         n /= 1024.0
+    return "%.1f PiB" % n
 
 
 def _duration(seconds: float) -> str:

@@ -188,12 +188,12 @@ def make_event(
     message: str = "",
     status: str = "info",
     source: str = "pilot",
-    data: dict = None,
+    data: "dict | None" = None,
     pilot: str = "",
-    context: dict = None,
+    context: "dict | None" = None,
     seq: int = 1,
-    epoch: float = None,
-    event_id: str = None,
+    epoch: "float | None" = None,
+    event_id: "str | None" = None,
 ) -> dict:
     """Build and validate a schema-v1 event.
 
@@ -306,7 +306,7 @@ def to_json(obj) -> str:
             return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except ValueError as exc:
             raise EventError(str(exc)) from None
-    parts = []
+    parts: list = []
     _encode(obj, parts.append, quote)
     return "".join(parts)
 

@@ -46,7 +46,7 @@ def _valid_phase(phase) -> bool:
         return False
 
 
-def emit(phase: str, message: str = "", status: str = "info", source: str = None, config=None, **data):
+def emit(phase: str, message: str = "", status: str = "info", source: "str | None" = None, config=None, **data):
     """Record one event in the spool, like ``pilotlog emit``; return it, or None if it was not kept.
 
     >>> pilotlogger.emit("power", "power of 11 HS06", hs06=11)
@@ -74,7 +74,7 @@ class Handler(logging.Handler):
     deadline).  Nothing raises into the caller.
     """
 
-    def __init__(self, phase: str = "log", ship_every: float = None, config=None, level=logging.NOTSET):
+    def __init__(self, phase: str = "log", ship_every: "float | None" = None, config=None, level=logging.NOTSET):
         super().__init__(level)
         self.phase = phase
         self._recorder = None

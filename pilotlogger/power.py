@@ -24,7 +24,7 @@ def db12(fraction: float = DEFAULT_FRACTION) -> dict:
     n = max(1000, int(DB12_DRAWS * fraction))
     gauss = random.normalvariate
     m = m2 = p = p2 = 0.0
-    start = None
+    start = (0.0, 0.0)  # (CPU, wall) when the timed repetition began
     for rep in range(2):  # rep 0 warms up, rep 1 is timed
         if rep == 1:
             start = (time.process_time(), time.perf_counter())  # ns resolution: os.times ticks are 10 ms

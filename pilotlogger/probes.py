@@ -26,7 +26,7 @@ def _first(*paths):
 
 
 def os_facts(environ) -> dict:
-    facts = {"kernel": os.uname().release, "arch": os.uname().machine}
+    facts: dict = {"kernel": os.uname().release, "arch": os.uname().machine}
     try:
         for line in _read("/etc/os-release").splitlines():
             key, sep, value = line.partition("=")
@@ -42,7 +42,7 @@ def os_facts(environ) -> dict:
 
 
 def cpu_facts(environ) -> dict:
-    facts = {"logical_cores": os.cpu_count()}
+    facts: dict = {"logical_cores": os.cpu_count()}
     if hasattr(os, "sched_getaffinity"):
         facts["affinity_cores"] = len(os.sched_getaffinity(0))
     try:

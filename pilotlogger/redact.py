@@ -53,7 +53,8 @@ def mask_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    netloc, path, query, fragment = _URL_PARTS.match(rest).groups()
+    parts = _URL_PARTS.match(rest)  # it matches any string; the fallback is for the type checker
+    netloc, path, query, fragment = parts.groups() if parts else (rest, "", None, None)
     _, at, hostport = netloc.rpartition("@")
     masked = scheme + sep + (MASK + "@" if at else "") + hostport + _mask_path(path)
     if query is not None:

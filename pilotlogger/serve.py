@@ -457,7 +457,7 @@ class Server:
         self.context, self.request_timeout, self.max_connections = context, request_timeout, max_connections
         self.lock = threading.Lock()
         self.active = 0
-        self.connections = {}  # connection thread id -> [socket, deadline, overloaded, seconds allowed]
+        self.connections: dict = {}  # connection thread id -> [socket, deadline, overloaded, seconds allowed]
         self.stopping = threading.Event()
         owner = self
 
@@ -465,6 +465,7 @@ class Server:
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
             allow_reuse_address = True
             request_queue_size = BACKLOG
+            max_connections = DEFAULT_MAX_CONNECTIONS
 
             def process_request(self, request, client_address):
                 owner.accepted(request, client_address)

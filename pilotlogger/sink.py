@@ -28,7 +28,8 @@ def in_batches(events, max_events: int, max_bytes: int):
 
     For sinks that send in requests (HTTPS) or writes (stdout): few, but never huge.
     """
-    batch, size = [], 0
+    batch: list = []
+    size = 0
     for event, body in events:
         if batch and size + len(body) > max_bytes:
             yield batch

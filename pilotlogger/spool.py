@@ -112,7 +112,7 @@ class PutResult:
 
     __slots__ = ("event", "stored", "evicted", "name")
 
-    def __init__(self, event: dict, stored: bool, evicted: int, name: str = None):
+    def __init__(self, event: dict, stored: bool, evicted: int, name: "str | None" = None):
         self.event, self.stored, self.evicted, self.name = event, stored, evicted, name
 
 
@@ -255,7 +255,7 @@ class Spool:
         self.lock_timeout = lock_timeout
         self.quarantined_here = 0  # files this object moved to quarantine (for replay's summary)
         self._acked = os.path.join(self.path, "acked")
-        self._boot = None  # this boot's id, read once
+        self._boot: "str | None" = None  # this boot's id, read once
 
     # -- setup and locking ---------------------------------------------------------------
 
@@ -466,7 +466,7 @@ class Spool:
                     self._boot = f.read().decode("ascii", "replace").strip() or "-"
             except OSError:
                 self._boot = "-"
-        return self._boot
+        return self._boot or "-"
 
     def _clear_debris(self) -> None:
         """Remove files in tmp/: with the lock held, no live writer can own one."""
@@ -811,7 +811,8 @@ class SyncGroup:
         import threading
 
         self.spool, self.every, self.most, self.on_error = spool, every, most, on_error
-        self._pending, self._first = [], 0.0
+        self._pending: list = []
+        self._first = 0.0
         self._cond = threading.Condition()
         self._syncing = threading.Lock()
         self._closed = False

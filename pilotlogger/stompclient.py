@@ -215,7 +215,9 @@ class StompConnection:
         acknowledgments) and wait for its receipt, then unsubscribe and wait for that one.
         A message the broker hands the check meanwhile is never acknowledged: the broker gives
         it back to the queue's consumers when the subscription, or at the latest this
-        connection, ends (a NACK cannot be used: after the UNSUBSCRIBE it is an ERROR).
+        connection, ends (a NACK cannot be used: after the UNSUBSCRIBE it is an ERROR).  One
+        handed over just before the UNSUBSCRIBE may reach RabbitMQ's STOMP adapter after it: its
+        harmless "Subscription not found" ERROR is told apart by the session (late_delivery).
         """
         session = self.session
         self._send(session.subscribe(destination, 1, time.monotonic(), sub_id=PROBE, receipt=PROBE))

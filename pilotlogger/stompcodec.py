@@ -58,7 +58,7 @@ class Frame:
     def __init__(self, command: str, header_list: list, body: bytes = b""):
         self.command = command
         self.header_list = header_list
-        self.headers = {}
+        self.headers: dict = {}
         for name, value in header_list:
             self.headers.setdefault(name, value)
         self.body = body

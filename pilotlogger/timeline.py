@@ -44,7 +44,9 @@ class Pilot:
     __slots__ = ("pilot", "steps", "log_lines", "first", "site", "omitted", "booted", "matched")
 
     def __init__(self, pilot: str):
-        self.pilot, self.steps, self.log_lines, self.first, self.site = pilot, [], 0, None, ""
+        self.pilot, self.log_lines, self.site = pilot, 0, ""
+        self.steps: list = []
+        self.first: "str | None" = None
         self.omitted = 0  # lifecycle steps dropped from the middle past MAX_STEPS
         self.booted = self.matched = False
 
@@ -81,10 +83,10 @@ class Pilot:
 
 class Timeline:
     def __init__(self, seen_limit: int = SEEN_LIMIT):
-        self.pilots = {}
+        self.pilots: dict = {}
         self.seen = Seen(seen_limit)
         self.events = self.duplicates = self.foreign = 0
-        self.failures = collections.Counter()
+        self.failures: collections.Counter = collections.Counter()
 
     def add(self, event) -> None:
         """Take one event (None: a message that was not a pilotlog event, counted)."""

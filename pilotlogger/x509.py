@@ -58,7 +58,7 @@ def _time(der: bytes, tag: int, start: int, end: int) -> float:
     if len(text) != 15 or not text.endswith("Z"):
         raise ValueError("unsupported certificate time %r" % text)
     fields = [int(text[i:j]) for i, j in ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))]
-    return float(calendar.timegm(fields + [0, 0, 0]))
+    return float(calendar.timegm(tuple(fields) + (0, 0, 0)))
 
 
 def first_certificate(path: str) -> dict:

@@ -216,6 +216,36 @@ def test_a_subscription_to_a_missing_queue_ends_the_session_with_the_brokers_wor
     assert not event.error.retryable and session.state == FAILED
 
 
+def late(sub_id: str) -> bytes:
+    """What RabbitMQ 3.10 sends when a delivery reaches a subscription that was already cancelled."""
+    return encode_frame("ERROR", [("message", "Subscription not found"), ("content-type", "text/plain")],
+                        b"There is no current subscription with tag 'T_%s'." % sub_id.encode())
+
+
+def test_a_late_delivery_to_an_ended_subscription_does_not_end_the_session():
+    """Seen on the cluster under a burst: the ERROR arrives among the SENDs' receipts; they still settle."""
+    session = connected()
+    session.subscribe("/amq/queue/q", 1, 0.0, sub_id="probe", receipt="p")
+    session.unsubscribe("probe", "p-done", 0.0)
+    session.receive_data(encode_frame("RECEIPT", [("receipt-id", "p")]) + encode_frame("RECEIPT", [("receipt-id", "p-done")]), 0.0)
+    send(session, [1, 2])
+    events = session.receive_data(receipt(1) + late("probe") + receipt(2), 0.0)
+    assert settled(events) == ["id-1", "id-2"] and not [e for e in events if e.__class__ is Failed]
+    assert session.state == CONNECTED
+
+
+@pytest.mark.parametrize("error", [
+    late("probe"),  # a subscription still open: not a late delivery
+    late("other"),  # one we never had
+    encode_frame("ERROR", [("message", "Subscription not found")], b"Message with id 'a7' has no subscription"),
+], ids=["open", "unknown", "ack"])
+def test_other_subscription_errors_still_end_the_session(error):
+    session = connected()
+    session.subscribe("/amq/queue/q", 1, 0.0, sub_id="probe", receipt="p")
+    (event,) = session.receive_data(error, 0.0)
+    assert event.__class__ is Failed and "Subscription not found" in str(event.error) and session.state == FAILED
+
+
 # -- the clock ----------------------------------------------------------------------------------
 
 

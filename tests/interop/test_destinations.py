@@ -137,3 +137,24 @@ def test_bad_destination_headers_are_a_clear_configuration_error(rabbitmq, pilot
     for value, needle in (("x-queue-type", "must be NAME=VALUE"), ("receipt=1", "not a header pilotlog can send")):
         p = pilotlog("replay", env={"PILOTLOG_SINK": rabbitmq.url(queue), "PILOTLOG_DESTINATION_HEADERS": value})
         assert p.returncode == 2 and needle in p.stderr and pilotlog.depth() == 1
+
+
+def test_the_existence_check_on_a_queue_full_of_messages_never_fails_a_replay(rabbitmq, pilotlog, consume):
+    """RabbitMQ can hand the check's subscription a message after its UNSUBSCRIBE was confirmed (a
+    quorum queue delivers asynchronously); it then sends an ERROR 'Subscription not found' and keeps
+    the connection.  Found by the 200-pilot burst (issue 16): that ERROR failed a pilot's last drain.
+    A queue that is never empty makes the race likely; every replay must still deliver, and the
+    message the check was handed is given back, never lost."""
+    name = "pilotlog-busy-" + uuid.uuid4().hex[:8]
+    declare_quorum_queue(rabbitmq, name)
+    theirs = [("SEND", [("destination", "/amq/queue/" + name), ("receipt", "s%d" % i)], b'{"theirs": %d}' % i)
+              for i in range(300)]
+    stomp_frames(rabbitmq, *theirs, wait_for="s299")
+    env = {"PILOTLOG_SINK": rabbitmq.url("/amq/queue/" + name)}
+    for attempt in range(30):
+        fill_spool(pilotlog.spool, 5)
+        p = pilotlog("replay", "--strict", env=env)
+        assert p.returncode == 0 and pilotlog.depth() == 0, (attempt, p.stderr)
+    consumer = consume(rabbitmq, "/amq/queue/" + name)
+    bodies = [m.body for m in consumer.wait_for(300 + 150)]
+    assert sum('"theirs"' in b for b in bodies) == 300 and len(bodies) == 450

@@ -10,6 +10,7 @@ per fault, replay's exit code and one-line summary as documented.
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,31 @@ def connected_port(pid: int):
         if "pid=%d," % pid in line:
             return int(line.split()[3].rsplit(":", 1)[1])
     return None
+
+
+def queued_bodies(cluster, destination: str, expected=None) -> list:
+    """Every message body now in ``destination``, consumed from a node that is up (stomp.py): until
+    ``expected`` came, or nothing came for 3 s."""
+    import stomp
+
+    node = next(n for n in cluster.nodes if n._accepts_login())
+    got = []
+
+    class Listener(stomp.ConnectionListener):
+        def on_message(self, frame):
+            got.append(frame.body)
+
+    conn = stomp.Connection12([("127.0.0.1", node.plain)], vhost="/", heartbeats=(0, 0))
+    conn.set_listener("", Listener())
+    conn.connect(USER, PASSWORD, wait=True)
+    conn.subscribe(destination, id="1", ack="auto", headers={"prefetch-count": "1000"})
+    previous, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < 3 and len(got) != expected:
+        if len(got) != previous:
+            previous, quiet_since = len(got), time.monotonic()
+        time.sleep(0.1)
+    conn.disconnect()
+    return got
 
 
 class Trial:
@@ -60,27 +86,8 @@ class Trial:
         return self.pilotlog.depth()
 
     def queued(self) -> list:
-        """Every message body now in the queue, consumed from a node that is up (stomp.py)."""
-        import stomp
-
-        node = next(n for n in self.cluster.nodes if n._accepts_login())
-        got = []
-
-        class Listener(stomp.ConnectionListener):
-            def on_message(self, frame):
-                got.append(json.loads(frame.body)["id"])
-
-        conn = stomp.Connection12([("127.0.0.1", node.plain)], vhost="/", heartbeats=(0, 0))
-        conn.set_listener("", Listener())
-        conn.connect(USER, PASSWORD, wait=True)
-        conn.subscribe(self.destination, id="1", ack="auto", headers={"prefetch-count": "1000"})
-        previous, quiet_since = -1, time.monotonic()
-        while time.monotonic() - quiet_since < 3:  # until nothing came for 3 s
-            if len(got) != previous:
-                previous, quiet_since = len(got), time.monotonic()
-            time.sleep(0.1)
-        conn.disconnect()
-        return got
+        """The id of every event now in the queue."""
+        return [json.loads(body)["id"] for body in queued_bodies(self.cluster, self.destination)]
 
     def check(self, fault: str, proc, started: float, faults: int = 1, expect_all: bool = True) -> set:
         """Record and assert the promise (``faults``: connections a fault may have cut, each leaving at
@@ -200,3 +207,37 @@ def test_a_quorum_queue_reached_as_queue_name_and_a_missing_one(cluster, pki, bu
                      PILOTLOG_DESTINATION_HEADERS="x-queue-type=quorum,durable=true,auto-delete=false")
     started = time.monotonic()
     trial.check("replay to the quorum queue as /queue/NAME with destination_headers", trial.replay(), started)
+
+
+def test_the_existence_check_on_a_busy_quorum_queue_through_each_node(cluster, pki, bundle, tmp_path):
+    """The 200-pilot burst found it: RabbitMQ may hand the check's subscription a message after its
+    UNSUBSCRIBE was confirmed (the queue's leader on another node delivers late), then sends an ERROR
+    'Subscription not found' and keeps the connection.  Through every node, to a queue that always
+    holds messages: every replay delivers, and the messages the check was handed are all still there."""
+    from pilotlogger.stompcodec import encode_frame
+
+    destination = cluster.declare_quorum_queue("busy-" + uuid.uuid4().hex[:8])
+    theirs = 300
+    with socket.create_connection(("127.0.0.1", cluster.nodes[0].plain), timeout=10) as sock:
+        sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER),
+                                              ("passcode", PASSWORD)]))
+        sock.sendall(b"".join(encode_frame("SEND", [("destination", destination), ("persistent", "true")],
+                                           b'{"theirs": %d}' % i) for i in range(theirs)))
+        sock.sendall(encode_frame("DISCONNECT", [("receipt", "bye")]))
+        while b"bye" not in sock.recv(65536):
+            pass
+    pilotlog = Pilotlog(bundle, tmp_path)
+    sent = 0
+    for node in cluster.nodes:
+        env = dict(pilotlog.env, PILOTLOG_SINK="stomp+ssl://localhost:%d%s" % (node.tls, destination),
+                   PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD)
+        for attempt in range(15):
+            fill_spool(pilotlog.spool, 5)
+            sent += 5
+            p = pilotlog("replay", "--strict", env=env)
+            assert p.returncode == 0 and pilotlog.depth() == 0, (node.node, attempt, p.stderr)
+    counts = {}
+    for body in queued_bodies(cluster, destination, theirs + sent):
+        key = "theirs" if '"theirs"' in body else "ours"
+        counts[key] = counts.get(key, 0) + 1
+    assert counts == {"theirs": theirs, "ours": sent}
