@@ -7,6 +7,11 @@
   limited in rate (``CAPTURE_PER_SECOND``, with a burst) and size (``CAPTURE_LINE_BYTES``).
 * ``patterns`` (regex → phase) turn lines of an unmodified pilot ("matched a job") into
   lifecycle events.
+* Every recorded line comes before ``shutdown``: after the child's end its output is read
+  to the end while lines keep coming (see OUTPUT_IDLE, OUTPUT_CAP).  The 200-pilot burst
+  (docs/scale.md) found lines recorded after ``shutdown`` — after the final drain, so left
+  spooled, and over HTTPS after DIRAC's ``finaliseLogs`` — when a loaded node recorded them
+  more slowly than the child printed them.
 * SIGTERM, SIGINT, SIGHUP and SIGUSR1 are forwarded to the child.
 * The wrapper returns the child's exit code — or 128 + signal — exactly, whatever
   happens to the spool or the network: recording is best effort around the child,
@@ -32,6 +37,11 @@ CAPTURE_PER_SECOND = 20  # sustained rate of captured lines
 CAPTURE_BURST = 200
 CAPTURE_LINE_BYTES = 4096
 SHIP_EVERY = 10.0
+#: After the child's end, its output is read to the end while it keeps coming (a loaded node
+#: records slowly), but not past OUTPUT_IDLE seconds without a line (a grandchild holding the
+#: pipe open, silent) nor past OUTPUT_CAP seconds in all (one that keeps writing).
+OUTPUT_IDLE = 5.0
+OUTPUT_CAP = 60.0
 
 
 class _Budget:
@@ -84,6 +94,9 @@ class Wrapper:
         self.tail_lock = threading.Lock()
         self.budget = _Budget(CAPTURE_PER_SECOND, CAPTURE_BURST)
         self.shipper = None
+        self.lines_read = 0  # by the pumps: how _wait_for_output sees they are still at work
+        self.lines_lock = threading.Lock()  # held while a line is recorded, and to close recording
+        self.recording_lines = True  # False once the shutdown is recorded: later lines only pass through
 
     def record(self, phase, message, status="info", **data):
         if self.recorder is not None:
@@ -102,18 +115,45 @@ class Wrapper:
             except (OSError, ValueError):
                 pass  # our own output is gone; keep draining so the child never blocks
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if stream_name == "stderr":
-                with self.tail_lock:
-                    self.tail = (self.tail + [line[:CAPTURE_LINE_BYTES]])[-STDERR_TAIL:]
-            for regex, phase in self.patterns:
-                if regex.search(line):
-                    self.record(phase, line[:CAPTURE_LINE_BYTES], stream=stream_name)
-                    break
-            else:
-                if self.capture and line and self.budget.take():
-                    self.record("log", line[:CAPTURE_LINE_BYTES], "warning" if stream_name == "stderr" else "info",
-                                stream=stream_name)
+            with self.lines_lock:
+                self.lines_read += 1
+                if not self.recording_lines:
+                    continue  # after the shutdown event: passed through, never recorded out of order
+                if stream_name == "stderr":
+                    with self.tail_lock:
+                        self.tail = (self.tail + [line[:CAPTURE_LINE_BYTES]])[-STDERR_TAIL:]
+                for regex, phase in self.patterns:
+                    if regex.search(line):
+                        self.record(phase, line[:CAPTURE_LINE_BYTES], stream=stream_name)
+                        break
+                else:
+                    if self.capture and line and self.budget.take():
+                        self.record("log", line[:CAPTURE_LINE_BYTES], "warning" if stream_name == "stderr" else "info",
+                                    stream=stream_name)
         source.close()
+
+    def _wait_for_output(self, pumps) -> bool:
+        """Let the pumps read the child's output to its end; True when they did.
+
+        Bounded by OUTPUT_IDLE without a line and OUTPUT_CAP in all; then recording of lines
+        stops (under the lock, so none is recorded after the shutdown event) and the pumps
+        go on passing output through until the process ends.
+        """
+        started = time.monotonic()
+        seen, progress = -1, started
+        while any(p.is_alive() for p in pumps):
+            now = time.monotonic()
+            if self.lines_read != seen:
+                seen, progress = self.lines_read, now
+            elif now - progress >= OUTPUT_IDLE:
+                break
+            if now - started >= OUTPUT_CAP:
+                break
+            for pump in pumps:
+                pump.join(timeout=0.1)
+        with self.lines_lock:
+            self.recording_lines = False
+        return not any(p.is_alive() for p in pumps)
 
     def run(self) -> int:
         started = time.monotonic()
@@ -160,8 +200,7 @@ class Wrapper:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        for pump in pumps:
-            pump.join(timeout=5)
+        output_ended = self._wait_for_output(pumps)
         duration = time.monotonic() - started
         signum = -returncode if returncode < 0 else None
         code = 128 + signum if signum else returncode
@@ -172,6 +211,8 @@ class Wrapper:
             data["signal"] = signal.Signals(signum).name
         if self.budget.skipped:
             data["capture_skipped_lines"] = self.budget.skipped
+        if not output_ended:  # a grandchild holds the child's stdout/stderr open
+            data["output_still_open"] = True
         status = "info" if code == 0 else "error"
         ended = "killed by %s" % data["signal"] if signum else "exited with %d" % code
         self.record("shutdown", "%s %s after %.1f s" % (self.argv[0], ended, duration), status, **data)

@@ -123,3 +123,43 @@ def test_ships_while_the_child_runs_and_drains_at_the_end(pilotlog, bundle, pki,
         assert pilotlog.events() == []
     finally:
         server.stop()
+
+
+def test_a_grandchild_holding_the_output_open_does_not_keep_the_wrapper(pilotlog):
+    """A pilot that leaves a background process with its stdout: the wrapper returns after the idle
+    bound, the lines read are all before shutdown, and shutdown says the output was still open."""
+    started = time.monotonic()
+    p = pilotlog("run", "--capture", "--", "sh", "-c", "sleep 20 & echo started a daemon; exit 3")
+    elapsed = time.monotonic() - started
+    assert p.returncode == 3 and elapsed < 15, (p.returncode, elapsed)
+    events = pilotlog.events()
+    assert [e["phase"] for e in events] == ["boot", "log", "shutdown"]
+    assert events[1]["message"] == "started a daemon" and events[2]["data"]["output_still_open"] is True
+
+
+def test_lines_read_slowly_are_all_recorded_before_the_shutdown(tmp_path, monkeypatch):
+    """A node so loaded that recording a line takes longer than the child takes to print it (the
+    200-pilot burst): the child is long gone when the last lines are read; they come before
+    shutdown all the same.  (Recording is slowed by hand: no real disk can be made this slow.)"""
+    from pilotlogger import config as config_module
+    from pilotlogger.wrapper import Wrapper
+
+    monkeypatch.setattr("pilotlogger.wrapper.OUTPUT_IDLE", 2.0)  # each line still comes well within it
+    config = config_module.load({"spool": str(tmp_path / "spool")}, environ={"HOME": str(tmp_path)}, cwd=str(tmp_path))
+    wrapper = Wrapper(config, ["sh", "-c", "for i in $(seq 1 60); do echo line $i; done; exit 5"], capture=True)
+    record = wrapper.recorder.record
+
+    def slow_record(*args, **kw):
+        time.sleep(0.1)  # 60 lines: 6 s of recording, three times the idle bound
+        return record(*args, **kw)
+
+    wrapper.recorder.record = slow_record
+    assert wrapper.run() == 5
+    wrapper.recorder.close()
+    from pilotlogger.spool import open_spool
+
+    spool = open_spool(config)
+    events = [spool.read(name)[0] for name in spool.entries()]
+    assert [e["phase"] for e in events] == ["boot"] + ["log"] * 60 + ["shutdown"]
+    assert [e["message"] for e in events[1:-1]] == ["line %d" % i for i in range(1, 61)]
+    assert "output_still_open" not in events[-1]["data"]
