@@ -73,7 +73,8 @@ def main():
                     figures.setdefault(("replay %s, CPU µs/event" % name, label), []).append(cpu)
                 for version, python in pythons:
                     figures.setdefault(("emit warm, Python %s, ms" % version, label), []).append(
-                        emit_ms(bundle, python, args.runs))
+                        emit_ms(bundle, python, args.runs)
+                    )
             print("round %d done" % (r + 1), flush=True)
     finally:
         broker.shutdown() if hasattr(broker, "shutdown") else broker.stop()
@@ -81,8 +82,12 @@ def main():
     metrics = list(dict.fromkeys(m for m, _ in figures))
     fmt = {m: "%.0f" if m.endswith("msg/s") else "%.1f" for m in metrics}
     rows = [[m, cell(figures[m, "before"], fmt[m]), cell(figures[m, "after"], fmt[m])] for m in metrics]
-    run.table("Before/after, RabbitMQ (TLS, persistent, %d events), medians of %d rounds (range)"
-              % (args.events, args.rounds), ["figure", "before", "after"], rows)
+    run.table(
+        "Before/after, RabbitMQ (TLS, persistent, %d events), medians of %d rounds (range)"
+        % (args.events, args.rounds),
+        ["figure", "before", "after"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

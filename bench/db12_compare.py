@@ -24,9 +24,13 @@ DB12 = (
 
 
 def pilotlog_power(fraction: str) -> float:
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "dist", "pilotlog"), "power", "--fraction", fraction],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
-                       env={"PATH": os.environ["PATH"], "PILOTLOG_SPOOL": "/tmp/db12-compare-spool"})
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "dist", "pilotlog"), "power", "--fraction", fraction],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        universal_newlines=True,
+        env={"PATH": os.environ["PATH"], "PILOTLOG_SPOOL": "/tmp/db12-compare-spool"},
+    )
     return float(p.stdout.split("power of ")[1].split()[0])  # "power of 41.0 DB12 (0.61 s CPU)"
 
 
@@ -50,7 +54,10 @@ def main(dirac_python, runs=3):
     print("| `pilotlog power --fraction 1` (DB12's draw count) | %s |" % cell(full))
     for name, values in (("0.1", ours), ("1", full)):
         for label, ref in (("raw", raw), ("corrected", corrected)):
-            print("| ratio pilotlog (%s) / db12 %s | %.3f |" % (name, label, statistics.median(values) / statistics.median(ref)))
+            print(
+                "| ratio pilotlog (%s) / db12 %s | %.3f |"
+                % (name, label, statistics.median(values) / statistics.median(ref))
+            )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,11 @@ def emits(work: str, n: int, depth: int, chunk: int = 20) -> dict:
     os.mkdir(os.path.join(work, "floor-tmp"))
     os.mkdir(os.path.join(work, "floor-ready"))
     append_fd = os.open(os.path.join(work, "floor-append"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    spools = {"empty": (os.path.join(work, "empty"), 10 * depth), "deep": (os.path.join(work, "deep"), 10 * depth),
-              "full": (os.path.join(work, "full"), depth)}
+    spools = {
+        "empty": (os.path.join(work, "empty"), 10 * depth),
+        "deep": (os.path.join(work, "deep"), 10 * depth),
+        "full": (os.path.join(work, "full"), depth),
+    }
 
     def use(name):
         os.environ["PILOTLOG_SPOOL"], os.environ["PILOTLOG_MAX_EVENTS"] = spools[name][0], str(spools[name][1])
@@ -78,7 +81,9 @@ def emits(work: str, n: int, depth: int, chunk: int = 20) -> dict:
             use(name)
             before, t = len(fsyncs), clock()
             for i in range(chunk):
-                pilotlogger.emit("log", "benchmark line %06d " % (done + i) + "x" * 120, i=done + i, step="InstallDIRAC")
+                pilotlogger.emit(
+                    "log", "benchmark line %06d " % (done + i) + "x" * 120, i=done + i, step="InstallDIRAC"
+                )
             spent[name] += clock() - t
             if name == "empty":
                 spent["fsyncs"] = spent.get("fsyncs", 0) + len(fsyncs) - before
@@ -109,8 +114,12 @@ def handler(n: int) -> dict:
     h.close()  # grouped: the last group reaches the disk here
     durable = clock() - started
     latencies.sort()
-    return {"p50": latencies[n // 2] * 1e3, "p99": latencies[n * 99 // 100] * 1e3, "rate": n / burst,
-            "durable": n / durable}
+    return {
+        "p50": latencies[n // 2] * 1e3,
+        "p99": latencies[n * 99 // 100] * 1e3,
+        "rate": n / burst,
+        "durable": n / durable,
+    }
 
 
 def main():

@@ -51,8 +51,13 @@ def pyenv_python(version_prefix: str) -> str:
 
 def fill_spool(path: str, n: int) -> list:
     """n ~300-byte events written straight into a spool (the bench's setup, not the emit path)."""
-    return helpers.fill_spool(path, n, PILOT, message="benchmark line %06d " + "x" * 120,
-                              context={"host": "wn042.example.org", "site": "LCG.Bench.org"})
+    return helpers.fill_spool(
+        path,
+        n,
+        PILOT,
+        message="benchmark line %06d " + "x" * 120,
+        context={"host": "wn042.example.org", "site": "LCG.Bench.org"},
+    )
 
 
 def table(title: str, header: list, rows: list) -> str:
@@ -95,7 +100,9 @@ class Counter:
 def tls_socket(broker, pki):
     ctx = ssl.create_default_context(cafile=pki.path("ca.pem"))
     sock = ctx.wrap_socket(socket.create_connection(("localhost", broker.tls)), server_hostname="localhost")
-    sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)]))
+    sock.sendall(
+        encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)])
+    )
     parser = FrameParser()
     while True:
         parser.feed(sock.recv(65536))
@@ -108,14 +115,20 @@ def tls_socket(broker, pki):
 def raw_bound(broker, pki, dest, bodies, receipt_each: bool) -> float:
     """Pre-built SEND frames on one TLS socket; a writer thread, this thread reads receipts."""
     frames = [
-        encode_frame("SEND", [("destination", dest), ("persistent", "true")]
-                     + ([("receipt", str(i))] if receipt_each or i == len(bodies) - 1 else []), b)
+        encode_frame(
+            "SEND",
+            [("destination", dest), ("persistent", "true")]
+            + ([("receipt", str(i))] if receipt_each or i == len(bodies) - 1 else []),
+            b,
+        )
         for i, b in enumerate(bodies)
     ]
     sock, parser = tls_socket(broker, pki)
     want = len(bodies) if receipt_each else 1
     started = time.monotonic()
-    writer = threading.Thread(target=lambda: [sock.sendall(b"".join(frames[i:i + 500])) for i in range(0, len(frames), 500)])
+    writer = threading.Thread(
+        target=lambda: [sock.sendall(b"".join(frames[i : i + 500])) for i in range(0, len(frames), 500)]
+    )
     writer.start()
     got = 0
     while got < want:
@@ -168,10 +181,19 @@ def pilotlog_replay(broker, pki, dest, n, env_extra, cpu: list) -> float:
     """Seconds for `pilotlog replay` of n events; appends its CPU seconds (user+sys) to ``cpu``."""
     d = tempfile.mkdtemp()
     fill_spool(os.path.join(d, "spool"), n)
-    env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(d, "spool"), PILOTLOG_SINK=broker.url(dest),
-               PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD, **env_extra)
+    env = dict(
+        os.environ,
+        PILOTLOG_SPOOL=os.path.join(d, "spool"),
+        PILOTLOG_SINK=broker.url(dest),
+        PILOTLOG_CA_FILE=pki.path("ca.pem"),
+        PILOTLOG_USER=USER,
+        PILOTLOG_PASSCODE=PASSWORD,
+        **env_extra,
+    )
     started, cpu_before = time.monotonic(), children_cpu()
-    p = subprocess.run([sys.executable, "-I", "-S", BUNDLE, "replay"], env=env, stderr=subprocess.PIPE, universal_newlines=True)
+    p = subprocess.run(
+        [sys.executable, "-I", "-S", BUNDLE, "replay"], env=env, stderr=subprocess.PIPE, universal_newlines=True
+    )
     elapsed = time.monotonic() - started
     cpu.append(children_cpu() - cpu_before)
     assert p.returncode == 0 and "0 left" in p.stderr, p.stderr
@@ -189,7 +211,10 @@ def throughput(broker, pki, n) -> list:
         ("raw frames, receipt on every frame (strict bound)", lambda d: raw_bound(broker, pki, d, bodies, True)),
         ("raw frames, receipt on last only (broker ceiling)", lambda d: raw_bound(broker, pki, d, bodies, False)),
         ("**pilotlog replay** (receipt per event, default)", lambda d: pilotlog_replay(broker, pki, d, n, {}, cpu)),
-        ("pilotlog replay, receipt_every=100 (opt-in)", lambda d: pilotlog_replay(broker, pki, d, n, {"PILOTLOG_RECEIPT_EVERY": "100"}, cpu)),
+        (
+            "pilotlog replay, receipt_every=100 (opt-in)",
+            lambda d: pilotlog_replay(broker, pki, d, n, {"PILOTLOG_RECEIPT_EVERY": "100"}, cpu),
+        ),
     ]
     rows, rates = [], {}
     for i, (name, run) in enumerate(variants):
@@ -224,8 +249,11 @@ def one_shot(runs, send_url=None, pki=None) -> list:
     for label, python in (("oldest", pyenv_python("3.6")), ("newest", pyenv_python("3.13"))):
         d = tempfile.mkdtemp()
         env = {"PATH": os.environ["PATH"], "HOME": d, "PILOTLOG_SPOOL": os.path.join(d, "spool")}
-        version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
-                                 stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+        version = subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        ).stdout.strip()
         bare = median_ms([python, "-I", "-S", "-c", "pass"], runs, env, d)
         emit = [python, "-I", "-S", BUNDLE, "emit", "boot", "-m", "booted up"]
         started = time.perf_counter()
@@ -233,11 +261,23 @@ def one_shot(runs, send_url=None, pki=None) -> list:
         cold = (time.perf_counter() - started) * 1000  # first start: unpacks and compiles into the cache
         warm = median_ms(emit, runs, env, d)
         nocache = median_ms(emit, runs, dict(env, PILOTLOG_CACHE="/proc/unwritable"), d)
-        rows.append(["%s (%s)" % (version, label), "%.1f" % bare, "%.1f (%.1f×)" % (warm, warm / bare),
-                     "%.1f" % cold, "%.1f (%.1f×)" % (nocache, nocache / bare)])
+        rows.append(
+            [
+                "%s (%s)" % (version, label),
+                "%.1f" % bare,
+                "%.1f (%.1f×)" % (warm, warm / bare),
+                "%.1f" % cold,
+                "%.1f (%.1f×)" % (nocache, nocache / bare),
+            ]
+        )
         if send_url:
-            senv = dict(env, PILOTLOG_SINK=send_url, PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER,
-                        PILOTLOG_PASSCODE=PASSWORD)
+            senv = dict(
+                env,
+                PILOTLOG_SINK=send_url,
+                PILOTLOG_CA_FILE=pki.path("ca.pem"),
+                PILOTLOG_USER=USER,
+                PILOTLOG_PASSCODE=PASSWORD,
+            )
             send = median_ms(emit + ["--send"], runs, senv, d)
             rows[-1].append("%.1f (%.1f×)" % (send, send / bare))
         shutil.rmtree(d)
@@ -250,11 +290,17 @@ def one_shot(runs, send_url=None, pki=None) -> list:
 def peak_rss_mb(n) -> float:
     d = tempfile.mkdtemp()
     fill_spool(os.path.join(d, "spool"), n)
-    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-            "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(d, "spool"), PILOTLOG_SINK="stdout")
-    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-I", "-S", BUNDLE, "replay"], env=env,
-                         stdout=subprocess.PIPE, universal_newlines=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, sys.executable, "-I", "-S", BUNDLE, "replay"],
+        env=env,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    ).stdout
     left = len(os.listdir(os.path.join(d, "spool", "events")))
     shutil.rmtree(d)
     assert left == 0
@@ -266,8 +312,12 @@ def spool_rate(processes: int, per_process: int) -> float:
     env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(d, "spool"), PILOTLOG_PILOT_UUID=PILOT)
     loop = os.path.join(ROOT, "tests", "emit_loop.py")
     started = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, loop, BUNDLE, "p%d" % i, str(per_process)], env=env,
-                              stdout=subprocess.DEVNULL) for i in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, loop, BUNDLE, "p%d" % i, str(per_process)], env=env, stdout=subprocess.DEVNULL
+        )
+        for i in range(processes)
+    ]
     assert all(p.wait() == 0 for p in procs)
     elapsed = time.monotonic() - started
     stored = len(os.listdir(os.path.join(d, "spool", "events")))
@@ -282,10 +332,14 @@ def spool_rate(processes: int, per_process: int) -> float:
 def probe(code: str, kind: str, path: str, n: int, quiet=False, extra=(), **env) -> dict:
     """One bench/emit_probe.py measurement in a fresh process, importing pilotlogger from ``code``."""
     env = dict(os.environ, PILOTLOG_SPOOL=path, PILOTLOG_PILOT_UUID=PILOT, **env)
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "emit_probe.py"), code, kind, path, str(n)]
-                         + list(extra),
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None,
-                         universal_newlines=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "emit_probe.py"), code, kind, path, str(n)] + list(extra),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL if quiet else None,
+        universal_newlines=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -306,8 +360,26 @@ def emit_costs(code: str, rounds: int, runs: int, emits: int, depth: int = 20000
     fill_spool(full, depth)
     os.sync()  # else the kernel writes 40,000 fresh files back during the first rounds
     big = {"PILOTLOG_MAX_EVENTS": str(10 * depth)}  # depth without eviction
-    f = {k: [] for k in ("floor", "append", "e0", "edeep", "ebound", "fs0", "r_floor", "r_deep", "r_bound",
-                         "c0", "cdeep", "r_cli", "child", "cap_each", "cap_grouped")}
+    f = {
+        k: []
+        for k in (
+            "floor",
+            "append",
+            "e0",
+            "edeep",
+            "ebound",
+            "fs0",
+            "r_floor",
+            "r_deep",
+            "r_bound",
+            "c0",
+            "cdeep",
+            "r_cli",
+            "child",
+            "cap_each",
+            "cap_grouped",
+        )
+    }
     h = {m: {k: [] for k in ("p50", "p99", "rate", "durable")} for m in ("each", "grouped")}
     child = [sys.executable, "-I", "-S", "-c", "for i in range(10000): print('pilot output line %d' % i)"]
     for r in range(rounds):
@@ -336,7 +408,9 @@ def emit_costs(code: str, rounds: int, runs: int, emits: int, depth: int = 20000
         f["cdeep"].append(cdeep)
         f["r_cli"].append(cdeep / c0)
         for mode in ("each", "grouped"):
-            got = probe(code, "handler", os.path.join(work, "h-%s%d" % (mode, r)), burst, PILOTLOG_LOG_FSYNC=mode, **big)
+            got = probe(
+                code, "handler", os.path.join(work, "h-%s%d" % (mode, r)), burst, PILOTLOG_LOG_FSYNC=mode, **big
+            )
             for k in h[mode]:
                 h[mode][k].append(got[k])
         f["child"].append(median_ms(child, 3, os.environ, work))
@@ -349,33 +423,78 @@ def emit_costs(code: str, rounds: int, runs: int, emits: int, depth: int = 20000
 
 
 def emit_tables(f, h, rounds: int, runs: int, depth: int = 20000, burst: int = 10000) -> list:
-    out = [table("Emit vs spool depth (in-process `pilotlogger.emit()`, emits/s; median (range) of %d rounds)" % rounds,
-                 ["spooled events", "emits/s", "vs empty (per round)", "target"],
-                 [["0", spread(f["e0"]), "1", ""],
-                  ["%d (bound raised)" % depth, spread(f["edeep"]), spread(f["r_deep"], "%.2f×"), "≥ 0.9×"],
-                  ["%d = the bound (each emit evicts)" % depth, spread(f["ebound"]), spread(f["r_bound"], "%.2f×"),
-                   "O(1) eviction"]])]
-    out.append(table("Emit vs the disk's durability floor (same disk, same round; emits or loops per second)",
-                     ["loop", "per second", "emit vs it (per round)", "fsyncs per event", "target"],
-                     [["floor: write tmp + fsync + rename + fsync dir", spread(f["floor"]),
-                       spread(f["r_floor"], "%.2f×"), "2", "emit ≥ 0.8×"],
-                      ["append + fdatasync (one file)", spread(f["append"]), "", "1", "for comparison"],
-                      ["`pilotlogger.emit()`, empty spool", spread(f["e0"]), "", spread(f["fs0"], "%.2f"), ""]]))
-    out.append(table("One-shot CLI `emit` vs spool depth (ms, median of %d starts per round; %d rounds)" % (runs, rounds),
-                     ["spooled events", "ms", "vs empty (per round)", "target"],
-                     [["0", spread(f["c0"], "%.1f"), "1", ""],
-                      ["%d" % depth, spread(f["cdeep"], "%.1f"), spread(f["r_cli"], "%.2f×"), "≤ 1.1×"]]))
+    out = [
+        table(
+            "Emit vs spool depth (in-process `pilotlogger.emit()`, emits/s; median (range) of %d rounds)" % rounds,
+            ["spooled events", "emits/s", "vs empty (per round)", "target"],
+            [
+                ["0", spread(f["e0"]), "1", ""],
+                ["%d (bound raised)" % depth, spread(f["edeep"]), spread(f["r_deep"], "%.2f×"), "≥ 0.9×"],
+                [
+                    "%d = the bound (each emit evicts)" % depth,
+                    spread(f["ebound"]),
+                    spread(f["r_bound"], "%.2f×"),
+                    "O(1) eviction",
+                ],
+            ],
+        )
+    ]
+    out.append(
+        table(
+            "Emit vs the disk's durability floor (same disk, same round; emits or loops per second)",
+            ["loop", "per second", "emit vs it (per round)", "fsyncs per event", "target"],
+            [
+                [
+                    "floor: write tmp + fsync + rename + fsync dir",
+                    spread(f["floor"]),
+                    spread(f["r_floor"], "%.2f×"),
+                    "2",
+                    "emit ≥ 0.8×",
+                ],
+                ["append + fdatasync (one file)", spread(f["append"]), "", "1", "for comparison"],
+                ["`pilotlogger.emit()`, empty spool", spread(f["e0"]), "", spread(f["fs0"], "%.2f"), ""],
+            ],
+        )
+    )
+    out.append(
+        table(
+            "One-shot CLI `emit` vs spool depth (ms, median of %d starts per round; %d rounds)" % (runs, rounds),
+            ["spooled events", "ms", "vs empty (per round)", "target"],
+            [
+                ["0", spread(f["c0"], "%.1f"), "1", ""],
+                ["%d" % depth, spread(f["cdeep"], "%.1f"), spread(f["r_cli"], "%.2f×"), "≤ 1.1×"],
+            ],
+        )
+    )
     rows = []
     for mode in ("each", "grouped"):
-        rows.append(["log_fsync=%s" % mode, spread(h[mode]["p50"], "%.2f"), spread(h[mode]["p99"], "%.2f"),
-                     spread(h[mode]["rate"]), spread(h[mode]["durable"])])
-    out.append(table("logging.Handler, a burst of %d records (%d rounds)" % (burst, rounds),
-                     ["mode", "emit p50 (ms)", "emit p99 (ms)", "records/s while logging", "records/s to disk (close)"],
-                     rows))
-    out.append(table("`run --capture` of a child printing 10,000 lines (ms, median of 3 per round; %d rounds)" % rounds,
-                     ["", "ms"], [["the child alone", spread(f["child"])],
-                                  ["run --capture, log_fsync=each", spread(f["cap_each"])],
-                                  ["run --capture, log_fsync=grouped", spread(f["cap_grouped"])]]))
+        rows.append(
+            [
+                "log_fsync=%s" % mode,
+                spread(h[mode]["p50"], "%.2f"),
+                spread(h[mode]["p99"], "%.2f"),
+                spread(h[mode]["rate"]),
+                spread(h[mode]["durable"]),
+            ]
+        )
+    out.append(
+        table(
+            "logging.Handler, a burst of %d records (%d rounds)" % (burst, rounds),
+            ["mode", "emit p50 (ms)", "emit p99 (ms)", "records/s while logging", "records/s to disk (close)"],
+            rows,
+        )
+    )
+    out.append(
+        table(
+            "`run --capture` of a child printing 10,000 lines (ms, median of 3 per round; %d rounds)" % rounds,
+            ["", "ms"],
+            [
+                ["the child alone", spread(f["child"])],
+                ["run --capture, log_fsync=each", spread(f["cap_each"])],
+                ["run --capture, log_fsync=grouped", spread(f["cap_grouped"])],
+            ],
+        )
+    )
     return out
 
 
@@ -397,38 +516,79 @@ def main():
     subprocess.run(["make", "-s", "-C", ROOT, "dist/pilotlog"], check=True)
     work = tempfile.mkdtemp(prefix="pilotlog-bench-")
     pki = PKI(os.path.join(work, "pki"))
-    out = ["Machine: %s, %d cores; Python %s for the replays; bundle %d bytes; %s.\n" % (
-        platform.platform(), os.cpu_count(), platform.python_version(), os.path.getsize(BUNDLE),
-        time.strftime("%Y-%m-%d"))]
+    out = [
+        "Machine: %s, %d cores; Python %s for the replays; bundle %d bytes; %s.\n"
+        % (
+            platform.platform(),
+            os.cpu_count(),
+            platform.python_version(),
+            os.path.getsize(BUNDLE),
+            time.strftime("%Y-%m-%d"),
+        )
+    ]
     brokers = {"rabbitmq": RabbitMQ, "activemq": ActiveMQ}
     send_url = None
     if "emit" in only:
-        out += emit_tables(*emit_costs(args.code, args.rounds, args.runs, args.emits, burst=args.burst),
-                           rounds=args.rounds, runs=args.runs, burst=args.burst)
+        out += emit_tables(
+            *emit_costs(args.code, args.rounds, args.runs, args.emits, burst=args.burst),
+            rounds=args.rounds,
+            runs=args.runs,
+            burst=args.burst,
+        )
     for name in [b for b in args.brokers.split(",") if b and "replay" in only]:
         broker = brokers[name](os.path.join(work, name), pki).start()
         try:
             rows = throughput(broker, pki, args.events)
-            out.append(table("Replay throughput, %s (TLS, persistent, %d events, msg/s)" % (broker.name, args.events),
-                             ["variant", "msg/s", "arrived", "vs strict raw bound", "pilotlog CPU µs/event"], rows))
+            out.append(
+                table(
+                    "Replay throughput, %s (TLS, persistent, %d events, msg/s)" % (broker.name, args.events),
+                    ["variant", "msg/s", "arrived", "vs strict raw bound", "pilotlog CPU µs/event"],
+                    rows,
+                )
+            )
             if name == "rabbitmq":
-                out.append(table("One-shot cost (ms, medians of %d; emit --send to RabbitMQ)" % args.runs,
-                                 ["Python", "bare `-I -S -c pass`", "emit, warm", "emit, cold (first start)",
-                                  "emit, no cache (zip import)", "emit --send"],
-                                 one_shot(args.runs, broker.url("/queue/bench-send"), pki)))
+                out.append(
+                    table(
+                        "One-shot cost (ms, medians of %d; emit --send to RabbitMQ)" % args.runs,
+                        [
+                            "Python",
+                            "bare `-I -S -c pass`",
+                            "emit, warm",
+                            "emit, cold (first start)",
+                            "emit, no cache (zip import)",
+                            "emit --send",
+                        ],
+                        one_shot(args.runs, broker.url("/queue/bench-send"), pki),
+                    )
+                )
                 send_url = True
         finally:
             broker.shutdown() if hasattr(broker, "shutdown") else broker.stop()
     if not send_url and "startup" in only:
-        out.append(table("One-shot cost (ms, medians of %d)" % args.runs,
-                         ["Python", "bare", "emit, warm", "emit, cold", "emit, no cache"], one_shot(args.runs)))
+        out.append(
+            table(
+                "One-shot cost (ms, medians of %d)" % args.runs,
+                ["Python", "bare", "emit, warm", "emit, cold", "emit, no cache"],
+                one_shot(args.runs),
+            )
+        )
     if "memory" in only:
         small, large = peak_rss_mb(1000), peak_rss_mb(100000)
-        out.append(table("Memory: peak RSS of `replay` to stdout", ["spooled events", "peak RSS (MB)"],
-                         [["1,000", "%.1f" % small], ["100,000", "%.1f" % large], ["growth", "%.1f" % (large - small)]]))
+        out.append(
+            table(
+                "Memory: peak RSS of `replay` to stdout",
+                ["spooled events", "peak RSS (MB)"],
+                [["1,000", "%.1f" % small], ["100,000", "%.1f" % large], ["growth", "%.1f" % (large - small)]],
+            )
+        )
     if "spool" in only:
-        out.append(table("Spool: emits per second (CLI code in a loop, fsync on)", ["writers", "emits/s"],
-                         [["1 process", "%.0f" % spool_rate(1, 300)], ["8 processes", "%.0f" % spool_rate(8, 100)]]))
+        out.append(
+            table(
+                "Spool: emits per second (CLI code in a loop, fsync on)",
+                ["writers", "emits/s"],
+                [["1 process", "%.0f" % spool_rate(1, 300)], ["8 processes", "%.0f" % spool_rate(8, 100)]],
+            )
+        )
     shutil.rmtree(work, ignore_errors=True)
     if args.write:
         marker = "<!-- results -->"

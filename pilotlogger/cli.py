@@ -24,6 +24,7 @@ MIN_FRACTION = 0.001  # power: the smallest share of a DB12 run (12,500 draws, s
 
 PROG = "pilotlog"
 
+
 class UsageError(Exception):
     """The command line is wrong: exit 2 with this one line."""
 
@@ -35,10 +36,22 @@ EMIT_OPTIONS: tuple = (
     (("-m", "--message"), "message", "store", "", {}, "human-readable text"),
     (("-s", "--status"), "status", "store", "info", {"choices": STATUSES}, "level (default: info)"),
     (("--data",), "data_json", "store", None, {"metavar": "JSON"}, "a JSON object of extra fields"),
-    (("-d",), "data_pairs", "append", None, {"metavar": "KEY=VALUE"},
-     "one extra field; KEY=text is a string, KEY:=json a JSON value (repeatable)"),
-    (("--send",), "send", "store_true", False, {},
-     "after spooling, try to ship the spool at once (within --deadline); what fails stays spooled"),
+    (
+        ("-d",),
+        "data_pairs",
+        "append",
+        None,
+        {"metavar": "KEY=VALUE"},
+        "one extra field; KEY=text is a string, KEY:=json a JSON value (repeatable)",
+    ),
+    (
+        ("--send",),
+        "send",
+        "store_true",
+        False,
+        {},
+        "after spooling, try to ship the spool at once (within --deadline); what fails stays spooled",
+    ),
 )
 
 
@@ -59,7 +72,7 @@ def parse_emit_quickly(argv):
     if not argv or argv[0] != "emit":
         return None
     options = {}
-    for flags, dest, action, default, extra, _ in EMIT_OPTIONS:
+    for flags, dest, action, _default, extra, _ in EMIT_OPTIONS:
         for flag in flags:
             options[flag] = (dest, action, extra.get("choices"))
     for s in SETTINGS:
@@ -171,7 +184,11 @@ def _parser():
 
     def command(name, help):
         return sub.add_parser(
-            name, help=help, description=help, parents=[settings_of(name)], epilog=cli_help.epilog(name),
+            name,
+            help=help,
+            description=help,
+            parents=[settings_of(name)],
+            epilog=cli_help.epilog(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -194,10 +211,20 @@ def _parser():
 
     run = command("run", "run a command (the pilot) as a child: boot/shutdown events, its exit code returned exactly")
     run.add_argument("--capture", action="store_true", help="also turn the child's output lines into log events")
-    run.add_argument("--pattern", action="append", default=[], metavar="REGEX=PHASE",
-                     help="a line matching REGEX becomes a PHASE event (repeatable), e.g. 'matched a job=match'")
-    run.add_argument("--ship-every", type=float, default=10.0, metavar="SECONDS",
-                     help="with a network sink, ship in the background this often (default 10)")
+    run.add_argument(
+        "--pattern",
+        action="append",
+        default=[],
+        metavar="REGEX=PHASE",
+        help="a line matching REGEX becomes a PHASE event (repeatable), e.g. 'matched a job=match'",
+    )
+    run.add_argument(
+        "--ship-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with a network sink, ship in the background this often (default 10)",
+    )
     run.add_argument("child", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
 
     srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
@@ -209,28 +236,54 @@ def _parser():
     srv.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
     srv.add_argument("--allowed-cn", action="append", default=[], metavar="CN", help="accept only these client CNs")
     srv.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
-    srv.add_argument("--default-vo", default="unknown", metavar="VO",
-                     help="VO directory for logs whose client and pilot name none (default: unknown)")
-    srv.add_argument("--vo-for-cn", action="append", default=[], metavar="CN=VO",
-                     help="client certificate CN whose logs go to VO, whatever the pilot says (as DIRAC's group VO)")
-    srv.add_argument("--max-connections", type=int, default=100, metavar="N",
-                     help="connections served at once; as many more get 503, the rest are closed (default 100)")
-    srv.add_argument("--request-timeout", type=float, default=15.0, metavar="SECONDS",
-                     help="time allowed for a whole request: TLS handshake, headers and body (default 15)")
+    srv.add_argument(
+        "--default-vo",
+        default="unknown",
+        metavar="VO",
+        help="VO directory for logs whose client and pilot name none (default: unknown)",
+    )
+    srv.add_argument(
+        "--vo-for-cn",
+        action="append",
+        default=[],
+        metavar="CN=VO",
+        help="client certificate CN whose logs go to VO, whatever the pilot says (as DIRAC's group VO)",
+    )
+    srv.add_argument(
+        "--max-connections",
+        type=int,
+        default=100,
+        metavar="N",
+        help="connections served at once; as many more get 503, the rest are closed (default 100)",
+    )
+    srv.add_argument(
+        "--request-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="time allowed for a whole request: TLS handshake, headers and body (default 15)",
+    )
     srv.add_argument("--plain", action="store_true", help="plain HTTP (explicitly insecure, for tests behind TLS)")
 
     doctor = command("doctor", "check the delivery path step by step (config, spool, DNS, TCP, TLS, STOMP/HTTPS)")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor.add_argument("--send-test", action="store_true",
-                        help="also send one test event (phase doctor, status debug, data.test=true) and await its receipt")
+    doctor.add_argument(
+        "--send-test",
+        action="store_true",
+        help="also send one test event (phase doctor, status debug, data.test=true) and await its receipt",
+    )
 
     tail = command("tail", "print events from the broker (the sink's destination) as they arrive")
     tail.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
     _add_stop_options(tail, idle=None)
 
     timeline = command("timeline", "per-pilot lifecycles and a summary, from JSON-lines files or the broker")
-    timeline.add_argument("files", nargs="*", metavar="FILE",
-                          help="JSON-lines files of events ('-': stdin); none: read the sink's destination")
+    timeline.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="JSON-lines files of events ('-': stdin); none: read the sink's destination",
+    )
     timeline.add_argument("--json", action="store_true", help="machine-readable output")
     timeline.add_argument("--html", metavar="FILE", help="also write a self-contained page with a timeline chart")
     _add_stop_options(timeline, idle=5.0)
@@ -269,9 +322,13 @@ def _add_stop_options(parser, idle) -> None:
     """--count/--seconds/--idle; ``idle`` None: no idle stop unless asked (runs until interrupted)."""
     parser.add_argument("--count", type=int, metavar="N", help="stop after N events (default: no limit)")
     parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds (default: no limit)")
-    parser.add_argument("--idle", type=float, default=idle, metavar="S",
-                        help="stop when no message came for S seconds (default: %s)"
-                        % ("%g" % idle if idle else "never"))
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=idle,
+        metavar="S",
+        help="stop when no message came for S seconds (default: %s)" % ("%g" % idle if idle else "never"),
+    )
 
 
 def parse_data(data_json, pairs) -> dict:
@@ -342,8 +399,17 @@ def cmd_emit(args, config) -> int:
     args.message = clean_text(args.message)
     recorder = Recorder(config)
     # Validate everything (and the size) before the spool is touched: nothing half-written.
-    draft = make_event(args.phase, args.message, args.status, config.source, data,
-                       pilot=recorder.pilot or "0" * 36, context=recorder.context, seq=1, epoch=0.0)
+    draft = make_event(
+        args.phase,
+        args.message,
+        args.status,
+        config.source,
+        data,
+        pilot=recorder.pilot or "0" * 36,
+        context=recorder.context,
+        seq=1,
+        epoch=0.0,
+    )
     try:
         check_size(len((to_json(draft) + "\n").encode("utf-8")) + DRAFT_ROOM, config.max_event_bytes)
     except EventError as exc:
@@ -426,8 +492,13 @@ def cmd_status(args, config) -> int:
                 pilot, origin = f.read().strip(), "spool"
         except OSError:
             pilot, origin = None, "not yet generated"
-    report = {"spool": spool.path, "exists": spool.exists(), "problem": spool.problem(), "pilot": pilot,
-              "pilot_origin": origin}
+    report = {
+        "spool": spool.path,
+        "exists": spool.exists(),
+        "problem": spool.problem(),
+        "pilot": pilot,
+        "pilot_origin": origin,
+    }
     report.update(spool.stats())
     state = spool.read_state()
     for key in ("delivered_total", "dropped_total"):
@@ -457,15 +528,19 @@ def cmd_probe(args, config) -> int:
         from .recorder import Recorder
 
         o = facts["os"]
-        message = "%s %s, %s cores" % (o.get("pretty_name", o.get("id", "?")), o.get("arch", ""), facts["cpu"].get("logical_cores"))
+        message = "%s %s, %s cores" % (
+            o.get("pretty_name", o.get("id", "?")),
+            o.get("arch", ""),
+            facts["cpu"].get("logical_cores"),
+        )
         Recorder(config).record("os", message, "info", None, facts)
     return EXIT_OK
 
 
 def cmd_power(args, config) -> int:
-    from .recorder import Recorder
     from .power import db12
     from .probes import wlcg_features
+    from .recorder import Recorder
 
     if not MIN_FRACTION <= args.fraction <= 10:  # below, the run is too short to time: a meaningless figure
         raise UsageError("--fraction must be between %g and 10" % MIN_FRACTION)
@@ -484,7 +559,7 @@ def cmd_run(args, config) -> int:
 
     child = args.child[1:] if args.child[:1] == ["--"] else args.child
     if child[:1] and child[0].startswith("-"):  # an option argparse could not place, not a program
-        raise UsageError(unknown_arguments(child[:child.index("--")] if "--" in child else child, "%s run" % PROG))
+        raise UsageError(unknown_arguments(child[: child.index("--")] if "--" in child else child, "%s run" % PROG))
     if not child:
         raise UsageError("run needs a command: pilotlog run [options] -- CMD ARGS")
     try:
@@ -505,19 +580,34 @@ def cmd_serve(args, config) -> int:
         parse_listen(args.listen)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for name, value, most in (("--max-body", args.max_body, 1 << 40), ("--max-connections", args.max_connections, 100000),
-                              ("--request-timeout", args.request_timeout, 3600)):
+    for name, value, most in (
+        ("--max-body", args.max_body, 1 << 40),
+        ("--max-connections", args.max_connections, 100000),
+        ("--request-timeout", args.request_timeout, 3600),
+    ):
         if not 0 < value <= most:  # NaN too
             raise UsageError("%s must be above 0 and at most %d, not %s" % (name, most, value))
-    tls_options = [name for name, given in (("--server-cert", args.server_cert), ("--server-key", args.server_key),
-                   ("--client-ca", args.client_ca), ("--require-client-cert", args.require_client_cert),
-                   ("--allowed-cn", args.allowed_cn), ("--vo-for-cn", args.vo_for_cn)) if given]
+    tls_options = [
+        name
+        for name, given in (
+            ("--server-cert", args.server_cert),
+            ("--server-key", args.server_key),
+            ("--client-ca", args.client_ca),
+            ("--require-client-cert", args.require_client_cert),
+            ("--allowed-cn", args.allowed_cn),
+            ("--vo-for-cn", args.vo_for_cn),
+        )
+        if given
+    ]
     if args.plain and tls_options:
-        raise UsageError("--plain serves plain HTTP, so %s would be ignored: drop them or drop --plain"
-                         % ", ".join(tls_options))
+        raise UsageError(
+            "--plain serves plain HTTP, so %s would be ignored: drop them or drop --plain" % ", ".join(tls_options)
+        )
     if (args.allowed_cn or args.vo_for_cn) and not args.client_ca:
-        raise UsageError("--allowed-cn and --vo-for-cn need --client-ca (and TLS) to learn the client's CN"
-                         " (without it every POST would be refused, or no VO found)")
+        raise UsageError(
+            "--allowed-cn and --vo-for-cn need --client-ca (and TLS) to learn the client's CN"
+            " (without it every POST would be refused, or no VO found)"
+        )
     context = None
     if not args.plain:
         if not (args.server_cert and args.server_key):
@@ -534,11 +624,23 @@ def cmd_serve(args, config) -> int:
             raise UsageError("--default-vo/--vo-for-cn: %r is not CN=VO with a VO name DIRAC accepts" % vo)
 
     def ready(address):
-        warn("serving %s on %s:%d, storing into %s" % ("https" if context else "http", address[0], address[1], args.dir))
+        warn(
+            "serving %s on %s:%d, storing into %s" % ("https" if context else "http", address[0], address[1], args.dir)
+        )
 
     try:
-        serve(args.listen, args.dir, context, args.max_body, args.allowed_cn, ready, args.request_timeout,
-              args.max_connections, args.default_vo, vo_for_cn)
+        serve(
+            args.listen,
+            args.dir,
+            context,
+            args.max_body,
+            args.allowed_cn,
+            ready,
+            args.request_timeout,
+            args.max_connections,
+            args.default_vo,
+            vo_for_cn,
+        )
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -589,8 +691,13 @@ def cmd_tail(args, config) -> int:
         elif event is None:
             line = "? (not a pilotlog event) " + " ".join(text.split())[:300]
         else:
-            line = "%s %s %s %s: %s" % (event["time"], event["pilot"], event["status"].upper(), event["phase"],
-                                        event["message"] or "-")
+            line = "%s %s %s %s: %s" % (
+                event["time"],
+                event["pilot"],
+                event["status"].upper(),
+                event["phase"],
+                event["message"] or "-",
+            )
         sys.stdout.write(escape_controls(line) + "\n")
         sys.stdout.flush()  # written before it is acknowledged
 
@@ -646,8 +753,16 @@ def cmd_config(args, config) -> int:
 
 
 COMMANDS = {
-    "emit": cmd_emit, "replay": cmd_replay, "run": cmd_run, "probe": cmd_probe, "power": cmd_power,
-    "status": cmd_status, "serve": cmd_serve, "doctor": cmd_doctor, "tail": cmd_tail, "timeline": cmd_timeline,
+    "emit": cmd_emit,
+    "replay": cmd_replay,
+    "run": cmd_run,
+    "probe": cmd_probe,
+    "power": cmd_power,
+    "status": cmd_status,
+    "serve": cmd_serve,
+    "doctor": cmd_doctor,
+    "tail": cmd_tail,
+    "timeline": cmd_timeline,
     "config": cmd_config,
 }
 #: Commands a pilot runs: an unexpected failure must still exit 0.
@@ -686,7 +801,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `pilotlog timeline | head`: the reader has what it wanted (the rest is not lost:
-        return EXIT_OK      # replay counts only what was flushed, and keeps the rest spooled)
+        return EXIT_OK  # replay counts only what was flushed, and keeps the rest spooled)
     except Exception as exc:  # the last line of defence: never a traceback into a pilot log
         warn("internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc))
         return EXIT_OK if command in PILOT_SAFE else EXIT_FAILED
@@ -723,8 +838,11 @@ def _guard_std_streams() -> None:
         try:
             stream.flush()
             line_buffering = stream.line_buffering
-            setattr(sys, name, io.TextIOWrapper(stream.detach(), encoding="utf-8", errors=errors,
-                                                line_buffering=line_buffering))
+            setattr(
+                sys,
+                name,
+                io.TextIOWrapper(stream.detach(), encoding="utf-8", errors=errors, line_buffering=line_buffering),
+            )
         except (OSError, ValueError, AttributeError):
             pass
 

@@ -9,9 +9,30 @@ as its flag, so ``pilotlog serve --help`` is not buried under the spool and STOM
 WHICH_FILE = ("config", "setup", "vo")
 SPOOL = ("spool", "max_events", "max_bytes", "max_event_bytes", "log_fsync")
 EVENTS = ("pilot_uuid", "source", "level", "site", "ce", "queue")
-CONNECTION = ("sink", "user", "passcode", "passcode_file", "vhost", "ca_file", "ca_dir", "cert", "key", "timeout", "deadline")
-SHIPPING = ("format", "fallback_sink", "window", "receipt_every", "destination_headers", "destination_check",
-            "http_protocol", "batch_events", "batch_bytes")
+CONNECTION = (
+    "sink",
+    "user",
+    "passcode",
+    "passcode_file",
+    "vhost",
+    "ca_file",
+    "ca_dir",
+    "cert",
+    "key",
+    "timeout",
+    "deadline",
+)
+SHIPPING = (
+    "format",
+    "fallback_sink",
+    "window",
+    "receipt_every",
+    "destination_headers",
+    "destination_check",
+    "http_protocol",
+    "batch_events",
+    "batch_bytes",
+)
 
 RECORDING = WHICH_FILE + SPOOL + EVENTS
 DELIVERY = CONNECTION + SHIPPING
@@ -49,11 +70,13 @@ EXAMPLES = {
     "replay": """\
   pilotlog replay                                      # to the configured sink (default: stdout)
   pilotlog replay --strict --sink %s
-  pilotlog replay --vo lhcb --sink https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging""" % MQ,
+  pilotlog replay --vo lhcb --sink https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging"""
+    % MQ,
     "run": """\
   pilotlog run -- python3 dirac-pilot.py -S LHCb-Production
   pilotlog run --capture --pattern 'matched a job=match' --pattern 'failed to match=nomatch' -- ./pilot.sh
-  pilotlog run --ship-every 30 --sink %s -- ./pilot.sh""" % MQ,
+  pilotlog run --ship-every 30 --sink %s -- ./pilot.sh"""
+    % MQ,
     "status": """\
   pilotlog status
   pilotlog status --json --spool /scratch/pilot/.pilotlog-spool""",
@@ -70,14 +93,16 @@ EXAMPLES = {
     "doctor": """\
   pilotlog doctor
   pilotlog doctor --send-test --sink %s
-  pilotlog doctor --json                               # for scripts: {"works": ..., "steps": [...]}""" % MQ,
+  pilotlog doctor --json                               # for scripts: {"works": ..., "steps": [...]}"""
+    % MQ,
     "tail": """\
   pilotlog tail --sink stomp+ssl://mq.example.org:61614/topic/pilots
   pilotlog tail --json --idle 10 > today.jsonl          # stop after 10 s without a message""",
     "timeline": """\
   pilotlog timeline today.jsonl
   pilotlog timeline today.jsonl --html today.html      # a page to open in a browser
-  pilotlog timeline --json --idle 10 --sink %s""" % MQ,
+  pilotlog timeline --json --idle 10 --sink %s"""
+    % MQ,
     "config": """\
   pilotlog config
   pilotlog config --json --config pilot.json --vo lhcb""",

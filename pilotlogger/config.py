@@ -11,8 +11,17 @@ value came from (``pilotlog config`` shows it, with secrets masked).
 import os
 import stat
 
-from .events import (CONTEXT_KEYS, FORMATS, MAX_PILOT_LEN, STATUSES, EventError, check_name, check_pilot,
-                     clean_text, dirac_accepts)
+from .events import (
+    CONTEXT_KEYS,
+    FORMATS,
+    MAX_PILOT_LEN,
+    STATUSES,
+    EventError,
+    check_name,
+    check_pilot,
+    clean_text,
+    dirac_accepts,
+)
 from .redact import MASK, mask_url
 from .spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS
 
@@ -66,7 +75,8 @@ class Setting:
                 raise ValueError
         except (TypeError, ValueError):
             expected = {int: "a positive integer", float: "a positive number of at most %d" % MAX_SECONDS}.get(
-                self.kind, "a string")
+                self.kind, "a string"
+            )
             shown = MASK if self.secret else given  # a mistyped passcode is still a passcode
             raise ConfigError("%s: %r is not %s" % (where, shown, expected)) from None
         if self.choices and value not in self.choices:
@@ -88,13 +98,21 @@ SETTINGS = (
     Setting("max_events", int, DEFAULT_MAX_EVENTS, "spool bound: number of events"),
     Setting("max_bytes", int, DEFAULT_MAX_BYTES, "spool bound: total bytes of events"),
     Setting("max_event_bytes", int, DEFAULT_MAX_EVENT_BYTES, "largest accepted event, in bytes"),
-    Setting("log_fsync", str, "grouped", "log events of the logging Handler and run --capture: written before the"
-            " call returns, fsynced in groups (within 0.1 s) or each before returning", choices=("grouped", "each")),
+    Setting(
+        "log_fsync",
+        str,
+        "grouped",
+        "log events of the logging Handler and run --capture: written before the"
+        " call returns, fsynced in groups (within 0.1 s) or each before returning",
+        choices=("grouped", "each"),
+    ),
     Setting("setup", str, None, "DIRAC setup to read in pilot.json (default: its DefaultSetup)"),
     Setting("vo", str, None, "VO to read in pilot.json"),
     # Delivery to a broker (STOMP) -- see README "Sending to a broker".
     Setting("user", str, None, "STOMP login"),
-    Setting("passcode", str, None, "STOMP passcode: environment or config file only, never a flag", secret=True, flag=False),
+    Setting(
+        "passcode", str, None, "STOMP passcode: environment or config file only, never a flag", secret=True, flag=False
+    ),
     Setting("passcode_file", str, None, "file holding the STOMP passcode (first line)"),
     Setting("vhost", str, "/", "STOMP CONNECT host header (RabbitMQ virtual host)"),
     Setting("ca_file", str, None, "PEM file of trusted CAs"),
@@ -105,14 +123,35 @@ SETTINGS = (
     Setting("deadline", float, 20.0, "seconds allowed for reaching a broker (all addresses, retries) or reconnecting"),
     Setting("window", int, 1000, "SEND frames in flight awaiting their receipts"),
     Setting("receipt_every", int, 1, "opt-in: a RECEIPT every K frames, cumulative (default 1: one per event)"),
-    Setting("destination_headers", str, None, "STOMP headers sent with every SEND, e.g. RabbitMQ's queue properties:"
-            " x-queue-type=quorum,durable=true (to reach a quorum queue as /queue/NAME)"),
-    Setting("destination_check", str, "strict", "strict: refuse destinations that can drop a confirmed message"
-            " (/topic/, /exchange/…) and check that a RabbitMQ /amq/queue/ exists; off: trust any RECEIPT",
-            choices=("strict", "off")),
+    Setting(
+        "destination_headers",
+        str,
+        None,
+        "STOMP headers sent with every SEND, e.g. RabbitMQ's queue properties:"
+        " x-queue-type=quorum,durable=true (to reach a quorum queue as /queue/NAME)",
+    ),
+    Setting(
+        "destination_check",
+        str,
+        "strict",
+        "strict: refuse destinations that can drop a confirmed message"
+        " (/topic/, /exchange/…) and check that a RabbitMQ /amq/queue/ exists; off: trust any RECEIPT",
+        choices=("strict", "off"),
+    ),
     # Delivery over HTTPS, fallback, batching.
-    Setting("fallback_sink", str, None, "used for the rest of a run when the sink fails (e.g. https://… behind stomp+ssl://…)"),
-    Setting("http_protocol", str, "dirac", "HTTPS body: DIRAC's pilot-logging form, or JSON lines", choices=("dirac", "json")),
+    Setting(
+        "fallback_sink",
+        str,
+        None,
+        "used for the rest of a run when the sink fails (e.g. https://… behind stomp+ssl://…)",
+    ),
+    Setting(
+        "http_protocol",
+        str,
+        "dirac",
+        "HTTPS body: DIRAC's pilot-logging form, or JSON lines",
+        choices=("dirac", "json"),
+    ),
     Setting("batch_events", int, 1000, "most events per batch (one HTTPS request, one stdout write)"),
     Setting("batch_bytes", int, 1024 * 1024, "most bytes of events per batch"),
 )

@@ -12,6 +12,7 @@ import time
 from .dedup import Seen
 from .events import EventError, validate
 
+
 def parse(text: str):
     """The event in a message body or JSON line, or None when it is not a pilotlog event
     (e.g. DIRAC's six-field format, or anything else on a shared destination)."""
@@ -43,8 +44,9 @@ def follow(config, handle, count=None, seconds=None, idle=None, duplicate=None) 
     context = client_context_for(config) if target.tls else None
 
     def subscribed():
-        conn = connect(target.hosts, context, config.vhost, config.user, config.passcode, config.timeout,
-                       config.deadline)
+        conn = connect(
+            target.hosts, context, config.vhost, config.user, config.passcode, config.timeout, config.deadline
+        )
         conn.subscribe(target.destination)
         return conn
 

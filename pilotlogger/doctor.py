@@ -37,7 +37,14 @@ class Step:
 
     def __init__(self, name, target, ok, ms, detail, advice=""):
         # What a step shows never holds a URL's secrets.
-        self.name, self.target, self.ok, self.ms, self.detail, self.advice = name, mask_text(target), ok, ms, mask_text(detail), advice
+        self.name, self.target, self.ok, self.ms, self.detail, self.advice = (
+            name,
+            mask_text(target),
+            ok,
+            ms,
+            mask_text(detail),
+            advice,
+        )
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -50,11 +57,11 @@ class Doctor:
         self.context = None
         self._pilot: "str | None" = None
 
-    def check(self, name: str, target: str, fn):
-        """Run one step; record it; return fn's value (its detail is the second item) or None."""
+    def check(self, name: str, target: str, fn, *args):
+        """Run one step, ``fn(*args)``; record it; return fn's value (its detail is the second item) or None."""
         started = time.monotonic()
         try:
-            value, detail = fn()
+            value, detail = fn(*args)
             self.steps.append(Step(name, target, True, _ms(started), detail))
             return value if value is not None else True
         except Failed as exc:
@@ -69,8 +76,16 @@ class Doctor:
             return False
         spool_ok = self.check("spool", self.config.spool, self._spool)
         if self.config.sink == "stdout":
-            self.steps.append(Step("sink", "stdout", True, 0.0, "events are printed to stdout, not sent: "
-                                   "no network path to check (set sink to a stomp+ssl:// or https:// URL)"))
+            self.steps.append(
+                Step(
+                    "sink",
+                    "stdout",
+                    True,
+                    0.0,
+                    "events are printed to stdout, not sent: "
+                    "no network path to check (set sink to a stomp+ssl:// or https:// URL)",
+                )
+            )
             return bool(spool_ok)
         self.check("credentials", self.config.cert or "(none)", self._credentials)
         works = self._sink(self.config.sink, "")
@@ -80,7 +95,9 @@ class Doctor:
 
     def _config(self):
         if self.config_error is not None:
-            raise Failed(str(self.config_error), "fix the setting named above (pilotlog config shows every value and its origin)")
+            raise Failed(
+                str(self.config_error), "fix the setting named above (pilotlog config shows every value and its origin)"
+            )
         from .sinks import describe
 
         c = self.config
@@ -105,11 +122,17 @@ class Doctor:
         except SpoolError as exc:
             raise Failed(str(exc), "use a spool directory this user owns and can write (--spool)") from None
         except OSError as exc:
-            raise Failed("cannot write in %s (%s)" % (spool.tmp_dir, exc.strerror or exc),
-                         "free some space or point --spool at a writable file system") from None
+            raise Failed(
+                "cannot write in %s (%s)" % (spool.tmp_dir, exc.strerror or exc),
+                "free some space or point --spool at a writable file system",
+            ) from None
         fs = os.statvfs(spool.path)
         free = fs.f_bavail * fs.f_frsize
-        return None, "%s: ours and writable, %d event(s) waiting, %s free" % (spool.path, spool.stats()["depth"], _size(free))
+        return None, "%s: ours and writable, %d event(s) waiting, %s free" % (
+            spool.path,
+            spool.stats()["depth"],
+            _size(free),
+        )
 
     def _credentials(self):
         from .tls import TLSConfigError, client_context_for, host_credentials
@@ -119,8 +142,15 @@ class Doctor:
             self.context = client_context_for(c)
         except TLSConfigError as exc:
             raise Failed(str(exc), "fix cert/key/ca_file/ca_dir (X509_USER_PROXY, X509_CERT_DIR)") from None
-        trust = c.ca_file or c.ca_dir or ("/etc/grid-security/certificates"
-                                          if os.path.isdir("/etc/grid-security/certificates") else "the system's CAs")
+        trust = (
+            c.ca_file
+            or c.ca_dir
+            or (
+                "/etc/grid-security/certificates"
+                if os.path.isdir("/etc/grid-security/certificates")
+                else "the system's CAs"
+            )
+        )
         if not c.cert:
             return None, "no client certificate (login/passcode or anonymous); trusting %s" % trust
         from .x509 import first_certificate
@@ -132,8 +162,10 @@ class Doctor:
             return None, "key matches the certificate; expiry unknown (%s)" % exc
         left = info["not_after"] - time.time()
         if left <= 0:
-            raise Failed("client certificate %s (%s) expired %s ago" % (path, info["subject"], _duration(-left)),
-                         "renew it (for a proxy: voms-proxy-init or dirac-proxy-init)")
+            raise Failed(
+                "client certificate %s (%s) expired %s ago" % (path, info["subject"], _duration(-left)),
+                "renew it (for a proxy: voms-proxy-init or dirac-proxy-init)",
+            )
         return None, "%s, key matches, expires in %s; trusting %s" % (info["subject"], _duration(left), trust)
 
     def _sink(self, url: str, label: str) -> bool:
@@ -150,17 +182,17 @@ class Doctor:
         use_tls, stomp = target.tls, target.kind == "stomp"
         working = False
         for host, port in target.hosts:
-            addresses = self.check(label + "dns", host, lambda: _resolve(host, port))
+            addresses = self.check(label + "dns", host, _resolve, host, port)
             for family, sockaddr in addresses or ():
                 where = "%s:%d [%s]" % (host, port, sockaddr[0])
-                sock = self.check(label + "tcp", where, lambda: _tcp(family, sockaddr, self.config.timeout))
+                sock = self.check(label + "tcp", where, _tcp, family, sockaddr, self.config.timeout)
                 if not sock:
                     continue
                 if use_tls:
                     if self.context is None:
                         sock.close()
                         continue  # the credentials step already said why
-                    sock = self.check(label + "tls", where, lambda: _tls(sock, host, self.context, self.config))
+                    sock = self.check(label + "tls", where, _tls, sock, host, self.context, self.config)
                     if not sock:
                         continue
                 if stomp:
@@ -189,13 +221,13 @@ class Doctor:
 
         c = self.config
         conn = StompConnection.on_socket(sock, "broker " + where, c.timeout)
-        if not self.check(label + "stomp", where, lambda: _connect(conn, c)):
+        if not self.check(label + "stomp", where, _connect, conn, c):
             conn.abort()
             return False
-        ok = self.check(label + "destination", target.destination, lambda: _destination(conn, target, c)) is not None
+        ok = self.check(label + "destination", target.destination, _destination, conn, target, c) is not None
         if ok and self.send_test:
             payload = test_event(c, self.pilot())
-            ok = bool(self.check(label + "send", where, lambda: _send_test(conn, StompSink(c, target), payload)))
+            ok = bool(self.check(label + "send", where, _send_test, conn, StompSink(c, target), payload))
         conn.close()  # a DISCONNECT if the session is still up, else just the socket
         return ok
 
@@ -206,10 +238,10 @@ class Doctor:
         sink = HttpsSink(self.config, target)
         try:
             sink.use_socket(sock)
-            ok = self.check(label + "https", where, lambda: _https(sink, self.pilot())) is not None
+            ok = self.check(label + "https", where, _https, sink, self.pilot()) is not None
             if ok and self.send_test:
                 payload = test_event(self.config, self.pilot())
-                ok = self.check(label + "send", where, lambda: _https(sink, self.pilot(), payload)) is not None
+                ok = self.check(label + "send", where, _https, sink, self.pilot(), payload) is not None
         finally:
             sink.close()
         return ok
@@ -224,8 +256,10 @@ def _resolve(host: str, port: int):
     try:
         found = addresses(host, port)
     except socket.gaierror as exc:
-        raise Failed("cannot resolve %s (%s)" % (host, exc.strerror or exc),
-                     "check the host name in the sink URL and the node's DNS (/etc/resolv.conf)") from None
+        raise Failed(
+            "cannot resolve %s (%s)" % (host, exc.strerror or exc),
+            "check the host name in the sink URL and the node's DNS (/etc/resolv.conf)",
+        ) from None
     return found, ", ".join(sockaddr[0] for _, sockaddr in found)
 
 
@@ -236,14 +270,16 @@ def _tcp(family, sockaddr, timeout: float):
         sock.connect(sockaddr)
     except socket.timeout:
         sock.close()
-        raise Failed("no answer within %g s" % timeout,
-                     "a firewall may drop the traffic: ask the site to allow outbound connections to port %d"
-                     % sockaddr[1]) from None
+        raise Failed(
+            "no answer within %g s" % timeout,
+            "a firewall may drop the traffic: ask the site to allow outbound connections to port %d" % sockaddr[1],
+        ) from None
     except OSError as exc:
         sock.close()
-        raise Failed(exc.strerror or str(exc),
-                     "nothing accepts connections on port %d there: check the port and that the service is up"
-                     % sockaddr[1]) from None
+        raise Failed(
+            exc.strerror or str(exc),
+            "nothing accepts connections on port %d there: check the port and that the service is up" % sockaddr[1],
+        ) from None
     return sock, "connected"
 
 
@@ -278,7 +314,13 @@ def _tls(sock, host: str, context, config):
         except (ssl.SSLError, ValueError, IndexError, TypeError):
             pass
     detail = "%s, %s; server CN=%s issued by CN=%s, expires %s; host name matches; verified with %s" % (
-        tls.version(), tls.cipher()[0], subject, issuer or "?", peer.get("notAfter", "?"), trust)
+        tls.version(),
+        tls.cipher()[0],
+        subject,
+        issuer or "?",
+        peer.get("notAfter", "?"),
+        trust,
+    )
     return tls, detail
 
 
@@ -310,9 +352,10 @@ def _destination(conn, target, config):
     destination = target.destination
     why = dropping(destination)
     if why and config.destination_check == "strict":
-        raise Failed("%s can drop messages silently (%s): a RECEIPT would not mean stored" % (destination, why),
-                     "send to /queue/NAME, or set destination_check=off if a durable subscription or a binding "
-                     "holds them")
+        raise Failed(
+            "%s can drop messages silently (%s): a RECEIPT would not mean stored" % (destination, why),
+            "send to /queue/NAME, or set destination_check=off if a durable subscription or a binding holds them",
+        )
     try:
         headers = parse_headers(config.destination_headers)
     except ValueError as exc:
@@ -336,8 +379,17 @@ def test_event(config, pilot: str):
     """The marked test event of ``--send-test`` and its text: ``(event, text)`` as the spool gives them."""
     from .events import make_event, render
 
-    event = make_event("doctor", "pilotlog doctor test event: safe to ignore", "debug", "pilotlog-doctor",
-                       {"test": True}, pilot=pilot, context=config.context(), seq=1, epoch=time.time())
+    event = make_event(
+        "doctor",
+        "pilotlog doctor test event: safe to ignore",
+        "debug",
+        "pilotlog-doctor",
+        {"test": True},
+        pilot=pilot,
+        context=config.context(),
+        seq=1,
+        epoch=time.time(),
+    )
     return event, render(event, config.format)
 
 
@@ -351,8 +403,12 @@ def _send_test(conn, sink, payload):
         from .stompclient import advice
 
         hint = advice(str(exc))
-        raise Failed(str(exc), hint[2:] if hint else "the broker refused the message: check the destination and "
-                                                     "write permission for this user") from None
+        raise Failed(
+            str(exc),
+            hint[2:]
+            if hint
+            else "the broker refused the message: check the destination and write permission for this user",
+        ) from None
     if confirmed != [event["id"]]:
         raise Failed("no receipt for the test event", "see the broker's log")
     return None, "test event %s to %s receipted" % (event["id"], sink.destination)
@@ -415,11 +471,21 @@ def report(steps, works: bool, stream) -> None:
     disk alarm, a full queue) cannot be seen, and the verdict says so."""
     marks = ("✓", "✗") if _can_print(stream, "✓✗") else ("ok", "FAIL")
     for s in steps:
-        stream.write("%-4s %-16s %-34s %8.1f ms  %s\n" % (marks[0] if s.ok else marks[1], s.name, s.target, s.ms, s.detail))
+        stream.write(
+            "%-4s %-16s %-34s %8.1f ms  %s\n" % (marks[0] if s.ok else marks[1], s.name, s.target, s.ms, s.detail)
+        )
     first = next((s for s in steps if not s.ok), None)
     if first is not None:
-        stream.write("%s: %s %s: %s; %s\n" % ("warning (another road works)" if works else "first failure",
-                                               first.name, first.target, first.detail, first.advice))
+        stream.write(
+            "%s: %s %s: %s; %s\n"
+            % (
+                "warning (another road works)" if works else "first failure",
+                first.name,
+                first.target,
+                first.detail,
+                first.advice,
+            )
+        )
     if not works:
         verdict = "events cannot be delivered; they stay spooled"
     elif any(s.ok and (s.name.endswith("send") or s.target == "stdout") for s in steps):

@@ -140,8 +140,11 @@ _HEX_OR_DASH = frozenset("0123456789abcdef-")
 def check_id(value: str) -> str:
     """An event id is a lowercase random UUID: ``8-4-4-4-12`` hex digits, version 4."""
     if not (
-        len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-" and value.count("-") == 4
-        and value[14] == "4" and _HEX_OR_DASH.issuperset(value)
+        len(value) == 36
+        and value[8] == value[13] == value[18] == value[23] == "-"
+        and value.count("-") == 4
+        and value[14] == "4"
+        and _HEX_OR_DASH.issuperset(value)
     ):
         raise EventError("id %r is not a lowercase version-4 UUID" % (value,))
     return value
@@ -165,10 +168,17 @@ def check_time(text: str) -> str:
     if not (
         isinstance(t, str)
         and len(t) == 27
-        and t[4] == t[7] == "-" and t[10] == "T" and t[13] == t[16] == ":" and t[19] == "." and t[26] == "Z"
+        and t[4] == t[7] == "-"
+        and t[10] == "T"
+        and t[13] == t[16] == ":"
+        and t[19] == "."
+        and t[26] == "Z"
         and _DIGITS.issuperset(t[0:4] + t[5:7] + t[8:10] + t[11:13] + t[14:16] + t[17:19] + t[20:26])
-        and "01" <= t[5:7] <= "12" and "01" <= t[8:10] <= "31"
-        and t[11:13] <= "23" and t[14:16] <= "59" and t[17:19] <= "60"
+        and "01" <= t[5:7] <= "12"
+        and "01" <= t[8:10] <= "31"
+        and t[11:13] <= "23"
+        and t[14:16] <= "59"
+        and t[17:19] <= "60"
     ):
         raise EventError("time %r is not RFC 3339 UTC with microseconds" % (text,))
     return text
@@ -285,8 +295,10 @@ def check_size(size: int, limit: int) -> None:
     """The event-size rule, one home for the spool and the CLI: an event's stored line (its
     JSON, a newline, in UTF-8) is at most ``limit`` (``max_event_bytes``) bytes."""
     if size > limit:
-        raise EventError("event is %d bytes, larger than max_event_bytes=%d (shorten its message or data, or raise"
-                         " max_event_bytes)" % (size, limit))
+        raise EventError(
+            "event is %d bytes, larger than max_event_bytes=%d (shorten its message or data, or raise"
+            " max_event_bytes)" % (size, limit)
+        )
 
 
 def to_json(obj) -> str:

@@ -14,6 +14,7 @@ from .events import EventError, check_name
 from .recorder import Recorder
 from .ship import Shipper
 
+
 def status_for(levelno: int) -> str:
     """logging level → DIRAC status."""
     if levelno >= logging.ERROR:
@@ -96,7 +97,9 @@ class Handler(logging.Handler):
             if not _valid_phase(phase):  # a typo in extra= must not cost the record: keep it as a log line
                 data["invalid_phase"] = str(phase)[:100]
                 phase = self.phase if _valid_phase(self.phase) else "log"
-            self._get_recorder().record(phase, message, status_for(record.levelno), _safe_name(record.name, "pilot"), data)
+            self._get_recorder().record(
+                phase, message, status_for(record.levelno), _safe_name(record.name, "pilot"), data
+            )
         except Exception as exc:
             warn("log record not recorded: %s: %s" % (type(exc).__name__, exc))
 

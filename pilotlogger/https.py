@@ -116,7 +116,7 @@ class HttpsSink:
         from .tls import client_context_for, host_credentials
 
         self.tls = target.tls
-        (self.host, self.port), = target.hosts
+        ((self.host, self.port),) = target.hosts
         self.path = target.destination
         self.context = client_context_for(config) if self.tls else None
         self.hosts_credentials = bool(host_credentials(config.cert))
@@ -186,8 +186,10 @@ class HttpsSink:
                 end = end or time.monotonic() + self.config.deadline
                 delay = self.backoff.next_delay()
                 if time.monotonic() + delay >= end:
-                    raise SinkError("%s (still failing after %d attempts; deadline %g s)"
-                                    % (exc, self.backoff.attempts, self.config.deadline)) from None
+                    raise SinkError(
+                        "%s (still failing after %d attempts; deadline %g s)"
+                        % (exc, self.backoff.attempts, self.config.deadline)
+                    ) from None
                 time.sleep(delay)
                 pending.insert(0, request)
                 continue

@@ -35,6 +35,12 @@ def db12(fraction: float = DEFAULT_FRACTION) -> dict:
             p += t
             p2 += t * t
     wall = time.perf_counter() - start[1]
-    cpu = round(time.process_time() - start[0], 6) or round(wall, 6) or 1e-6  # the figure is computed from what is shown
-    return {"db12": round(DB12_CALIBRATION * (n / DB12_DRAWS) / cpu, 3), "cpu_s": cpu,
-            "wall_s": round(wall, 3), "draws": n}
+    cpu = (
+        round(time.process_time() - start[0], 6) or round(wall, 6) or 1e-6
+    )  # the figure is computed from what is shown
+    return {
+        "db12": round(DB12_CALIBRATION * (n / DB12_DRAWS) / cpu, 3),
+        "cpu_s": cpu,
+        "wall_s": round(wall, 3),
+        "draws": n,
+    }

@@ -117,8 +117,10 @@ def batch_facts(environ) -> dict:
 def wlcg_features(environ) -> dict:
     """WLCG Machine/Job Features: one small file per key in $MACHINEFEATURES and $JOBFEATURES."""
     facts = {}
-    for var, keys in (("MACHINEFEATURES", ("hs06", "total_cpu", "shutdowntime")),
-                      ("JOBFEATURES", ("allocated_cpu", "hs06_job", "wall_limit_secs", "cpu_limit_secs"))):
+    for var, keys in (
+        ("MACHINEFEATURES", ("hs06", "total_cpu", "shutdowntime")),
+        ("JOBFEATURES", ("allocated_cpu", "hs06_job", "wall_limit_secs", "cpu_limit_secs")),
+    ):
         directory = environ.get(var)
         if directory:
             for key in keys:
@@ -132,8 +134,13 @@ def wlcg_features(environ) -> dict:
 
 
 PROBES = (
-    ("os", os_facts), ("cpu", cpu_facts), ("memory", memory_facts), ("disk", disk_facts),
-    ("container", container_facts), ("batch", batch_facts), ("wlcg", wlcg_features),
+    ("os", os_facts),
+    ("cpu", cpu_facts),
+    ("memory", memory_facts),
+    ("disk", disk_facts),
+    ("container", container_facts),
+    ("batch", batch_facts),
+    ("wlcg", wlcg_features),
 )
 
 

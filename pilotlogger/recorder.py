@@ -85,8 +85,17 @@ class Recorder:
                 self.pilot = self.spool.pilot_id()
             grouped = self._group is not None and phase == LOG_PHASE
             result = self.spool.put(
-                lambda seq, epoch: make_event(phase, message, status, source or c.source, data,
-                                              pilot=self.pilot, context=self.context, seq=seq, epoch=epoch),
+                lambda seq, epoch: make_event(
+                    phase,
+                    message,
+                    status,
+                    source or c.source,
+                    data,
+                    pilot=self.pilot,
+                    context=self.context,
+                    seq=seq,
+                    epoch=epoch,
+                ),
                 sync=not grouped,
             )
             if grouped and result.stored:
@@ -103,8 +112,10 @@ class Recorder:
             self._count_drops(1)
             return None
         if result.evicted:
-            self._warn("spool %s is full: evicted the %d oldest log event(s) to keep this %s event"
-                 % (self.spool.path, result.evicted, phase))
+            self._warn(
+                "spool %s is full: evicted the %d oldest log event(s) to keep this %s event"
+                % (self.spool.path, result.evicted, phase)
+            )
             self._count_drops(result.evicted)
         return result.event
 

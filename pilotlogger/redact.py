@@ -22,11 +22,33 @@ import re
 MASK = "****"
 
 #: Names of values that are secret wherever they appear (compared lower-case, ``-`` as ``_``).
-SECRET_NAMES = frozenset((
-    "token", "access_token", "refresh_token", "id_token", "auth", "authorization", "key", "apikey", "api_key",
-    "password", "passwd", "pass", "passcode", "pwd", "secret", "client_secret", "sig", "signature",
-    "credential", "credentials", "session", "sessionid", "jsessionid",
-))
+SECRET_NAMES = frozenset(
+    (
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth",
+        "authorization",
+        "key",
+        "apikey",
+        "api_key",
+        "password",
+        "passwd",
+        "pass",
+        "passcode",
+        "pwd",
+        "secret",
+        "client_secret",
+        "sig",
+        "signature",
+        "credential",
+        "credentials",
+        "session",
+        "sessionid",
+        "jsessionid",
+    )
+)
 _SECRET_ENDINGS = ("token", "secret", "password", "passwd", "passcode", "apikey", "_key", "signature")
 
 _URL_PARTS = re.compile(r"([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#(.*))?\Z", re.S)

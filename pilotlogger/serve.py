@@ -154,7 +154,7 @@ class Store:
                         raise Reject(500, "refusing to store into %s/%s: not a regular file" % (vo, pilot))
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -183,7 +183,6 @@ class Store:
             finally:
                 os.close(vo_fd)
 
-
     def _append_file(self, vo_fd: int, source: str, target: str) -> None:
         """Append ``source`` to ``target`` in the VO directory (neither followed if a link), then remove it."""
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=vo_fd)
@@ -195,7 +194,7 @@ class Store:
                 for chunk in iter(lambda: os.read(fd, 1 << 20), b""):
                     view = memoryview(chunk)
                     while view:
-                        view = view[os.write(out, view):]
+                        view = view[os.write(out, view) :]
                 os.fsync(out)
             finally:
                 os.close(out)
@@ -225,7 +224,7 @@ def message_bytes(content) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise Reject(400, "a line holds %r, which is not valid Unicode" % exc.object[exc.start:exc.end]) from None
+        raise Reject(400, "a line holds %r, which is not valid Unicode" % exc.object[exc.start : exc.end]) from None
 
 
 def _json(text: str, what: str):
@@ -299,8 +298,14 @@ def handle_events(store: Store, body: bytes, vo: str) -> str:
     return "%d event(s) stored" % len(stored)
 
 
-def make_handler(store: Store, max_body: int, allowed_cns, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 default_vo: str = DEFAULT_VO, vo_for_cn=None):
+def make_handler(
+    store: Store,
+    max_body: int,
+    allowed_cns,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    default_vo: str = DEFAULT_VO,
+    vo_for_cn=None,
+):
     from http.server import BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
@@ -447,9 +452,18 @@ class Server:
     which ends whatever read or handshake is blocked on it.
     """
 
-    def __init__(self, listen: str, directory: str, context=None, max_body: int = DEFAULT_MAX_BODY, allowed_cns=(),
-                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 default_vo: str = DEFAULT_VO, vo_for_cn=None):
+    def __init__(
+        self,
+        listen: str,
+        directory: str,
+        context=None,
+        max_body: int = DEFAULT_MAX_BODY,
+        allowed_cns=(),
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        default_vo: str = DEFAULT_VO,
+        vo_for_cn=None,
+    ):
         from http.server import HTTPServer
 
         host, port = parse_listen(listen)
@@ -476,7 +490,9 @@ class Server:
             def overloaded(self):
                 return owner.overloaded()
 
-        handler = make_handler(self.store, max_body, set(allowed_cns), request_timeout, default_vo, dict(vo_for_cn or {}))
+        handler = make_handler(
+            self.store, max_body, set(allowed_cns), request_timeout, default_vo, dict(vo_for_cn or {})
+        )
         try:
             self.listener = Listener((host, port), handler)
         except BaseException:
@@ -593,17 +609,27 @@ def _linger(conn) -> None:
         conn.close()
 
 
-def serve(listen: str, directory: str, context=None, max_body: int = DEFAULT_MAX_BODY, allowed_cns=(), ready=None,
-          request_timeout: float = DEFAULT_REQUEST_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-          default_vo: str = DEFAULT_VO, vo_for_cn=None):
+def serve(
+    listen: str,
+    directory: str,
+    context=None,
+    max_body: int = DEFAULT_MAX_BODY,
+    allowed_cns=(),
+    ready=None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    default_vo: str = DEFAULT_VO,
+    vo_for_cn=None,
+):
     """Serve until interrupted.  ``context``: a server SSLContext (None only for --plain).
 
     ``default_vo``: where logs go when neither ``vo_for_cn`` (client CN → VO) nor the pilot
     names a VO.  Raises ValueError for a bad ``listen``, StoreError for an unusable
     directory, OSError when the address cannot be bound.
     """
-    server = Server(listen, directory, context, max_body, allowed_cns, request_timeout, max_connections,
-                    default_vo, vo_for_cn)
+    server = Server(
+        listen, directory, context, max_body, allowed_cns, request_timeout, max_connections, default_vo, vo_for_cn
+    )
     if ready:
         ready(server.server_address)
     try:

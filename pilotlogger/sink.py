@@ -61,7 +61,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The pause before the next attempt (and count this one)."""
-        delay = min(self.MOST, self.FIRST * 2 ** self.attempts) * self.rng.uniform(0.5, 1.5)
+        delay = min(self.MOST, self.FIRST * 2**self.attempts) * self.rng.uniform(0.5, 1.5)
         self.attempts += 1
         return delay
 

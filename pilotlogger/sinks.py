@@ -25,8 +25,7 @@ SCHEMES = {
 }
 #: kind -> the module (in this package) whose ``make(config, target, stdout)`` opens such a sink
 MODULES = {"stdout": "stdoutsink", "stomp": "stompclient", "https": "https"}
-SUPPORTED = ("use stdout, stomp+ssl://host:port/queue/name or https://host/path;"
-             " stomp:// and http:// for plain TCP")
+SUPPORTED = "use stdout, stomp+ssl://host:port/queue/name or https://host/path; stomp:// and http:// for plain TCP"
 
 
 class Target:

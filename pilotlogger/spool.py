@@ -150,8 +150,16 @@ class _Books:
             return None
 
     def encode(self) -> bytes:
-        line = "%d %d %d %d %s %d %s %d" % (self.seq, self.bytes, self.count, self.reserve, self.boot, self.cursor,
-                                            self.pending, self.victims)
+        line = "%d %d %d %d %s %d %s %d" % (
+            self.seq,
+            self.bytes,
+            self.count,
+            self.reserve,
+            self.boot,
+            self.cursor,
+            self.pending,
+            self.victims,
+        )
         return line.encode("ascii").ljust(_COUNTER - 1) + b"\n"
 
 
@@ -169,7 +177,7 @@ def _write_file(path: str, data: bytes, sync: bool = True) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if sync:
             os.fsync(fd)
     finally:
@@ -266,8 +274,10 @@ class Spool:
         events or plant files and links in them (the rule ssh applies to ``~/.ssh``).
         """
         if not os.path.isabs(self.path):
-            raise SpoolError("cannot use spool %s: the working directory no longer exists; give an absolute"
-                             " path (--spool or PILOTLOG_SPOOL)" % self.path)
+            raise SpoolError(
+                "cannot use spool %s: the working directory no longer exists; give an absolute"
+                " path (--spool or PILOTLOG_SPOOL)" % self.path
+            )
         try:
             for d in (self.path, self.events_dir, self.tmp_dir, self.quarantine_dir):
                 try:
@@ -322,7 +332,9 @@ class Spool:
         except OSError as exc:
             raise SpoolError("cannot open spool lock in %s (%s)" % (self.path, _describe(exc))) from None
         if not _flock_within(fd, self.lock_timeout, 0.002):
-            raise SpoolError("spool %s is locked by another process for more than %g s" % (self.path, self.lock_timeout))
+            raise SpoolError(
+                "spool %s is locked by another process for more than %g s" % (self.path, self.lock_timeout)
+            )
         return fd
 
     @staticmethod
@@ -344,8 +356,10 @@ class Spool:
                 return None  # nothing can be removed from this spool, so nothing is shipped (check_writable)
             raise SpoolError("cannot open the replay lock in %s (%s)" % (self.path, _describe(exc))) from None
         if not _flock_within(fd, self.lock_timeout, 0.05):
-            raise SpoolError("spool %s is being shipped by another process (waited %g s); its events are left to it"
-                             % (self.path, self.lock_timeout))
+            raise SpoolError(
+                "spool %s is being shipped by another process (waited %g s); its events are left to it"
+                % (self.path, self.lock_timeout)
+            )
         return fd
 
     def unlock_replay(self, fd) -> None:
@@ -845,8 +859,10 @@ class SyncGroup:
                 self._fsync(batch)
             except OSError as exc:
                 if self.on_error is not None:
-                    self.on_error("cannot fsync %d event(s) in spool %s (%s); they are written and survive a crash of"
-                                  " this process, not a power cut" % (len(batch), self.spool.path, _describe(exc)))
+                    self.on_error(
+                        "cannot fsync %d event(s) in spool %s (%s); they are written and survive a crash of"
+                        " this process, not a power cut" % (len(batch), self.spool.path, _describe(exc))
+                    )
 
     def _fsync(self, names: list) -> None:
         advise = getattr(os, "posix_fadvise", None)
@@ -892,5 +908,6 @@ class SyncGroup:
 
 def open_spool(config) -> Spool:
     """The spool a resolved :class:`~pilotlogger.config.Config` names, with its bounds."""
-    return Spool(config.spool, max_events=config.max_events, max_bytes=config.max_bytes,
-                 max_event_bytes=config.max_event_bytes)
+    return Spool(
+        config.spool, max_events=config.max_events, max_bytes=config.max_bytes, max_event_bytes=config.max_event_bytes
+    )

@@ -25,7 +25,6 @@ from .stompcodec import SendFrames
 from .stompsession import Closed, Failed, Message, Receipt, Settled, StompError, StompSession
 from .tls import server_hostname
 
-
 # ---------------------------------------------------------------------------------------------
 # Transport
 
@@ -188,7 +187,8 @@ class StompConnection:
                     raise event.error
             if block and session.inflight and time.monotonic() >= session.progress + self.timeout:
                 raise StompError(
-                    "%s: no RECEIPT within %g s (%d frame(s) unconfirmed)" % (self.where, self.timeout, len(session.inflight))
+                    "%s: no RECEIPT within %g s (%d frame(s) unconfirmed)"
+                    % (self.where, self.timeout, len(session.inflight))
                 )
 
     # -- consuming (pilotlog tail / timeline) ------------------------------------------------
@@ -235,14 +235,17 @@ class StompConnection:
             for event in events:
                 if event.__class__ is Failed:
                     if "subscription not found" in str(event.error).lower():  # the broker cancelled it first
-                        raise StompError("%s: the broker dropped the check's subscription to %s (the queue moving "
-                                         "between nodes?)" % (self.where, destination))  # retryable: connect again
+                        raise StompError(
+                            "%s: the broker dropped the check's subscription to %s (the queue moving "
+                            "between nodes?)" % (self.where, destination)
+                        )  # retryable: connect again
                     if "not_found" in str(event.error).lower():
                         raise StompError(
                             "%s: queue %s does not exist there, and RabbitMQ would confirm messages sent to it and "
                             "drop them: declare the queue (a quorum queue on a cluster), or send to /queue/%s, which "
-                            "RabbitMQ declares" % (self.where, destination, destination[len("/amq/queue/"):]),
-                            retryable=False)
+                            "RabbitMQ declares" % (self.where, destination, destination[len("/amq/queue/") :]),
+                            retryable=False,
+                        )
                     raise event.error
                 if event.__class__ is Receipt and event.receipt_id == receipt:
                     return
@@ -271,12 +274,28 @@ PROBE = "pilotlog-queue-check"  # subscription id and receipts of check_queue
 
 #: Destinations a broker may confirm and then drop: nothing holds what is sent there unless a
 #: subscriber or a binding happens to exist at that moment (docs/events.md, "Destinations").
-DROPPING = (("/topic/", "a topic with no subscriber"), ("/exchange/", "an exchange with no binding"),
-            ("/temp-queue/", "a temporary queue"), ("/temp-topic/", "a temporary topic"),
-            ("/reply-queue/", "a reply queue"))
+DROPPING = (
+    ("/topic/", "a topic with no subscriber"),
+    ("/exchange/", "an exchange with no binding"),
+    ("/temp-queue/", "a temporary queue"),
+    ("/temp-topic/", "a temporary topic"),
+    ("/reply-queue/", "a reply queue"),
+)
 #: Frame headers pilotlogger sets itself: destination_headers cannot replace them.
-OWN_HEADERS = frozenset(("destination", "receipt", "content-length", "content-type", "persistent", "transaction",
-                         "pilot_id", "event_id", "phase", "status"))
+OWN_HEADERS = frozenset(
+    (
+        "destination",
+        "receipt",
+        "content-length",
+        "content-type",
+        "persistent",
+        "transaction",
+        "pilot_id",
+        "event_id",
+        "phase",
+        "status",
+    )
+)
 
 
 def dropping(destination: str):
@@ -293,11 +312,14 @@ def parse_headers(text) -> tuple:
         name, sep, value = item.strip().partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not name or not value:
-            raise ValueError("destination_headers %r must be NAME=VALUE[,NAME=VALUE…], e.g. x-queue-type=quorum"
-                             % item.strip()[:60])
+            raise ValueError(
+                "destination_headers %r must be NAME=VALUE[,NAME=VALUE…], e.g. x-queue-type=quorum" % item.strip()[:60]
+            )
         if not all(c.isalnum() or c in "-_." for c in name) or name.lower() in OWN_HEADERS:
-            raise ValueError("destination_headers: %r is not a header pilotlog can send (letters, digits, '-', '_', "
-                             "'.'; not one of its own: %s)" % (name[:40], ", ".join(sorted(OWN_HEADERS))))
+            raise ValueError(
+                "destination_headers: %r is not a header pilotlog can send (letters, digits, '-', '_', "
+                "'.'; not one of its own: %s)" % (name[:40], ", ".join(sorted(OWN_HEADERS)))
+            )
         if not value.isprintable():
             raise ValueError("destination_headers: the value of %s holds control characters" % name)
         pairs.append((name, value))
@@ -313,8 +335,10 @@ def advice(error: str) -> str:
         name, current = found.groups()
         if current is None:
             return "; the queue was declared without %s: remove it from destination_headers" % name
-        return ("; the queue exists with %s=%s: add %s=%s to destination_headers (and durable=true for a quorum "
-                "queue)" % (name, current, name, current))
+        return (
+            "; the queue exists with %s=%s: add %s=%s to destination_headers (and durable=true for a quorum "
+            "queue)" % (name, current, name, current)
+        )
     return ""
 
 
@@ -422,11 +446,14 @@ class StompSink:
             raise ValueError(
                 "destination %s can drop messages silently (%s), so a RECEIPT would not mean stored: send to "
                 "/queue/NAME, or set destination_check=off if a durable subscription or a binding holds them"
-                % (self.destination, why))
+                % (self.destination, why)
+            )
         extra = parse_headers(config.destination_headers)
-        self.frames = SendFrames(self.destination, (("content-type", "application/json;charset=utf-8"),
-                                                    ("persistent", "true")) + extra,
-                                 ("pilot_id", "event_id", "phase", "status"))
+        self.frames = SendFrames(
+            self.destination,
+            (("content-type", "application/json;charset=utf-8"), ("persistent", "true")) + extra,
+            ("pilot_id", "event_id", "phase", "status"),
+        )
         self.context = client_context_for(config) if target.tls else None
         self.config = config
         self.conn = None
@@ -434,8 +461,11 @@ class StompSink:
     def encode(self, payload, receipt: bool) -> bytes:
         """The SEND frame of one ``(event, body)``; ``receipt``: ask for its own RECEIPT."""
         event, body = payload
-        return self.frames.encode(body.encode("utf-8"), (event["pilot"], event["id"], event["phase"], event["status"]),
-                                  event["id"] if receipt else None)
+        return self.frames.encode(
+            body.encode("utf-8"),
+            (event["pilot"], event["id"], event["phase"], event["status"]),
+            event["id"] if receipt else None,
+        )
 
     def connect(self, deadline: float) -> StompConnection:
         """A CONNECTED session; on RabbitMQ an ``/amq/queue/`` destination is checked to exist first
@@ -473,8 +503,9 @@ class StompSink:
                         raise SinkError(str(exc)) from None
                     raise SinkError(gave_up if exc.retryable else "%s; reconnecting failed: %s" % (lost, exc)) from None
             try:
-                for event_id in self.conn.stream(source, self.encode, self.config.window, self.config.receipt_every,
-                                                 inflight):
+                for event_id in self.conn.stream(
+                    source, self.encode, self.config.window, self.config.receipt_every, inflight
+                ):
                     yield event_id, None
                 return
             except StompError as exc:

@@ -250,8 +250,9 @@ class FrameParser:
         for name, value in header_list:
             if name == "content-length":
                 if not value or len(value) > MAX_LENGTH_DIGITS or not _ASCII_DIGITS.issuperset(value):
-                    raise ProtocolError("content-length %r is not a number of at most %d digits"
-                                        % (value[:20], MAX_LENGTH_DIGITS))
+                    raise ProtocolError(
+                        "content-length %r is not a number of at most %d digits" % (value[:20], MAX_LENGTH_DIGITS)
+                    )
                 length = int(value)
                 if length > self.max_body_bytes:
                     raise ProtocolError("frame body of %d bytes exceeds %d" % (length, self.max_body_bytes))

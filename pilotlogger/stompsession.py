@@ -36,7 +36,13 @@ from .stompcodec import FrameParser, ProtocolError, encode_frame
 HEARTBEAT_MS = 10000  # what we offer and ask for: an EOL at least every 10 s when idle
 
 IDLE, CONNECTING, CONNECTED, DISCONNECTING, CLOSED, FAILED = (
-    "IDLE", "CONNECTING", "CONNECTED", "DISCONNECTING", "CLOSED", "FAILED")
+    "IDLE",
+    "CONNECTING",
+    "CONNECTED",
+    "DISCONNECTING",
+    "CLOSED",
+    "FAILED",
+)
 BYE = "bye"  # the receipt asked for on DISCONNECT
 
 
@@ -181,8 +187,11 @@ class StompSession:
 
     def connect(self, vhost: str, login, passcode, now: float) -> bytes:
         self._need(IDLE)
-        headers = [("accept-version", "1.2"), ("host", vhost),
-                   ("heart-beat", "%d,%d" % (self.heartbeat_ms, self.heartbeat_ms))]
+        headers = [
+            ("accept-version", "1.2"),
+            ("host", vhost),
+            ("heart-beat", "%d,%d" % (self.heartbeat_ms, self.heartbeat_ms)),
+        ]
         if login:
             headers.append(("login", login))
         if passcode:
@@ -230,8 +239,13 @@ class StompSession:
         RECEIPT (a :class:`Receipt` event) says the subscription exists.
         """
         self._need(CONNECTED)
-        headers = [("destination", destination), ("id", sub_id), ("ack", "client-individual"),
-                   ("prefetch-count", str(prefetch)), ("activemq.prefetchSize", str(prefetch))]
+        headers = [
+            ("destination", destination),
+            ("id", sub_id),
+            ("ack", "client-individual"),
+            ("prefetch-count", str(prefetch)),
+            ("activemq.prefetchSize", str(prefetch)),
+        ]
         return self._sent(encode_frame("SUBSCRIBE", headers + ([("receipt", receipt)] if receipt else [])), now)
 
     def unsubscribe(self, sub_id: str, receipt: str, now: float) -> bytes:
@@ -246,7 +260,9 @@ class StompSession:
     def ack(self, frame, now: float) -> bytes:
         """Acknowledge one MESSAGE (STOMP 1.2: by the value of its ``ack`` header)."""
         self._need(CONNECTED)
-        return self._sent(encode_frame("ACK", [("id", frame.headers.get("ack", frame.headers.get("message-id", "")))]), now)
+        return self._sent(
+            encode_frame("ACK", [("id", frame.headers.get("ack", frame.headers.get("message-id", "")))]), now
+        )
 
     def disconnect(self, now: float) -> bytes:
         """DISCONNECT asking for a receipt: once it comes, the broker has everything we sent."""

@@ -62,8 +62,18 @@ class Pilot:
             return
         self.booted = self.booted or phase == "boot"
         self.matched = self.matched or phase == "match"
-        bisect.insort(self.steps, Step((parse_rfc3339(event["time"]), event["seq"], intern(phase),
-                                        intern(event["status"]), event["message"][:MESSAGE_CHARS])))
+        bisect.insort(
+            self.steps,
+            Step(
+                (
+                    parse_rfc3339(event["time"]),
+                    event["seq"],
+                    intern(phase),
+                    intern(event["status"]),
+                    event["message"][:MESSAGE_CHARS],
+                )
+            ),
+        )
         if len(self.steps) > MAX_STEPS:
             del self.steps[MAX_STEPS // 2]  # the middle goes: the start and the end of a life matter most
             self.omitted += 1
@@ -129,37 +139,62 @@ class Timeline:
         """The JSON document ``{"pilots": [...], "summary": {...}}``, one pilot at a time."""
         yield '{"pilots":['
         for i, p in enumerate(self.ordered_pilots()):
-            yield ("," if i else "") + to_json({
-                "pilot": p.pilot,
-                "site": p.site or None,
-                "last_phase": p.last_phase(),
-                "log_lines": p.log_lines,
-                "phases_omitted": p.omitted,
-                "phases": [{"phase": s["phase"], "time": s["time"], "status": s["status"], "message": s["message"],
-                            "after_s": None if gap is None else round(gap, 3)} for s, gap, _ in p.lifecycle()],
-            })
+            yield ("," if i else "") + to_json(
+                {
+                    "pilot": p.pilot,
+                    "site": p.site or None,
+                    "last_phase": p.last_phase(),
+                    "log_lines": p.log_lines,
+                    "phases_omitted": p.omitted,
+                    "phases": [
+                        {
+                            "phase": s["phase"],
+                            "time": s["time"],
+                            "status": s["status"],
+                            "message": s["message"],
+                            "after_s": None if gap is None else round(gap, 3),
+                        }
+                        for s, gap, _ in p.lifecycle()
+                    ],
+                }
+            )
         yield '],"summary":%s}\n' % to_json(self.summary())
 
     def lines(self):
         """The readable report, one line at a time: a line per pilot, then the summary."""
         for p in self.ordered_pilots():
             steps = p.lifecycle()
-            parts = [s["phase"] + ("!" if s["status"] == "error" else "")
-                     + ("" if gap is None else " +%s" % duration_text(gap)) for s, gap, _ in steps]
+            parts = [
+                s["phase"]
+                + ("!" if s["status"] == "error" else "")
+                + ("" if gap is None else " +%s" % duration_text(gap))
+                for s, gap, _ in steps
+            ]
             if p.omitted:
                 parts.insert(len(parts) // 2, "… %d more …" % p.omitted)
             total = steps[-1][2] - steps[0][2] if len(steps) > 1 else 0.0
             first = steps[0][0]["time"] if steps else p.first
-            yield escape_controls("%s  %s  %s   [%d log line(s), %s]" % (
-                p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, duration_text(total))) + "\n"
+            yield (
+                escape_controls(
+                    "%s  %s  %s   [%d log line(s), %s]"
+                    % (p.pilot, first, " → ".join(parts) or "(log lines only)", p.log_lines, duration_text(total))
+                )
+                + "\n"
+            )
         s = self.summary()
         never = s["booted_never_matched"]
         yield "\n"
         yield "pilots: %d, events: %d (%d duplicate(s) dropped, %d message(s) not pilotlog events)\n" % (
-            s["pilots"], s["events"], s["duplicates_dropped"], s["not_pilotlog_events"])
+            s["pilots"],
+            s["events"],
+            s["duplicates_dropped"],
+            s["not_pilotlog_events"],
+        )
         yield "last phase: %s\n" % escape_controls(", ".join("%s %d" % kv for kv in s["last_phase"].items()) or "-")
-        yield "booted but never matched: %d%s\n" % (len(never), escape_controls(
-            " (%s%s)" % (", ".join(never[:10]), ", …" if len(never) > 10 else "") if never else ""))
+        yield "booted but never matched: %d%s\n" % (
+            len(never),
+            escape_controls(" (%s%s)" % (", ".join(never[:10]), ", …" if len(never) > 10 else "") if never else ""),
+        )
         yield "failures by message:%s\n" % ("" if s["failures_by_message"] else " none")
         for message, n in s["failures_by_message"].items():
             yield "  %5d  %s\n" % (n, escape_controls(message))  # worker nodes' text, never raw

@@ -15,8 +15,15 @@ from .timeline import duration_text
 
 WIDTH = 900  # px of the time axis
 ROW = 22
-COLOURS = {"boot": "#4c78a8", "install": "#72b7b2", "power": "#54a24b", "os": "#9d755d", "match": "#2ca02c",
-           "nomatch": "#f58518", "shutdown": "#7f7f7f"}
+COLOURS = {
+    "boot": "#4c78a8",
+    "install": "#72b7b2",
+    "power": "#54a24b",
+    "os": "#9d755d",
+    "match": "#2ca02c",
+    "nomatch": "#f58518",
+    "shutdown": "#7f7f7f",
+}
 ERROR = "#d62728"
 OTHER = "#b279a2"
 FOLD_ABOVE = 20  # rows of a summary table shown unfolded
@@ -91,21 +98,44 @@ def render(timeline) -> str:
             marks.append('<line x1="%.1f" x2="%.1f" y1="11" y2="11" class="span"/>' % (x0, x1))
         for event, gap, at in steps:
             colour = ERROR if event["status"] == "error" else COLOURS.get(event["phase"], OTHER)
-            tip = "%s %s%s: %s" % (event["time"], event["phase"], "" if gap is None else " (+%.1f s)" % gap,
-                                   event["message"])
-            marks.append('<circle cx="%.1f" cy="11" r="5" fill="%s" class="mark" data-phase="%s"><title>%s</title>'
-                         '</circle>' % ((at - t0) * scale, colour, escape(event["phase"]), escape(tip)))
+            tip = "%s %s%s: %s" % (
+                event["time"],
+                event["phase"],
+                "" if gap is None else " (+%.1f s)" % gap,
+                event["message"],
+            )
+            marks.append(
+                '<circle cx="%.1f" cy="11" r="5" fill="%s" class="mark" data-phase="%s"><title>%s</title>'
+                '</circle>' % ((at - t0) * scale, colour, escape(event["phase"]), escape(tip))
+            )
         start = steps[0][2] if steps else t0
         duration = steps[-1][2] - steps[0][2] if steps else 0.0
         site = p.site or "-"
-        attributes = {"pilot": p.pilot, "last": p.last_phase(), "site": site, "start": "%.6f" % start,
-                      "duration": "%.3f" % duration, "logs": str(p.log_lines)}
+        attributes = {
+            "pilot": p.pilot,
+            "last": p.last_phase(),
+            "site": site,
+            "start": "%.6f" % start,
+            "duration": "%.3f" % duration,
+            "logs": str(p.log_lines),
+        }
         data = " ".join('data-%s="%s"' % (k, escape(v)) for k, v in attributes.items())
         rows.append(
             '<tr class="pilot-row" %s><td class="pilot" title="%s">%s</td><td>%s</td><td>%s</td>'
             '<td class="n">%s</td><td class="n">%d</td><td><svg width="%d" height="%d">%s</svg></td></tr>'
-            % (data, escape(p.pilot), escape(p.pilot[:36]), escape(site), escape(p.last_phase()),
-               escape(duration_text(duration)), p.log_lines, WIDTH + 10, ROW, "".join(marks)))
+            % (
+                data,
+                escape(p.pilot),
+                escape(p.pilot[:36]),
+                escape(site),
+                escape(p.last_phase()),
+                escape(duration_text(duration)),
+                p.log_lines,
+                WIDTH + 10,
+                ROW,
+                "".join(marks),
+            )
+        )
 
     def table(title, pairs):
         """A two-column table; a long one is folded (a day's run may list hundreds of pilots)."""
@@ -118,36 +148,62 @@ def render(timeline) -> str:
 
     def choices(element_id, label, values):
         options = "".join('<option value="%s">%s</option>' % (escape(v), escape(v)) for v in sorted(values))
-        return '<label>%s <select id="%s"><option value="">all</option>%s</select></label>' % (label, element_id, options)
+        return '<label>%s <select id="%s"><option value="">all</option>%s</select></label>' % (
+            label,
+            element_id,
+            options,
+        )
 
-    legend = " ".join('<span><svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="%s"/></svg> %s</span>'
-                      % (c, escape(name)) for name, c in list(COLOURS.items()) + [("error", ERROR), ("other", OTHER)])
-    head = ("pilots: %d, events: %d (%d duplicate(s) dropped, %d message(s) not pilotlog events)"
-            % (summary["pilots"], summary["events"], summary["duplicates_dropped"], summary["not_pilotlog_events"]))
-    controls = '<div class="controls">%s%s<label>pilot <input id="f-pilot" type="search" size="30"></label>' \
-               '<span><span id="shown">%d</span> of %d shown</span></div>' % (
-                   choices("f-phase", "last phase", {p.last_phase() for p in pilots}),
-                   choices("f-site", "site", {p.site or "-" for p in pilots}), len(pilots), len(pilots))
-    header = ('<thead><tr><th data-sort="pilot">pilot</th><th data-sort="site">site</th><th data-sort="last">last phase'
-              '</th><th data-sort="duration">duration</th><th data-sort="logs">log lines</th>'
-              '<th data-sort="start">from %s to %s</th></tr></thead>' % tuple(escape(t) for t in _span(pilots)))
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>pilot timeline</title><style>%s</style></head><body>' % STYLE,
-        "<h1>Pilot timeline</h1><p>%s</p>" % escape(head),
-        table("Last phase reached", summary["last_phase"].items()),
-        table("Booted but never matched (%d)" % len(summary["booted_never_matched"]),
-              ((pid, "") for pid in summary["booted_never_matched"])),
-        table("Failures by message", summary["failures_by_message"].items()),
-        "<h2>Lifecycles</h2><p>%s</p>%s" % (legend, controls),
-        '<table id="lifecycles">%s<tbody>%s</tbody></table>' % (header, "".join(rows)),
-        ('<p id="cut">%d more pilots are not drawn (the page shows the first %d by start time; the summary above '
-         'counts them all): give timeline fewer events, e.g. one site\'s, to see them.</p>' % (hidden, MAX_ROWS)
-         if hidden else ""),
-        "<script>%s</script>" % SCRIPT,
-        "</body></html>",
-        "",
-    ])
+    legend = " ".join(
+        '<span><svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="%s"/></svg> %s</span>' % (c, escape(name))
+        for name, c in list(COLOURS.items()) + [("error", ERROR), ("other", OTHER)]
+    )
+    head = "pilots: %d, events: %d (%d duplicate(s) dropped, %d message(s) not pilotlog events)" % (
+        summary["pilots"],
+        summary["events"],
+        summary["duplicates_dropped"],
+        summary["not_pilotlog_events"],
+    )
+    controls = (
+        '<div class="controls">%s%s<label>pilot <input id="f-pilot" type="search" size="30"></label>'
+        '<span><span id="shown">%d</span> of %d shown</span></div>'
+        % (
+            choices("f-phase", "last phase", {p.last_phase() for p in pilots}),
+            choices("f-site", "site", {p.site or "-" for p in pilots}),
+            len(pilots),
+            len(pilots),
+        )
+    )
+    header = (
+        '<thead><tr><th data-sort="pilot">pilot</th><th data-sort="site">site</th><th data-sort="last">last phase'
+        '</th><th data-sort="duration">duration</th><th data-sort="logs">log lines</th>'
+        '<th data-sort="start">from %s to %s</th></tr></thead>' % tuple(escape(t) for t in _span(pilots))
+    )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8"><title>pilot timeline</title><style>%s</style></head><body>'
+            % STYLE,
+            "<h1>Pilot timeline</h1><p>%s</p>" % escape(head),
+            table("Last phase reached", summary["last_phase"].items()),
+            table(
+                "Booted but never matched (%d)" % len(summary["booted_never_matched"]),
+                ((pid, "") for pid in summary["booted_never_matched"]),
+            ),
+            table("Failures by message", summary["failures_by_message"].items()),
+            "<h2>Lifecycles</h2><p>%s</p>%s" % (legend, controls),
+            '<table id="lifecycles">%s<tbody>%s</tbody></table>' % (header, "".join(rows)),
+            (
+                '<p id="cut">%d more pilots are not drawn (the page shows the first %d by start time; the summary above '
+                'counts them all): give timeline fewer events, e.g. one site\'s, to see them.</p>' % (hidden, MAX_ROWS)
+                if hidden
+                else ""
+            ),
+            "<script>%s</script>" % SCRIPT,
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def _span(pilots) -> tuple:

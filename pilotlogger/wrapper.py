@@ -128,8 +128,12 @@ class Wrapper:
                         break
                 else:
                     if self.capture and line and self.budget.take():
-                        self.record("log", line[:CAPTURE_LINE_BYTES], "warning" if stream_name == "stderr" else "info",
-                                    stream=stream_name)
+                        self.record(
+                            "log",
+                            line[:CAPTURE_LINE_BYTES],
+                            "warning" if stream_name == "stderr" else "info",
+                            stream=stream_name,
+                        )
         source.close()
 
     def _wait_for_output(self, pumps) -> bool:
@@ -166,11 +170,13 @@ class Wrapper:
             cwd = os.getcwd()
         except OSError as exc:  # deleted under the pilot: the child still runs there
             cwd = "(%s)" % (exc.strerror or exc)
-        self.record("boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=cwd, pid=os.getpid(),
-                    probes=facts)
+        self.record(
+            "boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=cwd, pid=os.getpid(), probes=facts
+        )
         try:
-            child = subprocess.Popen(self.argv, stdout=subprocess.PIPE if self.capture or self.patterns else None,
-                                     stderr=subprocess.PIPE)
+            child = subprocess.Popen(
+                self.argv, stdout=subprocess.PIPE if self.capture or self.patterns else None, stderr=subprocess.PIPE
+            )
         except OSError as exc:
             code = 126 if isinstance(exc, PermissionError) else 127  # as a shell would
             warn("cannot run %s: %s" % (self.argv[0], exc.strerror or exc))
@@ -183,7 +189,9 @@ class Wrapper:
             previous[sig] = signal.signal(sig, lambda signum, frame: child.send_signal(signum))
         pumps = [threading.Thread(target=self._pump, args=(child.stderr, _binary(sys.stderr), "stderr"), daemon=True)]
         if child.stdout is not None:
-            pumps.append(threading.Thread(target=self._pump, args=(child.stdout, _binary(sys.stdout), "stdout"), daemon=True))
+            pumps.append(
+                threading.Thread(target=self._pump, args=(child.stdout, _binary(sys.stdout), "stdout"), daemon=True)
+            )
         for pump in pumps:
             pump.start()
         if self.recorder is not None:
@@ -192,7 +200,7 @@ class Wrapper:
             self.shipper = Shipper(lambda: self.recorder, self.ship_every)
         try:
             while True:  # not a bare wait(): a signal the kernel gives another of our threads would only be
-                try:     # handled (forwarded) once the child ended; a timed wait wakes every 50 ms at most
+                try:  # handled (forwarded) once the child ended; a timed wait wakes every 50 ms at most
                     returncode = child.wait(timeout=1.0)
                     break
                 except subprocess.TimeoutExpired:

@@ -12,8 +12,13 @@ import calendar
 import re
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
-_OID_NAMES = {b"\x55\x04\x03": "CN", b"\x55\x04\x0a": "O", b"\x55\x04\x0b": "OU", b"\x55\x04\x06": "C",
-              b"\x09\x92\x26\x89\x93\xf2\x2c\x64\x01\x19": "DC"}
+_OID_NAMES = {
+    b"\x55\x04\x03": "CN",
+    b"\x55\x04\x0a": "O",
+    b"\x55\x04\x0b": "OU",
+    b"\x55\x04\x06": "C",
+    b"\x09\x92\x26\x89\x93\xf2\x2c\x64\x01\x19": "DC",
+}
 
 
 def _element(der: bytes, at: int):
@@ -24,7 +29,7 @@ def _element(der: bytes, at: int):
         count = length & 0x7F
         if not 0 < count <= 4:
             raise ValueError("unsupported DER length")
-        length = int.from_bytes(der[at:at + count], "big")
+        length = int.from_bytes(der[at : at + count], "big")
         at += count
     if at + length > len(der):
         raise ValueError("truncated DER")

@@ -61,7 +61,9 @@ class PKI:
         self._leaf("rogue-client", CLIENT_CN, "other-ca", ext="extendedKeyUsage=clientAuth")
         self._leaf("host", HOST_CN, "ca", ext="subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth,clientAuth" % HOST_CN)
         # Valid for zero days: expired a second after they are made.
-        self._leaf("expired-server", "localhost", "ca", ext="subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth", days=0)
+        self._leaf(
+            "expired-server", "localhost", "ca", ext="subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth", days=0
+        )
         self._leaf("expired-client", CLIENT_CN, "ca", ext="extendedKeyUsage=clientAuth", days=0)
         # A grid proxy keeps certificate, key and chain in one file.
         with open(p("proxy.pem"), "w") as out:
@@ -77,10 +79,36 @@ class PKI:
         shutil.copy(p("ca.pem"), p("certificates/test-ca.pem"))
         run("openssl", "rehash", p("certificates"))
         # Java stores for ActiveMQ.
-        run("openssl", "pkcs12", "-export", "-in", p("server.pem"), "-inkey", p("server.key"), "-name", "broker",
-            "-out", p("broker.p12"), "-passout", "pass:" + STORE_PASSWORD)
-        run("keytool", "-importcert", "-noprompt", "-alias", "ca", "-file", p("ca.pem"), "-keystore", p("trust.p12"),
-            "-storetype", "PKCS12", "-storepass", STORE_PASSWORD)
+        run(
+            "openssl",
+            "pkcs12",
+            "-export",
+            "-in",
+            p("server.pem"),
+            "-inkey",
+            p("server.key"),
+            "-name",
+            "broker",
+            "-out",
+            p("broker.p12"),
+            "-passout",
+            "pass:" + STORE_PASSWORD,
+        )
+        run(
+            "keytool",
+            "-importcert",
+            "-noprompt",
+            "-alias",
+            "ca",
+            "-file",
+            p("ca.pem"),
+            "-keystore",
+            p("trust.p12"),
+            "-storetype",
+            "PKCS12",
+            "-storepass",
+            STORE_PASSWORD,
+        )
         for name in os.listdir(directory):
             os.chmod(p(name), 0o755 if os.path.isdir(p(name)) else 0o644)
         os.chmod(p("proxy.pem"), 0o600)
@@ -89,18 +117,64 @@ class PKI:
         return os.path.join(self.dir, name)
 
     def _ca(self, name, cn):
-        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3",
-            "-subj", "/CN=%s" % cn, "-keyout", self.path(name + ".key"), "-out", self.path(name + ".pem"),
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        run(
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "3",
+            "-subj",
+            "/CN=%s" % cn,
+            "-keyout",
+            self.path(name + ".key"),
+            "-out",
+            self.path(name + ".pem"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        )
 
     def _leaf(self, name, cn, ca, ext, days=3):
         p = self.path
         with open(p(name + ".ext"), "w") as f:
             f.write(ext + "\n")
-        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s" % cn,
-            "-keyout", p(name + ".key"), "-out", p(name + ".csr"))
-        run("openssl", "x509", "-req", "-in", p(name + ".csr"), "-CA", p(ca + ".pem"), "-CAkey", p(ca + ".key"),
-            "-CAcreateserial", "-days", str(days), "-sha256", "-extfile", p(name + ".ext"), "-out", p(name + ".pem"))
+        run(
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=%s" % cn,
+            "-keyout",
+            p(name + ".key"),
+            "-out",
+            p(name + ".csr"),
+        )
+        run(
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            p(name + ".csr"),
+            "-CA",
+            p(ca + ".pem"),
+            "-CAkey",
+            p(ca + ".key"),
+            "-CAcreateserial",
+            "-days",
+            str(days),
+            "-sha256",
+            "-extfile",
+            p(name + ".ext"),
+            "-out",
+            p(name + ".pem"),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,12 +207,20 @@ class Broker:
 
     def start(self) -> "Broker":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.base, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BrokerError("%s exited with %s while starting; log: %s" % (self.name, self.proc.returncode, self.tail()))
+                raise BrokerError(
+                    "%s exited with %s while starting; log: %s" % (self.name, self.proc.returncode, self.tail())
+                )
             if all(self._listening(p) for p in (self.plain, self.tls)) and self._accepts_login():
                 return self
             time.sleep(0.2)
@@ -160,8 +242,11 @@ class Broker:
 
         try:
             with socket.create_connection(("127.0.0.1", self.plain), timeout=2) as sock:
-                sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"),
-                                                      ("login", USER), ("passcode", PASSWORD)]))
+                sock.sendall(
+                    encode_frame(
+                        "CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)]
+                    )
+                )
                 parser = FrameParser()
                 while True:
                     data = sock.recv(4096)
@@ -219,7 +304,12 @@ class RabbitMQ(Broker):
         definitions = {
             "vhosts": [{"name": "/"}],
             "users": [
-                {"name": u, "password_hash": rabbit_password_hash(pw), "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}
+                {
+                    "name": u,
+                    "password_hash": rabbit_password_hash(pw),
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": "",
+                }
                 for u, pw in ((USER, PASSWORD), (CLIENT_CN, os.urandom(8).hex()))
             ],
             "permissions": [
@@ -229,24 +319,28 @@ class RabbitMQ(Broker):
         with open(os.path.join(base, "definitions.json"), "w") as f:
             json.dump(definitions, f)
         with open(os.path.join(base, "rabbitmq.conf"), "w") as f:
-            f.write("\n".join([
-                "listeners.tcp.default = 127.0.0.1:%d" % self.amqp,
-                "loopback_users = none",
-                "load_definitions = %s" % os.path.join(base, "definitions.json"),
-                "stomp.listeners.tcp.1 = 127.0.0.1:%d" % self.plain,
-                "stomp.listeners.ssl.1 = 127.0.0.1:%d" % self.tls,
-                "stomp.ssl_cert_login = true",
-                "ssl_cert_login_from = common_name",
-                "ssl_options.cacertfile = %s" % p("ca.pem"),
-                "ssl_options.certfile = %s" % p("server.pem"),
-                "ssl_options.keyfile = %s" % p("server.key"),
-                "ssl_options.verify = verify_peer",
-                "ssl_options.fail_if_no_peer_cert = false",
-                "log.console = true",
-                "log.console.level = warning",
-                "log.file = false",
-                "",
-            ]))
+            f.write(
+                "\n".join(
+                    [
+                        "listeners.tcp.default = 127.0.0.1:%d" % self.amqp,
+                        "loopback_users = none",
+                        "load_definitions = %s" % os.path.join(base, "definitions.json"),
+                        "stomp.listeners.tcp.1 = 127.0.0.1:%d" % self.plain,
+                        "stomp.listeners.ssl.1 = 127.0.0.1:%d" % self.tls,
+                        "stomp.ssl_cert_login = true",
+                        "ssl_cert_login_from = common_name",
+                        "ssl_options.cacertfile = %s" % p("ca.pem"),
+                        "ssl_options.certfile = %s" % p("server.pem"),
+                        "ssl_options.keyfile = %s" % p("server.key"),
+                        "ssl_options.verify = verify_peer",
+                        "ssl_options.fail_if_no_peer_cert = false",
+                        "log.console = true",
+                        "log.console.level = warning",
+                        "log.file = false",
+                        "",
+                    ]
+                )
+            )
         with open(os.path.join(base, "enabled_plugins"), "w") as f:
             f.write("[rabbitmq_stomp].\n")
 
@@ -276,8 +370,12 @@ class RabbitMQ(Broker):
     def start(self):
         if self.epmd is None or self.epmd.poll() is not None:
             # Our own epmd in the foreground, so it is stopped with us (not a stray daemon).
-            self.epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port)], start_new_session=True,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.epmd = subprocess.Popen(
+                ["epmd", "-port", str(self.epmd_port)],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         return super().start()
 
     def stop(self, kill=False):
@@ -326,15 +424,25 @@ class ActiveMQ(Broker):
         conf = os.path.join(base, "conf")
         os.makedirs(conf, exist_ok=True)
         with open(os.path.join(conf, "activemq.xml"), "w") as f:
-            f.write(ACTIVEMQ_XML.format(
-                data=os.path.join(base, "data"), user=USER, password=PASSWORD,
-                keystore=pki.path("broker.p12"), truststore=pki.path("trust.p12"), store_password=STORE_PASSWORD,
-                plain=self.plain, tls=self.tls, tls_cert=self.tls_cert,
-            ))
+            f.write(
+                ACTIVEMQ_XML.format(
+                    data=os.path.join(base, "data"),
+                    user=USER,
+                    password=PASSWORD,
+                    keystore=pki.path("broker.p12"),
+                    truststore=pki.path("trust.p12"),
+                    store_password=STORE_PASSWORD,
+                    plain=self.plain,
+                    tls=self.tls,
+                    tls_cert=self.tls_cert,
+                )
+            )
         with open(os.path.join(conf, "log4j2.properties"), "w") as f:
-            f.write("rootLogger.level=WARN\nrootLogger.appenderRef.console.ref=Console\n"
-                    "appender.console.type=Console\nappender.console.name=Console\n"
-                    "appender.console.layout.type=PatternLayout\nappender.console.layout.pattern=%5p | %m%n\n")
+            f.write(
+                "rootLogger.level=WARN\nrootLogger.appenderRef.console.ref=Console\n"
+                "appender.console.type=Console\nappender.console.name=Console\n"
+                "appender.console.layout.type=PatternLayout\nappender.console.layout.pattern=%5p | %m%n\n"
+            )
 
     def cert_url(self, destination: str) -> str:
         return "stomp+ssl://localhost:%d%s" % (self.tls_cert, destination)
@@ -342,11 +450,19 @@ class ActiveMQ(Broker):
     def command(self):
         conf = os.path.join(self.base, "conf")
         return [
-            "java", "-Xms64M", "-Xmx256M", "-Dactivemq.base=" + self.base, "-Dactivemq.home=/usr/share/activemq",
-            "-Dactivemq.conf=" + conf, "-Dactivemq.data=" + os.path.join(self.base, "data"),
+            "java",
+            "-Xms64M",
+            "-Xmx256M",
+            "-Dactivemq.base=" + self.base,
+            "-Dactivemq.home=/usr/share/activemq",
+            "-Dactivemq.conf=" + conf,
+            "-Dactivemq.data=" + os.path.join(self.base, "data"),
             "-Dlog4j2.configurationFile=" + os.path.join(conf, "log4j2.properties"),
-            "-cp", "/usr/share/activemq/bin/activemq.jar", "org.apache.activemq.console.Main",
-            "start", "xbean:file:" + os.path.join(conf, "activemq.xml"),
+            "-cp",
+            "/usr/share/activemq/bin/activemq.jar",
+            "org.apache.activemq.console.Main",
+            "start",
+            "xbean:file:" + os.path.join(conf, "activemq.xml"),
         ]
 
     def start(self):

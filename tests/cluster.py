@@ -41,8 +41,14 @@ class ClusterNode(RabbitMQ):
         self.stop()
 
     def ctl(self, *args, timeout: float = 120) -> str:
-        p = subprocess.run([CTL, "-n", self.node] + list(args), env=self.environment(),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
+        p = subprocess.run(
+            [CTL, "-n", self.node] + list(args),
+            env=self.environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+            timeout=timeout,
+        )
         if p.returncode:
             raise BrokerError("rabbitmqctl %s on %s: %s" % (" ".join(args), self.node, p.stdout[-1000:]))
         return p.stdout
@@ -61,8 +67,12 @@ class RabbitCluster:
     def __init__(self, base: str, pki):
         self.base, self.pki = base, pki
         self.epmd_port = free_port()
-        self.epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port)], start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.epmd = subprocess.Popen(
+            ["epmd", "-port", str(self.epmd_port)],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.cookie = os.urandom(16).hex()
         self.nodes = []
 
@@ -70,8 +80,13 @@ class RabbitCluster:
         """Start node ``index``, on fresh ports if a port it was given is taken meanwhile (another
         process may bind a port between free_port() and the broker's own bind)."""
         for attempt in range(3):
-            node = ClusterNode(os.path.join(self.base, "n%d-%d" % (index, attempt)), self.pki, index, self.cookie,
-                               (self.epmd, self.epmd_port))
+            node = ClusterNode(
+                os.path.join(self.base, "n%d-%d" % (index, attempt)),
+                self.pki,
+                index,
+                self.cookie,
+                (self.epmd, self.epmd_port),
+            )
             try:
                 node.start()
                 node.ctl("await_startup")
@@ -105,12 +120,25 @@ class RabbitCluster:
         from pilotlogger.stompcodec import FrameParser, encode_frame
 
         with socket.create_connection(("127.0.0.1", self.nodes[0].plain), timeout=10) as sock:
-            sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER),
-                                                  ("passcode", PASSWORD)]))
+            sock.sendall(
+                encode_frame(
+                    "CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)]
+                )
+            )
             # A SUBSCRIBE with the queue properties declares it; unsubscribing leaves it (not auto-delete).
-            sock.sendall(encode_frame("SUBSCRIBE", [("destination", "/queue/" + name), ("id", "declare"),
-                                                    ("x-queue-type", "quorum"), ("durable", "true"),
-                                                    ("auto-delete", "false"), ("receipt", "declared")]))
+            sock.sendall(
+                encode_frame(
+                    "SUBSCRIBE",
+                    [
+                        ("destination", "/queue/" + name),
+                        ("id", "declare"),
+                        ("x-queue-type", "quorum"),
+                        ("durable", "true"),
+                        ("auto-delete", "false"),
+                        ("receipt", "declared"),
+                    ],
+                )
+            )
             sock.sendall(encode_frame("UNSUBSCRIBE", [("id", "declare"), ("receipt", "done")]))
             parser, seen = FrameParser(), []
             while "done" not in seen:

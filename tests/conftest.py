@@ -61,7 +61,7 @@ def _secrets():
     for fixture_dir in PKI_DIRS:
         for key in glob.glob(os.path.join(fixture_dir, "*.key")):
             with open(key) as f:
-                lines = [l for l in f.read().splitlines() if l and not l.startswith("-----")]
+                lines = [line for line in f.read().splitlines() if line and not line.startswith("-----")]
             found.update(lines[1:3])  # two full lines of base64 key material identify it
     return found
 
@@ -87,25 +87,37 @@ def _agent_files():
 def pytest_sessionfinish(session, exitstatus):
     """Secrets never appear in any output of the suite (issue 7), nor in any file the agent wrote
     (issue 15): passcodes, tokens in URLs, key material."""
-    from helpers import SEEN_OUTPUT
-
     import ledger
+    from helpers import SEEN_OUTPUT
 
     secrets = _secrets()
     scanned = SEEN_OUTPUT + list(_agent_files())
     leaks = sorted({command for command, text in scanned for secret in secrets if secret in text})
-    ledger.attack("secrets", "test passcodes, URL tokens and key material in every output and agent-written file",
-                  not leaks, "none found (%d secrets looked for)" % len(secrets), trials=len(scanned))
+    ledger.attack(
+        "secrets",
+        "test passcodes, URL tokens and key material in every output and agent-written file",
+        not leaks,
+        "none found (%d secrets looked for)" % len(secrets),
+        trials=len(scanned),
+    )
     if ledger.ROWS:
-        ledger.record("secrets", "passcodes, URL tokens and private-key material in any output or file written",
-                      len(scanned), 0, not leaks, 0.0,
-                      extra="%d secrets looked for; leaks in: %s" % (len(secrets), ", ".join(leaks) or "none"))
+        ledger.record(
+            "secrets",
+            "passcodes, URL tokens and private-key material in any output or file written",
+            len(scanned),
+            0,
+            not leaks,
+            0.0,
+            extra="%d secrets looked for; leaks in: %s" % (len(secrets), ", ".join(leaks) or "none"),
+        )
     if leaks:
         session.exitstatus = 1
         sys.stderr.write("\nSECRET LEAK: test secrets appeared in the output of: %s\n" % ", ".join(leaks))
     elif SEEN_OUTPUT:
-        sys.stderr.write("\nsecrets scan: %d outputs and %d written files scanned for %d test secrets, none found\n"
-                         % (len(SEEN_OUTPUT), len(scanned) - len(SEEN_OUTPUT), len(secrets)))
+        sys.stderr.write(
+            "\nsecrets scan: %d outputs and %d written files scanned for %d test secrets, none found\n"
+            % (len(SEEN_OUTPUT), len(scanned) - len(SEEN_OUTPUT), len(secrets))
+        )
 
 
 def pytest_terminal_summary(terminalreporter):

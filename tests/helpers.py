@@ -109,8 +109,14 @@ class Pilotlog:
         full_env.update({k: str(v) for k, v in (env or {}).items()})
         p = subprocess.run(
             [self.python, "-I", "-S", str(self.bundle)] + [str(a) for a in args],
-            cwd=str(self.cwd), env=full_env, input=input, timeout=timeout,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kw
+            cwd=str(self.cwd),
+            env=full_env,
+            input=input,
+            timeout=timeout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            **kw,
         )
         SEEN_OUTPUT.append((" ".join(str(a) for a in args[:2]), p.stdout + p.stderr))
         AGENT_DIRS.add(str(full_env.get("PILOTLOG_SPOOL", self.spool)))
@@ -134,7 +140,10 @@ def run_loops(tags, count, spool_dir, source, pilot="3f2504e0-4f89-41d3-9a0c-030
     return [
         subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "emit_loop.py"), source, tag, str(count)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
         )
         for tag in tags
     ]
@@ -148,8 +157,17 @@ def make_events(n: int, pilot: str = "p1", message: str = "line %d", shutdown: b
     t0, events = time.time(), []
     for i in range(n):
         last = shutdown and i == n - 1
-        events.append(make_event("shutdown" if last else "log", message % i, pilot=pilot, seq=i + 1,
-                                 epoch=t0 + i * 1e-6, data={"exit_code": 3} if last else {"i": i}, context=context))
+        events.append(
+            make_event(
+                "shutdown" if last else "log",
+                message % i,
+                pilot=pilot,
+                seq=i + 1,
+                epoch=t0 + i * 1e-6,
+                data={"exit_code": 3} if last else {"i": i},
+                context=context,
+            )
+        )
     return events
 
 
@@ -220,9 +238,24 @@ class Serve:
         import socket
 
         p = self.pki.path
-        cmd = [sys.executable, "-I", "-S", str(self.bundle), "serve", "--listen", "127.0.0.1:%d" % self.port,
-               "--dir", str(self.dir), "--server-cert", p(self.cert + ".pem"), "--server-key", p(self.cert + ".key"),
-               "--client-ca", p("ca.pem"), "--require-client-cert"] + self.extra
+        cmd = [
+            sys.executable,
+            "-I",
+            "-S",
+            str(self.bundle),
+            "serve",
+            "--listen",
+            "127.0.0.1:%d" % self.port,
+            "--dir",
+            str(self.dir),
+            "--server-cert",
+            p(self.cert + ".pem"),
+            "--server-key",
+            p(self.cert + ".key"),
+            "--client-ca",
+            p("ca.pem"),
+            "--require-client-cert",
+        ] + self.extra
         self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 20
         while time.monotonic() < end:
@@ -262,8 +295,11 @@ def broker_env(pki) -> dict:
 
 def https_env(pki) -> dict:
     """What a pilot needs to reach `pilotlog serve`: the CA and a client certificate."""
-    return {"PILOTLOG_CA_FILE": pki.path("ca.pem"), "PILOTLOG_CERT": pki.path("client.pem"),
-            "PILOTLOG_KEY": pki.path("client.key")}
+    return {
+        "PILOTLOG_CA_FILE": pki.path("ca.pem"),
+        "PILOTLOG_CERT": pki.path("client.pem"),
+        "PILOTLOG_KEY": pki.path("client.key"),
+    }
 
 
 def stderr_lines(proc) -> list:

@@ -29,13 +29,25 @@ def trials(reduced: int, full: int) -> int:
     return full if FULL else reduced
 
 
-def record(area: str, fault: str, trials: int, lost: int, exit_ok: bool, seconds: float, line: str = "",
-           extra: str = "") -> None:
+def record(
+    area: str, fault: str, trials: int, lost: int, exit_ok: bool, seconds: float, line: str = "", extra: str = ""
+) -> None:
     """One row.  Call it before asserting, so a failing trial shows in the table too."""
     ok = lost == 0 and exit_ok
     line = re.sub(r"/tmp/[^ ;,)]*/(spool|fs)\b", r"…/\1", line)  # the test's temporary paths are noise
-    ROWS.append((area, fault, trials, lost, "as expected" if exit_ok else "WRONG", "%.1f" % seconds,
-                 (line[:150] + "…") if len(line) > 150 else line, extra, "ok" if ok else "**FAILED**"))
+    ROWS.append(
+        (
+            area,
+            fault,
+            trials,
+            lost,
+            "as expected" if exit_ok else "WRONG",
+            "%.1f" % seconds,
+            (line[:150] + "…") if len(line) > 150 else line,
+            extra,
+            "ok" if ok else "**FAILED**",
+        )
+    )
 
 
 def attack(surface: str, what: str, ok: bool, held: str = "", trials: int = 1) -> bool:
@@ -63,12 +75,25 @@ class Stopwatch:
 
 
 def markdown() -> str:
-    header = ("area", "fault", "trials", "lost", "exit code", "longest (s)", "what the operator read", "notes",
-              "outcome")
+    header = (
+        "area",
+        "fault",
+        "trials",
+        "lost",
+        "exit code",
+        "longest (s)",
+        "what the operator read",
+        "notes",
+        "outcome",
+    )
     lines = [
-        "Run of %s: %s counts, Python %s, %s." % (
-            time.strftime("%Y-%m-%d"), "full" if FULL else "reduced (CI)", platform.python_version(),
-            platform.platform()),
+        "Run of %s: %s counts, Python %s, %s."
+        % (
+            time.strftime("%Y-%m-%d"),
+            "full" if FULL else "reduced (CI)",
+            platform.python_version(),
+            platform.platform(),
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -86,8 +111,8 @@ def attacked() -> bool:
 def security_markdown() -> str:
     header = ("surface", "attack", "trials", "failed", "what had to hold", "outcome")
     lines = [
-        "Run of %s: %s counts, Python %s." % (time.strftime("%Y-%m-%d"), "full" if FULL else "reduced (CI)",
-                                             platform.python_version()),
+        "Run of %s: %s counts, Python %s."
+        % (time.strftime("%Y-%m-%d"), "full" if FULL else "reduced (CI)", platform.python_version()),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -106,7 +131,7 @@ def write_report(path: str) -> None:
     for marker, rows, render in ((MARKER, ROWS, markdown), (SECURITY_MARKER, attacked(), security_markdown)):
         if not rows or marker not in text:
             continue
-        end = "<!-- /" + marker[len("<!-- "):]
+        end = "<!-- /" + marker[len("<!-- ") :]
         head, _, tail = text.partition(marker)
         _, found, rest = tail.partition(end)
         text = head + marker + "\n\n" + render() + ("\n" + end + rest if found else "")

@@ -81,8 +81,10 @@ def violations() -> list:
             there = layer_of(target)
             if there >= here:
                 kind = "a cycle-prone import within" if there == here else "an upward import into"
-                problems.append("pilotlogger/%s:%d imports %s: %s layer %r (from %r)" % (
-                    path.name, line, target, kind, LAYERS[there][0], LAYERS[here][0]))
+                problems.append(
+                    "pilotlogger/%s:%d imports %s: %s layer %r (from %r)"
+                    % (path.name, line, target, kind, LAYERS[there][0], LAYERS[here][0])
+                )
     return problems
 
 
@@ -102,6 +104,8 @@ def test_every_module_has_a_layer_and_a_place_in_the_document():
 def test_the_check_sees_lazy_and_absolute_imports(tmp_path):
     """The checker itself: an import inside a function and an absolute one are both found."""
     source = tmp_path / "probe.py"
-    source.write_text("import pilotlogger.spool\n\ndef f():\n    from .cli import main\n    from pilotlogger import ship\n"
-                      "    from . import __version__\n")
+    source.write_text(
+        "import pilotlogger.spool\n\ndef f():\n    from .cli import main\n    from pilotlogger import ship\n"
+        "    from . import __version__\n"
+    )
     assert imports_of(source) == {"spool": 1, "cli": 4, "ship": 5, "__init__": 6}

@@ -21,14 +21,19 @@ def test_bundle_is_a_small_executable_zipapp(bundle):
         listed = z.namelist()
     assert "__main__.py" in listed and "pilotlogger/cli.py" in listed
     assert not [n for n in listed if "test" in n or n.endswith(".pyc")]
-    assert bundle.stat().st_size < 128 * 1024  # ~110 KB with the sans-IO session, serve's defences, DIRAC's rules; growth past this is a choice
+    assert (
+        bundle.stat().st_size < 128 * 1024
+    )  # ~110 KB with the sans-IO session, serve's defences, DIRAC's rules; growth past this is a choice
 
 
 def test_bundle_is_importable(bundle, tmp_path):
     code = "import sys; sys.path.insert(0, %r); import pilotlogger, pilotlogger.events as e; print(pilotlogger.__file__, e.new_id())"
     out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code % str(bundle)], cwd=str(tmp_path),
-        stdout=subprocess.PIPE, universal_newlines=True, check=True,
+        [sys.executable, "-I", "-S", "-c", code % str(bundle)],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
     ).stdout
     assert out.startswith(str(bundle) + "/pilotlogger/__init__.py ")
 
@@ -36,8 +41,21 @@ def test_bundle_is_importable(bundle, tmp_path):
 def test_emit_replay_status_round_trip(pilotlog):
     p = pilotlog("emit", "boot", "-m", "booted up", env={"DIRAC_PILOT_STAMP": STAMP, "PILOTLOG_SITE": "LCG.X.fr"})
     assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
-    p = pilotlog("emit", "power", "-m", "power of 11 HS06", "-d", "hs06:=11", "-d", "unit=HS06",
-                 "--status", "debug", "--source", "CheckWorkerNode", env={"DIRAC_PILOT_STAMP": STAMP})
+    p = pilotlog(
+        "emit",
+        "power",
+        "-m",
+        "power of 11 HS06",
+        "-d",
+        "hs06:=11",
+        "-d",
+        "unit=HS06",
+        "--status",
+        "debug",
+        "--source",
+        "CheckWorkerNode",
+        env={"DIRAC_PILOT_STAMP": STAMP},
+    )
     assert p.returncode == 0
     spooled = pilotlog.events()
     assert [e["seq"] for e in spooled] == [1, 2]
@@ -137,8 +155,13 @@ def test_unwritable_spool_exits_0_with_one_warning(pilotlog, tmp_path):
         bundle = str(pilotlog.bundle)
     p = subprocess.run(
         [python, "-I", "-S", bundle, "emit", "boot", "-m", "booted up"],
-        cwd="/", env=clean_env(PILOTLOG_SPOOL=locked / "spool"), preexec_fn=preexec,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60,
+        cwd="/",
+        env=clean_env(PILOTLOG_SPOOL=locked / "spool"),
+        preexec_fn=preexec,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=60,
     )
     assert p.returncode == 0
     (line,) = stderr_lines(p)
@@ -189,17 +212,27 @@ def test_replay_strict_exit_code_when_sink_fails(pilotlog):
     pilotlog("emit", "boot")
     # stdout closed: the stdout sink cannot deliver, the event stays.
     p = subprocess.run(
-        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay", "--strict"], cwd=str(pilotlog.cwd),
-        env=pilotlog.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True,
-        stdin=subprocess.DEVNULL, timeout=60,
+        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay", "--strict"],
+        cwd=str(pilotlog.cwd),
+        env=pilotlog.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
     )
     assert p.returncode == 0  # /dev/null accepts: delivered
     pilotlog("emit", "boot")
     r, w = os.pipe()
     os.close(r)  # writing to a pipe nobody reads: EPIPE
     p = subprocess.run(
-        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay", "--strict"], cwd=str(pilotlog.cwd),
-        env=pilotlog.env, stdout=w, stderr=subprocess.PIPE, universal_newlines=True, timeout=60,
+        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay", "--strict"],
+        cwd=str(pilotlog.cwd),
+        env=pilotlog.env,
+        stdout=w,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=60,
     )
     os.close(w)
     assert p.returncode == 3
@@ -253,8 +286,9 @@ def test_each_command_help_teaches_its_own_use(pilotlog):
         assert p.returncode == 0, p.stderr
         flags, examples = _help_sections(p.stdout)
         assert flags == {flag_of[name] for name in SETTINGS_READ[command] if name in flag_of}, command
-        assert len(examples) >= 2 and all(e.startswith("pilotlog %s" % command) or e.startswith("--")
-                                          for e in examples), (command, examples)
+        assert len(examples) >= 2 and all(
+            e.startswith("pilotlog %s" % command) or e.startswith("--") for e in examples
+        ), (command, examples)
         assert not seen_examples & set(examples)  # no command repeats another's examples
         seen_examples |= set(examples)
     serve = pilotlog("serve", "--help").stdout
@@ -263,9 +297,14 @@ def test_each_command_help_teaches_its_own_use(pilotlog):
     assert "(default: 5)" in " ".join(pilotlog("timeline", "--help").stdout.split())
 
 
-@pytest.mark.parametrize("args,command", [
-    (["serve", "--spool", "x"], "serve"), (["tail", "--max-events=7"], "tail"), (["status", "extra"], "status"),
-])
+@pytest.mark.parametrize(
+    "args,command",
+    [
+        (["serve", "--spool", "x"], "serve"),
+        (["tail", "--max-events=7"], "tail"),
+        (["status", "extra"], "status"),
+    ],
+)
 def test_an_option_a_command_does_not_take_points_at_that_commands_help(pilotlog, args, command):
     p = pilotlog(*args)
     assert p.returncode == 2 and "(see 'pilotlog %s --help')" % command in p.stderr
@@ -284,19 +323,29 @@ def test_module_launcher_and_bundle_behave_the_same(pilotlog, tmp_path):
         emitted = subprocess.run(cmd + ["emit", "os", "-m", how], env=env, cwd=str(ROOT), timeout=60)
         assert emitted.returncode == 0
         outputs[how] = subprocess.run(
-            cmd + ["config", "--json"], env=env, cwd=str(ROOT), stdout=subprocess.PIPE, timeout=60,
+            cmd + ["config", "--json"],
+            env=env,
+            cwd=str(ROOT),
+            stdout=subprocess.PIPE,
+            timeout=60,
             universal_newlines=True,
         ).stdout
     assert outputs["bundle"] == outputs["module"] == outputs["launcher"]
-    assert subprocess.run(runs["bundle"] + ["--version"], stdout=subprocess.PIPE).stdout == \
-        subprocess.run(runs["module"] + ["--version"], cwd=str(ROOT), stdout=subprocess.PIPE).stdout
+    assert (
+        subprocess.run(runs["bundle"] + ["--version"], stdout=subprocess.PIPE).stdout
+        == subprocess.run(runs["module"] + ["--version"], cwd=str(ROOT), stdout=subprocess.PIPE).stdout
+    )
 
 
 def test_make_run_demo_shows_the_whole_lifecycle(bundle, tmp_path):
     p = subprocess.run(
-        ["bash", str(ROOT / "examples" / "demo-pilot.sh"), str(bundle)], cwd=str(tmp_path),
-        env=clean_env(PILOTLOG_SPOOL=tmp_path / "demo"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        universal_newlines=True, timeout=120,
+        ["bash", str(ROOT / "examples" / "demo-pilot.sh"), str(bundle)],
+        cwd=str(tmp_path),
+        env=clean_env(PILOTLOG_SPOOL=tmp_path / "demo"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=120,
     )
     assert p.returncode == 0, p.stderr
     shipped = [json.loads(line) for line in p.stdout.splitlines()]
@@ -350,9 +399,16 @@ def test_lean_emit_parser_agrees_with_argparse(argv):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["emit"], ["emit", "--help"], ["emit", "a", "b"], ["emit", "boot", "-m"], ["emit", "boot", "-m", "-x"],
-        ["emit", "boot", "--status", "fatal"], ["emit", "boot", "--bogus"], ["emit", "boot", "--send=1"],
-        ["emit", "boot", "--passcode", "p"], ["replay"],
+        ["emit"],
+        ["emit", "--help"],
+        ["emit", "a", "b"],
+        ["emit", "boot", "-m"],
+        ["emit", "boot", "-m", "-x"],
+        ["emit", "boot", "--status", "fatal"],
+        ["emit", "boot", "--bogus"],
+        ["emit", "boot", "--send=1"],
+        ["emit", "boot", "--passcode", "p"],
+        ["replay"],
     ],
 )
 def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
@@ -361,13 +417,16 @@ def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
     assert cli.parse_emit_quickly(argv) is None
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["replay", "--deadline", "inf"], "is not a positive number of at most 86400"),
-    (["replay", "--timeout", "1e308"], "is not a positive number of at most 86400"),
-    (["run", "--ship-every", "nan", "--", "true"], "--ship-every must be from 0 to 86400"),
-    (["replay", "--sink", "https://local host:1/?token=X"], "must look like https://host"),
-    (["emit", "boot", "-d", 'k:={"pw":"SeCrEt"'], "(not shown) is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["replay", "--deadline", "inf"], "is not a positive number of at most 86400"),
+        (["replay", "--timeout", "1e308"], "is not a positive number of at most 86400"),
+        (["run", "--ship-every", "nan", "--", "true"], "--ship-every must be from 0 to 86400"),
+        (["replay", "--sink", "https://local host:1/?token=X"], "must look like https://host"),
+        (["emit", "boot", "-d", 'k:={"pw":"SeCrEt"'], "(not shown) is not valid JSON"),
+    ],
+)
 def test_values_a_newcomer_tried_are_clear_usage_errors(pilotlog, args, needle):
     """Found by a newcomer's try: non-finite or huge times (a hang, an overflow), a space in a host
     (retried as a network failure), a -d value echoed."""
@@ -380,7 +439,12 @@ def test_values_a_newcomer_tried_are_clear_usage_errors(pilotlog, args, needle):
 def test_an_empty_spool_flag_is_unset_and_a_closed_pipe_is_no_internal_error(pilotlog, tmp_path):
     p = pilotlog("emit", "boot", "--spool", "")
     assert p.returncode == 0 and not (tmp_path / "events").exists() and len(pilotlog.events()) == 1
-    proc = subprocess.Popen([sys.executable, "-I", "-S", str(pilotlog.bundle), "config"], cwd=str(tmp_path),
-                            env=pilotlog.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(pilotlog.bundle), "config"],
+        cwd=str(tmp_path),
+        env=pilotlog.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # the reader went away before anything was written (`| head -0`)
     assert proc.wait(60) == 0 and b"internal error" not in proc.stderr.read()

@@ -157,7 +157,9 @@ CURRENT = {
     "LHCb-Production": {"Pilot": {"RemoteLogging": "True", "RemoteLoggerURL": "https://setup:8444/x"}},
     "LHCb": {
         "Defaults": {"Pilot": {"PilotLogLevel": "WARN"}},
-        "LHCb-Production": {"Pilot": {"RemoteLoggerURL": "https://vo-setup:8444/WorkloadManagement/TornadoPilotLogging"}},
+        "LHCb-Production": {
+            "Pilot": {"RemoteLoggerURL": "https://vo-setup:8444/WorkloadManagement/TornadoPilotLogging"}
+        },
     },
 }
 
@@ -224,26 +226,35 @@ def test_network_settings_types():
 def test_dirac_legacy_credentials(tmp_path):
     c = load({"config": write(tmp_path, LEGACY, "pilot.json")})
     assert (c.cert, c.key, c.ca_file) == (
-        "/etc/grid-security/hostcert.pem", "/etc/grid-security/hostkey.pem", "/etc/grid-security/allCAs.pem",
+        "/etc/grid-security/hostcert.pem",
+        "/etc/grid-security/hostkey.pem",
+        "/etc/grid-security/allCAs.pem",
     )
 
 
 def test_dirac_file_with_setups_is_read_as_the_pilot_reads_it(tmp_path):
     # The Pilot reads a file holding Setups by its old-format path, which ignores RemoteLogging.
     data = json.loads(json.dumps(LEGACY))
-    data["Defaults"] = {"Pilot": {"RemoteLogging": "True", "RemoteLoggerURL": "https://h:8444/WorkloadManagement/TornadoPilotLogging"}}
+    data["Defaults"] = {
+        "Pilot": {"RemoteLogging": "True", "RemoteLoggerURL": "https://h:8444/WorkloadManagement/TornadoPilotLogging"}
+    }
     c = load({"config": write(tmp_path, data)})
     assert c.sink == "stomp+ssl://mq.example.org:61614/queue/pilotLogging" and c.fallback_sink is None
     del data["Setups"]
     assert load({"config": write(tmp_path, data)}).sink == "https://h:8444/WorkloadManagement/TornadoPilotLogging"
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({"DIRAC_PILOT_STAMP": "0123456789abcdefghijklmnopqrstuv"}, "0123456789abcdefghijklmnopqrstuv"),
-    ({"DIRAC_PILOT_STAMP": "Not-A-Stamp", "GRID_GLOBAL_JOBID": "https://ce:9000/x"}, None),
-    ({"VM_UUID": "u1", "CE_NAME": "c", "VMTYPE": "t", "CREAM_JOBID": "3f2504e0-4f89-41d3-9a0c-0305e82c3301"},
-     "3f2504e0-4f89-41d3-9a0c-0305e82c3301"),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"DIRAC_PILOT_STAMP": "0123456789abcdefghijklmnopqrstuv"}, "0123456789abcdefghijklmnopqrstuv"),
+        ({"DIRAC_PILOT_STAMP": "Not-A-Stamp", "GRID_GLOBAL_JOBID": "https://ce:9000/x"}, None),
+        (
+            {"VM_UUID": "u1", "CE_NAME": "c", "VMTYPE": "t", "CREAM_JOBID": "3f2504e0-4f89-41d3-9a0c-0305e82c3301"},
+            "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+        ),
+    ],
+)
 def test_dirac_https_never_falls_back_to_an_id_dirac_refuses(env, expected):
     sink = {"PILOTLOG_SINK": "https://h:8444/WorkloadManagement/TornadoPilotLogging"}
     assert load(env=dict(env, **sink)).resolved_pilot()[0] == expected  # None: the spool makes a UUID
@@ -256,8 +267,12 @@ def test_dirac_https_never_falls_back_to_an_id_dirac_refuses(env, expected):
 
 def test_dirac9_vo_pilot_section_and_ce_white_list(tmp_path):
     url = "https://vo:8444/WorkloadManagement/TornadoPilotLogging"
-    data = {"Defaults": {"Pilot": {"RemoteLogging": "True"}},
-            "dteam": {"Pilot": {"RemoteLoggerURL": url, "RemoteLoggerCEsWhiteList": ["ce1.example.org", "ce2.example.org"]}}}
+    data = {
+        "Defaults": {"Pilot": {"RemoteLogging": "True"}},
+        "dteam": {
+            "Pilot": {"RemoteLoggerURL": url, "RemoteLoggerCEsWhiteList": ["ce1.example.org", "ce2.example.org"]}
+        },
+    }
     path = write(tmp_path, data)
     assert load({"config": path, "vo": "dteam", "ce": "ce2.example.org"}).sink == url
     assert load({"config": path, "vo": "dteam", "ce": "ce3.example.org"}).sink == "stdout"  # not listed: off

@@ -117,9 +117,21 @@ class DiracService:
         self.log = open(str(workdir / "server.log"), "w")
         p = pki.path
         self.proc = subprocess.Popen(
-            [python, str(HERE / "pilotlogging_server.py"), str(workdir / "cs.cfg"), str(self.port),
-             p("server.pem"), p("server.key"), p("ca.pem"), str(workdir)],
-            stdout=subprocess.PIPE, stderr=self.log, universal_newlines=True, start_new_session=True)
+            [
+                python,
+                str(HERE / "pilotlogging_server.py"),
+                str(workdir / "cs.cfg"),
+                str(self.port),
+                p("server.pem"),
+                p("server.key"),
+                p("ca.pem"),
+                str(workdir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            universal_newlines=True,
+            start_new_session=True,
+        )
         if self.proc.stdout.readline().strip() != "READY":
             self.stop()
             raise RuntimeError("DIRAC's handler did not start: %s" % (workdir / "server.log").read_text()[-2000:])
@@ -147,7 +159,9 @@ def post(port, fields, pki, cert="client"):
     else:
         ctx.load_cert_chain(pki.path("client.pem"), pki.path("client.key"))
     conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=20)
-    conn.request("POST", PATH, body=urlencode(fields).encode(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    conn.request(
+        "POST", PATH, body=urlencode(fields).encode(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     response = conn.getresponse()
     body = response.read()
     conn.close()
@@ -168,7 +182,11 @@ def pilot_form(method, raw, pilot, vo=""):
 
 
 def tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} if root.exists() else {}
+    return (
+        {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        if root.exists()
+        else {}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -197,12 +215,15 @@ def delivered_total(pilotlog, **env) -> int:
 # -- the HTTPS sink against DIRAC's handler ------------------------------------------------------
 
 
-@pytest.mark.parametrize("cert,key,vo,where", [
-    ("client.pem", "client.key", None, "dteam"),  # no VO: DIRAC takes the client group's
-    ("client.pem", "client.key", "lhcb", "dteam"),  # the group's VO wins over the pilot's
-    ("proxy.pem", "", None, "dteam"),  # proxy-style PEM: certificate, key and chain in one file
-    ("hostcreds", "", "lhcb", "lhcb"),  # host-certificate directory: extraCredentials "hosts"
-])
+@pytest.mark.parametrize(
+    "cert,key,vo,where",
+    [
+        ("client.pem", "client.key", None, "dteam"),  # no VO: DIRAC takes the client group's
+        ("client.pem", "client.key", "lhcb", "dteam"),  # the group's VO wins over the pilot's
+        ("proxy.pem", "", None, "dteam"),  # proxy-style PEM: certificate, key and chain in one file
+        ("hostcreds", "", "lhcb", "lhcb"),  # host-certificate directory: extraCredentials "hosts"
+    ],
+)
 def test_sink_delivers_to_diracs_handler_and_dirac_stores_what_was_emitted(dirac, pilotlog, pki, cert, key, vo, where):
     pilot = str(uuid.uuid4())
     env = {"PILOTLOG_SINK": dirac.url, "PILOTLOG_CERT": pki.path(cert), "PILOTLOG_KEY": key and pki.path(key)}
@@ -211,7 +232,7 @@ def test_sink_delivers_to_diracs_handler_and_dirac_stores_what_was_emitted(dirac
     lines = emit_run(pilotlog, pilot, 5, **env)
     p = pilotlog("replay", env=env)
     assert p.returncode == 0 and "replayed 5 event(s)" in p.stderr, p.stderr
-    assert (dirac.store / where / (pilot + ".log")).read_bytes() == "".join(l + "\n" for l in lines).encode()
+    assert (dirac.store / where / (pilot + ".log")).read_bytes() == "".join(line + "\n" for line in lines).encode()
     assert pilotlog.events() == [] and delivered_total(pilotlog, **env) == 5
 
 
@@ -220,14 +241,17 @@ def test_dirac_stamp_ids_and_open_logs(dirac, pilotlog):
     lines = emit_run(pilotlog, None, 5, shutdown=False, **env)
     p = pilotlog("replay", env=env)
     assert p.returncode == 0, p.stderr
-    assert (dirac.store / "dteam" / STAMP).read_bytes() == "".join(l + "\n" for l in lines).encode()
+    assert (dirac.store / "dteam" / STAMP).read_bytes() == "".join(line + "\n" for line in lines).encode()
 
 
-@pytest.mark.parametrize("pilot,cert,vo,reason", [
-    ("https://ce.example.org:8443/job-1f", "client", None, "Pilot UUID is invalid"),
-    ("ABCDEF0123456789ABCDEF0123456789", "client", None, "Pilot UUID is invalid"),
-    (None, "hostcreds", None, "VO name is invalid"),  # a host has no VO and the pilot gave none
-])
+@pytest.mark.parametrize(
+    "pilot,cert,vo,reason",
+    [
+        ("https://ce.example.org:8443/job-1f", "client", None, "Pilot UUID is invalid"),
+        ("ABCDEF0123456789ABCDEF0123456789", "client", None, "Pilot UUID is invalid"),
+        (None, "hostcreds", None, "VO name is invalid"),  # a host has no VO and the pilot gave none
+    ],
+)
 def test_refusals_are_quarantined_never_counted_delivered(dirac, pilotlog, pki, pilot, cert, vo, reason):
     env = {"PILOTLOG_SINK": dirac.url}
     if cert == "hostcreds":
@@ -255,7 +279,7 @@ def test_a_refused_finalise_is_not_a_delivery(dirac, pilotlog):
     assert delivered_total(pilotlog, **env) == 0 and pilotlog.events() == []
     reasons = [f for f in os.listdir(str(pilotlog.spool / "quarantine")) if f.endswith(".reason")]
     assert len(reasons) == 3 and "IsADirectoryError" in (pilotlog.spool / "quarantine" / reasons[0]).read_text()
-    assert (dirac.store / "dteam" / pilot).read_bytes() == "".join(l + "\n" for l in lines).encode()
+    assert (dirac.store / "dteam" / pilot).read_bytes() == "".join(line + "\n" for line in lines).encode()
 
 
 @pytest.mark.parametrize("send_test", [False, True], ids=["check", "send-test"])
@@ -282,7 +306,8 @@ def test_doctor_agrees_with_replay_on_diracs_handler(dirac, pilotlog, pki, send_
     emit_run(pilotlog, pilot, 2, **refused)
     p = pilotlog("replay", env=refused)
     assert "2 event(s) refused" in p.stderr and "VO name is invalid" in (
-        next((pilotlog.spool / "quarantine").glob("*.reason")).read_text()), p.stderr
+        next((pilotlog.spool / "quarantine").glob("*.reason")).read_text()
+    ), p.stderr
 
 
 def test_grid_job_id_is_never_used_for_dirac(dirac, pilotlog):
@@ -312,7 +337,7 @@ def test_serve_stores_the_same_bytes_as_diracs_plugin(dirac, serve, pki):
         # What the Pilot's RemoteLogger sends: its buffer, one string of lines.
         "2026-11-29T10:00:00.000000Z INFO [Pilot] booting\n2026-11-29T10:00:01.000000Z INFO [Pilot] next\n",
         "windows line\r\nunicode line separator\u2028inside\nno trailing newline",
-        "\u00e9t\u00e9 \U0001F600 \x00 nul and tab\t\n",
+        "\u00e9t\u00e9 \U0001f600 \x00 nul and tab\t\n",
         ["a list of lines", "kept one per line", ""],  # what pilotlogger sends
     ]
     for pilot in pilots:
@@ -328,8 +353,9 @@ def test_serve_stores_the_same_bytes_as_diracs_plugin(dirac, serve, pki):
 
 #: Text a worker node may log: any code point but lone surrogates (serve refuses those whole,
 #: DIRAC writes part and refuses: see docs/dirac.md), with line breaks of every kind.
-LOG_TEXT = st.lists(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\x85"]),
-                    max_size=60).map("".join)
+LOG_TEXT = st.lists(
+    st.characters(blacklist_categories=("Cs",)) | st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\x85"]), max_size=60
+).map("".join)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -357,11 +383,36 @@ def test_serve_accepts_and_refuses_what_dirac_does(dirac, serve, pki):
         ("uppercase stamp", pilot_form("sendMessage", ["x"], STAMP.upper()), "client", False),
         ("grid job URL", pilot_form("sendMessage", ["x"], "https://ce:8443/job-1f"), "client", False),
         ("uppercase UUID", pilot_form("sendMessage", ["x"], good.upper()), "client", False),
-        ("host, VO lhcb", pilot_form("sendMessage", ["x"], good, "lhcb") + [("extraCredentials", '"hosts"')], "host", True),
-        ("host, VO a.b-c", pilot_form("sendMessage", ["x"], good, "a.b-c") + [("extraCredentials", '"hosts"')], "host", True),
-        ("host, VO lhcb_prod", pilot_form("sendMessage", ["x"], good, "lhcb_prod") + [("extraCredentials", '"hosts"')], "host", False),
-        ("host, bare hosts", pilot_form("sendMessage", ["x"], good, "lhcb") + [("extraCredentials", "hosts")], "host", False),
-        ("finalise with two args", [("method", "finaliseLogs"), ("args", json.dumps((json.dumps({"retCode": 0}), good)))], "client", False),
+        (
+            "host, VO lhcb",
+            pilot_form("sendMessage", ["x"], good, "lhcb") + [("extraCredentials", '"hosts"')],
+            "host",
+            True,
+        ),
+        (
+            "host, VO a.b-c",
+            pilot_form("sendMessage", ["x"], good, "a.b-c") + [("extraCredentials", '"hosts"')],
+            "host",
+            True,
+        ),
+        (
+            "host, VO lhcb_prod",
+            pilot_form("sendMessage", ["x"], good, "lhcb_prod") + [("extraCredentials", '"hosts"')],
+            "host",
+            False,
+        ),
+        (
+            "host, bare hosts",
+            pilot_form("sendMessage", ["x"], good, "lhcb") + [("extraCredentials", "hosts")],
+            "host",
+            False,
+        ),
+        (
+            "finalise with two args",
+            [("method", "finaliseLogs"), ("args", json.dumps((json.dumps({"retCode": 0}), good)))],
+            "client",
+            False,
+        ),
         ("finalise, nothing open", pilot_form("finaliseLogs", {"retCode": 0}, str(uuid.uuid4())), "client", False),
     ]
     for name, fields, cert, expected in cases:
@@ -475,8 +526,13 @@ def pilot_json(tmp_path, operations) -> str:
     cfg = tmp_path / "cs-ops.cfg"
     cfg.write_text(operations + RESOURCES)
     out = tmp_path / "pilot.json"
-    p = subprocess.run([dirac_python(), str(HERE / "pilot_json.py"), str(cfg), str(out)], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    p = subprocess.run(
+        [dirac_python(), str(HERE / "pilot_json.py"), str(cfg), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout
     return str(out)
 
@@ -500,5 +556,11 @@ def test_dirac8_pilot_json_from_diracs_synchronizer(bundle, tmp_path):
     path = pilot_json(tmp_path, OPERATIONS_DIRAC8)
     assert json.load(open(path))["DefaultSetup"] == "dteam-Production"
     c = config(bundle, tmp_path, "--config", path, "--vo", "dteam")
-    assert c["sink"] == "https://vo-setup8:8444/WorkloadManagement/TornadoPilotLogging" and c["setup"] == "dteam-Production"
-    assert config(bundle, tmp_path, "--config", path)["sink"] == "https://setup8:8444/WorkloadManagement/TornadoPilotLogging"
+    assert (
+        c["sink"] == "https://vo-setup8:8444/WorkloadManagement/TornadoPilotLogging"
+        and c["setup"] == "dteam-Production"
+    )
+    assert (
+        config(bundle, tmp_path, "--config", path)["sink"]
+        == "https://setup8:8444/WorkloadManagement/TornadoPilotLogging"
+    )

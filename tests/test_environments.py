@@ -19,9 +19,15 @@ def shell(pilotlog, redirect: str, *args, env=None, timeout=60) -> subprocess.Co
     full_env = dict(pilotlog.env)
     full_env.update({k: str(v) for k, v in (env or {}).items()})
     script = '"$@" %s' % redirect
-    return subprocess.run(["sh", "-c", script, "sh", pilotlog.python, "-I", "-S", str(pilotlog.bundle)]
-                          + [str(a) for a in args], cwd=str(pilotlog.cwd), env=full_env, timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    return subprocess.run(
+        ["sh", "-c", script, "sh", pilotlog.python, "-I", "-S", str(pilotlog.bundle)] + [str(a) for a in args],
+        cwd=str(pilotlog.cwd),
+        env=full_env,
+        timeout=timeout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
 
 
 # -- 1. closed standard descriptors -------------------------------------------------------
@@ -89,9 +95,15 @@ def _in_deleted_cwd(pilotlog, *args, env=None):
     script = 'mkdir gone && cd gone && rmdir ../gone && exec "$@"'
     full_env = dict(pilotlog.env)
     full_env.update({k: str(v) for k, v in (env or {}).items()})
-    return subprocess.run(["sh", "-c", script, "sh", pilotlog.python, "-I", "-S", str(pilotlog.bundle)] + list(args),
-                          cwd=str(pilotlog.cwd), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=60)
+    return subprocess.run(
+        ["sh", "-c", script, "sh", pilotlog.python, "-I", "-S", str(pilotlog.bundle)] + list(args),
+        cwd=str(pilotlog.cwd),
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=60,
+    )
 
 
 def test_a_deleted_working_directory_with_an_absolute_spool(pilotlog):
@@ -160,8 +172,14 @@ def bare(python, bundle, cwd, *args, env=None):
     """``env -i``-like: no LANG, no LC_*, bytes in and out (what an EL7 batch job gives a pilot)."""
     full_env = {"PATH": "/usr/bin:/bin"}
     full_env.update(env or {})
-    return subprocess.run([python, "-I", "-S", str(bundle)] + list(args), cwd=str(cwd), env=full_env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    return subprocess.run(
+        [python, "-I", "-S", str(bundle)] + list(args),
+        cwd=str(cwd),
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("locale", [None, "C", "POSIX"])
@@ -173,7 +191,9 @@ def test_python36_in_a_c_locale_stores_and_ships_utf8(bundle, tmp_path, locale):
         env["LC_ALL"] = locale
     emit = bare(python, bundle, tmp_path, "emit", "boot", "-m", "héllo wörld", "-d", "where=Zürich", env=env)
     assert emit.returncode == 0 and emit.stderr == b"", emit.stderr
-    run = bare(python, bundle, tmp_path, "run", "--", "sh", "-c", 'printf %s "$1" > arg; exit 3', "sh", "naïve", env=env)
+    run = bare(
+        python, bundle, tmp_path, "run", "--", "sh", "-c", 'printf %s "$1" > arg; exit 3', "sh", "naïve", env=env
+    )
     assert run.returncode == 3 and (tmp_path / "arg").read_bytes() == "naïve".encode()  # the child got the bytes
     status = bare(python, bundle, tmp_path, "status", env=env)
     assert status.returncode == 0 and "spöol".encode() in status.stdout
@@ -191,8 +211,22 @@ def test_bytes_that_are_not_utf8_are_recorded_with_replacement_characters(bundle
     env = {"PILOTLOG_SPOOL": str(tmp_path / "spool"), "LANG": "C.UTF-8"}
     odd = tmp_path / b"dir-\xff".decode("utf-8", "surrogateescape")
     odd.mkdir()
-    emit = bare(sys.executable, bundle, odd, b"emit", b"boot", b"-m", b"a\xffb", b"-d", b"k=\xfe", b"-d", b"\xfdkey=v",
-                b"--data", b'{"j": "x\xffy"}', env=env)
+    emit = bare(
+        sys.executable,
+        bundle,
+        odd,
+        b"emit",
+        b"boot",
+        b"-m",
+        b"a\xffb",
+        b"-d",
+        b"k=\xfe",
+        b"-d",
+        b"\xfdkey=v",
+        b"--data",
+        b'{"j": "x\xffy"}',
+        env=env,
+    )
     assert emit.returncode == 0 and emit.stderr == b"", emit.stderr
     run = bare(sys.executable, bundle, odd, b"run", b"--", b"sh", b"-c", b"exit 9", b"arg\xff", env=env)
     assert run.returncode == 9 and run.stderr == b""
@@ -232,7 +266,10 @@ def test_nan_and_infinity_are_refused_at_emit_and_never_shipped(pilotlog):
     (path,) = (pilotlog.spool / "events").iterdir()
     path.write_text(path.read_text().replace("1.5", "NaN"))
     replay = pilotlog("replay")
-    assert replay.stdout == "" and "not a JSON number" in (pilotlog.spool / "quarantine" / (path.name + ".reason")).read_text()
+    assert (
+        replay.stdout == ""
+        and "not a JSON number" in (pilotlog.spool / "quarantine" / (path.name + ".reason")).read_text()
+    )
 
 
 # -- 9. a spool whose parent directories do not exist yet ----------------------------------------
@@ -257,12 +294,24 @@ def test_concurrent_replays_send_each_event_once(pilotlog):
 
     ids = {e["id"] for e in fill_spool(pilotlog.spool, 3000)}
     cmd = [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "replay"]
-    procs = [subprocess.Popen(cmd, cwd=str(pilotlog.cwd), env=pilotlog.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, universal_newlines=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=str(pilotlog.cwd),
+            env=pilotlog.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     sent = [json.loads(line)["id"] for out, _ in outputs for line in out.splitlines()]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
-    assert len(sent) == len(set(sent)) == 3000 and set(sent) == ids, "%d sent, %d distinct" % (len(sent), len(set(sent)))
+    assert len(sent) == len(set(sent)) == 3000 and set(sent) == ids, "%d sent, %d distinct" % (
+        len(sent),
+        len(set(sent)),
+    )
     assert pilotlog.depth() == 0
     assert json.loads(pilotlog("status", "--json").stdout)["delivered_total"] == 3000
 
@@ -309,11 +358,30 @@ def as_nobody(bundle):
     os.chmod(os.path.join(shared, "pilotlog"), 0o644)
 
     def run(*args, spool, timeout=60):
-        return subprocess.run([setpriv, "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", python, "-I", "-S",
-                               os.path.join(shared, "pilotlog")] + list(args), cwd=shared, timeout=timeout,
-                              env={"PATH": "/usr/bin:/bin", "PILOTLOG_SPOOL": spool, "LANG": "C.UTF-8",
-                                   "PILOTLOG_CACHE": os.path.join(shared, "cache-%d" % uid)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        return subprocess.run(
+            [
+                setpriv,
+                "--reuid=%d" % uid,
+                "--regid=%d" % uid,
+                "--clear-groups",
+                python,
+                "-I",
+                "-S",
+                os.path.join(shared, "pilotlog"),
+            ]
+            + list(args),
+            cwd=shared,
+            timeout=timeout,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "PILOTLOG_SPOOL": spool,
+                "LANG": "C.UTF-8",
+                "PILOTLOG_CACHE": os.path.join(shared, "cache-%d" % uid),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
 
     yield run, shared, uid
     shutil.rmtree(shared, ignore_errors=True)
@@ -364,14 +432,24 @@ def test_a_spool_path_that_links_to_my_own_directory_is_used(pilotlog, tmp_path)
 # -- 15. a message that starts with a dash ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [("-m", "-x"), ("--message", "--verbose"), ("--message=-x",), ("-m", "-"),
-                                  ("-m", "-d", "-d", "k=v"), ("-s", "warning", "-m", "--")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-m", "-x"),
+        ("--message", "--verbose"),
+        ("--message=-x",),
+        ("-m", "-"),
+        ("-m", "-d", "-d", "k=v"),
+        ("-s", "warning", "-m", "--"),
+    ],
+)
 def test_a_message_starting_with_a_dash_is_data(pilotlog, args):
     p = pilotlog("emit", "boot", *args)
     assert p.returncode == 0 and p.stderr == "", p.stderr
     (event,) = pilotlog.events()
-    assert event["message"] == (args[1] if len(args) > 1 and args[0] in ("-m", "--message") else
-                                args[-1] if args[0] == "-s" else "-x")
+    assert event["message"] == (
+        args[1] if len(args) > 1 and args[0] in ("-m", "--message") else args[-1] if args[0] == "-s" else "-x"
+    )
     if "k=v" in args:
         assert event["data"] == {"k": "v"}
 
@@ -409,19 +487,29 @@ def test_python_api_keeps_a_record_with_a_bad_phase_and_blames_nothing_on_the_cl
         "log.info('installing', extra={'phase': 'not a phase!'});"
         "pilotlogger.emit('boot', 'big', blob='x' * 100000)" % str(pilotlog.bundle)
     )
-    p = subprocess.run([pilotlog.python, "-I", "-S", "-c", code], cwd=str(pilotlog.cwd), env=pilotlog.env,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    p = subprocess.run(
+        [pilotlog.python, "-I", "-S", "-c", code],
+        cwd=str(pilotlog.cwd),
+        env=pilotlog.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=60,
+    )
     (event,) = pilotlog.events()
     assert event["phase"] == "log" and event["data"]["invalid_phase"] == "not a phase!"
     (line,) = stderr_lines(p)
     assert "larger than max_event_bytes" in line and "--message" not in line and "--data" not in line
 
 
-@pytest.mark.parametrize("env,named", [
-    ({"PILOTLOG_SITE": "LCG." + "x" * 300}, "env PILOTLOG_SITE: site is longer than 256 characters"),
-    ({"DIRAC_PILOT_STAMP": "two words"}, "env DIRAC_PILOT_STAMP: pilot id"),
-    ({"PILOTLOG_SOURCE": "wrapper-é"}, "ASCII letters"),
-])
+@pytest.mark.parametrize(
+    "env,named",
+    [
+        ({"PILOTLOG_SITE": "LCG." + "x" * 300}, "env PILOTLOG_SITE: site is longer than 256 characters"),
+        ({"DIRAC_PILOT_STAMP": "two words"}, "env DIRAC_PILOT_STAMP: pilot id"),
+        ({"PILOTLOG_SOURCE": "wrapper-é"}, "ASCII letters"),
+    ],
+)
 def test_a_bad_setting_is_named_not_blamed_on_the_message(pilotlog, env, named):
     p = pilotlog("emit", "boot", "-m", "hello", env=env)
     (line,) = stderr_lines(p)
@@ -441,11 +529,20 @@ def test_stderr_on_a_full_device_does_not_change_the_childs_exit_code(pilotlog, 
 
 
 def test_settings_from_the_environment_that_are_not_utf8_are_recorded_with_replacement_characters(bundle, tmp_path):
-    env = {b"PILOTLOG_SPOOL": str(tmp_path / "spool").encode(), b"PILOTLOG_SITE": b"LCG.\x80", b"SLURM_JOB_ID": b"7\xff",
-           b"PATH": b"/usr/bin:/bin"}
+    env = {
+        b"PILOTLOG_SPOOL": str(tmp_path / "spool").encode(),
+        b"PILOTLOG_SITE": b"LCG.\x80",
+        b"SLURM_JOB_ID": b"7\xff",
+        b"PATH": b"/usr/bin:/bin",
+    }
     for python in (pyenv_python("3.6.15"), sys.executable):
-        p = subprocess.run([python, "-I", "-S", str(bundle), "emit", "boot"], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=60)
+        p = subprocess.run(
+            [python, "-I", "-S", str(bundle), "emit", "boot"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
         assert p.returncode == 0 and p.stderr == b"", p.stderr
     for path in (tmp_path / "spool" / "events").iterdir():
         context = json.loads(path.read_bytes().decode("utf-8"))["context"]

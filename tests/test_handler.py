@@ -28,7 +28,12 @@ def spooled(tmp_path):
 def test_emit_spools_an_event_and_returns_it(tmp_path):
     event = pilotlogger.emit("power", "power of 11 HS06", config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1"), hs06=11)
     assert spooled(tmp_path) == [event]
-    assert (event["phase"], event["message"], event["data"], event["pilot"]) == ("power", "power of 11 HS06", {"hs06": 11}, "p1")
+    assert (event["phase"], event["message"], event["data"], event["pilot"]) == (
+        "power",
+        "power of 11 HS06",
+        {"hs06": 11},
+        "p1",
+    )
 
 
 def test_emit_never_raises(tmp_path, capsys):
@@ -37,7 +42,7 @@ def test_emit_never_raises(tmp_path, capsys):
     blocker.write_text("")
     assert pilotlogger.emit("boot", config=settings(tmp_path, PILOTLOG_SPOOL=blocker / "spool")) is None
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2 and all(l.startswith("pilotlog: event not recorded: ") for l in lines)
+    assert len(lines) == 2 and all(line.startswith("pilotlog: event not recorded: ") for line in lines)
 
 
 def test_handler_maps_levels_extras_exceptions_and_phase(tmp_path):
@@ -50,7 +55,7 @@ def test_handler_maps_levels_extras_exceptions_and_phase(tmp_path):
     logger.info("installed DIRAC via dirac-install", extra={"phase": "install", "version": "v8r0", "obj": object()})
     logger.warning("slow mirror")
     try:
-        1 / 0
+        raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
         logger.exception("failed to match")
     logger.critical("about to shutdown")
@@ -86,8 +91,14 @@ def test_handler_ships_in_the_background_and_on_close(tmp_path, bundle, pki):
     server = Serve(bundle, pki, tmp_path / "store")
     try:
         pilot = str(uuid.uuid4())
-        cfg = settings(tmp_path, PILOTLOG_PILOT_UUID=pilot, PILOTLOG_SINK=server.url, PILOTLOG_CA_FILE=pki.path("ca.pem"),
-                       PILOTLOG_CERT=pki.path("client.pem"), PILOTLOG_KEY=pki.path("client.key"))
+        cfg = settings(
+            tmp_path,
+            PILOTLOG_PILOT_UUID=pilot,
+            PILOTLOG_SINK=server.url,
+            PILOTLOG_CA_FILE=pki.path("ca.pem"),
+            PILOTLOG_CERT=pki.path("client.pem"),
+            PILOTLOG_KEY=pki.path("client.key"),
+        )
         logger = logging.getLogger("ships-%s" % uuid.uuid4().hex[:6])
         logger.propagate = False
         logger.setLevel(logging.INFO)
@@ -110,13 +121,20 @@ def test_handler_ships_in_the_background_and_on_close(tmp_path, bundle, pki):
 
 def test_importing_the_package_stays_cheap(bundle):
     """`import pilotlogger` (and so every CLI start) must not import logging; the API appears on use."""
-    code = ("import sys; sys.path.insert(0, %r); import pilotlogger; assert 'logging' not in sys.modules;"
-            " pilotlogger.Handler; assert 'logging' in sys.modules; print(pilotlogger.emit.__module__)") % str(bundle)
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=str(ROOT.parent), stdout=subprocess.PIPE,
-                         universal_newlines=True, check=True).stdout
+    code = (
+        "import sys; sys.path.insert(0, %r); import pilotlogger; assert 'logging' not in sys.modules;"
+        " pilotlogger.Handler; assert 'logging' in sys.modules; print(pilotlogger.emit.__module__)"
+    ) % str(bundle)
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code],
+        cwd=str(ROOT.parent),
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
+    ).stdout
     assert out.strip() == "pilotlogger.handler"
     with pytest.raises(AttributeError):
-        pilotlogger.no_such_thing
+        _ = pilotlogger.no_such_thing
 
 
 def test_full_spool_is_reported_and_counted_as_for_the_cli(tmp_path, capsys):
@@ -167,8 +185,12 @@ def test_background_shipping_opens_nothing_when_nothing_waits(tmp_path):
     from pilotlogger import config as config_module
     from pilotlogger.recorder import Recorder
 
-    environ = {"PILOTLOG_SPOOL": str(tmp_path / "spool"), "PILOTLOG_SINK": "stomp+ssl://localhost:1/queue/q",
-               "PILOTLOG_DEADLINE": "0.5", "PILOTLOG_TIMEOUT": "0.5"}
+    environ = {
+        "PILOTLOG_SPOOL": str(tmp_path / "spool"),
+        "PILOTLOG_SINK": "stomp+ssl://localhost:1/queue/q",
+        "PILOTLOG_DEADLINE": "0.5",
+        "PILOTLOG_TIMEOUT": "0.5",
+    }
     recorder = Recorder(config_module.load(environ=environ))
     assert recorder.ship() is None  # no spool yet: not even a sink opened
     recorder.record("boot", "booted")

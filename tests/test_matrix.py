@@ -25,8 +25,9 @@ VERSION = "import sys; print('.'.join(map(str, sys.version_info[:3])))"
 
 def _run(cmd):
     try:
-        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
-                              timeout=30).stdout.strip()
+        return subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True, timeout=30
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -71,8 +72,15 @@ def test_bundle_smoke(label, python, locale, bundle, pki):
         env.update(LOCALES[locale])  # as under env -i: nothing else
 
         def pilotlog(*args):
-            p = subprocess.run([python, "-I", "-S", str(bundle)] + list(args), cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", timeout=60)
+            p = subprocess.run(
+                [python, "-I", "-S", str(bundle)] + list(args),
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                encoding="utf-8",
+                timeout=60,
+            )
             assert p.returncode == 0, "%s %s: %s" % (key, args, p.stderr)
             return p
 
@@ -90,11 +98,20 @@ def test_bundle_smoke(label, python, locale, bundle, pki):
         assert record["phase"] == "shutdown" and record["pilotUUID"] == "a" * 32
         assert json.loads(pilotlog("status", "--json").stdout)["depth"] == 0
         # The wrapper returns the child's code exactly; power and the Python API work too.
-        wrapped = subprocess.run([python, "-I", "-S", str(bundle), "run", "--", "sh", "-c", "exit 4"], cwd=cwd, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        wrapped = subprocess.run(
+            [python, "-I", "-S", str(bundle), "run", "--", "sh", "-c", "exit 4"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
         assert wrapped.returncode == 4, wrapped.stderr
         pilotlog("power", "--fraction", "0.002")
-        api = "import sys; sys.path.insert(0, %r); import pilotlogger; assert pilotlogger.emit('boot', 'from python')" % str(bundle)
+        api = (
+            "import sys; sys.path.insert(0, %r); import pilotlogger; assert pilotlogger.emit('boot', 'from python')"
+            % str(bundle)
+        )
         subprocess.run([python, "-I", "-S", "-c", api], cwd=cwd, env=env, check=True, timeout=60)
         replayed = pilotlog("replay").stdout
         phases = [json.loads(line)["phase"] for line in replayed.splitlines()]
@@ -106,10 +123,21 @@ def test_bundle_smoke(label, python, locale, bundle, pki):
         assert timeline["summary"]["pilots"] == 1 and timeline["summary"]["events"] == 4
         assert "<svg" in open(os.path.join(cwd, "page.html"), encoding="utf-8").read()
         assert json.loads(pilotlog("doctor", "--json").stdout)["works"]  # the stdout sink
-        env.update(PILOTLOG_SINK="stomp+ssl://localhost:%d/queue/q" % free_port(), PILOTLOG_CA_FILE=pki.path("ca.pem"),
-                   PILOTLOG_CERT=pki.path("client.pem"), PILOTLOG_KEY=pki.path("client.key"))
-        doctor = subprocess.run([python, "-I", "-S", str(bundle), "doctor", "--json"], cwd=cwd, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", timeout=60)
+        env.update(
+            PILOTLOG_SINK="stomp+ssl://localhost:%d/queue/q" % free_port(),
+            PILOTLOG_CA_FILE=pki.path("ca.pem"),
+            PILOTLOG_CERT=pki.path("client.pem"),
+            PILOTLOG_KEY=pki.path("client.key"),
+        )
+        doctor = subprocess.run(
+            [python, "-I", "-S", str(bundle), "doctor", "--json"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+            timeout=60,
+        )
         steps = {s["name"]: s for s in json.loads(doctor.stdout)["steps"]}
         assert doctor.returncode == 1 and not steps["tcp"]["ok"], doctor.stdout + doctor.stderr
         assert "/CN=pilot-client, key matches, expires in" in steps["credentials"]["detail"]

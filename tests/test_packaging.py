@@ -21,8 +21,13 @@ from test_matrix import interpreters, python_version
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    p = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout[-3000:]
     (wheel,) = out.glob("*.whl")
     (sdist,) = out.glob("*.tar.gz")
@@ -66,14 +71,26 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(built, tmp_path, which):
     wheel, _ = built
     venv = tmp_path / "venv"
     subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--no-deps", str(wheel)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--no-deps", str(wheel)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+        timeout=120,
+    )
     assert pip.returncode == 0, pip.stdout
     env = clean_env(PILOTLOG_SPOOL=tmp_path / "spool", DIRAC_PILOT_STAMP="b" * 32)
 
     def pilotlog(*args):
-        p = subprocess.run([str(venv / "bin" / "pilotlog")] + list(args), cwd=str(tmp_path), env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        p = subprocess.run(
+            [str(venv / "bin" / "pilotlog")] + list(args),
+            cwd=str(tmp_path),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=60,
+        )
         assert p.returncode == 0, (args, p.stderr)
         return p
 

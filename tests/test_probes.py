@@ -26,12 +26,20 @@ def test_job_environment_is_recognised(tmp_path):
     (jf / "wall_limit_secs").write_text("172800\n")
     ad = tmp_path / ".job.ad"
     ad.write_text('ClusterId = 42\nGlobalJobId = "schedd.example.org#42.0#1795832978"\n')
-    env = {"MACHINEFEATURES": str(mjf), "JOBFEATURES": str(jf), "_CONDOR_JOB_AD": str(ad),
-           "APPTAINER_CONTAINER": "/cvmfs/unpacked.cern.ch/el9", "GRID_GLOBAL_JOBID": "https://ce:9619/42"}
+    env = {
+        "MACHINEFEATURES": str(mjf),
+        "JOBFEATURES": str(jf),
+        "_CONDOR_JOB_AD": str(ad),
+        "APPTAINER_CONTAINER": "/cvmfs/unpacked.cern.ch/el9",
+        "GRID_GLOBAL_JOBID": "https://ce:9619/42",
+    }
     facts = probes.probe_all(env)
     assert facts["wlcg"] == {"hs06": 11.5, "total_cpu": 64, "allocated_cpu": 8, "wall_limit_secs": 172800}
-    assert facts["batch"] == {"batch_system": "htcondor", "batch_job": "schedd.example.org#42.0#1795832978",
-                              "grid_job": "https://ce:9619/42"}
+    assert facts["batch"] == {
+        "batch_system": "htcondor",
+        "batch_job": "schedd.example.org#42.0#1795832978",
+        "grid_job": "https://ce:9619/42",
+    }
     assert facts["container"] == {"kind": "apptainer", "image": "/cvmfs/unpacked.cern.ch/el9"}
     assert probes.probe_all({"SLURM_JOB_ID": "77"})["batch"] == {"batch_system": "slurm", "batch_job": "77"}
 

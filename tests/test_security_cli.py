@@ -12,10 +12,12 @@ import re
 import socket
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ledger
-from helpers import PASSCODE_SECRET as SECRET, stderr_lines
+from helpers import PASSCODE_SECRET as SECRET
+from helpers import stderr_lines
 from pilotlogger import cli
 
 UNKNOWN = "an unknown option with a value (--passcode X, --passcode=X, -pX, a stray word), every command"
@@ -37,8 +39,16 @@ def _usage(capsys, argv):
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("form", [["--passcode", SECRET], ["--passcode=" + SECRET], ["-p" + SECRET], [SECRET],
-                                  ["--token", SECRET, "--password", SECRET]])
+@pytest.mark.parametrize(
+    "form",
+    [
+        ["--passcode", SECRET],
+        ["--passcode=" + SECRET],
+        ["-p" + SECRET],
+        [SECRET],
+        ["--token", SECRET, "--password", SECRET],
+    ],
+)
 def test_usage_errors_never_echo_values(capsys, command, form):
     if form == [SECRET] and command in ("run", "timeline"):
         return  # their positional arguments are the child command / the files to read: shown when wrong
@@ -50,16 +60,22 @@ def test_usage_errors_never_echo_values(capsys, command, form):
 
 
 @settings(max_examples=ledger.trials(200, 2000), deadline=None)
-@given(name=st.from_regex(r"\A--?[a-z][a-z0-9-]{0,15}\Z"), value=st.text(min_size=6).filter(lambda v: v.strip()),
-       command=st.sampled_from(COMMANDS), glued=st.booleans())
+@given(
+    name=st.from_regex(r"\A--?[a-z][a-z0-9-]{0,15}\Z"),
+    value=st.text(min_size=6).filter(lambda v: v.strip()),
+    command=st.sampled_from(COMMANDS),
+    glued=st.booleans(),
+)
 def test_no_unknown_option_value_is_ever_echoed(name, value, command, glued):
     known = {"--" + s.name.replace("_", "-") for s in cli.SETTINGS if s.flag} | {"-m", "-s", "-d", "--message", "-h"}
     if name in known or name[:2] in known or any(k.startswith(name) for k in known) or name.startswith("--h"):
         return  # a known option: its value may be quoted back (e.g. an invalid choice)
     if re.match(r"--?[A-Za-z]", value):
         return  # a value written as an option name cannot be told from one: it is shown as such
-    if value in "pilotlog: unknown option(s); 1 unexpected argument(s), not shown in case one is a secret (see " \
-                "'pilotlog emit run timeline --help')":
+    if (
+        value in "pilotlog: unknown option(s); 1 unexpected argument(s), not shown in case one is a secret (see "
+        "'pilotlog emit run timeline --help')"
+    ):
         return  # words of the message itself
     argv = command.split() + ([name + "=" + value] if glued else [name, value])
     if command == "run":
@@ -67,8 +83,11 @@ def test_no_unknown_option_value_is_ever_echoed(name, value, command, glued):
     with contextlib.redirect_stderr(io.StringIO()) as stderr:
         code = cli.main(argv)
     err = stderr.getvalue()
-    assert held("generated unknown options and values (hypothesis), every command",
-                code == 2 and value not in err.replace(name, ""), UNKNOWN_HELD), err
+    assert held(
+        "generated unknown options and values (hypothesis), every command",
+        code == 2 and value not in err.replace(name, ""),
+        UNKNOWN_HELD,
+    ), err
 
 
 def _closed_port() -> int:
@@ -98,15 +117,26 @@ def _every_way(tmp_path):
 def test_the_passcode_given_every_way_is_never_shown_nor_stored(pilotlog, tmp_path):
     for label, env in _every_way(tmp_path):
         outputs = []
-        for args in (["emit", "boot", "--send"], ["replay"], ["status"], ["status", "--json"], ["config"],
-                     ["config", "--json"], ["doctor"], ["doctor", "--json"], ["tail", "--count", "1"],
-                     ["run", "--", "true"]):
+        for args in (
+            ["emit", "boot", "--send"],
+            ["replay"],
+            ["status"],
+            ["status", "--json"],
+            ["config"],
+            ["config", "--json"],
+            ["doctor"],
+            ["doctor", "--json"],
+            ["tail", "--count", "1"],
+            ["run", "--", "true"],
+        ):
             p = pilotlog(*args, env=env)
             outputs.append(p.stdout + p.stderr)
         written = [f for f in pilotlog.spool.rglob("*") if f.is_file() and SECRET in f.read_text(errors="replace")]
-        assert held("the passcode by env, passcode file, config file, mistyped; 10 commands",
-                    not [o for o in outputs if SECRET in o] and not written,
-                    "in no output and no file the agent wrote"), (label, written)
+        assert held(
+            "the passcode by env, passcode file, config file, mistyped; 10 commands",
+            not [o for o in outputs if SECRET in o] and not written,
+            "in no output and no file the agent wrote",
+        ), (label, written)
     p = pilotlog("config", env=_every_way(tmp_path)[3][1])
     assert p.returncode == 2 and "passcode: '****' is not a string" in p.stderr
 
@@ -115,8 +145,10 @@ def test_an_unknown_option_is_a_usage_error_from_the_bundle(pilotlog):
     p = pilotlog("replay", "--passcode", SECRET)
     (line,) = stderr_lines(p)
     assert p.returncode == 2 and SECRET not in p.stdout + p.stderr
-    assert line == ("pilotlog: replay: unknown option(s) --passcode; 1 unexpected argument(s), not shown in case one "
-                    "is a secret (see 'pilotlog replay --help')")
+    assert line == (
+        "pilotlog: replay: unknown option(s) --passcode; 1 unexpected argument(s), not shown in case one "
+        "is a secret (see 'pilotlog replay --help')"
+    )
 
 
 # -- what worker nodes wrote never reaches the terminal raw (item 9) ---------------------------------
@@ -127,9 +159,11 @@ HOSTILE = "ok\r\x1b[2J\x1b]0;owned\x07\nFAKE LINE\x9b31m\u2028end"
 def _hostile_events(pilot="3f2504e0-4f89-41d3-9a0c-0305e82c3301"):
     from pilotlogger.events import make_event
 
-    return [make_event("boot", HOSTILE, pilot=pilot, seq=1, epoch=1795832978.0),
-            make_event("install", "x", "error", pilot=pilot, seq=2, epoch=1795832979.0, data={"why": HOSTILE}),
-            make_event("shutdown", HOSTILE, "error", pilot=pilot, seq=3, epoch=1795832980.0)]
+    return [
+        make_event("boot", HOSTILE, pilot=pilot, seq=1, epoch=1795832978.0),
+        make_event("install", "x", "error", pilot=pilot, seq=2, epoch=1795832979.0, data={"why": HOSTILE}),
+        make_event("shutdown", HOSTILE, "error", pilot=pilot, seq=3, epoch=1795832980.0),
+    ]
 
 
 def _raw_controls(text: str) -> list:
@@ -142,8 +176,11 @@ def test_timeline_escapes_control_characters(pilotlog, tmp_path):
     events_file = tmp_path / "events.jsonl"
     events_file.write_text("".join(to_json(e) + "\n" for e in _hostile_events()) + HOSTILE + "\n", encoding="utf-8")
     p = pilotlog("timeline", str(events_file))
-    assert held("escape sequences, CR, LF, C1 and U+2028 in messages", p.returncode == 0 and _raw_controls(p.stdout) == [],
-                "tail and timeline print them escaped, one event a line"), p.stdout
+    assert held(
+        "escape sequences, CR, LF, C1 and U+2028 in messages",
+        p.returncode == 0 and _raw_controls(p.stdout) == [],
+        "tail and timeline print them escaped, one event a line",
+    ), p.stdout
     assert "ok\\r\\u001b[2J\\u001b]0;owned\\u0007\\nFAKE LINE\\u009b31m\\u2028end" in p.stdout
     assert not any(line.startswith("FAKE LINE") for line in p.stdout.splitlines())
 
@@ -159,12 +196,18 @@ def test_tail_escapes_control_characters(rabbitmq, pilotlog, queue, pki):
     for body in [to_json(e) for e in _hostile_events()] + ["not an event " + HOSTILE]:
         conn.send(queue, body, headers={"persistent": "true"})
     conn.disconnect()
-    env = {"PILOTLOG_SINK": rabbitmq.url(queue), "PILOTLOG_CA_FILE": pki.path("ca.pem"), "PILOTLOG_USER": USER,
-           "PILOTLOG_PASSCODE": PASSWORD}
+    env = {
+        "PILOTLOG_SINK": rabbitmq.url(queue),
+        "PILOTLOG_CA_FILE": pki.path("ca.pem"),
+        "PILOTLOG_USER": USER,
+        "PILOTLOG_PASSCODE": PASSWORD,
+    }
     p = pilotlog("tail", "--count", "4", "--seconds", "30", env=env)
     lines = p.stdout.splitlines()
-    assert held("escape sequences, CR, LF, C1 and U+2028 in messages",
-                p.returncode == 0 and len(lines) == 4 and _raw_controls(p.stdout) == [],
-                "tail and timeline print them escaped, one event a line"), p.stdout + p.stderr
+    assert held(
+        "escape sequences, CR, LF, C1 and U+2028 in messages",
+        p.returncode == 0 and len(lines) == 4 and _raw_controls(p.stdout) == [],
+        "tail and timeline print them escaped, one event a line",
+    ), p.stdout + p.stderr
     assert lines[0].endswith("INFO boot: ok\\r\\u001b[2J\\u001b]0;owned\\u0007\\nFAKE LINE\\u009b31m\\u2028end")
     assert lines[3].startswith("? (not a pilotlog event) ") and "\\u001b[2J" in lines[3]

@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ledger
 from brokers import CLIENT_CN
@@ -140,13 +141,20 @@ def test_a_vo_directory_that_is_a_link_is_never_written_through(server, tmp_path
     outside.mkdir()
     os.symlink(str(outside), str(tmp_path / "store" / "evilvo"))
     answers, closed, _ = exchange(server, request(body=form(vo="evilvo")))
-    assert held("VO directory replaced by a link to another directory", answers[0][0] == 500 and closed
-                and "symbolic link" in answers[0][1]["Message"], "500 with the reason; nothing written through"), answers
+    assert held(
+        "VO directory replaced by a link to another directory",
+        answers[0][0] == 500 and closed and "symbolic link" in answers[0][1]["Message"],
+        "500 with the reason; nothing written through",
+    ), answers
     event = make_event("boot", "up", pilot=PILOT, seq=1, epoch=1.0)
-    answers, _, _ = exchange(server, request(body=to_json(event).encode(), content_type=NDJSON,
-                                             headers={"X-Pilotlog-VO": "evilvo"}))
-    assert held("VO directory replaced by a link to another directory", answers[0][0] == 500
-                and os.listdir(str(outside)) == [], "500 with the reason; nothing written through")
+    answers, _, _ = exchange(
+        server, request(body=to_json(event).encode(), content_type=NDJSON, headers={"X-Pilotlog-VO": "evilvo"})
+    )
+    assert held(
+        "VO directory replaced by a link to another directory",
+        answers[0][0] == 500 and os.listdir(str(outside)) == [],
+        "500 with the reason; nothing written through",
+    )
 
 
 def test_pilot_files_that_are_links_or_fifos_are_refused_at_once(server, tmp_path):
@@ -159,11 +167,17 @@ def test_pilot_files_that_are_links_or_fifos_are_refused_at_once(server, tmp_pat
     os.mkfifo(str(vo / fifo))  # an open for writing would block for ever without O_NONBLOCK
     for pilot in (linked, fifo):
         answers, _, took = exchange(server, request(body=form(pilot=pilot)))
-        assert held("pilot file planted as a link or a FIFO", answers[0][0] == 500 and took < 3,
-                    "500 at once (no blocking open); the target untouched"), (pilot, answers)
+        assert held(
+            "pilot file planted as a link or a FIFO",
+            answers[0][0] == 500 and took < 3,
+            "500 at once (no blocking open); the target untouched",
+        ), (pilot, answers)
     answers, _, _ = exchange(server, request(body=form(pilot=linked, method="finaliseLogs")))
-    assert held("pilot file planted as a link or a FIFO", answers[0][0] == 500 and os.path.islink(str(vo / linked))
-                and outside.read_text() == "untouched", "500 at once (no blocking open); the target untouched")
+    assert held(
+        "pilot file planted as a link or a FIFO",
+        answers[0][0] == 500 and os.path.islink(str(vo / linked)) and outside.read_text() == "untouched",
+        "500 at once (no blocking open); the target untouched",
+    )
 
 
 def test_a_link_swapped_in_while_requests_run_is_never_followed(server, tmp_path):
@@ -190,8 +204,11 @@ def test_a_link_swapped_in_while_requests_run_is_never_followed(server, tmp_path
     finally:
         stop.set()
         flipper.join()
-    assert held("VO path flipped between directory and link during requests", statuses <= {200, 500}
-                and os.listdir(str(outside)) == [], "nothing written outside the store", ), statuses
+    assert held(
+        "VO path flipped between directory and link during requests",
+        statuses <= {200, 500} and os.listdir(str(outside)) == [],
+        "nothing written outside the store",
+    ), statuses
 
 
 # -- 5. no request smuggling ----------------------------------------------------------------------
@@ -202,37 +219,50 @@ SMUGGLED = request(body=form(pilot="0123456789abcdef0123456789abcdef", lines=["s
 
 def test_a_chunked_body_is_refused_and_never_read_as_a_request(server, tmp_path):
     body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
-    for data in (request(body=body, length=False, headers={"Transfer-Encoding": "chunked"}),
-                 request(body=SMUGGLED, length=False, headers={"Transfer-Encoding": "chunked"}),
-                 request(body=SMUGGLED, headers={"Transfer-Encoding": "chunked"})):  # both headers
+    for data in (
+        request(body=body, length=False, headers={"Transfer-Encoding": "chunked"}),
+        request(body=SMUGGLED, length=False, headers={"Transfer-Encoding": "chunked"}),
+        request(body=SMUGGLED, headers={"Transfer-Encoding": "chunked"}),
+    ):  # both headers
         answers, closed, _ = exchange(server, data)
-        assert held("chunked POST whose body is a second request", [a[0] for a in answers] == [411] and closed,
-                    "one 411, connection closed, the inner request never run"), answers
-    assert held("chunked POST whose body is a second request", files_under(tmp_path / "store") == [],
-                "one 411, connection closed, the inner request never run")
+        assert held(
+            "chunked POST whose body is a second request",
+            [a[0] for a in answers] == [411] and closed,
+            "one 411, connection closed, the inner request never run",
+        ), answers
+    assert held(
+        "chunked POST whose body is a second request",
+        files_under(tmp_path / "store") == [],
+        "one 411, connection closed, the inner request never run",
+    )
 
 
-@pytest.mark.parametrize("bad, status", [
-    (request(body=b"x" * 300, content_type="text/plain"), 415),
-    (request(body=b"method=x&args=%5B%5D"), 400),
-    (request(body=b"{", content_type=NDJSON), 400),
-    (request(body=b"y" * 5000), 413),
-    (request(body=b"abc", headers={"Content-Length": "3"}), 400),  # two Content-Lengths
-    (request(body=b"abc", length=False, headers={"Content-Length": "+3"}), 400),
-    (request(body=b"abc", length=False, headers={"Content-Length": "\xb2"}), 400),  # "²": str.isdigit() says yes
-    (request(body=b"abc", headers={"Content-Encoding": "br"}), 415),
-    (request(body=gzip.compress(form())[:-8], headers={"Content-Encoding": "gzip"}), 400),
-    (request(method="PUT", body=b"abc"), 405),
-    (request(method="GET", body=b"abc"), 405),
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"POST / HTTP/9.9\r\n\r\n", 505),
-])
+@pytest.mark.parametrize(
+    "bad, status",
+    [
+        (request(body=b"x" * 300, content_type="text/plain"), 415),
+        (request(body=b"method=x&args=%5B%5D"), 400),
+        (request(body=b"{", content_type=NDJSON), 400),
+        (request(body=b"y" * 5000), 413),
+        (request(body=b"abc", headers={"Content-Length": "3"}), 400),  # two Content-Lengths
+        (request(body=b"abc", length=False, headers={"Content-Length": "+3"}), 400),
+        (request(body=b"abc", length=False, headers={"Content-Length": "\xb2"}), 400),  # "²": str.isdigit() says yes
+        (request(body=b"abc", headers={"Content-Encoding": "br"}), 415),
+        (request(body=gzip.compress(form())[:-8], headers={"Content-Encoding": "gzip"}), 400),
+        (request(method="PUT", body=b"abc"), 405),
+        (request(method="GET", body=b"abc"), 405),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"POST / HTTP/9.9\r\n\r\n", 505),
+    ],
+)
 def test_after_any_refusal_the_connection_closes_and_nothing_else_runs(tmp_path, bad, status):
     with running(tmp_path / "store", max_body=4096, request_timeout=2.0) as server:
         answers, closed, _ = exchange(server, bad + SMUGGLED)
-    assert held("a request after a refused or malformed one, same connection", [a[0] for a in answers] == [status]
-                and closed and files_under(tmp_path / "store") == [],
-                "one JSON 4xx/505, connection closed, the next request never run"), answers
+    assert held(
+        "a request after a refused or malformed one, same connection",
+        [a[0] for a in answers] == [status] and closed and files_under(tmp_path / "store") == [],
+        "one JSON 4xx/505, connection closed, the next request never run",
+    ), answers
 
 
 def test_a_refused_client_certificate_closes_the_connection(tmp_path, pki):
@@ -241,8 +271,11 @@ def test_a_refused_client_certificate_closes_the_connection(tmp_path, pki):
     client.load_cert_chain(pki.path("client.pem"), pki.path("client.key"))
     with running(tmp_path / "store", context, allowed_cns=["somebody-else"], request_timeout=2.0) as server:
         answers, closed, _ = exchange(server, request(body=b"ignored") + SMUGGLED, tls=client)
-        assert held("a request after a 403 (client CN not allowed)", [a[0] for a in answers] == [403] and closed,
-                    "403, connection closed, the next request never run"), answers
+        assert held(
+            "a request after a 403 (client CN not allowed)",
+            [a[0] for a in answers] == [403] and closed,
+            "403, connection closed, the next request never run",
+        ), answers
     with running(tmp_path / "store", context, allowed_cns=[CLIENT_CN], request_timeout=2.0) as server:
         answers, _, _ = exchange(server, request(body=form()) + SMUGGLED, tls=client)
         assert [a[0] for a in answers] == [200, 200]  # keep-alive still works for good requests
@@ -259,8 +292,11 @@ def test_deep_nesting_and_lone_surrogates_get_a_reason_not_an_empty_reply(server
     for data, status in ((deep_args, 400), (deep_line, 400), (surrogate_form, 400)):
         kind = NDJSON if data is deep_line else FORM
         answers, closed, _ = exchange(server, request(body=data, content_type=kind))
-        assert held("50,000-deep nesting; a lone surrogate in a form line", [a[0] for a in answers] == [status]
-                    and closed and answers[0][1]["Message"], "400 with a DIRAC-style JSON reason"), (data[:60], answers)
+        assert held(
+            "50,000-deep nesting; a lone surrogate in a form line",
+            [a[0] for a in answers] == [status] and closed and answers[0][1]["Message"],
+            "400 with a DIRAC-style JSON reason",
+        ), (data[:60], answers)
     # A lone surrogate in a native event is valid JSON: stored, escaped, on one line.
     event = json.loads(to_json(make_event("log", "x", pilot=PILOT, seq=1, epoch=1.0)))
     line = to_json(event).replace('"message":"x"', '"message":"bad \\ud800 \\udcff"')
@@ -284,8 +320,11 @@ def test_a_client_dribbling_headers_is_cut_off_at_the_request_deadline(server):
         closed = True
     took = time.monotonic() - started
     sock.close()
-    assert held("one header line every 0.4 s (slowloris)", closed and 1.9 < took < 6,
-                "connection cut at the whole-request deadline"), took  # request_timeout is 2 s
+    assert held(
+        "one header line every 0.4 s (slowloris)",
+        closed and 1.9 < took < 6,
+        "connection cut at the whole-request deadline",
+    ), took  # request_timeout is 2 s
 
 
 def test_a_client_dribbling_the_body_is_cut_off_too(server):
@@ -301,8 +340,11 @@ def test_a_client_dribbling_the_body_is_cut_off_too(server):
     except OSError:
         pass
     sock.close()
-    assert held("body dribbled one byte every 0.3 s", data == b"" and time.monotonic() - started < 6,
-                "connection cut at the whole-request deadline")
+    assert held(
+        "body dribbled one byte every 0.3 s",
+        data == b"" and time.monotonic() - started < 6,
+        "connection cut at the whole-request deadline",
+    )
 
 
 def test_a_silent_tls_client_is_cut_off(tmp_path, pki):
@@ -311,8 +353,11 @@ def test_a_silent_tls_client_is_cut_off(tmp_path, pki):
         sock = socket.create_connection(server.server_address[:2], timeout=10)
         started = time.monotonic()
         sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
-        assert held("TLS handshake started, never finished", sock.recv(100) == b"" and time.monotonic() - started < 4,
-                    "connection cut at the whole-request deadline")
+        assert held(
+            "TLS handshake started, never finished",
+            sock.recv(100) == b"" and time.monotonic() - started < 4,
+            "connection cut at the whole-request deadline",
+        )
         sock.close()
 
 
@@ -330,19 +375,28 @@ def test_connections_beyond_the_bound_get_503_then_are_closed(tmp_path):
             sock.sendall(b"POST /p HTTP/1.1\r\n")  # busy, not finished
         assert _until(lambda: server.active == 2)
         answers, closed, _ = exchange(server, request(body=form()))
-        assert held("connections past --max-connections", [a[0] for a in answers] == [503] and closed,
-                    "503 past the bound, closed at once past twice it; serving again once they go")
+        assert held(
+            "connections past --max-connections",
+            [a[0] for a in answers] == [503] and closed,
+            "503 past the bound, closed at once past twice it; serving again once they go",
+        )
         assert _until(lambda: server.active == 2)
         overflow = [socket.create_connection(server.server_address[:2]) for _ in range(2)]  # take the 503 slots
         assert _until(lambda: server.active == 4)
         answers, closed, took = exchange(server, request(body=form()))
-        assert held("connections past --max-connections", answers == [] and closed and took < 1.5,
-                    "503 past the bound, closed at once past twice it; serving again once they go")
+        assert held(
+            "connections past --max-connections",
+            answers == [] and closed and took < 1.5,
+            "503 past the bound, closed at once past twice it; serving again once they go",
+        )
         for sock in busy + overflow:
             sock.close()
         assert _until(lambda: server.active == 0)
-        assert held("connections past --max-connections", [a[0] for a in exchange(server, request(body=form()))[0]]
-                    == [200], "503 past the bound, closed at once past twice it; serving again once they go")
+        assert held(
+            "connections past --max-connections",
+            [a[0] for a in exchange(server, request(body=form()))[0]] == [200],
+            "503 past the bound, closed at once past twice it; serving again once they go",
+        )
 
 
 def test_a_burst_of_pilots_is_answered(server):
@@ -359,54 +413,78 @@ def test_a_burst_of_pilots_is_answered(server):
         t.start()
     for t in threads:
         t.join(30)
-    assert held("a burst of 150 pilots at once", len(results) == 150 and set(results) <= {200, 503}
-                and results.count(200) >= 50, "each answered, 200 or 503 (backlog %d)" % BACKLOG), results
+    assert held(
+        "a burst of 150 pilots at once",
+        len(results) == 150 and set(results) <= {200, 503} and results.count(200) >= 50,
+        "each answered, 200 or 503 (backlog %d)" % BACKLOG,
+    ), results
 
 
 # -- 8. argument checks are usage errors -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--listen", "nonsense"], "--listen 'nonsense' must be HOST:PORT"),
-    (["--listen", ":99999"], "port from 0 to 65535"),
-    (["--listen", "a b:1"], "malformed host"),
-    (["--max-body", "-1"], "--max-body must be above 0"),
-    (["--max-body", "0"], "--max-body must be above 0"),
-    (["--max-connections", "0"], "--max-connections must be above 0"),
-    (["--request-timeout", "nan"], "--request-timeout must be above 0"),
-    (["--server-cert", "c.pem"], "--plain serves plain HTTP, so --server-cert would be ignored"),
-    (["--dir", "/proc/self/pilotlogs"], "cannot use --dir /proc/self/pilotlogs"),
-    (["--dir", "FILE"], "cannot use --dir"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--listen", "nonsense"], "--listen 'nonsense' must be HOST:PORT"),
+        (["--listen", ":99999"], "port from 0 to 65535"),
+        (["--listen", "a b:1"], "malformed host"),
+        (["--max-body", "-1"], "--max-body must be above 0"),
+        (["--max-body", "0"], "--max-body must be above 0"),
+        (["--max-connections", "0"], "--max-connections must be above 0"),
+        (["--request-timeout", "nan"], "--request-timeout must be above 0"),
+        (["--server-cert", "c.pem"], "--plain serves plain HTTP, so --server-cert would be ignored"),
+        (["--dir", "/proc/self/pilotlogs"], "cannot use --dir /proc/self/pilotlogs"),
+        (["--dir", "FILE"], "cannot use --dir"),
+    ],
+)
 def test_bad_serve_arguments_are_usage_errors(pilotlog, tmp_path, args, says):
     (tmp_path / "FILE").write_text("")
     p = pilotlog("serve", "--plain", "--listen", "127.0.0.1:0", *args, timeout=20)
     (line,) = stderr_lines(p)
-    assert held("bad arguments (listen, sizes, --plain with certificates, unusable --dir)",
-                p.returncode == 2 and says in line, "usage error, exit 2, one line naming the argument"), line
+    assert held(
+        "bad arguments (listen, sizes, --plain with certificates, unusable --dir)",
+        p.returncode == 2 and says in line,
+        "usage error, exit 2, one line naming the argument",
+    ), line
 
 
 def test_allowed_cn_without_a_client_ca_is_a_usage_error(pilotlog, pki):
-    p = pilotlog("serve", "--listen", "127.0.0.1:0", "--server-cert", pki.path("server.pem"), "--server-key",
-                 pki.path("server.key"), "--allowed-cn", CLIENT_CN, timeout=20)
+    p = pilotlog(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--server-cert",
+        pki.path("server.pem"),
+        "--server-key",
+        pki.path("server.key"),
+        "--allowed-cn",
+        CLIENT_CN,
+        timeout=20,
+    )
     (line,) = stderr_lines(p)
-    assert held("bad arguments (listen, sizes, --plain with certificates, unusable --dir)",
-                p.returncode == 2 and "--allowed-cn and --vo-for-cn need --client-ca" in line,
-                "usage error, exit 2, one line naming the argument"), line
+    assert held(
+        "bad arguments (listen, sizes, --plain with certificates, unusable --dir)",
+        p.returncode == 2 and "--allowed-cn and --vo-for-cn need --client-ca" in line,
+        "usage error, exit 2, one line naming the argument",
+    ), line
 
 
 # -- 9. stored lines and the log are unambiguous --------------------------------------------------
 
 
 def test_a_message_cannot_forge_a_line_and_the_form_protocol_keeps_its_bytes(server, tmp_path):
-    event = make_event("log", "real\n2026-01-01T00:00:00.000000Z ERROR [pilot] fake: forged\r\x1b[2J", pilot=PILOT,
-                       seq=1, epoch=1.0)
+    event = make_event(
+        "log", "real\n2026-01-01T00:00:00.000000Z ERROR [pilot] fake: forged\r\x1b[2J", pilot=PILOT, seq=1, epoch=1.0
+    )
     answers, _, _ = exchange(server, request(body=to_json(event).encode() + b"\n", content_type=NDJSON))
     assert answers[0][0] == 200
     (stored,) = (tmp_path / "store" / "unknown" / PILOT).read_text().splitlines()
-    assert held("a message with a newline and escape sequences (JSON lines)",
-                stored.endswith("log: real\\n2026-01-01T00:00:00.000000Z ERROR [pilot] fake: forged\\r\\u001b[2J"),
-                "stored as one line, control characters escaped"), stored
+    assert held(
+        "a message with a newline and escape sequences (JSON lines)",
+        stored.endswith("log: real\\n2026-01-01T00:00:00.000000Z ERROR [pilot] fake: forged\\r\\u001b[2J"),
+        "stored as one line, control characters escaped",
+    ), stored
     answers, _, _ = exchange(server, request(body=form(lines=["tab\there \x1b[1m bold"])))
     assert answers[0][0] == 200  # DIRAC's FileCacheLoggingPlugin writes each line as it came: so do we
     assert (tmp_path / "store" / "lhcb" / PILOT).read_bytes() == b"tab\there \x1b[1m bold\n"
@@ -417,9 +495,11 @@ def test_the_log_masks_tokens_and_escapes_what_clients_sent(server, capfd):
     exchange(server, b"GET /\x1b[2J\r HTTP/1.1\r\n\r\n")
     time.sleep(0.2)
     err = capfd.readouterr().err
-    assert held("a token in the request path; escape sequences in the request line",
-                URL_SECRET not in err and "token=****" in err and "\x1b" not in err and "\r" not in err,
-                "serve's log masks the token and escapes the rest"), err
+    assert held(
+        "a token in the request path; escape sequences in the request line",
+        URL_SECRET not in err and "token=****" in err and "\x1b" not in err and "\r" not in err,
+        "serve's log masks the token and escapes the rest",
+    ), err
 
 
 # -- the generative test ---------------------------------------------------------------------------
@@ -427,13 +507,20 @@ def test_the_log_masks_tokens_and_escapes_what_clients_sent(server, capfd):
 #: Examples per run: small in `make test`, more in `make faults`; PILOTLOG_SERVE_EXAMPLES=5000 for a long hunt.
 EXAMPLES = int(os.environ.get("PILOTLOG_SERVE_EXAMPLES", ledger.trials(60, 1000)))
 GENERATED = "generated requests: methods, headers, chunking, types, bodies, nesting, encodings, paths, names"
-GENERATED_HELD = ("well-formed JSON answer or closed connection within 5 s; nothing read after a refusal; "
-                  "nothing outside the store; no thread left; still serving")
+GENERATED_HELD = (
+    "well-formed JSON answer or closed connection within 5 s; nothing read after a refusal; "
+    "nothing outside the store; no thread left; still serving"
+)
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20) | st.sampled_from(
-    ["\ud800", "\x1b[2J", "a\nb", "é", "\x00", "../../x", "%2e%2e/"])
-_names = st.sampled_from([PILOT, "0123456789abcdef0123456789abcdef", "../../etc/passwd", "", "x" * 300, PILOT + "\n",
-                          PILOT.upper()]) | _text
+    ["\ud800", "\x1b[2J", "a\nb", "é", "\x00", "../../x", "%2e%2e/"]
+)
+_names = (
+    st.sampled_from(
+        [PILOT, "0123456789abcdef0123456789abcdef", "../../etc/passwd", "", "x" * 300, PILOT + "\n", PILOT.upper()]
+    )
+    | _text
+)
 _vos = st.sampled_from(["lhcb", "evilvo", "..", ".", "a/b", "lhcb\n", "", "v" * 65]) | _text
 
 
@@ -448,9 +535,12 @@ def _json_value(draw):
 def _body(draw):
     kind = draw(st.sampled_from(["form", "events", "bytes", "json-garbage"]))
     if kind == "form":
-        args = draw(st.one_of(
-            st.builds(lambda m, p, v: json.dumps([json.dumps(m), p, v]), st.lists(_text, max_size=3), _names, _vos),
-            _json_value()))
+        args = draw(
+            st.one_of(
+                st.builds(lambda m, p, v: json.dumps([json.dumps(m), p, v]), st.lists(_text, max_size=3), _names, _vos),
+                _json_value(),
+            )
+        )
         method = draw(st.sampled_from(["sendMessage", "finaliseLogs", "x", ""]))
         body = ("method=%s&args=%s" % (quote(method), quote(args, safe=""))).encode("ascii")
     elif kind == "events":
@@ -475,15 +565,27 @@ def _body(draw):
 @st.composite
 def _request(draw):
     method = draw(st.sampled_from(["POST", "POST", "POST", "GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PO ST", "X"]))
-    path = draw(st.sampled_from(["/", "/WorkloadManagement/TornadoPilotLogging", "/p?token=x", "/../../etc/passwd",
-                                 "*", "/%00", "/" + "a" * 3000]))
+    path = draw(
+        st.sampled_from(
+            [
+                "/",
+                "/WorkloadManagement/TornadoPilotLogging",
+                "/p?token=x",
+                "/../../etc/passwd",
+                "*",
+                "/%00",
+                "/" + "a" * 3000,
+            ]
+        )
+    )
     body = draw(_body())
     gzipped = draw(st.booleans())
     if gzipped:
         body = gzip.compress(body)
     headers = {}
-    headers["Content-Type"] = draw(st.sampled_from([FORM, NDJSON, "application/json", "text/plain", "", FORM + "; a=b",
-                                                    "APPLICATION/X-NDJSON"]))
+    headers["Content-Type"] = draw(
+        st.sampled_from([FORM, NDJSON, "application/json", "text/plain", "", FORM + "; a=b", "APPLICATION/X-NDJSON"])
+    )
     if gzipped or draw(st.booleans()):
         headers["Content-Encoding"] = "gzip" if gzipped else draw(st.sampled_from(["gzip", "identity", "br", "x"]))
     if draw(st.booleans()):
@@ -492,9 +594,15 @@ def _request(draw):
     chunked = draw(st.booleans()) and draw(st.booleans())
     lines = ["%s %s %s" % (method, path, draw(st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2", ""])))]
     lines += ["%s: %s" % kv for kv in headers.items()]
-    lines += {"right": ["Content-Length: %d" % len(body)], "missing": [], "short": ["Content-Length: %d" % max(0, len(body) - 3)],
-              "long": ["Content-Length: %d" % (len(body) + 10)], "negative": ["Content-Length: -5"],
-              "twice": ["Content-Length: %d" % len(body)] * 2, "junk": ["Content-Length: 1e3"]}[length]
+    lines += {
+        "right": ["Content-Length: %d" % len(body)],
+        "missing": [],
+        "short": ["Content-Length: %d" % max(0, len(body) - 3)],
+        "long": ["Content-Length: %d" % (len(body) + 10)],
+        "negative": ["Content-Length: -5"],
+        "twice": ["Content-Length: %d" % len(body)] * 2,
+        "junk": ["Content-Length: 1e3"],
+    }[length]
     if chunked:
         lines.append("Transfer-Encoding: chunked")
         body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
@@ -513,8 +621,9 @@ def test_generative_requests_never_break_the_receiver(tmp_path):
     with running(store, max_body=64 * 1024, request_timeout=1.5) as server:
         serving_threads = threading.active_count()
 
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, suppress_health_check=list(HealthCheck)
+        )
         @given(_request())
         def one(data):
             try:
@@ -537,7 +646,9 @@ def test_generative_requests_never_break_the_receiver(tmp_path):
     for name in files_under(store):
         vo, _, pilot = name.partition("/")
         assert re.match(r"[A-Za-z0-9_.-]{1,64}\Z", vo) and vo not in (".", "..", "evilvo"), name
-        assert re.match(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})(\.log)?\Z", pilot), name
+        assert re.match(
+            r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})(\.log)?\Z", pilot
+        ), name
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)

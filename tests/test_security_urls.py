@@ -9,7 +9,8 @@ import json
 import socket
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ledger
 from helpers import URL_SECRET as SECRET
@@ -21,30 +22,48 @@ def held(attack: str, ok, what: str) -> bool:
     return ledger.attack("URLs", attack, bool(ok), what)
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("https://h/p?token=%s" % SECRET, "https://h/p?token=****"),
-    ("https://h/p?access_token=%s&vo=lhcb" % SECRET, "https://h/p?access_token=****&vo=****"),
-    ("https://%s@h" % SECRET, "https://****@h"),
-    ("https://user:%s@h:8443/p" % SECRET, "https://****@h:8443/p"),
-    ("https://h/p?%s" % SECRET, "https://h/p?****"),
-    ("https://h/p#%s" % SECRET, "https://h/p#****"),
-    ("https://h/api/token/%s/logs" % SECRET, "https://h/api/token/****/logs"),
-    ("https://h/api/X-Api-Key/%s" % SECRET, "https://h/api/X-Api-Key/****"),
-    ("https://h/p;jsessionid=%s/q" % SECRET, "https://h/p;jsessionid=****/q"),
-    ("https://h/sig=%s/q" % SECRET, "https://h/sig=****/q"),
-    ("user:%s@h/p" % SECRET, "****@h/p"),  # no scheme: still masked
-    ("stomp+ssl://h1:61614,h2/queue/pilot-logs", "stomp+ssl://h1:61614,h2/queue/pilot-logs"),
-    ("https://[::1]:8443/WorkloadManagement/TornadoPilotLogging", "https://[::1]:8443/WorkloadManagement/TornadoPilotLogging"),
-    ("stdout", "stdout"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://h/p?token=%s" % SECRET, "https://h/p?token=****"),
+        ("https://h/p?access_token=%s&vo=lhcb" % SECRET, "https://h/p?access_token=****&vo=****"),
+        ("https://%s@h" % SECRET, "https://****@h"),
+        ("https://user:%s@h:8443/p" % SECRET, "https://****@h:8443/p"),
+        ("https://h/p?%s" % SECRET, "https://h/p?****"),
+        ("https://h/p#%s" % SECRET, "https://h/p#****"),
+        ("https://h/api/token/%s/logs" % SECRET, "https://h/api/token/****/logs"),
+        ("https://h/api/X-Api-Key/%s" % SECRET, "https://h/api/X-Api-Key/****"),
+        ("https://h/p;jsessionid=%s/q" % SECRET, "https://h/p;jsessionid=****/q"),
+        ("https://h/sig=%s/q" % SECRET, "https://h/sig=****/q"),
+        ("user:%s@h/p" % SECRET, "****@h/p"),  # no scheme: still masked
+        ("stomp+ssl://h1:61614,h2/queue/pilot-logs", "stomp+ssl://h1:61614,h2/queue/pilot-logs"),
+        (
+            "https://[::1]:8443/WorkloadManagement/TornadoPilotLogging",
+            "https://[::1]:8443/WorkloadManagement/TornadoPilotLogging",
+        ),
+        ("stdout", "stdout"),
+    ],
+)
 def test_what_is_secret_in_a_url(url, shown):
     assert mask_url(url) == shown
     assert mask_url(shown) == shown
 
 
 def test_key_names():
-    for name in ("token", "access_token", "TOKEN", "X-Api-Key", "password", "passwd", "secret", "sig", "signature",
-                 "client_secret", "sastoken", "%74oken"):
+    for name in (
+        "token",
+        "access_token",
+        "TOKEN",
+        "X-Api-Key",
+        "password",
+        "passwd",
+        "secret",
+        "sig",
+        "signature",
+        "client_secret",
+        "sastoken",
+        "%74oken",
+    ):
         assert is_secret_name(name), name
     for name in ("queue", "WorkloadManagement", "monkey", "keys", "vo", "pilot"):
         assert not is_secret_name(name), name
@@ -97,9 +116,11 @@ def test_a_secret_never_survives_masking(case):
     url, secret, host = case
     shown = mask_url(url)
     in_text = "://" not in url or secret not in mask_text("failed: %s (retrying)" % url)  # recognised by its scheme
-    assert held("generated URLs with a secret in userinfo, query, fragment or path (hypothesis)",
-                secret not in shown and in_text and mask_url(shown) == shown and host in shown,
-                "secret masked, alone or in a message; host kept; idempotent"), shown
+    assert held(
+        "generated URLs with a secret in userinfo, query, fragment or path (hypothesis)",
+        secret not in shown and in_text and mask_url(shown) == shown and host in shown,
+        "secret masked, alone or in a message; host kept; idempotent",
+    ), shown
 
 
 @settings(max_examples=300, deadline=None)
@@ -120,32 +141,60 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("query", ["token", "access_token", "key", "sig"])
 def test_a_token_in_the_sink_url_is_shown_and_stored_nowhere(pilotlog, query):
     url = "https://127.0.0.1:%d/WorkloadManagement/TornadoPilotLogging?%s=%s" % (_closed_port(), query, SECRET)
-    env = {"PILOTLOG_SINK": url, "PILOTLOG_DEADLINE": "1", "PILOTLOG_TIMEOUT": "1", "PILOTLOG_FALLBACK_SINK": url + "&x=1"}
+    env = {
+        "PILOTLOG_SINK": url,
+        "PILOTLOG_DEADLINE": "1",
+        "PILOTLOG_TIMEOUT": "1",
+        "PILOTLOG_FALLBACK_SINK": url + "&x=1",
+    }
     assert pilotlog("emit", "boot", env=env).returncode == 0
     outputs = []
-    for args in (["replay"], ["emit", "log", "--send"], ["status"], ["status", "--json"], ["config"],
-                 ["config", "--json"], ["doctor"], ["doctor", "--json"]):
+    for args in (
+        ["replay"],
+        ["emit", "log", "--send"],
+        ["status"],
+        ["status", "--json"],
+        ["config"],
+        ["config", "--json"],
+        ["doctor"],
+        ["doctor", "--json"],
+    ):
         p = pilotlog(*args, env=env)
         outputs.append(p.stdout + p.stderr)
     joined = "\n".join(outputs)
     state = (pilotlog.spool / "state.json").read_text()
-    assert held("token in the sink and fallback URLs (token, access_token, key, sig)",
-                SECRET not in joined and "%s=****" % query in joined and "127.0.0.1" in joined
-                and SECRET not in state and "%s=****" % query in json.loads(state)["last_error"],
-                "masked in config, status, doctor, replay and emit errors, state.json"), joined
+    assert held(
+        "token in the sink and fallback URLs (token, access_token, key, sig)",
+        SECRET not in joined
+        and "%s=****" % query in joined
+        and "127.0.0.1" in joined
+        and SECRET not in state
+        and "%s=****" % query in json.loads(state)["last_error"],
+        "masked in config, status, doctor, replay and emit errors, state.json",
+    ), joined
 
 
-@pytest.mark.parametrize("sink", ["https://%s@127.0.0.1:1/p" % SECRET, "https://u:%s@127.0.0.1:1/p" % SECRET,
-                                  "stomp+ssl://u:%s@127.0.0.1:1/queue/q" % SECRET, "ftp://%s@h/p" % SECRET,
-                                  "u:%s@h/p" % SECRET])
+@pytest.mark.parametrize(
+    "sink",
+    [
+        "https://%s@127.0.0.1:1/p" % SECRET,
+        "https://u:%s@127.0.0.1:1/p" % SECRET,
+        "stomp+ssl://u:%s@127.0.0.1:1/queue/q" % SECRET,
+        "ftp://%s@h/p" % SECRET,
+        "u:%s@h/p" % SECRET,
+    ],
+)
 def test_credentials_in_the_url_are_refused_without_being_echoed(pilotlog, sink):
     env = {"PILOTLOG_SINK": sink}
     pilotlog("emit", "boot", env=env)
     outputs = [pilotlog(*args, env=env) for args in (["replay"], ["status"], ["config"], ["doctor"])]
-    assert held("credentials in the URL's userinfo (https, stomp+ssl, unknown scheme, none)",
-                outputs[0].returncode == 2 and "****@" in outputs[0].stderr
-                and not [p for p in outputs if SECRET in p.stdout + p.stderr],
-                "refused as a usage error, never echoed"), [p.stderr for p in outputs]
+    assert held(
+        "credentials in the URL's userinfo (https, stomp+ssl, unknown scheme, none)",
+        outputs[0].returncode == 2
+        and "****@" in outputs[0].stderr
+        and not [p for p in outputs if SECRET in p.stdout + p.stderr],
+        "refused as a usage error, never echoed",
+    ), [p.stderr for p in outputs]
 
 
 def test_status_masks_a_token_an_older_version_stored(pilotlog):
@@ -155,19 +204,37 @@ def test_status_masks_a_token_an_older_version_stored(pilotlog):
     document["last_error"] = "https://h/p?token=%s: HTTP 500" % SECRET
     state.write_text(json.dumps(document))
     p = pilotlog("status", "--json")
-    assert held("token in a state.json written by an older version", p.returncode == 0 and SECRET not in p.stdout
-                and json.loads(p.stdout)["last_error"] == "https://h/p?token=****: HTTP 500",
-                "masked by status"), p.stdout
+    assert held(
+        "token in a state.json written by an older version",
+        p.returncode == 0
+        and SECRET not in p.stdout
+        and json.loads(p.stdout)["last_error"] == "https://h/p?token=****: HTTP 500",
+        "masked by status",
+    ), p.stdout
     state.write_text(json.dumps(dict(document, last_error="gone")))  # the spool is scanned for secrets at the end
 
 
 def test_a_token_in_a_dirac_pilot_json_url_is_masked(pilotlog, tmp_path):
     pilot_json = tmp_path / "pilot.json"
-    pilot_json.write_text(json.dumps({"DefaultSetup": "S", "Defaults": {"Pilot": {
-        "RemoteLogging": "True", "RemoteLoggerURL": "https://127.0.0.1:%d/p?token=%s" % (_closed_port(), SECRET)}}}))
+    pilot_json.write_text(
+        json.dumps(
+            {
+                "DefaultSetup": "S",
+                "Defaults": {
+                    "Pilot": {
+                        "RemoteLogging": "True",
+                        "RemoteLoggerURL": "https://127.0.0.1:%d/p?token=%s" % (_closed_port(), SECRET),
+                    }
+                },
+            }
+        )
+    )
     env = {"PILOTLOG_CONFIG": str(pilot_json), "PILOTLOG_DEADLINE": "1"}
     outputs = [pilotlog(*args, env=env) for args in (["emit", "boot", "--send"], ["config"], ["status"], ["doctor"])]
-    assert held("token in a DIRAC pilot.json RemoteLoggerURL",
-                not [p for p in outputs if SECRET in p.stdout + p.stderr] and "token=****" in outputs[1].stdout
-                and SECRET not in (pilotlog.spool / "state.json").read_text(),
-                "masked in every output and in state.json"), [p.stdout + p.stderr for p in outputs]
+    assert held(
+        "token in a DIRAC pilot.json RemoteLoggerURL",
+        not [p for p in outputs if SECRET in p.stdout + p.stderr]
+        and "token=****" in outputs[1].stdout
+        and SECRET not in (pilotlog.spool / "state.json").read_text(),
+        "masked in every output and in state.json",
+    ), [p.stdout + p.stderr for p in outputs]

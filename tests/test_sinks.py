@@ -53,8 +53,10 @@ def test_destinations_pass_through():
     [
         ("stdout", ("stdout", False, [], "")),
         ("https://h/p", ("https", True, [("h", 443)], "/p")),
-        ("https://h:8443/WorkloadManagement/TornadoPilotLogging?x=1",
-         ("https", True, [("h", 8443)], "/WorkloadManagement/TornadoPilotLogging?x=1")),
+        (
+            "https://h:8443/WorkloadManagement/TornadoPilotLogging?x=1",
+            ("https", True, [("h", 8443)], "/WorkloadManagement/TornadoPilotLogging?x=1"),
+        ),
         ("http://h", ("https", False, [("h", 80)], "/")),
         ("stomp://a,b:7/queue/q", ("stomp", False, [("a", 7), ("b", 7)], "/queue/q")),
     ],
@@ -99,10 +101,16 @@ def test_one_backoff_policy_doubles_to_five_seconds_with_jitter_and_resets():
 # -- destinations that drop, and queue properties (issue 19) ------------------------------------
 
 
-@pytest.mark.parametrize("destination,why", [
-    ("/topic/t", "a topic with no subscriber"), ("/exchange/amq.topic/k", "an exchange with no binding"),
-    ("/temp-queue/t", "a temporary queue"), ("/queue/q", None), ("/amq/queue/q", None),
-])
+@pytest.mark.parametrize(
+    "destination,why",
+    [
+        ("/topic/t", "a topic with no subscriber"),
+        ("/exchange/amq.topic/k", "an exchange with no binding"),
+        ("/temp-queue/t", "a temporary queue"),
+        ("/queue/q", None),
+        ("/amq/queue/q", None),
+    ],
+)
 def test_which_destinations_can_drop_what_they_confirm(destination, why):
     from pilotlogger.stompclient import dropping
 
@@ -128,7 +136,10 @@ def test_destination_headers_go_on_every_send_and_are_checked():
     from pilotlogger.sinks import open_sink
     from pilotlogger.stompcodec import FrameParser
 
-    environ = {"PILOTLOG_SINK": "stomp://h:1/queue/q", "PILOTLOG_DESTINATION_HEADERS": "x-queue-type=quorum,durable=true"}
+    environ = {
+        "PILOTLOG_SINK": "stomp://h:1/queue/q",
+        "PILOTLOG_DESTINATION_HEADERS": "x-queue-type=quorum,durable=true",
+    }
     sink = open_sink(config_module.load(environ=environ), None)
     event = make_event("boot", pilot="p", seq=1)
     parser = FrameParser(commands=("SEND",))
@@ -144,9 +155,15 @@ def test_destination_headers_go_on_every_send_and_are_checked():
 def test_a_refusal_pilotlog_can_explain_says_what_to_configure():
     from pilotlogger.stompclient import advice
 
-    error = ("broker h:1 sent an ERROR: precondition_failed (PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for "
-             "queue 'qq' in vhost '/': received none but current is the value 'quorum' of type 'longstr')")
+    error = (
+        "broker h:1 sent an ERROR: precondition_failed (PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for "
+        "queue 'qq' in vhost '/': received none but current is the value 'quorum' of type 'longstr')"
+    )
     assert "add x-queue-type=quorum to destination_headers" in advice(error)
-    assert "remove it from destination_headers" in advice(error.replace(
-        "received none but current is the value 'quorum'", "received the value 'quorum' of type 'longstr' but current is none"))
+    assert "remove it from destination_headers" in advice(
+        error.replace(
+            "received none but current is the value 'quorum'",
+            "received the value 'quorum' of type 'longstr' but current is none",
+        )
+    )
     assert advice("sent an ERROR: access refused") == ""

@@ -185,10 +185,7 @@ def test_concurrent_emitters_lose_nothing_and_share_no_seq(tmp_path, bundle):
 def test_concurrent_first_emitters_agree_on_the_generated_pilot_id(tmp_path, bundle):
     spool_dir = str(tmp_path / "s")
     env = clean_env(PILOTLOG_SPOOL=spool_dir)
-    procs = [
-        subprocess.Popen([sys.executable, "-I", "-S", str(bundle), "emit", "boot"], env=env)
-        for _ in range(6)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-I", "-S", str(bundle), "emit", "boot"], env=env) for _ in range(6)]
     assert [p.wait(60) for p in procs] == [0] * 6
     spool = Spool(spool_dir)
     pilots = {spool.load(n)["pilot"] for n in names(spool)}
@@ -281,7 +278,7 @@ def test_bounds_hold_after_a_writer_dies_between_any_two_steps(tmp_path, monkeyp
         spool = Spool(path, max_events=10, max_bytes=3600)
         calls = []
 
-        def dying(*args, **kw):
+        def dying(*args, calls=calls, k=k, **kw):
             calls.append(args)
             if len(calls) - 1 == k:
                 if after:

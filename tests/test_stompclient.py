@@ -13,7 +13,7 @@ import threading
 
 from pilotlogger.sinks import parse
 from pilotlogger.stompclient import StompConnection, StompError, Transport
-from pilotlogger.stompcodec import FrameParser, encode_frame, CLIENT_COMMANDS
+from pilotlogger.stompcodec import CLIENT_COMMANDS, FrameParser, encode_frame
 
 
 class ScriptedPeer:
@@ -90,6 +90,7 @@ def receipt(frame):
 
 def test_receipts_withheld_past_the_timeout_end_the_stream():
     """Only the 5th frame is ever receipted: it alone is confirmed, and the wait for the rest is bounded."""
+
     def on_send(n, frame):
         return receipt(frame) if n == 5 else b""  # only the 5th frame is ever receipted
 
@@ -128,16 +129,24 @@ def test_sink_frames_equal_what_the_codec_builds():
     from pilotlogger.stompclient import StompSink
     from pilotlogger.stompcodec import FrameParser, encode_frame
 
-    config = SimpleNamespace(ca_file=None, ca_dir=None, cert=None, key=None, destination_headers=None,
-                             destination_check="strict")
+    config = SimpleNamespace(
+        ca_file=None, ca_dir=None, cert=None, key=None, destination_headers=None, destination_check="strict"
+    )
     sink = StompSink(config, parse("stomp://h:1/queue/a:b"))
     event = make_event("boot", "x", pilot="https://ce:9000/a\\b", seq=1, epoch=0.0)
     body = b'{"k":"v\x00"}'
     for receipt in (True, False):
-        headers = [("destination", "/queue/a:b"), ("content-type", "application/json;charset=utf-8"),
-                   ("persistent", "true")] + ([("receipt", event["id"])] if receipt else []) + [
-                   ("pilot_id", event["pilot"]), ("event_id", event["id"]), ("phase", "boot"), ("status", "info"),
-                   ("content-length", str(len(body)))]
+        headers = (
+            [("destination", "/queue/a:b"), ("content-type", "application/json;charset=utf-8"), ("persistent", "true")]
+            + ([("receipt", event["id"])] if receipt else [])
+            + [
+                ("pilot_id", event["pilot"]),
+                ("event_id", event["id"]),
+                ("phase", "boot"),
+                ("status", "info"),
+                ("content-length", str(len(body))),
+            ]
+        )
         frame = sink.encode((event, body.decode("utf-8")), receipt)
         assert frame == encode_frame("SEND", headers, body)
         parser = FrameParser(commands={"SEND"})

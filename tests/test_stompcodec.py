@@ -217,8 +217,12 @@ lengths = st.one_of(
 @given(
     command=st.sampled_from(["MESSAGE", "RECEIPT", "ERROR", "CONNECTED", "NOPE"]),
     length=st.none() | lengths,
-    lines=st.lists(st.tuples(st.sampled_from(["receipt-id", "", "h\\c", "x\\q", "é"]), st.text(max_size=12),
-                             st.sampled_from([":", ""])), max_size=3),
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["receipt-id", "", "h\\c", "x\\q", "é"]), st.text(max_size=12), st.sampled_from([":", ""])
+        ),
+        max_size=3,
+    ),
     padding=st.integers(min_value=150, max_value=220),
     body=st.binary(max_size=120),
     eol=st.sampled_from([b"\n", b"\r\n"]),
@@ -226,8 +230,9 @@ lengths = st.one_of(
     near=st.lists(st.integers(min_value=-2, max_value=3), max_size=2),
     slack=st.integers(min_value=-2, max_value=2),
 )
-def test_hostile_frames_parse_or_fail_cleanly_and_the_same_way_for_every_split(command, length, lines, padding, body,
-                                                                               eol, cuts, near, slack):
+def test_hostile_frames_parse_or_fail_cleanly_and_the_same_way_for_every_split(
+    command, length, lines, padding, body, eol, cuts, near, slack
+):
     """Frames near the header limit, with hostile content-lengths and header lines: the codec
     yields frames or raises ProtocolError (nothing else), and the outcome never depends on
     how the bytes were split into reads."""

@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 
 from pilotlogger.stompcodec import CLIENT_COMMANDS, FrameParser, encode_frame
 from pilotlogger.stompsession import (
-    CLOSED, CONNECTED, FAILED, Closed, Connected, Failed, Message, Receipt, Settled, StompError, StompSession,
+    CLOSED,
+    CONNECTED,
+    FAILED,
+    Closed,
+    Connected,
+    Failed,
+    Message,
+    Receipt,
+    Settled,
+    StompError,
+    StompSession,
     heartbeats,
 )
 
@@ -62,15 +72,21 @@ def test_connect_frame_carries_version_host_heartbeat_and_login():
     session = StompSession()
     (frame,) = frames_of(session.connect("vh", "alice", "pw", 0.0))
     assert frame.command == "CONNECT"
-    assert frame.headers == {"accept-version": "1.2", "host": "vh", "heart-beat": "10000,10000",
-                             "login": "alice", "passcode": "pw"}
+    assert frame.headers == {
+        "accept-version": "1.2",
+        "host": "vh",
+        "heart-beat": "10000,10000",
+        "login": "alice",
+        "passcode": "pw",
+    }
 
 
 def test_connected_negotiates_heartbeats_and_names_the_server():
     session = StompSession()
     session.connect("/", None, None, 0.0)
-    (event,) = session.receive_data(encode_frame("CONNECTED", [("version", "1.2"), ("server", "RabbitMQ/3"),
-                                                                ("heart-beat", "5000,20000")]), 0.0)
+    (event,) = session.receive_data(
+        encode_frame("CONNECTED", [("version", "1.2"), ("server", "RabbitMQ/3"), ("heart-beat", "5000,20000")]), 0.0
+    )
     assert (event.server, event.send_every, event.expect_every) == ("RabbitMQ/3", 20.0, 10.0)
 
 
@@ -82,13 +98,21 @@ def test_heartbeat_negotiation_follows_the_spec():
     assert heartbeats("garbage") == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("reply,needle", [
-    (encode_frame("ERROR", [("message", "Bad CONNECT")], b"Access refused for user 'x'"),
-     "refused the connection: Bad CONNECT (Access refused for user 'x')"),
-    (encode_frame("CONNECTED", [("version", "1.1")]), "does not speak STOMP 1.2 (version '1.1')"),
-    (encode_frame("RECEIPT", [("receipt-id", "x")]), "expected CONNECTED, got RECEIPT"),
-    (b"HTTP/1.1 400 Bad Request\r\n\r\n\x00", "broke the protocol: unexpected frame command 'HTTP/1.1 400 Bad Request'"),
-])
+@pytest.mark.parametrize(
+    "reply,needle",
+    [
+        (
+            encode_frame("ERROR", [("message", "Bad CONNECT")], b"Access refused for user 'x'"),
+            "refused the connection: Bad CONNECT (Access refused for user 'x')",
+        ),
+        (encode_frame("CONNECTED", [("version", "1.1")]), "does not speak STOMP 1.2 (version '1.1')"),
+        (encode_frame("RECEIPT", [("receipt-id", "x")]), "expected CONNECTED, got RECEIPT"),
+        (
+            b"HTTP/1.1 400 Bad Request\r\n\r\n\x00",
+            "broke the protocol: unexpected frame command 'HTTP/1.1 400 Bad Request'",
+        ),
+    ],
+)
 def test_a_refused_handshake_is_final(reply, needle):
     session = StompSession("broker test")
     session.connect("/", None, None, 0.0)
@@ -180,8 +204,11 @@ def test_a_hang_up_is_retryable_and_garbage_is_not():
 
 def test_messages_and_the_disconnect_receipt():
     session = connected()
-    message = encode_frame("MESSAGE", [("destination", "/queue/q"), ("message-id", "m1"), ("ack", "a1"),
-                                       ("subscription", "pilotlog")], b"{}")
+    message = encode_frame(
+        "MESSAGE",
+        [("destination", "/queue/q"), ("message-id", "m1"), ("ack", "a1"), ("subscription", "pilotlog")],
+        b"{}",
+    )
     (event,) = session.receive_data(message, 0.0)
     assert event.__class__ is Message and event.frame.body == b"{}"
     (ack,) = frames_of(session.ack(event.frame, 0.0))
@@ -194,14 +221,23 @@ def test_messages_and_the_disconnect_receipt():
 def test_a_subscription_asked_about_is_answered_by_its_receipt():
     """What the /amq/queue/ existence check needs (issue 19): SUBSCRIBE and UNSUBSCRIBE with receipts."""
     session = connected()
-    (sub, unsub) = frames_of(session.subscribe("/amq/queue/q", 1, 0.0, sub_id="probe", receipt="p")
-                             + session.unsubscribe("probe", "p-done", 0.0))
-    assert (sub.command, sub.headers["destination"], sub.headers["id"], sub.headers["receipt"],
-            sub.headers["prefetch-count"]) == ("SUBSCRIBE", "/amq/queue/q", "probe", "p", "1")
+    (sub, unsub) = frames_of(
+        session.subscribe("/amq/queue/q", 1, 0.0, sub_id="probe", receipt="p")
+        + session.unsubscribe("probe", "p-done", 0.0)
+    )
+    assert (
+        sub.command,
+        sub.headers["destination"],
+        sub.headers["id"],
+        sub.headers["receipt"],
+        sub.headers["prefetch-count"],
+    ) == ("SUBSCRIBE", "/amq/queue/q", "probe", "p", "1")
     assert (unsub.command, unsub.headers["id"], unsub.headers["receipt"]) == ("UNSUBSCRIBE", "probe", "p-done")
     message = encode_frame("MESSAGE", [("subscription", "probe"), ("message-id", "m"), ("ack", "a7")], b"theirs")
-    events = session.receive_data(encode_frame("RECEIPT", [("receipt-id", "p")]) + message
-                                  + encode_frame("RECEIPT", [("receipt-id", "p-done")]), 0.0)
+    events = session.receive_data(
+        encode_frame("RECEIPT", [("receipt-id", "p")]) + message + encode_frame("RECEIPT", [("receipt-id", "p-done")]),
+        0.0,
+    )
     assert [e.__class__ for e in events] == [Receipt, Message, Receipt]
     assert [events[0].receipt_id, events[2].receipt_id] == ["p", "p-done"]
     assert session.state == CONNECTED
@@ -218,8 +254,11 @@ def test_a_subscription_to_a_missing_queue_ends_the_session_with_the_brokers_wor
 
 def late(sub_id: str) -> bytes:
     """What RabbitMQ 3.10 sends when a delivery reaches a subscription that was already cancelled."""
-    return encode_frame("ERROR", [("message", "Subscription not found"), ("content-type", "text/plain")],
-                        b"There is no current subscription with tag 'T_%s'." % sub_id.encode())
+    return encode_frame(
+        "ERROR",
+        [("message", "Subscription not found"), ("content-type", "text/plain")],
+        b"There is no current subscription with tag 'T_%s'." % sub_id.encode(),
+    )
 
 
 def test_a_late_delivery_to_an_ended_subscription_does_not_end_the_session():
@@ -227,18 +266,24 @@ def test_a_late_delivery_to_an_ended_subscription_does_not_end_the_session():
     session = connected()
     session.subscribe("/amq/queue/q", 1, 0.0, sub_id="probe", receipt="p")
     session.unsubscribe("probe", "p-done", 0.0)
-    session.receive_data(encode_frame("RECEIPT", [("receipt-id", "p")]) + encode_frame("RECEIPT", [("receipt-id", "p-done")]), 0.0)
+    session.receive_data(
+        encode_frame("RECEIPT", [("receipt-id", "p")]) + encode_frame("RECEIPT", [("receipt-id", "p-done")]), 0.0
+    )
     send(session, [1, 2])
     events = session.receive_data(receipt(1) + late("probe") + receipt(2), 0.0)
     assert settled(events) == ["id-1", "id-2"] and not [e for e in events if e.__class__ is Failed]
     assert session.state == CONNECTED
 
 
-@pytest.mark.parametrize("error", [
-    late("probe"),  # a subscription still open: not a late delivery
-    late("other"),  # one we never had
-    encode_frame("ERROR", [("message", "Subscription not found")], b"Message with id 'a7' has no subscription"),
-], ids=["open", "unknown", "ack"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        late("probe"),  # a subscription still open: not a late delivery
+        late("other"),  # one we never had
+        encode_frame("ERROR", [("message", "Subscription not found")], b"Message with id 'a7' has no subscription"),
+    ],
+    ids=["open", "unknown", "ack"],
+)
 def test_other_subscription_errors_still_end_the_session(error):
     session = connected()
     session.subscribe("/amq/queue/q", 1, 0.0, sub_id="probe", receipt="p")
@@ -293,9 +338,12 @@ def test_receipts_settle_each_sent_event_once_in_order_whatever_the_chunking(n, 
                 asked.append(frame.headers["receipt"])
     # The broker receipts an in-order subset of what asked for one, with heart-beat EOLs between,
     # and maybe ends with an ERROR.
-    chosen = data.draw(st.lists(st.sampled_from(asked), unique=True).map(lambda l: sorted(l, key=asked.index)))
-    beats = data.draw(st.lists(st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]), min_size=len(chosen),
-                               max_size=len(chosen)))
+    chosen = data.draw(
+        st.lists(st.sampled_from(asked), unique=True).map(lambda chosen: sorted(chosen, key=asked.index))
+    )
+    beats = data.draw(
+        st.lists(st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]), min_size=len(chosen), max_size=len(chosen))
+    )
     error = data.draw(st.booleans())
     stream = b"".join(beat + encode_frame("RECEIPT", [("receipt-id", r)]) for beat, r in zip(beats, chosen))
     if error:
@@ -339,7 +387,12 @@ def test_the_same_bytes_give_the_same_events_however_they_are_split(frames, data
     whole = session_a.receive_data(stream, 0.0) if stream else []  # b"" would mean: hung up
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=len(stream) // 2 + 1))
     split = feed_in_chunks(session_b, stream, cuts)
-    describe = lambda events: [(e.__class__.__name__, getattr(e, "ids", None),
-                                getattr(getattr(e, "frame", None), "body", None)) for e in events]
+
+    def describe(events):
+        return [
+            (e.__class__.__name__, getattr(e, "ids", None), getattr(getattr(e, "frame", None), "body", None))
+            for e in events
+        ]
+
     assert describe(whole) == describe(split)
     assert list(session_a.inflight) == list(session_b.inflight)

@@ -6,7 +6,6 @@ import subprocess
 import time
 
 from helpers import Page
-
 from pilotlogger.events import make_event
 from pilotlogger.timeline import Timeline
 from pilotlogger.timeline_html import render
@@ -21,10 +20,15 @@ def event(pilot, phase, at, seq, status="info", message=""):
 
 def sample():
     events = [
-        event("p1", "boot", 0, 1), event("p1", "log", 1, 2), event("p1", "install", 2, 3),
-        event("p1", "match", 62, 4), event("p1", "shutdown", 3662, 5),
-        event("p2", "boot", 10, 1), event("p2", "install", 15, 2, "error", "install failed: <disk> full"),
-        event("p3", "boot", 20, 1), event("p3", "nomatch", 50, 2, "warning"),
+        event("p1", "boot", 0, 1),
+        event("p1", "log", 1, 2),
+        event("p1", "install", 2, 3),
+        event("p1", "match", 62, 4),
+        event("p1", "shutdown", 3662, 5),
+        event("p2", "boot", 10, 1),
+        event("p2", "install", 15, 2, "error", "install failed: <disk> full"),
+        event("p3", "boot", 20, 1),
+        event("p3", "nomatch", 50, 2, "warning"),
     ]
     return events
 
@@ -37,10 +41,17 @@ def test_lifecycles_are_ordered_timed_and_deduplicated():
     timeline.add(None)  # a message that was not a pilotlog event
     p1 = timeline.pilots["p1"]
     assert [(e["phase"], gap) for e, gap, _ in p1.lifecycle()] == [
-        ("boot", None), ("install", 2.0), ("match", 60.0), ("shutdown", 3600.0)]
+        ("boot", None),
+        ("install", 2.0),
+        ("match", 60.0),
+        ("shutdown", 3600.0),
+    ]
     assert p1.log_lines == 1
     assert timeline.summary() == {
-        "pilots": 3, "events": 9, "duplicates_dropped": 3, "not_pilotlog_events": 1,
+        "pilots": 3,
+        "events": 9,
+        "duplicates_dropped": 3,
+        "not_pilotlog_events": 1,
         "last_phase": {"shutdown": 1, "install": 1, "nomatch": 1},
         "booted_never_matched": ["p2", "p3"],
         "failures_by_message": {"install failed: <disk> full": 1},
@@ -74,8 +85,11 @@ def test_html_page_is_self_contained_and_escapes_what_pilots_wrote():
 def test_certificate_reader_agrees_with_openssl(pki):
     for name in ("client.pem", "proxy.pem", "expired-client.pem"):
         info = first_certificate(pki.path(name))
-        out = subprocess.run(["openssl", "x509", "-in", pki.path(name), "-noout", "-enddate", "-subject",
-                              "-nameopt", "compat"], stdout=subprocess.PIPE, universal_newlines=True).stdout
+        out = subprocess.run(
+            ["openssl", "x509", "-in", pki.path(name), "-noout", "-enddate", "-subject", "-nameopt", "compat"],
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        ).stdout
         end = out.split("notAfter=")[1].splitlines()[0]
         assert info["not_after"] == calendar.timegm(time.strptime(end, "%b %d %H:%M:%S %Y GMT"))
         assert out.split("subject=")[1].strip() == info["subject"]

@@ -30,14 +30,24 @@ def burst(n: int, seed: int = 7) -> list:
         pilot = "%08x-0000-4000-8000-%012x" % (i, i)
         site = SITES[i % len(SITES)]
         fate = rng.random()
-        phases = list(PHASES[:4]) + (["install"] if fate < 0.05 else ["nomatch"] if fate < 0.25 else ["match", "shutdown"])
+        phases = list(PHASES[:4]) + (
+            ["install"] if fate < 0.05 else ["nomatch"] if fate < 0.25 else ["match", "shutdown"]
+        )
         at = rng.uniform(0, 3600)
         for seq, phase in enumerate(phases, 1):
             at += rng.uniform(0.1, 120)
             failed = fate < 0.05 and seq == len(phases)
-            events.append(make_event(phase, "install failed: disk full" if failed else "%s of pilot %d" % (phase, i),
-                                     "error" if failed else "info", pilot=pilot, seq=seq, epoch=T0 + at,
-                                     context={"site": site}))
+            events.append(
+                make_event(
+                    phase,
+                    "install failed: disk full" if failed else "%s of pilot %d" % (phase, i),
+                    "error" if failed else "info",
+                    pilot=pilot,
+                    seq=seq,
+                    epoch=T0 + at,
+                    context={"site": site},
+                )
+            )
         events.append(make_event("log", "a log line", pilot=pilot, seq=len(phases) + 1, epoch=T0 + at))
     return events
 
@@ -54,9 +64,18 @@ def chromium():
         unavailable("selenium is not installed (make venv installs it)")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -118,7 +137,8 @@ def test_timeline_page_in_chromium(chromium, pilotlog, tmp_path):
     search = chromium.find_element(By.ID, "f-pilot")
     search.send_keys("000003e7")  # pilot 999
     assert [r["pilot"] for r in chromium.execute_script(MEASURE) if not r["hidden"]] == [
-        "000003e7-0000-4000-8000-0000000003e7"]
+        "000003e7-0000-4000-8000-0000000003e7"
+    ]
     search.clear()  # clear() fires no input event: send one, as typing would
     chromium.execute_script("document.getElementById('f-pilot').dispatchEvent(new Event('input'))")
     assert not any(r["hidden"] for r in chromium.execute_script(MEASURE))

@@ -8,7 +8,6 @@ import time
 import pytest
 
 
-
 def run(pilotlog, *child, options=(), env=None):
     return pilotlog("run", *options, "--", *child, env=env)
 
@@ -45,11 +44,17 @@ def test_the_outcome_never_changes_when_recording_fails(pilotlog, tmp_path):
 
 
 def test_output_passes_through_unchanged_and_stderr_tail_is_kept(pilotlog):
-    script = "import sys; sys.stdout.buffer.write(b'a\\xff\\x00b\\nno newline'); sys.stderr.write('e1\\ne2\\n'); sys.exit(3)"
+    script = (
+        "import sys; sys.stdout.buffer.write(b'a\\xff\\x00b\\nno newline'); sys.stderr.write('e1\\ne2\\n'); sys.exit(3)"
+    )
     for options in ((), ("--capture",)):
         p = subprocess.run(
             [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "run", *options, "--", sys.executable, "-c", script],
-            cwd=str(pilotlog.cwd), env=pilotlog.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+            cwd=str(pilotlog.cwd),
+            env=pilotlog.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=60,
         )
         assert p.returncode == 3
         assert p.stdout == b"a\xff\x00b\nno newline"
@@ -59,17 +64,37 @@ def test_output_passes_through_unchanged_and_stderr_tail_is_kept(pilotlog):
 
 def test_patterns_and_capture(pilotlog):
     script = "echo 'installed DIRAC v8r0'; echo 'JobAgent: matched a job 1234'; echo plain; echo 'failed to match' >&2"
-    p = run(pilotlog, "sh", "-c", script, options=(
-        "--capture", "--pattern", "installed DIRAC=install", "--pattern", "matched a job=match",
-        "--pattern", "failed to match=nomatch"))
+    p = run(
+        pilotlog,
+        "sh",
+        "-c",
+        script,
+        options=(
+            "--capture",
+            "--pattern",
+            "installed DIRAC=install",
+            "--pattern",
+            "matched a job=match",
+            "--pattern",
+            "failed to match=nomatch",
+        ),
+    )
     assert p.returncode == 0
     phases = [(e["phase"], e["message"]) for e in pilotlog.events()][1:-1]
-    assert sorted(phases) == sorted([("install", "installed DIRAC v8r0"), ("match", "JobAgent: matched a job 1234"),
-                                     ("log", "plain"), ("nomatch", "failed to match")])
+    assert sorted(phases) == sorted(
+        [
+            ("install", "installed DIRAC v8r0"),
+            ("match", "JobAgent: matched a job 1234"),
+            ("log", "plain"),
+            ("nomatch", "failed to match"),
+        ]
+    )
 
 
 def test_capture_is_rate_limited(pilotlog):
-    p = run(pilotlog, sys.executable, "-c", "print('\\n'.join('line %d' % i for i in range(3000)))", options=("--capture",))
+    p = run(
+        pilotlog, sys.executable, "-c", "print('\\n'.join('line %d' % i for i in range(3000)))", options=("--capture",)
+    )
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3000  # all passed through
     events = pilotlog.events()
     logs = [e for e in events if e["phase"] == "log"]
@@ -86,12 +111,19 @@ def test_bad_pattern_or_no_command_is_a_usage_error(pilotlog):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1])
 def test_signals_are_forwarded_to_the_child(pilotlog, sig):
-    child = ("import signal, sys, time\n"
-             "signal.signal(%d, lambda s, f: sys.exit(40 + s))\n"
-             "print('ready', flush=True)\n"
-             "time.sleep(30)\n") % sig
-    proc = subprocess.Popen([pilotlog.python, "-I", "-S", str(pilotlog.bundle), "run", "--", sys.executable, "-c", child],
-                            cwd=str(pilotlog.cwd), env=pilotlog.env, stdout=subprocess.PIPE, universal_newlines=True)
+    child = (
+        "import signal, sys, time\n"
+        "signal.signal(%d, lambda s, f: sys.exit(40 + s))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    ) % sig
+    proc = subprocess.Popen(
+        [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "run", "--", sys.executable, "-c", child],
+        cwd=str(pilotlog.cwd),
+        env=pilotlog.env,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    )
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(sig)
     assert proc.wait(20) == 40 + sig
@@ -106,12 +138,31 @@ def test_ships_while_the_child_runs_and_drains_at_the_end(pilotlog, bundle, pki,
     server = Serve(bundle, pki, tmp_path / "store")
     try:
         pilot = str(uuid.uuid4())
-        env = {"PILOTLOG_PILOT_UUID": pilot, "PILOTLOG_SINK": server.url, "PILOTLOG_CA_FILE": pki.path("ca.pem"),
-               "PILOTLOG_CERT": pki.path("client.pem"), "PILOTLOG_KEY": pki.path("client.key")}
+        env = {
+            "PILOTLOG_PILOT_UUID": pilot,
+            "PILOTLOG_SINK": server.url,
+            "PILOTLOG_CA_FILE": pki.path("ca.pem"),
+            "PILOTLOG_CERT": pki.path("client.pem"),
+            "PILOTLOG_KEY": pki.path("client.key"),
+        }
         stored = server.dir / "unknown" / pilot
         proc = subprocess.Popen(
-            [pilotlog.python, "-I", "-S", str(bundle), "run", "--ship-every", "0.2", "--", "sh", "-c", "sleep 3; exit 9"],
-            cwd=str(pilotlog.cwd), env=dict(pilotlog.env, **env))
+            [
+                pilotlog.python,
+                "-I",
+                "-S",
+                str(bundle),
+                "run",
+                "--ship-every",
+                "0.2",
+                "--",
+                "sh",
+                "-c",
+                "sleep 3; exit 9",
+            ],
+            cwd=str(pilotlog.cwd),
+            env=dict(pilotlog.env, **env),
+        )
         end = time.monotonic() + 2.5
         while not stored.exists() and time.monotonic() < end:
             time.sleep(0.05)

@@ -19,8 +19,16 @@ import os
 import ssl
 import sys
 
-for _name in ("MutableMapping", "Mapping", "MutableSet", "Sequence", "Callable", "Iterable", "Hashable",
-              "MutableSequence"):
+for _name in (
+    "MutableMapping",
+    "Mapping",
+    "MutableSet",
+    "Sequence",
+    "Callable",
+    "Iterable",
+    "Hashable",
+    "MutableSequence",
+):
     setattr(collections, _name, getattr(collections.abc, _name))
 
 

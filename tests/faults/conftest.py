@@ -31,5 +31,3 @@ def peer(request, pki):
     else:
         with ScriptedBroker(pki, kind) as broker:
             yield request.param, broker.port, expected
-
-

@@ -17,59 +17,114 @@ from pilotlogger.stompcodec import DEFAULT_MAX_BODY_BYTES, FrameParser, encode_f
 #        that cannot be loaded stops replay (2) but not the one-liner, which keeps the event (0).
 CASES = {
     "unknown key in the config file": (
-        "server", lambda pki, d: {"PILOTLOG_CONFIG": config_file(d, {"colour": "blue"})}, (2, 2),
-        "unknown key 'colour'"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CONFIG": config_file(d, {"colour": "blue"})},
+        (2, 2),
+        "unknown key 'colour'",
+    ),
     "wrong type in the config file": (
-        "server", lambda pki, d: {"PILOTLOG_CONFIG": config_file(d, {"timeout": "soon"})}, (2, 2),
-        "key timeout: 'soon' is not a positive number"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CONFIG": config_file(d, {"timeout": "soon"})},
+        (2, 2),
+        "key timeout: 'soon' is not a positive number",
+    ),
     "config file that is not JSON": (
-        "server", lambda pki, d: {"PILOTLOG_CONFIG": text_file(d, "pilot.json", "sink = stdout")}, (2, 2),
-        "pilot.json"),
-    "wrong type in the environment": (
-        "server", lambda pki, d: {"PILOTLOG_WINDOW": "many"}, (2, 2), "PILOTLOG_WINDOW"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CONFIG": text_file(d, "pilot.json", "sink = stdout")},
+        (2, 2),
+        "pilot.json",
+    ),
+    "wrong type in the environment": ("server", lambda pki, d: {"PILOTLOG_WINDOW": "many"}, (2, 2), "PILOTLOG_WINDOW"),
     "unreadable client certificate": (
-        "server", lambda pki, d: {"PILOTLOG_CERT": text_file(d, "cert.pem", "not a certificate")}, (2, 0),
-        "cannot use client certificate"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CERT": text_file(d, "cert.pem", "not a certificate")},
+        (2, 0),
+        "cannot use client certificate",
+    ),
     "unreadable client key": (
-        "server", lambda pki, d: {"PILOTLOG_KEY": text_file(d, "key.pem", "not a key")}, (2, 0),
-        "cannot use client certificate"),
+        "server",
+        lambda pki, d: {"PILOTLOG_KEY": text_file(d, "key.pem", "not a key")},
+        (2, 0),
+        "cannot use client certificate",
+    ),
     "key that does not match the certificate": (
-        "server", lambda pki, d: {"PILOTLOG_KEY": pki.path("server.key")}, (2, 0), "cannot use client certificate"),
+        "server",
+        lambda pki, d: {"PILOTLOG_KEY": pki.path("server.key")},
+        (2, 0),
+        "cannot use client certificate",
+    ),
     "missing proxy file": (
-        "server", lambda pki, d: {"X509_USER_PROXY": str(d / "x509up_u1000"), "PILOTLOG_CERT": "", "PILOTLOG_KEY": ""}, (2, 0),
-        "client certificate {d}/x509up_u1000 does not exist"),
+        "server",
+        lambda pki, d: {"X509_USER_PROXY": str(d / "x509up_u1000"), "PILOTLOG_CERT": "", "PILOTLOG_KEY": ""},
+        (2, 0),
+        "client certificate {d}/x509up_u1000 does not exist",
+    ),
     "missing CA file": (
-        "server", lambda pki, d: {"PILOTLOG_CA_FILE": str(d / "ca.pem")}, (2, 0), "CA file {d}/ca.pem does not exist"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CA_FILE": str(d / "ca.pem")},
+        (2, 0),
+        "CA file {d}/ca.pem does not exist",
+    ),
     "missing CA directory": (
-        "server", lambda pki, d: {"PILOTLOG_CA_DIR": str(d / "certificates"), "PILOTLOG_CA_FILE": ""}, (2, 0),
-        "CA directory {d}/certificates does not exist"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CA_DIR": str(d / "certificates"), "PILOTLOG_CA_FILE": ""},
+        (2, 0),
+        "CA directory {d}/certificates does not exist",
+    ),
     "expired server certificate": (
-        "expired-server", lambda pki, d: {}, (0, 0), "server certificate not trusted (certificate has expired)"),
+        "expired-server",
+        lambda pki, d: {},
+        (0, 0),
+        "server certificate not trusted (certificate has expired)",
+    ),
     "expired client certificate": (
-        "server", lambda pki, d: {"PILOTLOG_CERT": pki.path("expired-client.pem"),
-                                  "PILOTLOG_KEY": pki.path("expired-client.key")}, (0, 0),
-        "the server refused our client certificate (SSLV3_ALERT_CERTIFICATE_EXPIRED)"),
+        "server",
+        lambda pki, d: {
+            "PILOTLOG_CERT": pki.path("expired-client.pem"),
+            "PILOTLOG_KEY": pki.path("expired-client.key"),
+        },
+        (0, 0),
+        "the server refused our client certificate (SSLV3_ALERT_CERTIFICATE_EXPIRED)",
+    ),
     "server certificate from another CA": (
-        "server", lambda pki, d: {"PILOTLOG_CA_FILE": pki.path("other-ca.pem")}, (0, 0), "server certificate not trusted"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CA_FILE": pki.path("other-ca.pem")},
+        (0, 0),
+        "server certificate not trusted",
+    ),
     "host-name mismatch": (
-        "server", lambda pki, d: {"PILOTLOG_SINK": "{url by address}"}, (0, 0),
-        "server certificate does not match the host name"),
+        "server",
+        lambda pki, d: {"PILOTLOG_SINK": "{url by address}"},
+        (0, 0),
+        "server certificate does not match the host name",
+    ),
     "no client certificate": (
-        "server", lambda pki, d: {"PILOTLOG_CERT": "", "PILOTLOG_KEY": "", "X509_USER_PROXY": ""}, (0, 0),
-        "the server refused our client certificate"),
+        "server",
+        lambda pki, d: {"PILOTLOG_CERT": "", "PILOTLOG_KEY": "", "X509_USER_PROXY": ""},
+        (0, 0),
+        "the server refused our client certificate",
+    ),
     "client certificate the server does not allow": (
-        ("server", "--allowed-cn", "another-pilot-factory"), lambda pki, d: {}, (0, 0),
-        "HTTP 403"),
+        ("server", "--allowed-cn", "another-pilot-factory"),
+        lambda pki, d: {},
+        (0, 0),
+        "HTTP 403",
+    ),
     "credentials in the HTTPS URL": (
-        "server", lambda pki, d: {"PILOTLOG_SINK": "{url with credentials}"}, (2, 0),
-        "put credentials in cert/key settings"),
+        "server",
+        lambda pki, d: {"PILOTLOG_SINK": "{url with credentials}"},
+        (2, 0),
+        "put credentials in cert/key settings",
+    ),
 }
 
 
 def case_environment(case: str, pki, directory, url: str) -> dict:
     """The environment of ``CASES[case]``, its URL placeholders filled for a receiver at ``url``."""
-    urls = {"{url by address}": url.replace("localhost", "127.0.0.1"),  # the certificate names localhost only
-            "{url with credentials}": url.replace("https://", "https://pilot:s3cret@")}
+    urls = {
+        "{url by address}": url.replace("localhost", "127.0.0.1"),  # the certificate names localhost only
+        "{url with credentials}": url.replace("https://", "https://pilot:s3cret@"),
+    }
     return {k: urls.get(v, v) for k, v in CASES[case][1](pki, directory).items()}
 
 
@@ -168,11 +223,12 @@ PEERS = {
     "stalls after CONNECTED": (connected_then(None), "no RECEIPT within 1 s"),
     "answers garbage": (lambda c: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n\x00", "broke the protocol"),
     "hangs up at every SEND": (connected_then(HANGUP), "closed the connection; gave up reconnecting after 3 s"),
-    "sends an ERROR frame": (connected_then(encode_frame("ERROR", [("message", "disk alarm")], b"no space")),
-                             "sent an ERROR: disk alarm"),
+    "sends an ERROR frame": (
+        connected_then(encode_frame("ERROR", [("message", "disk alarm")], b"no space")),
+        "sent an ERROR: disk alarm",
+    ),
     "sends a frame over the size limit": (
         connected_then(b"MESSAGE\ndestination:/queue/x\n\n" + b"x" * (DEFAULT_MAX_BODY_BYTES + 1) + b"\x00"),
-        "frame body exceeds"),
+        "frame body exceeds",
+    ),
 }
-
-

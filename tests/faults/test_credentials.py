@@ -23,8 +23,13 @@ def test_bad_configuration(case, bundle, pki, server, tmp_path):
     s = server(*cert) if isinstance(cert, tuple) else server(cert)
     time.sleep(1.1 if "expired" in case else 0)  # valid for zero days: expired a second later
     pilotlog = Pilotlog(bundle, tmp_path)
-    pilotlog.env.update(https_env(pki), PILOTLOG_DEADLINE="2", PILOTLOG_TIMEOUT="2",
-                        PILOTLOG_PILOT_UUID=str(uuid.uuid4()), PILOTLOG_SINK=s.url)
+    pilotlog.env.update(
+        https_env(pki),
+        PILOTLOG_DEADLINE="2",
+        PILOTLOG_TIMEOUT="2",
+        PILOTLOG_PILOT_UUID=str(uuid.uuid4()),
+        PILOTLOG_SINK=s.url,
+    )
     assert pilotlog("emit", "boot").returncode == 0
     spooled = {e["id"] for e in pilotlog.events()}
     env = case_environment(case, pki, tmp_path, s.url)
@@ -40,10 +45,17 @@ def test_bad_configuration(case, bundle, pki, server, tmp_path):
     runs = (replay, send, wrapped)
     lost = len(spooled - {e["id"] for e in pilotlog.events()})
     exit_ok = replay.returncode == replay_code and send.returncode == send_code and wrapped.returncode == 7
-    ledger.record("bad config" if config_error else "credentials", case, 3, lost, exit_ok, watch.longest,
-                  stderr_lines(replay)[0] if replay.stderr else "",
-                  extra="replay %d, emit --send %d%s, run 7" % (replay_code, send_code,
-                                                                " (event kept)" if send_code == 0 else ""))
+    ledger.record(
+        "bad config" if config_error else "credentials",
+        case,
+        3,
+        lost,
+        exit_ok,
+        watch.longest,
+        stderr_lines(replay)[0] if replay.stderr else "",
+        extra="replay %d, emit --send %d%s, run 7"
+        % (replay_code, send_code, " (event kept)" if send_code == 0 else ""),
+    )
     assert exit_ok, [(p.returncode, p.stderr) for p in runs]
     assert lost == 0
     for p in runs:

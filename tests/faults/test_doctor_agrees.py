@@ -88,7 +88,11 @@ def assert_agree(name, verdict, replay, step_names, words):
         assert code == 0, "%s: replay delivered, doctor said no:\n%s" % (name, shown)
         return
     assert code == 1, "%s: replay exited %d (%s), doctor said the path works:\n%s" % (
-        name, replay.returncode, replay.stderr, shown)
+        name,
+        replay.returncode,
+        replay.stderr,
+        shown,
+    )
     if replay.returncode == 2:
         assert first["name"] in CONFIG_STEPS & step_names, (name, replay.stderr, shown)
     else:
@@ -105,8 +109,13 @@ def test_doctor_agrees_with_replay_on_a_bad_configuration(case, send_test, bundl
     s = server(*cert) if isinstance(cert, tuple) else server(cert)
     time.sleep(1.1 if "expired" in case else 0)  # valid for zero days: expired a second later
     pilotlog = Pilotlog(bundle, tmp_path)
-    pilotlog.env.update(https_env(pki), PILOTLOG_DEADLINE="2", PILOTLOG_TIMEOUT="2",
-                        PILOTLOG_PILOT_UUID=str(uuid.uuid4()), PILOTLOG_SINK=s.url)
+    pilotlog.env.update(
+        https_env(pki),
+        PILOTLOG_DEADLINE="2",
+        PILOTLOG_TIMEOUT="2",
+        PILOTLOG_PILOT_UUID=str(uuid.uuid4()),
+        PILOTLOG_SINK=s.url,
+    )
     assert pilotlog("emit", "boot").returncode == 0
     env = case_environment(case, pki, tmp_path, s.url)
     verdict = doctor(pilotlog, env, send_test)
@@ -142,8 +151,12 @@ def test_doctor_and_replay_agree_when_the_service_works(send_test, bundle, pki, 
 def test_doctor_agrees_with_replay_on_a_hostile_broker(peer, send_test, pilotlog, pki):
     name, port, replay_words = peer
     step, doctor_words = PEER_STEPS[name]
-    env = {"PILOTLOG_SINK": "stomp+ssl://localhost:%d/queue/pilots" % port, "PILOTLOG_CA_FILE": pki.path("ca.pem"),
-           "PILOTLOG_TIMEOUT": 1, "PILOTLOG_DEADLINE": 3}
+    env = {
+        "PILOTLOG_SINK": "stomp+ssl://localhost:%d/queue/pilots" % port,
+        "PILOTLOG_CA_FILE": pki.path("ca.pem"),
+        "PILOTLOG_TIMEOUT": 1,
+        "PILOTLOG_DEADLINE": 3,
+    }
     assert pilotlog("emit", "boot").returncode == 0
     verdict = doctor(pilotlog, env, send_test)
     replay = pilotlog("replay", "--strict", env=env)
@@ -158,8 +171,11 @@ def test_doctor_agrees_with_replay_on_a_hostile_broker(peer, send_test, pilotlog
 
 STOMP_URL_CASES = {
     # name: (sink URL, the step doctor must fail first, words both must say)
-    "credentials in the STOMP URL": ("stomp+ssl://pilot:s3cret@localhost:{port}/queue/pilots", {"config", "sink"},
-                                     "put credentials in user/passcode settings"),
+    "credentials in the STOMP URL": (
+        "stomp+ssl://pilot:s3cret@localhost:{port}/queue/pilots",
+        {"config", "sink"},
+        "put credentials in user/passcode settings",
+    ),
     "an IPv6 address nothing listens on": ("stomp+ssl://[::1]:{port}/queue/pilots", {"tcp"}, "Connection refused"),
 }
 
@@ -169,8 +185,12 @@ def test_doctor_agrees_with_replay_on_odd_stomp_urls(case, pilotlog, pki):
     from brokers import free_port
 
     url, steps, words = STOMP_URL_CASES[case]
-    env = {"PILOTLOG_SINK": url.format(port=free_port()), "PILOTLOG_CA_FILE": pki.path("ca.pem"),
-           "PILOTLOG_TIMEOUT": 1, "PILOTLOG_DEADLINE": 1}
+    env = {
+        "PILOTLOG_SINK": url.format(port=free_port()),
+        "PILOTLOG_CA_FILE": pki.path("ca.pem"),
+        "PILOTLOG_TIMEOUT": 1,
+        "PILOTLOG_DEADLINE": 1,
+    }
     assert pilotlog("emit", "boot").returncode == 0
     verdict = doctor(pilotlog, env, send_test=True)
     replay = pilotlog("replay", "--strict", env=env)

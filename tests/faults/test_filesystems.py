@@ -21,8 +21,11 @@ from helpers import stderr_lines, unavailable
 def small_fs(tmp_path):
     mountpoint = tmp_path / "fs"
     mountpoint.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
-                       stderr=subprocess.PIPE, universal_newlines=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     if p.returncode != 0:
         unavailable("cannot mount a tmpfs (%s)" % p.stderr.strip())
     yield mountpoint
@@ -47,9 +50,16 @@ def test_full_filesystem_never_fails_emit_and_leaves_no_debris(pilotlog, small_f
     kept = len(os.listdir(str(small_fs / "spool" / "events")))
     p = pilotlog("replay", env=env)  # everything that was acknowledged is intact and ships
     shipped = len(p.stdout.splitlines())
-    ledger.record("file system", "spool on a full 64 KiB tmpfs", len(results), len(stored) - shipped, exit_ok,
-                  watch.longest, stderr_lines(refused[0])[0] if refused else "",
-                  extra="%d stored, %d refused with one line each" % (len(stored), len(refused)))
+    ledger.record(
+        "file system",
+        "spool on a full 64 KiB tmpfs",
+        len(results),
+        len(stored) - shipped,
+        exit_ok,
+        watch.longest,
+        stderr_lines(refused[0])[0] if refused else "",
+        extra="%d stored, %d refused with one line each" % (len(stored), len(refused)),
+    )
     assert exit_ok and refused, "the 64 KiB file system never filled up"
     for r in refused:
         (line,) = stderr_lines(r)
@@ -70,8 +80,16 @@ def test_read_only_spool(pilotlog, small_fs):
     replay = pilotlog("replay", env=env)
     depth = json.loads(pilotlog("status", "--json", env=env).stdout)["depth"]
     exit_ok = emit.returncode == 0 and replay.returncode == 0 and wrapped_exit_code(pilotlog, env) == 7
-    ledger.record("file system", "spool on a read-only mount", 3, 2 - depth, exit_ok, 0.0, stderr_lines(replay)[0],
-                  extra="replay sends nothing it could not remove afterwards")
+    ledger.record(
+        "file system",
+        "spool on a read-only mount",
+        3,
+        2 - depth,
+        exit_ok,
+        0.0,
+        stderr_lines(replay)[0],
+        extra="replay sends nothing it could not remove afterwards",
+    )
     assert emit.returncode == 0 and "Read-only file system" in emit.stderr and "the pilot goes on" in emit.stderr
     assert replay.returncode == 0 and replay.stdout == ""  # nothing sent: it could not be acknowledged
     (line,) = stderr_lines(replay)
@@ -102,11 +120,20 @@ def nobody(bundle):
 
     def run(*args, owner_spool):
         demote = lambda: (os.setgid(account.pw_gid), os.setuid(account.pw_uid))  # noqa: E731
-        return subprocess.run([python, "-I", "-S", os.path.join(shared, "pilotlog")] + list(args), cwd=shared,
-                              env={"PATH": "/usr/bin:/bin", "PILOTLOG_SPOOL": owner_spool,
-                                   "PILOTLOG_CACHE": os.path.join(shared, "cache")},
-                              preexec_fn=demote, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, timeout=60)
+        return subprocess.run(
+            [python, "-I", "-S", os.path.join(shared, "pilotlog")] + list(args),
+            cwd=shared,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "PILOTLOG_SPOOL": owner_spool,
+                "PILOTLOG_CACHE": os.path.join(shared, "cache"),
+            },
+            preexec_fn=demote,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=60,
+        )
 
     yield account, shared, run
     shutil.rmtree(shared, ignore_errors=True)
@@ -134,8 +161,16 @@ def test_spool_owned_by_someone_else(pilotlog, nobody):
     after = pilotlog.events()
     runs = (emit, replay, emit_nobody, replay_nobody)
     exit_ok = all(p.returncode == 0 and len(stderr_lines(p)) == 1 for p in runs) and code == 7
-    ledger.record("file system", "spool owned by another user (both ways)", 5, len(before) - len(after), exit_ok, 0.0,
-                  stderr_lines(emit)[0], extra="nothing written into the foreign spool")
+    ledger.record(
+        "file system",
+        "spool owned by another user (both ways)",
+        5,
+        len(before) - len(after),
+        exit_ok,
+        0.0,
+        stderr_lines(emit)[0],
+        extra="nothing written into the foreign spool",
+    )
     assert exit_ok, [p.stderr for p in runs]
     assert "belongs to uid %d, not to this user (uid 0)" % account.pw_uid in emit.stderr
     assert "belongs to uid 0, not to this user (uid %d)" % account.pw_uid in emit_nobody.stderr
@@ -165,9 +200,16 @@ def test_corrupt_truncated_and_planted_files(pilotlog, tmp_path):
     quarantine = pilotlog.spool / "quarantine"
     reasons = " ".join(p.read_text() for p in quarantine.iterdir() if p.name.endswith(".reason"))
     lost = len({good[0]["id"], good[2]["id"]} - set(shipped))  # the two intact events
-    ledger.record("file system", "truncated, corrupt, foreign files and a planted symlink", 4, lost,
-                  replay.returncode == 0, took, stderr_lines(replay)[0] if replay.stderr else "",
-                  extra="4 quarantined with reasons; the link's target never read")
+    ledger.record(
+        "file system",
+        "truncated, corrupt, foreign files and a planted symlink",
+        4,
+        lost,
+        replay.returncode == 0,
+        took,
+        stderr_lines(replay)[0] if replay.stderr else "",
+        extra="4 quarantined with reasons; the link's target never read",
+    )
     assert replay.returncode == 0 and lost == 0 and len(shipped) == 2
     assert len([p for p in quarantine.iterdir() if p.name.endswith(".reason")]) == 4
     for needle in ("not a valid event", "not one pilotlog writes", "symbolic link"):

@@ -15,8 +15,12 @@ BOUND = 2 * DEADLINE + 6  # the worst case: failover deadline, then the wrapper'
 
 def test_a_hostile_broker_never_harms_the_pilot(pilotlog, pki, peer):
     name, port, expected = peer
-    env = {"PILOTLOG_SINK": "stomp+ssl://localhost:%d/queue/pilots" % port, "PILOTLOG_CA_FILE": pki.path("ca.pem"),
-           "PILOTLOG_TIMEOUT": TIMEOUT, "PILOTLOG_DEADLINE": DEADLINE}
+    env = {
+        "PILOTLOG_SINK": "stomp+ssl://localhost:%d/queue/pilots" % port,
+        "PILOTLOG_CA_FILE": pki.path("ca.pem"),
+        "PILOTLOG_TIMEOUT": TIMEOUT,
+        "PILOTLOG_DEADLINE": DEADLINE,
+    }
     for i in range(5):
         assert pilotlog("emit", "log", "-m", "line %d" % i).returncode == 0
     spooled = {e["id"] for e in pilotlog.events()}
@@ -35,7 +39,9 @@ def test_a_hostile_broker_never_harms_the_pilot(pilotlog, pki, peer):
 
     kept = {e["id"] for e in pilotlog.events()}
     lost = len(spooled - kept)
-    ledger.record("hostile broker", name, 3, lost, exit_ok and watch.longest < BOUND, watch.longest, lines[0] if lines else "")
+    ledger.record(
+        "hostile broker", name, 3, lost, exit_ok and watch.longest < BOUND, watch.longest, lines[0] if lines else ""
+    )
     assert lost == 0 and len(kept) >= len(spooled) + 3  # install, and the wrapper's boot and shutdown
     assert replay.returncode == 0 and send.returncode == 0 and wrapped.returncode == 7
     (line,) = stderr_lines(replay)

@@ -60,9 +60,15 @@ def test_kill_9_during_emit(rabbitmq, pki, queue, consume, bundle, tmp_path):
     delivered = {json.loads(m.body)["message"] for m in messages}
     lost = len(acknowledged - delivered)
     duplicates = len(messages) - len(consumer.ids)
-    ledger.record("kill -9", "pilotlog emit, at random moments", trials, lost, final.returncode == 0, watch.longest,
-                  extra="%d emits had returned; %d broken files; %d duplicates" % (len(acknowledged), quarantined,
-                                                                                    duplicates))
+    ledger.record(
+        "kill -9",
+        "pilotlog emit, at random moments",
+        trials,
+        lost,
+        final.returncode == 0,
+        watch.longest,
+        extra="%d emits had returned; %d broken files; %d duplicates" % (len(acknowledged), quarantined, duplicates),
+    )
     assert len(acknowledged) > trials
     assert final.returncode == 0 and pilotlog.depth() == 0, final.stderr
     assert lost == 0, "acknowledged emits never delivered: %s" % sorted(acknowledged - delivered)[:5]
@@ -87,8 +93,13 @@ def test_kill_9_during_replay(rabbitmq, pki, queue, consume, bundle, tmp_path):
             before |= fresh
         ran += 1
         with watch:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", str(bundle), "replay"], env=env, cwd=str(tmp_path),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(bundle), "replay"],
+                env=env,
+                cwd=str(tmp_path),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(rng.uniform(0.1, 0.5))  # start-up and TLS take part of it, more on a loaded machine
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
@@ -101,9 +112,16 @@ def test_kill_9_during_replay(rabbitmq, pki, queue, consume, bundle, tmp_path):
     got = consumer.wait_for_ids(spooled, timeout=120)
     lost = len(spooled - got)
     duplicates = len(consumer.messages) - len(consumer.ids)
-    ledger.record("kill -9", "pilotlog replay, at random moments", ran, lost, final.returncode == 0, watch.longest,
-                  extra="%d events; %d kills landed mid-replay; %d duplicates (in flight at a kill: at most"
-                        " the window, %d, per kill)" % (len(spooled), killed_midway, duplicates, WINDOW))
+    ledger.record(
+        "kill -9",
+        "pilotlog replay, at random moments",
+        ran,
+        lost,
+        final.returncode == 0,
+        watch.longest,
+        extra="%d events; %d kills landed mid-replay; %d duplicates (in flight at a kill: at most"
+        " the window, %d, per kill)" % (len(spooled), killed_midway, duplicates, WINDOW),
+    )
     assert killed_midway >= trials // 5, "the kills did not land in the middle of replays"
     assert final.returncode == 0 and pilotlog.depth() == 0, final.stderr
     assert lost == 0
@@ -117,8 +135,13 @@ def test_broker_stopped_in_the_middle_of_a_replay(broker, kill, pki, pilotlog, q
     spooled = {e["id"] for e in fill_spool(pilotlog.spool, n)}
     env = sink_env(pilotlog, broker, queue, pki, PILOTLOG_DEADLINE="90", PILOTLOG_WINDOW="20")
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-I", "-S", str(pilotlog.bundle), "replay"], cwd=str(pilotlog.cwd),
-                            env=env, stderr=subprocess.PIPE, universal_newlines=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay"],
+        cwd=str(pilotlog.cwd),
+        env=env,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     end = time.monotonic() + 30
     while pilotlog.depth() > n - 200 and time.monotonic() < end:  # under way: some, not all, acknowledged
         time.sleep(0.02)
@@ -128,9 +151,16 @@ def test_broker_stopped_in_the_middle_of_a_replay(broker, kill, pki, pilotlog, q
     took = time.monotonic() - started
     got = consume(broker, queue).wait_for_ids(spooled, timeout=60)
     lost = len(spooled - got)
-    ledger.record("broker", "%s %s mid-replay, restarted" % (broker.name, "kill -9" if kill else "stopped"), 1, lost,
-                  proc.returncode == 0, took, err.strip().splitlines()[-1] if err.strip() else "",
-                  extra="%d of %d events still spooled at the %s" % (midway, n, "kill" if kill else "stop"))
+    ledger.record(
+        "broker",
+        "%s %s mid-replay, restarted" % (broker.name, "kill -9" if kill else "stopped"),
+        1,
+        lost,
+        proc.returncode == 0,
+        took,
+        err.strip().splitlines()[-1] if err.strip() else "",
+        extra="%d of %d events still spooled at the %s" % (midway, n, "kill" if kill else "stop"),
+    )
     assert 0 < midway < n, "replay finished before the broker went down: make n larger"
     assert proc.returncode == 0 and pilotlog.events() == [], err
     assert lost == 0  # every event arrived; duplicates (in flight at the restart) are allowed
@@ -175,9 +205,15 @@ def test_kill_9_during_emit_at_the_bound_keeps_the_bookkeeping(bundle, tmp_path)
         for name in os.listdir(spool.events_dir):
             if EventName(name).phase != "log":
                 spool.ack(name)  # delivered: lifecycle events never pile up to the bound
-    ledger.record("kill -9", "pilotlog emit into a full spool (evicting), acks alongside", trials, lost, True,
-                  watch.longest, extra="%d emits returned, bound %d events; counter never under the truth"
-                  % (emitted, bound))
+    ledger.record(
+        "kill -9",
+        "pilotlog emit into a full spool (evicting), acks alongside",
+        trials,
+        lost,
+        True,
+        watch.longest,
+        extra="%d emits returned, bound %d events; counter never under the truth" % (emitted, bound),
+    )
     evicted = filled - {e["id"] for e in events} - acked
     assert emitted > trials and evicted, "the kills did not land on evicting emits"
     assert lost == 0, "acknowledged lifecycle events were evicted or lost"
@@ -208,16 +244,28 @@ def test_kill_9_during_grouped_handler_emits(bundle, tmp_path):
     env = dict(pilotlog.env, PILOTLOG_LOG_FSYNC="grouped", PILOTLOG_PILOT_UUID="p")
     for _ in range(trials):
         with watch:
-            proc = subprocess.Popen([sys.executable, "-c", GROUPED_LOOP, str(bundle)], env=env, cwd=str(tmp_path),
-                                    stdout=subprocess.PIPE, universal_newlines=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", GROUPED_LOOP, str(bundle)],
+                env=env,
+                cwd=str(tmp_path),
+                stdout=subprocess.PIPE,
+                universal_newlines=True,
+            )
             time.sleep(rng.uniform(0.2, 0.6))
             proc.send_signal(signal.SIGKILL)
             out, _ = proc.communicate(timeout=30)
         acknowledged |= set(out.split())
     events = [spool.load(n) for n in sorted(os.listdir(spool.events_dir))]
     lost = len(acknowledged - {e["message"] for e in events if e})
-    ledger.record("kill -9", "logging Handler, log_fsync=grouped", trials, lost, True, watch.longest,
-                  extra="%d records had returned" % len(acknowledged))
+    ledger.record(
+        "kill -9",
+        "logging Handler, log_fsync=grouped",
+        trials,
+        lost,
+        True,
+        watch.longest,
+        extra="%d records had returned" % len(acknowledged),
+    )
     assert len(acknowledged) > trials
     assert None not in events, "a killed writer left a broken event"
     assert lost == 0

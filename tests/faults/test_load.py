@@ -22,15 +22,23 @@ def test_eight_emitters_while_replay_runs(rabbitmq, pki, queue, consume, bundle,
     pilotlog = Pilotlog(bundle, tmp_path)
     env = dict(pilotlog.env, PILOTLOG_SINK=rabbitmq.url(queue), PILOTLOG_MAX_EVENTS=str(BOUND), **broker_env(pki))
     consumer = consume(rabbitmq, queue)
-    writers = run_loops(["w%d" % i for i in range(WRITERS)], 10 ** 7, str(pilotlog.spool), str(bundle),
-                        PILOTLOG_MAX_EVENTS=str(BOUND))
+    writers = run_loops(
+        ["w%d" % i for i in range(WRITERS)], 10**7, str(pilotlog.spool), str(bundle), PILOTLOG_MAX_EVENTS=str(BOUND)
+    )
     done, depths, replays = threading.Event(), [], []
 
     def replay_while_writing():
         while not done.is_set():
-            replays.append(subprocess.run([sys.executable, "-I", "-S", str(bundle), "replay"], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          universal_newlines=True, timeout=120))
+            replays.append(
+                subprocess.run(
+                    [sys.executable, "-I", "-S", str(bundle), "replay"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    universal_newlines=True,
+                    timeout=120,
+                )
+            )
 
     shipper = threading.Thread(target=replay_while_writing)
     shipper.start()
@@ -51,10 +59,16 @@ def test_eight_emitters_while_replay_runs(rabbitmq, pki, queue, consume, bundle,
     dropped = json.loads(pilotlog("status", "--json").stdout)["dropped_total"]
     lost = len(acknowledged - delivered)
     failed_replays = [r.stderr for r in replays if r.returncode != 0]
-    ledger.record("load", "%d emitters for %d s while replays run" % (WRITERS, seconds), len(acknowledged), lost,
-                  final.returncode == 0 and not failed_replays, seconds,
-                  extra="%d replays; deepest spool %d of bound %d; %d evicted; %d duplicates" % (
-                      len(replays), max(depths), BOUND, dropped, len(messages) - len(consumer.ids)))
+    ledger.record(
+        "load",
+        "%d emitters for %d s while replays run" % (WRITERS, seconds),
+        len(acknowledged),
+        lost,
+        final.returncode == 0 and not failed_replays,
+        seconds,
+        extra="%d replays; deepest spool %d of bound %d; %d evicted; %d duplicates"
+        % (len(replays), max(depths), BOUND, dropped, len(messages) - len(consumer.ids)),
+    )
     assert len(acknowledged) > WRITERS * seconds, "the writers hardly wrote"
     assert not failed_replays and final.returncode == 0 and pilotlog.depth() == 0, final.stderr
     assert max(depths) <= BOUND and dropped == 0

@@ -55,11 +55,46 @@ TALLY = collections.defaultdict(lambda: [0, 0, "", 0.0])
 
 # -- the world ---------------------------------------------------------------------------------
 
-SETTINGS_NAMES = ("SPOOL_NOPE", "SINK", "FORMAT", "SOURCE", "MAX_EVENTS", "MAX_BYTES", "MAX_EVENT_BYTES", "TIMEOUT",
-                  "DEADLINE", "WINDOW", "SITE", "PILOT_UUID", "BATCH_EVENTS", "PASSCODE_FILE", "CA_FILE", "CERT")
-garbage_text = st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\0", b"").decode("utf-8", "surrogateescape"))
-garbage_value = st.one_of(garbage_text, st.sampled_from(["0", "-1", "1e999", "nan", "", " ", "stomp://127.0.0.1:1/q",
-                                                         "https://127.0.0.1:1/x", "1", "debug", "dirac", "/dev/zero"]))
+SETTINGS_NAMES = (
+    "SPOOL_NOPE",
+    "SINK",
+    "FORMAT",
+    "SOURCE",
+    "MAX_EVENTS",
+    "MAX_BYTES",
+    "MAX_EVENT_BYTES",
+    "TIMEOUT",
+    "DEADLINE",
+    "WINDOW",
+    "SITE",
+    "PILOT_UUID",
+    "BATCH_EVENTS",
+    "PASSCODE_FILE",
+    "CA_FILE",
+    "CERT",
+)
+garbage_text = st.binary(min_size=0, max_size=40).map(
+    lambda b: b.replace(b"\0", b"").decode("utf-8", "surrogateescape")
+)
+garbage_value = st.one_of(
+    garbage_text,
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1e999",
+            "nan",
+            "",
+            " ",
+            "stomp://127.0.0.1:1/q",
+            "https://127.0.0.1:1/x",
+            "1",
+            "debug",
+            "dirac",
+            "/dev/zero",
+        ]
+    ),
+)
 message_bytes = st.one_of(  # an argv word holds no NUL and at most 128 KiB (MAX_ARG_STRLEN)
     st.binary(max_size=60).map(lambda b: b.replace(b"\0", b"")),
     st.sampled_from([b"-x", b"--", b"-", b"--help", b"-m", b"a\xffb", b"\xed\xa0\x80", "héllo".encode()]),
@@ -68,24 +103,49 @@ message_bytes = st.one_of(  # an argv word holds no NUL and at most 128 KiB (MAX
 data_args = st.one_of(
     st.just([]),
     st.integers(min_value=1, max_value=3000).map(lambda n: [b"-d", b"k:=" + b"[" * n + b"]" * n]),
-    st.sampled_from([[b"-d", b"k:=NaN"], [b"-d", b"i:=1e999"], [b"--data", b'{"a": Infinity}'], [b"-d", b"\xff=\xfe"],
-                     [b"--data", b'{"k": "\\ud800"}'], [b"-d", b"k:=" + b"1" * 5000], [b"-d", b"=v"]]),
+    st.sampled_from(
+        [
+            [b"-d", b"k:=NaN"],
+            [b"-d", b"i:=1e999"],
+            [b"--data", b'{"a": Infinity}'],
+            [b"-d", b"\xff=\xfe"],
+            [b"--data", b'{"k": "\\ud800"}'],
+            [b"-d", b"k:=" + b"1" * 5000],
+            [b"-d", b"=v"],
+        ]
+    ),
 )
-phases = st.one_of(st.sampled_from([b"boot", b"log", b"shutdown", b"x" * 65, b"-boot", b"b\xffoot", b"1st"]),
-                   st.binary(min_size=1, max_size=10).map(lambda b: b.replace(b"\0", b"") or b"p"))
+phases = st.one_of(
+    st.sampled_from([b"boot", b"log", b"shutdown", b"x" * 65, b"-boot", b"b\xffoot", b"1st"]),
+    st.binary(min_size=1, max_size=10).map(lambda b: b.replace(b"\0", b"") or b"p"),
+)
 
-world = st.fixed_dictionaries({
-    "locale": st.sampled_from([None, "C", "POSIX", "C.UTF-8", "xx_YY.NOPE"]),
-    "home": st.sampled_from(["normal", "unset", "unwritable"]),
-    "garbage": st.lists(st.tuples(st.sampled_from(SETTINGS_NAMES), garbage_value), max_size=2),
-    "config": st.sampled_from([None, None, "/dev/zero", "fifo", "directory", "/dev/null", "huge"]),
-    "fds": st.sampled_from(["", "", "<&-", ">&-", "2>&-", ">/dev/full", "2>/dev/full", "<&- >&- 2>&-", "epipe"]),
-    "cwd": st.sampled_from(["normal", "normal", "deleted"]),
-    "spool": st.sampled_from(["fresh", "fresh", "relative", "parents", "file", "own link", "dangling link",
-                              "mode 000", "too long", "other owner"]),
-    "cache": st.sampled_from(["warm", "warm", "cold", "damaged", "a file", "unwritable"]),
-    "nobody": st.booleans() if NOBODY else st.just(False),
-})
+world = st.fixed_dictionaries(
+    {
+        "locale": st.sampled_from([None, "C", "POSIX", "C.UTF-8", "xx_YY.NOPE"]),
+        "home": st.sampled_from(["normal", "unset", "unwritable"]),
+        "garbage": st.lists(st.tuples(st.sampled_from(SETTINGS_NAMES), garbage_value), max_size=2),
+        "config": st.sampled_from([None, None, "/dev/zero", "fifo", "directory", "/dev/null", "huge"]),
+        "fds": st.sampled_from(["", "", "<&-", ">&-", "2>&-", ">/dev/full", "2>/dev/full", "<&- >&- 2>&-", "epipe"]),
+        "cwd": st.sampled_from(["normal", "normal", "deleted"]),
+        "spool": st.sampled_from(
+            [
+                "fresh",
+                "fresh",
+                "relative",
+                "parents",
+                "file",
+                "own link",
+                "dangling link",
+                "mode 000",
+                "too long",
+                "other owner",
+            ]
+        ),
+        "cache": st.sampled_from(["warm", "warm", "cold", "damaged", "a file", "unwritable"]),
+        "nobody": st.booleans() if NOBODY else st.just(False),
+    }
+)
 
 
 class World:
@@ -291,8 +351,13 @@ def warm_caches():
     for version in PYTHONS:
         python = pyenv_python(version)
         caches[version] = os.path.join(base, version)
-        subprocess.run([python, "-I", "-S", bundle, "--version"], env={"PILOTLOG_CACHE": caches[version]},
-                       stdout=subprocess.DEVNULL, check=True, timeout=60)
+        subprocess.run(
+            [python, "-I", "-S", bundle, "--version"],
+            env={"PILOTLOG_CACHE": caches[version]},
+            stdout=subprocess.DEVNULL,
+            check=True,
+            timeout=60,
+        )
         # compile every module, not only the ones --version imports
         (key,) = os.listdir(caches[version])
         subprocess.run([python, "-m", "compileall", "-q", os.path.join(caches[version], key)], check=True, timeout=120)
@@ -304,12 +369,27 @@ def warm_caches():
 def ledger_rows():
     yield
     for fault, (trials, broken, what, longest) in sorted(TALLY.items()):
-        ledger.record("robustness", fault, trials, broken, broken == 0, longest, what,
-                      extra="examples that broke an invariant are counted as lost; Python %s" % " and ".join(PYTHONS))
+        ledger.record(
+            "robustness",
+            fault,
+            trials,
+            broken,
+            broken == 0,
+            longest,
+            what,
+            extra="examples that broke an invariant are counted as lost; Python %s" % " and ".join(PYTHONS),
+        )
 
 
-FDS = {"<&-": "stdin closed", ">&-": "stdout closed", "2>&-": "stderr closed", ">/dev/full": "stdout /dev/full",
-       "2>/dev/full": "stderr /dev/full", "<&- >&- 2>&-": "fds 0, 1, 2 closed", "epipe": "stdout a pipe with no reader"}
+FDS = {
+    "<&-": "stdin closed",
+    ">&-": "stdout closed",
+    "2>&-": "stderr closed",
+    ">/dev/full": "stdout /dev/full",
+    "2>/dev/full": "stderr /dev/full",
+    "<&- >&- 2>&-": "fds 0, 1, 2 closed",
+    "epipe": "stdout a pipe with no reader",
+}
 
 
 def tally(world: World, command: str, broken: str, seconds: float) -> None:
@@ -354,8 +434,13 @@ def lines(data: bytes) -> list:
     return [line for line in data.splitlines() if line.strip()]
 
 
-common = settings(max_examples=EXAMPLES, deadline=None, derandomize=not ledger.FULL, database=None,
-                  suppress_health_check=list(HealthCheck))
+common = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not ledger.FULL,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 # -- the invariants ------------------------------------------------------------------------------
@@ -369,15 +454,20 @@ def test_run_starts_the_child_and_returns_its_exact_code(version, warm_caches, d
         child = [b"sh", b"-c", b'echo started > "$0"; exit ' + str(code).encode(), w.marker.encode()] + extra
         p = w.run([b"run", b"--"] + child)
         started = os.path.exists(w.marker)
-        broken = "" if p.returncode == code and started and no_traceback(p) else (
-            "exit %s for %s, child started: %s; %s" % (p.returncode, code, started, p.stderr[-300:]))
+        broken = (
+            ""
+            if p.returncode == code and started and no_traceback(p)
+            else ("exit %s for %s, child started: %s; %s" % (p.returncode, code, started, p.stderr[-300:]))
+        )
         verdict(w, "run", broken, p)
 
 
 @pytest.mark.parametrize("version", PYTHONS)
 @common
 @given(drawn=world, phase=phases, message=message_bytes, data=data_args, send=st.booleans())
-def test_emit_exits_0_or_2_and_stores_a_valid_event_or_says_why(version, warm_caches, drawn, phase, message, data, send):
+def test_emit_exits_0_or_2_and_stores_a_valid_event_or_says_why(
+    version, warm_caches, drawn, phase, message, data, send
+):
     with world_of(version, warm_caches, drawn) as w:
         before = w.files("events")
         p = w.run([b"emit", phase, b"-m", message] + data + ([b"--send"] if send else []))

@@ -28,8 +28,9 @@ def pilotlog_env(pki):
 def stomp_frames(broker, *frames, wait_for=None):
     """Send raw frames on the broker's plain port (as a site's admin tool would); the frames back."""
     with socket.create_connection(("127.0.0.1", broker.plain), timeout=10) as sock:
-        sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER),
-                                              ("passcode", PASSWORD)]))
+        sock.sendall(
+            encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)])
+        )
         for command, headers, body in frames:
             sock.sendall(encode_frame(command, headers, body))
         parser, got = FrameParser(), []
@@ -43,9 +44,23 @@ def stomp_frames(broker, *frames, wait_for=None):
 
 
 def declare_quorum_queue(broker, name: str) -> None:
-    got = stomp_frames(broker, ("SUBSCRIBE", [("destination", "/queue/" + name), ("id", "d"), ("receipt", "r"),
-                                              ("x-queue-type", "quorum"), ("durable", "true"), ("auto-delete", "false")],
-                                b""), ("UNSUBSCRIBE", [("id", "d"), ("receipt", "done")], b""), wait_for="done")
+    got = stomp_frames(
+        broker,
+        (
+            "SUBSCRIBE",
+            [
+                ("destination", "/queue/" + name),
+                ("id", "d"),
+                ("receipt", "r"),
+                ("x-queue-type", "quorum"),
+                ("durable", "true"),
+                ("auto-delete", "false"),
+            ],
+            b"",
+        ),
+        ("UNSUBSCRIBE", [("id", "d"), ("receipt", "done")], b""),
+        wait_for="done",
+    )
     assert not [f for f in got if f.command == "ERROR"], got
 
 
@@ -69,8 +84,9 @@ def test_a_missing_amq_queue_is_found_before_anything_is_sent(rabbitmq, pilotlog
     assert p.returncode == pilotlog("replay", "--strict", env=env).returncode - 2  # doctor 1, replay --strict 3
     # Declared, the same destination takes everything; the check consumed nothing on its way.
     declare_quorum_queue(rabbitmq, name)
-    stomp_frames(rabbitmq, ("SEND", [("destination", "/amq/queue/" + name), ("receipt", "s")], b'{"not": "ours"}'),
-                 wait_for="s")
+    stomp_frames(
+        rabbitmq, ("SEND", [("destination", "/amq/queue/" + name), ("receipt", "s")], b'{"not": "ours"}'), wait_for="s"
+    )
     consumer = consume(rabbitmq, "/amq/queue/" + name)
     p = pilotlog("replay", env=env)
     assert p.returncode == 0 and pilotlog.depth() == 0, p.stderr
@@ -147,8 +163,10 @@ def test_the_existence_check_on_a_queue_full_of_messages_never_fails_a_replay(ra
     message the check was handed is given back, never lost."""
     name = "pilotlog-busy-" + uuid.uuid4().hex[:8]
     declare_quorum_queue(rabbitmq, name)
-    theirs = [("SEND", [("destination", "/amq/queue/" + name), ("receipt", "s%d" % i)], b'{"theirs": %d}' % i)
-              for i in range(300)]
+    theirs = [
+        ("SEND", [("destination", "/amq/queue/" + name), ("receipt", "s%d" % i)], b'{"theirs": %d}' % i)
+        for i in range(300)
+    ]
     stomp_frames(rabbitmq, *theirs, wait_for="s299")
     env = {"PILOTLOG_SINK": rabbitmq.url("/amq/queue/" + name)}
     for attempt in range(30):

@@ -60,8 +60,13 @@ def test_doctor_walks_a_working_path_and_sends_a_marked_test_event(broker, pilot
 
 def test_doctor_with_certificate_login_and_a_wrong_password_on_both_brokers(broker, pilotlog, queue, pki):
     url = broker.cert_url(queue) if hasattr(broker, "cert_url") else broker.url(queue)
-    certs = {"PILOTLOG_SINK": url, "PILOTLOG_USER": "", "PILOTLOG_PASSCODE": "",
-             "PILOTLOG_CERT": pki.path("client.pem"), "PILOTLOG_KEY": pki.path("client.key")}
+    certs = {
+        "PILOTLOG_SINK": url,
+        "PILOTLOG_USER": "",
+        "PILOTLOG_PASSCODE": "",
+        "PILOTLOG_CERT": pki.path("client.pem"),
+        "PILOTLOG_KEY": pki.path("client.key"),
+    }
     code, report = doctor(pilotlog, "--send-test", **certs)
     details = {s["name"]: s["detail"] for s in report["steps"]}
     assert code == 0, report
@@ -72,15 +77,18 @@ def test_doctor_with_certificate_login_and_a_wrong_password_on_both_brokers(brok
     assert "not-the-password" not in json.dumps(report)
 
 
-@pytest.mark.parametrize("fault,step,needle", [
-    ("wrong password", "stomp", "refused the connection"),
-    ("untrusted CA", "tls", "server certificate not trusted"),
-    ("host-name mismatch", "tls", "does not match the host name"),
-    ("closed port", "tcp", "Connection refused"),
-    ("unresolvable host", "dns", "cannot resolve pilotlog-nowhere.invalid"),
-    ("expired client certificate", "credentials", "expired"),
-    ("bad configuration", "config", "PILOTLOG_TIMEOUT"),
-])
+@pytest.mark.parametrize(
+    "fault,step,needle",
+    [
+        ("wrong password", "stomp", "refused the connection"),
+        ("untrusted CA", "tls", "server certificate not trusted"),
+        ("host-name mismatch", "tls", "does not match the host name"),
+        ("closed port", "tcp", "Connection refused"),
+        ("unresolvable host", "dns", "cannot resolve pilotlog-nowhere.invalid"),
+        ("expired client certificate", "credentials", "expired"),
+        ("bad configuration", "config", "PILOTLOG_TIMEOUT"),
+    ],
+)
 def test_doctor_names_the_first_broken_step(rabbitmq, pilotlog, queue, pki, fault, step, needle):
     env = {"PILOTLOG_SINK": rabbitmq.url(queue)}
     if fault == "wrong password":
@@ -113,9 +121,12 @@ def test_doctor_checks_the_https_fallback(bundle, rabbitmq, pilotlog, queue, pki
     """A dead broker with a working HTTPS fallback: delivery works, and doctor says which road."""
     server = Serve(bundle, pki, tmp_path / "store")
     try:
-        env = {"PILOTLOG_SINK": "stomp+ssl://localhost:%d%s" % (free_port(), queue),
-               "PILOTLOG_FALLBACK_SINK": server.url, "PILOTLOG_CERT": pki.path("client.pem"),
-               "PILOTLOG_KEY": pki.path("client.key")}
+        env = {
+            "PILOTLOG_SINK": "stomp+ssl://localhost:%d%s" % (free_port(), queue),
+            "PILOTLOG_FALLBACK_SINK": server.url,
+            "PILOTLOG_CERT": pki.path("client.pem"),
+            "PILOTLOG_KEY": pki.path("client.key"),
+        }
         code, report = doctor(pilotlog, **env)
     finally:
         server.stop()
@@ -123,7 +134,10 @@ def test_doctor_checks_the_https_fallback(bundle, rabbitmq, pilotlog, queue, pki
     by_name = {s["name"]: s for s in report["steps"]}
     assert not by_name["tcp"]["ok"] and by_name["fallback tls"]["ok"] and by_name["fallback https"]["ok"]
     assert "the service accepts our POST (sendMessage of no lines" in by_name["fallback https"]["detail"]
-    assert "CN=pilotlog test client" in by_name["credentials"]["detail"] or "expires in" in by_name["credentials"]["detail"]
+    assert (
+        "CN=pilotlog test client" in by_name["credentials"]["detail"]
+        or "expires in" in by_name["credentials"]["detail"]
+    )
 
 
 # -- tail --------------------------------------------------------------------------------------
@@ -168,9 +182,14 @@ def test_tail_reconnects_when_the_broker_restarts(rabbitmq, pilotlog, queue):
     texts = [json.dumps(e) for e in events]
     publish(rabbitmq, queue, texts[:3])
     env = dict(pilotlog.env, PILOTLOG_SINK=rabbitmq.url(queue), PILOTLOG_DEADLINE="90")
-    tail = subprocess.Popen([sys.executable, "-I", "-S", str(pilotlog.bundle), "tail", "--count", "6", "--seconds", "150"],
-                            cwd=str(pilotlog.cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True)
+    tail = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(pilotlog.bundle), "tail", "--count", "6", "--seconds", "150"],
+        cwd=str(pilotlog.cwd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     lines = [tail.stdout.readline() for _ in range(3)]
     rabbitmq.restart()
     publish(rabbitmq, queue, texts[3:])
@@ -182,8 +201,12 @@ def test_tail_reconnects_when_the_broker_restarts(rabbitmq, pilotlog, queue):
 
 
 def test_tail_from_an_unreachable_broker_says_so(pilotlog, queue):
-    p = pilotlog("tail", "--seconds", "1", env={"PILOTLOG_SINK": "stomp+ssl://localhost:%d%s" % (free_port(), queue),
-                                                "PILOTLOG_DEADLINE": "1"})
+    p = pilotlog(
+        "tail",
+        "--seconds",
+        "1",
+        env={"PILOTLOG_SINK": "stomp+ssl://localhost:%d%s" % (free_port(), queue), "PILOTLOG_DEADLINE": "1"},
+    )
     assert p.returncode == 1 and p.stderr.startswith("pilotlog: cannot read stomp+ssl://localhost:")
     assert len(p.stderr.splitlines()) == 1
 
@@ -206,8 +229,13 @@ def run_pilot(bundle, tmp_path, index, outcome, env):
         cmds.append(args)
     code = " && ".join(" ".join([sys.executable, "-I", "-S", str(bundle)] + ["'%s'" % a for a in c]) for c in cmds)
     code += " && %s -I -S %s replay" % (sys.executable, bundle)
-    return subprocess.Popen(["sh", "-c", code], env=dict(env, PILOTLOG_SPOOL=str(spool), PILOTLOG_PILOT_UUID=pilot),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True)
+    return subprocess.Popen(
+        ["sh", "-c", code],
+        env=dict(env, PILOTLOG_SPOOL=str(spool), PILOTLOG_PILOT_UUID=pilot),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
 
 
 def test_timeline_of_a_burst_of_pilots(rabbitmq, pilotlog, queue, tmp_path, bundle):
@@ -218,7 +246,9 @@ def test_timeline_of_a_burst_of_pilots(rabbitmq, pilotlog, queue, tmp_path, bund
     twice = Pilotlog(bundle, tmp_path)
     twice.spool = tmp_path / "pilot-12"
     for phase in ("boot", "os", "power", "install", "match", "shutdown"):
-        assert twice("emit", phase, env=dict(PILOTLOG_SPOOL=twice.spool, PILOTLOG_PILOT_UUID="pilot-12")).returncode == 0
+        assert (
+            twice("emit", phase, env=dict(PILOTLOG_SPOOL=twice.spool, PILOTLOG_PILOT_UUID="pilot-12")).returncode == 0
+        )
     shutil.copytree(str(twice.spool), str(tmp_path / "copy"))
     assert twice("replay", env=dict(env, PILOTLOG_SPOOL=twice.spool)).returncode == 0
     shutil.rmtree(str(twice.spool))

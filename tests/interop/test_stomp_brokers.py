@@ -11,7 +11,8 @@ import time
 import pytest
 
 from brokers import CLIENT_CN, PASSWORD
-from helpers import SilentListener, broker_env, replay as replay_env, stderr_lines
+from helpers import SilentListener, broker_env, stderr_lines
+from helpers import replay as replay_env
 
 PILOTS = ["https://ce.example.org:9000/aBc:12", "0123456789abcdef0123456789abcdef"]
 
@@ -42,7 +43,10 @@ def check_delivered(messages, spooled):
     for m, event in zip(messages, spooled):
         h = m.headers
         assert (h["pilot_id"], h["event_id"], h["phase"], h["status"]) == (
-            event["pilot"], event["id"], event["phase"], event["status"],
+            event["pilot"],
+            event["id"],
+            event["phase"],
+            event["status"],
         )
         assert h["content-type"].startswith("application/json")
 
@@ -94,7 +98,9 @@ def test_dirac_format_to_a_dirac_style_destination(broker, pilotlog, queue, cons
     assert p.returncode == 0, p.stderr
     records = [json.loads(m.body) for m in consume(broker, queue).wait_for(6)]
     # What DIRAC's PilotLoggerTools.isMessageFormatCorrect accepts: six non-empty strings.
-    assert [sorted(r) for r in records] == [sorted(["pilotUUID", "timestamp", "source", "phase", "status", "messageContent"])] * 6
+    assert [sorted(r) for r in records] == [
+        sorted(["pilotUUID", "timestamp", "source", "phase", "status", "messageContent"])
+    ] * 6
     assert all(isinstance(v, str) and v for r in records for v in r.values())
     assert [(r["phase"], r["pilotUUID"]) for r in records] == [(e["phase"], e["pilot"]) for e in spooled]
     assert records[2]["messageContent"].startswith("power of 11 HS06 | id=%s" % spooled[2]["id"])
@@ -199,7 +205,9 @@ def test_listener_that_never_answers_hits_the_deadline(pilotlog, queue):
     """A listener that accepts TCP and then says nothing: the deadlines hold, events stay."""
     with SilentListener() as silent:
         spool_lifecycle(pilotlog)
-        p, took = replay(pilotlog, "stomp+ssl://localhost:%d%s" % (silent.port, queue), PILOTLOG_TIMEOUT=1, PILOTLOG_DEADLINE=3)
+        p, took = replay(
+            pilotlog, "stomp+ssl://localhost:%d%s" % (silent.port, queue), PILOTLOG_TIMEOUT=1, PILOTLOG_DEADLINE=3
+        )
         assert_kept(pilotlog, p, 6, "timed out")
         assert took < 8
         assert silent.held, "the client never connected"

@@ -41,21 +41,44 @@ def model() -> list:
     rows.append(("events/s into the brokers", events_s, events_s * BURST, "100,000 pilots x 50 events a day"))
     conns = value("stomp.connections_per_pilot")
     if conns is not None:
-        rows.append(("broker connections (TLS handshakes)/s", starts_s * conns, starts_s * conns * BURST,
-                     "%.1f connections per pilot lifecycle, measured" % conns))
+        rows.append(
+            (
+                "broker connections (TLS handshakes)/s",
+                starts_s * conns,
+                starts_s * conns * BURST,
+                "%.1f connections per pilot lifecycle, measured" % conns,
+            )
+        )
     cpu_pilot = value("stomp.broker_cpu_ms_per_pilot")
     if cpu_pilot is not None:
         cores = starts_s * cpu_pilot / 1000.0
-        rows.append(("broker cores busy (cluster total)", cores, cores * BURST,
-                     "%.1f ms of broker CPU per pilot lifecycle (its TLS handshakes and messages), measured"
-                     % cpu_pilot))
+        rows.append(
+            (
+                "broker cores busy (cluster total)",
+                cores,
+                cores * BURST,
+                "%.1f ms of broker CPU per pilot lifecycle (its TLS handshakes and messages), measured" % cpu_pilot,
+            )
+        )
     http = value("https.requests_per_pilot")
     if http is not None:
-        rows.append(("HTTPS requests/s (serve or DIRAC)", starts_s * http, starts_s * http * BURST,
-                     "%.1f requests per pilot lifecycle, measured" % http))
+        rows.append(
+            (
+                "HTTPS requests/s (serve or DIRAC)",
+                starts_s * http,
+                starts_s * http * BURST,
+                "%.1f requests per pilot lifecycle, measured" % http,
+            )
+        )
     size_b = value("event_bytes", 400)
-    rows.append(("queue disk per node if nothing consumes (GB/day)", events_s * DAY * size_b / 1e9, None,
-                 "~%d B per event; a quorum queue keeps every message on each of its 3 nodes" % size_b))
+    rows.append(
+        (
+            "queue disk per node if nothing consumes (GB/day)",
+            events_s * DAY * size_b / 1e9,
+            None,
+            "~%d B per event; a quorum queue keeps every message on each of its 3 nodes" % size_b,
+        )
+    )
     return rows
 
 
@@ -66,15 +89,28 @@ def _number(v) -> str:
 
 
 def markdown() -> str:
-    lines = ["Run of %s: %s size, Python %s, %s, %d cores." % (
-        time.strftime("%Y-%m-%d"), "full" if FULL else "reduced (CI)", platform.python_version(),
-        platform.platform(), os.cpu_count() or 0), "", "| figure | value | unit | how it was measured |",
-        "|---|---|---|---|"]
+    lines = [
+        "Run of %s: %s size, Python %s, %s, %d cores."
+        % (
+            time.strftime("%Y-%m-%d"),
+            "full" if FULL else "reduced (CI)",
+            platform.python_version(),
+            platform.platform(),
+            os.cpu_count() or 0,
+        ),
+        "",
+        "| figure | value | unit | how it was measured |",
+        "|---|---|---|---|",
+    ]
     for key, (v, unit, how) in MEASURED.items():
         lines.append("| %s | %s | %s | %s |" % (key, _number(v), unit, how.replace("|", "\\|")))
-    lines += ["", "Paper model for %s concurrent pilots x %d events per pilot-day:" % ("{:,}".format(PILOTS),
-                                                                                        EVENTS_PER_PILOT),
-              "", "| quantity | average | 10x start-up burst | from |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Paper model for %s concurrent pilots x %d events per pilot-day:" % ("{:,}".format(PILOTS), EVENTS_PER_PILOT),
+        "",
+        "| quantity | average | 10x start-up burst | from |",
+        "|---|---|---|---|",
+    ]
     for name, average, burst, why in model():
         lines.append("| %s | %s | %s | %s |" % (name, _number(average), _number(burst), why))
     return "\n".join(lines) + "\n"

@@ -27,8 +27,9 @@ WINDOW = 200  # frames in flight: the most one fault can leave sent but not ackn
 
 def connected_port(pid: int):
     """The broker port process ``pid`` is connected to now (ss), or None."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established"], stdout=subprocess.PIPE,
-                         universal_newlines=True).stdout
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established"], stdout=subprocess.PIPE, universal_newlines=True
+    ).stdout
     for line in out.splitlines():
         if "pid=%d," % pid in line:
             return int(line.split()[3].rsplit(":", 1)[1])
@@ -68,15 +69,24 @@ class Trial:
         self.destination = cluster.declare_quorum_queue("pilots-" + uuid.uuid4().hex[:8])
         self.pilotlog = Pilotlog(bundle, tmp_path)
         self.ids = {e["id"] for e in fill_spool(self.pilotlog.spool, n)}
-        self.env = dict(self.pilotlog.env, PILOTLOG_SINK=cluster.url(self.destination),
-                        PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD,
-                        PILOTLOG_WINDOW=str(WINDOW))
+        self.env = dict(
+            self.pilotlog.env,
+            PILOTLOG_SINK=cluster.url(self.destination),
+            PILOTLOG_CA_FILE=pki.path("ca.pem"),
+            PILOTLOG_USER=USER,
+            PILOTLOG_PASSCODE=PASSWORD,
+            PILOTLOG_WINDOW=str(WINDOW),
+        )
         self.env.update(env)
 
     def replay(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-I", "-S", str(self.pilotlog.bundle), "replay"],
-                                cwd=str(self.pilotlog.cwd), env=self.env, stderr=subprocess.PIPE,
-                                universal_newlines=True)
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", str(self.pilotlog.bundle), "replay"],
+            cwd=str(self.pilotlog.cwd),
+            env=self.env,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
 
     def under_way(self, proc, timeout: float = 60) -> int:
         """Wait until the replay is connected and has shipped some (not all); return the depth then."""
@@ -100,9 +110,17 @@ class Trial:
         lost = len(gone - set(queued))
         duplicates = len(queued) - len(set(queued))
         summary = err.strip().splitlines()[-1] if err.strip() else ""
-        ledger.record("cluster", fault, 1, lost, proc.returncode == 0, seconds, summary,
-                      extra="%d events, %d left the spool, %d still spooled; %d duplicate(s)"
-                            % (self.n, len(gone), len(left), duplicates))
+        ledger.record(
+            "cluster",
+            fault,
+            1,
+            lost,
+            proc.returncode == 0,
+            seconds,
+            summary,
+            extra="%d events, %d left the spool, %d still spooled; %d duplicate(s)"
+            % (self.n, len(gone), len(left), duplicates),
+        )
         assert proc.returncode == 0, err
         assert lost == 0, "%d event(s) left the spool but are not in the queue" % lost
         assert duplicates <= faults * WINDOW
@@ -187,8 +205,12 @@ def test_rolling_restart_during_replays(cluster, pki, bundle, tmp_path):
         trial.ids |= {e["id"] for e in fill_spool(trial.pilotlog.spool, 1000)}
     roller.join()
     trial.n = len(trial.ids)
-    trial.check("rolling restart of all 3 nodes during %d replays" % rounds, trial.replay(), started,
-                faults=rounds + len(cluster.nodes))
+    trial.check(
+        "rolling restart of all 3 nodes during %d replays" % rounds,
+        trial.replay(),
+        started,
+        faults=rounds + len(cluster.nodes),
+    )
     assert codes == [0] * rounds and len(restarted) == 3
 
 
@@ -198,13 +220,20 @@ def test_a_quorum_queue_reached_as_queue_name_and_a_missing_one(cluster, pki, bu
     trial = Trial(cluster, pki, bundle, tmp_path, 500)
     name = trial.destination.rsplit("/", 1)[1]
     missing = dict(trial.env, PILOTLOG_SINK=cluster.url("/amq/queue/%s-typo" % name))
-    proc = subprocess.Popen([sys.executable, "-I", "-S", str(bundle), "replay"], cwd=str(trial.pilotlog.cwd),
-                            env=missing, stderr=subprocess.PIPE, universal_newlines=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(bundle), "replay"],
+        cwd=str(trial.pilotlog.cwd),
+        env=missing,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     started = time.monotonic()
     left = trial.check("replay to an /amq/queue/ that does not exist", proc, started, expect_all=False)
     assert left == trial.ids
-    trial.env.update(PILOTLOG_SINK=cluster.url("/queue/" + name),
-                     PILOTLOG_DESTINATION_HEADERS="x-queue-type=quorum,durable=true,auto-delete=false")
+    trial.env.update(
+        PILOTLOG_SINK=cluster.url("/queue/" + name),
+        PILOTLOG_DESTINATION_HEADERS="x-queue-type=quorum,durable=true,auto-delete=false",
+    )
     started = time.monotonic()
     trial.check("replay to the quorum queue as /queue/NAME with destination_headers", trial.replay(), started)
 
@@ -219,18 +248,28 @@ def test_the_existence_check_on_a_busy_quorum_queue_through_each_node(cluster, p
     destination = cluster.declare_quorum_queue("busy-" + uuid.uuid4().hex[:8])
     theirs = 300
     with socket.create_connection(("127.0.0.1", cluster.nodes[0].plain), timeout=10) as sock:
-        sock.sendall(encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER),
-                                              ("passcode", PASSWORD)]))
-        sock.sendall(b"".join(encode_frame("SEND", [("destination", destination), ("persistent", "true")],
-                                           b'{"theirs": %d}' % i) for i in range(theirs)))
+        sock.sendall(
+            encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)])
+        )
+        sock.sendall(
+            b"".join(
+                encode_frame("SEND", [("destination", destination), ("persistent", "true")], b'{"theirs": %d}' % i)
+                for i in range(theirs)
+            )
+        )
         sock.sendall(encode_frame("DISCONNECT", [("receipt", "bye")]))
         while b"bye" not in sock.recv(65536):
             pass
     pilotlog = Pilotlog(bundle, tmp_path)
     sent = 0
     for node in cluster.nodes:
-        env = dict(pilotlog.env, PILOTLOG_SINK="stomp+ssl://localhost:%d%s" % (node.tls, destination),
-                   PILOTLOG_CA_FILE=pki.path("ca.pem"), PILOTLOG_USER=USER, PILOTLOG_PASSCODE=PASSWORD)
+        env = dict(
+            pilotlog.env,
+            PILOTLOG_SINK="stomp+ssl://localhost:%d%s" % (node.tls, destination),
+            PILOTLOG_CA_FILE=pki.path("ca.pem"),
+            PILOTLOG_USER=USER,
+            PILOTLOG_PASSCODE=PASSWORD,
+        )
         for attempt in range(15):
             fill_spool(pilotlog.spool, 5)
             sent += 5
