@@ -169,7 +169,7 @@ def _parser():
                     "--" + s.name.replace("_", "-"),
                     dest=s.name,
                     metavar=s.name.upper() if not s.choices else "{%s}" % ",".join(s.choices),
-                    help="%s [env %s]" % (s.help, s.env),
+                    help="%s [env %s]" % (cli_help.READ_AS.get((command, s.name), s.help), s.env),
                 )
         return parent
 
@@ -216,7 +216,9 @@ def _parser():
         action="append",
         default=[],
         metavar="REGEX=PHASE",
-        help="a line matching REGEX becomes a PHASE event (repeatable), e.g. 'matched a job=match'",
+        help="a stdout/stderr line matching REGEX (a Python regular expression, searched anywhere in the line) "
+        "becomes a PHASE event, with or without --capture; repeatable, the first match wins; "
+        "e.g. 'matched a job=match'",
     )
     run.add_argument(
         "--ship-every",
@@ -663,8 +665,19 @@ def cmd_doctor(args, config, config_error=None) -> int:
     return EXIT_OK if works else EXIT_FAILED
 
 
+def _check_stop_options(args) -> None:
+    """--count at least 1; --seconds and --idle over 0 and finite (NaN, inf and 0 mean nothing useful)."""
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1, not %d" % args.count)
+    for name in ("seconds", "idle"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < 1e9:  # NaN fails both comparisons
+            raise UsageError("--%s must be a number of seconds over 0, not %s" % (name, value))
+
+
 def _follow(config, handle, args, duplicate=None) -> int:
     """Read the broker until a stop option says so; one line and exit 1 if it fails us."""
+    _check_stop_options(args)
     from .consumer import follow
     from .sinks import describe
     from .stompclient import StompError

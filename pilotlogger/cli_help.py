@@ -34,6 +34,13 @@ SHIPPING = (
     "batch_bytes",
 )
 
+#: A setting's help where a command reads it differently from the one the settings table says.
+READ_AS = {
+    ("tail", "sink"): "the broker URL whose destination is read (the queue or topic replay sends to)",
+    ("timeline", "sink"): "without FILEs: the broker URL whose destination is read (as tail)",
+    ("doctor", "sink"): "the path to check: a broker or HTTPS URL (stdout: nothing to check)",
+}
+
 RECORDING = WHICH_FILE + SPOOL + EVENTS
 DELIVERY = CONNECTION + SHIPPING
 EVERYTHING = RECORDING + DELIVERY

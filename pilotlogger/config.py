@@ -116,7 +116,12 @@ SETTINGS = (
     Setting("passcode_file", str, None, "file holding the STOMP passcode (first line)"),
     Setting("vhost", str, "/", "STOMP CONNECT host header (RabbitMQ virtual host)"),
     Setting("ca_file", str, None, "PEM file of trusted CAs"),
-    Setting("ca_dir", str, None, "hashed CA directory (default: X509_CERT_DIR, else /etc/grid-security/certificates)"),
+    Setting(
+        "ca_dir",
+        str,
+        None,
+        "hashed CA directory (default: X509_CERT_DIR, else /etc/grid-security/certificates if it exists, else the system's CAs)",
+    ),
     Setting("cert", str, None, "client certificate (default: X509_USER_CERT, else the proxy X509_USER_PROXY)"),
     Setting("key", str, None, "client key (default: X509_USER_KEY; none for a proxy, whose key is inside)"),
     Setting("timeout", float, 5.0, "seconds allowed for each network step: connect, TLS, CONNECTED, each receipt"),

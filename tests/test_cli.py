@@ -425,11 +425,15 @@ def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
         (["run", "--ship-every", "nan", "--", "true"], "--ship-every must be from 0 to 86400"),
         (["replay", "--sink", "https://local host:1/?token=X"], "must look like https://host"),
         (["emit", "boot", "-d", 'k:={"pw":"SeCrEt"'], "(not shown) is not valid JSON"),
+        (["tail", "--count", "0", "--sink", "stomp://localhost:1/queue/q"], "--count must be at least 1, not 0"),
+        (["tail", "--idle", "-5", "--sink", "stomp://localhost:1/queue/q"], "--idle must be a number of seconds over 0"),
+        (["timeline", "--seconds", "nan", "--sink", "stomp://localhost:1/queue/q"], "--seconds must be a number"),
     ],
 )
 def test_values_a_newcomer_tried_are_clear_usage_errors(pilotlog, args, needle):
     """Found by a newcomer's try: non-finite or huge times (a hang, an overflow), a space in a host
-    (retried as a network failure), a -d value echoed."""
+    (retried as a network failure), a -d value echoed, stop options that mean nothing (tried as
+    a broker connection first)."""
     assert pilotlog("emit", "boot").returncode == 0  # something to replay
     p = pilotlog(*args)
     (line,) = stderr_lines(p)
