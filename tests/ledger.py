@@ -18,6 +18,8 @@ import re
 import time
 
 FULL = os.environ.get("PILOTLOG_FAULTS") == "full"
+#: What a table's header says of its trial counts (make scale writes this table too).
+COUNTS = "full" if FULL else "full-size scale" if os.environ.get("PILOTLOG_SCALE") == "full" else "reduced (CI)"
 MARKER = "<!-- results -->"
 SECURITY_MARKER = "<!-- security results -->"
 ROWS = []
@@ -90,7 +92,7 @@ def markdown() -> str:
         "Run of %s: %s counts, Python %s, %s."
         % (
             time.strftime("%Y-%m-%d"),
-            "full" if FULL else "reduced (CI)",
+            COUNTS,
             platform.python_version(),
             platform.platform(),
         ),
@@ -111,8 +113,7 @@ def attacked() -> bool:
 def security_markdown() -> str:
     header = ("surface", "attack", "trials", "failed", "what had to hold", "outcome")
     lines = [
-        "Run of %s: %s counts, Python %s."
-        % (time.strftime("%Y-%m-%d"), "full" if FULL else "reduced (CI)", platform.python_version()),
+        "Run of %s: %s counts, Python %s." % (time.strftime("%Y-%m-%d"), COUNTS, platform.python_version()),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

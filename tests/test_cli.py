@@ -426,7 +426,10 @@ def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
         (["replay", "--sink", "https://local host:1/?token=X"], "must look like https://host"),
         (["emit", "boot", "-d", 'k:={"pw":"SeCrEt"'], "(not shown) is not valid JSON"),
         (["tail", "--count", "0", "--sink", "stomp://localhost:1/queue/q"], "--count must be at least 1, not 0"),
-        (["tail", "--idle", "-5", "--sink", "stomp://localhost:1/queue/q"], "--idle must be a number of seconds over 0"),
+        (
+            ["tail", "--idle", "-5", "--sink", "stomp://localhost:1/queue/q"],
+            "--idle must be a number of seconds over 0",
+        ),
         (["timeline", "--seconds", "nan", "--sink", "stomp://localhost:1/queue/q"], "--seconds must be a number"),
     ],
 )

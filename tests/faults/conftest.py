@@ -1,10 +1,13 @@
 """Fixtures of the fault tests: a `pilotlog serve` per test, and each hostile broker of the table."""
 
+import time
+import uuid
+
 import pytest
 
 from brokers import free_port
-from fault_tables import PEERS, ScriptedBroker
-from helpers import Serve, SilentListener
+from fault_tables import CASES, PEERS, ScriptedBroker, case_environment
+from helpers import Pilotlog, Serve, SilentListener, https_env
 
 
 @pytest.fixture
@@ -18,6 +21,29 @@ def server(bundle, pki, tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture
+def case_pilot(bundle, pki, server, tmp_path):
+    """``start(case)`` for a CASES entry: its `pilotlog serve` started, a pilot configured for it
+    with one event spooled, and the case's environment: ``(pilotlog, env)``."""
+
+    def start(case):
+        cert = CASES[case][0]
+        s = server(*cert) if isinstance(cert, tuple) else server(cert)
+        time.sleep(1.1 if "expired" in case else 0)  # valid for zero days: expired a second later
+        pilotlog = Pilotlog(bundle, tmp_path)
+        pilotlog.env.update(
+            https_env(pki),
+            PILOTLOG_DEADLINE="2",
+            PILOTLOG_TIMEOUT="2",
+            PILOTLOG_PILOT_UUID=str(uuid.uuid4()),
+            PILOTLOG_SINK=s.url,
+        )
+        assert pilotlog("emit", "boot").returncode == 0
+        return pilotlog, case_environment(case, pki, tmp_path, s.url)
+
+    return start
 
 
 @pytest.fixture(params=sorted(PEERS))

@@ -7,32 +7,18 @@ and ``run -- sh -c 'exit 7'`` (always 7).  One line each, naming the key or file
 traceback, no key material; every event already spooled stays spooled.
 """
 
-import time
-import uuid
-
 import pytest
 
 import ledger
-from fault_tables import CASES, case_environment
-from helpers import Pilotlog, https_env, stderr_lines
+from fault_tables import CASES
+from helpers import stderr_lines
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_configuration(case, bundle, pki, server, tmp_path):
-    cert, _, (replay_code, send_code), needle = CASES[case]
-    s = server(*cert) if isinstance(cert, tuple) else server(cert)
-    time.sleep(1.1 if "expired" in case else 0)  # valid for zero days: expired a second later
-    pilotlog = Pilotlog(bundle, tmp_path)
-    pilotlog.env.update(
-        https_env(pki),
-        PILOTLOG_DEADLINE="2",
-        PILOTLOG_TIMEOUT="2",
-        PILOTLOG_PILOT_UUID=str(uuid.uuid4()),
-        PILOTLOG_SINK=s.url,
-    )
-    assert pilotlog("emit", "boot").returncode == 0
+def test_bad_configuration(case, case_pilot, tmp_path):
+    _, _, (replay_code, send_code), needle = CASES[case]
+    pilotlog, env = case_pilot(case)
     spooled = {e["id"] for e in pilotlog.events()}
-    env = case_environment(case, pki, tmp_path, s.url)
     needle = needle.format(d=tmp_path)
     watch = ledger.Stopwatch()
     with watch:

@@ -19,12 +19,11 @@ not send.
 """
 
 import json
-import time
 import uuid
 
 import pytest
 
-from fault_tables import CASES, PEERS, case_environment
+from fault_tables import CASES, PEERS
 from helpers import Pilotlog, https_env, stderr_lines
 
 # bad configuration / credentials case -> the doctor step that must fail first [, its words if not replay's]
@@ -103,21 +102,10 @@ def assert_agree(name, verdict, replay, step_names, words):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("send_test", [False, True], ids=["check", "send-test"])
-def test_doctor_agrees_with_replay_on_a_bad_configuration(case, send_test, bundle, pki, server, tmp_path):
-    cert, _, _, replay_words = CASES[case]
+def test_doctor_agrees_with_replay_on_a_bad_configuration(case, send_test, case_pilot, tmp_path):
+    replay_words = CASES[case][3]
     steps, doctor_words = CASE_STEPS[case] if isinstance(CASE_STEPS[case], tuple) else (CASE_STEPS[case], None)
-    s = server(*cert) if isinstance(cert, tuple) else server(cert)
-    time.sleep(1.1 if "expired" in case else 0)  # valid for zero days: expired a second later
-    pilotlog = Pilotlog(bundle, tmp_path)
-    pilotlog.env.update(
-        https_env(pki),
-        PILOTLOG_DEADLINE="2",
-        PILOTLOG_TIMEOUT="2",
-        PILOTLOG_PILOT_UUID=str(uuid.uuid4()),
-        PILOTLOG_SINK=s.url,
-    )
-    assert pilotlog("emit", "boot").returncode == 0
-    env = case_environment(case, pki, tmp_path, s.url)
+    pilotlog, env = case_pilot(case)
     verdict = doctor(pilotlog, env, send_test)
     replay = pilotlog("replay", "--strict", env=env)
     replay_words = replay_words.format(d=tmp_path)

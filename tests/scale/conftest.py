@@ -29,6 +29,7 @@ def cluster(tmp_path_factory, pki):
 
 def pytest_terminal_summary(terminalreporter):
     if scale_report.MEASURED:
+        scale_report.record_run()
         terminalreporter.section("scale figures (issue 16)")
         terminalreporter.write(scale_report.markdown())
         path = os.environ.get("PILOTLOG_SCALE_REPORT")

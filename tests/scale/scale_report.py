@@ -3,16 +3,24 @@
 Tests call ``measure(key, value, unit, how)``; the session prints one table, and ``make scale``
 (PILOTLOG_SCALE_REPORT=docs/scale.md) writes it, with the model, between the markers of that
 file.  ``size(reduced, full)`` picks the burst size: ``make test`` runs the reduced one.
+
+``make scale`` runs the suite three times in one session: each run adds its figures to
+PILOTLOG_SCALE_RUNS (a JSON-lines file) and the table shows, per figure, the median of the
+runs so far with their range; the model is computed from the medians.
 """
 
 import collections
+import json
 import os
 import platform
+import statistics
 import time
 
 FULL = os.environ.get("PILOTLOG_SCALE") == "full"
 BEGIN, END = "<!-- measured -->", "<!-- results -->"
-MEASURED = collections.OrderedDict()
+MEASURED = collections.OrderedDict()  # key -> (value, unit, how) of this run
+RUNS_FILE = os.environ.get("PILOTLOG_SCALE_RUNS")
+RUNS: list = []  # each run's {key: value}, this one last (see record_run)
 
 # The day the model is for: 100,000 concurrent pilots, each living a day, ~50 events each.
 PILOTS = 100000
@@ -29,8 +37,27 @@ def measure(key: str, value: float, unit: str, how: str) -> None:
     MEASURED[key] = (value, unit, how)
 
 
+def record_run() -> None:
+    """Add this run's figures to RUNS_FILE (when set) and load every run recorded there."""
+    RUNS[:] = []
+    if RUNS_FILE:
+        with open(RUNS_FILE, "a") as f:
+            f.write(json.dumps({k: v for k, (v, _, _) in MEASURED.items()}) + "\n")
+        with open(RUNS_FILE) as f:
+            RUNS.extend(json.loads(line) for line in f if line.strip())
+    else:
+        RUNS.append({k: v for k, (v, _, _) in MEASURED.items()})
+
+
+def values(key: str) -> list:
+    """This figure in every recorded run that measured it."""
+    return [run[key] for run in RUNS if key in run] or ([MEASURED[key][0]] if key in MEASURED else [])
+
+
 def value(key: str, default=None):
-    return MEASURED[key][0] if key in MEASURED else default
+    """The median of the runs (this run's figure when it is the only one)."""
+    found = values(key)
+    return statistics.median(found) if found else default
 
 
 def model() -> list:
@@ -89,21 +116,28 @@ def _number(v) -> str:
 
 
 def markdown() -> str:
+    runs = max(1, len(RUNS))
     lines = [
-        "Run of %s: %s size, Python %s, %s, %d cores."
+        "%s of %s: %s size, Python %s, %s, %d cores%s."
         % (
+            "%d runs" % runs if runs > 1 else "Run",
             time.strftime("%Y-%m-%d"),
             "full" if FULL else "reduced (CI)",
             platform.python_version(),
             platform.platform(),
             os.cpu_count() or 0,
+            "; each figure the median of the runs, with their range" if runs > 1 else "",
         ),
         "",
-        "| figure | value | unit | how it was measured |",
+        "| figure | %s | unit | how it was measured |" % ("median [range]" if runs > 1 else "value"),
         "|---|---|---|---|",
     ]
-    for key, (v, unit, how) in MEASURED.items():
-        lines.append("| %s | %s | %s | %s |" % (key, _number(v), unit, how.replace("|", "\\|")))
+    for key, (_, unit, how) in MEASURED.items():
+        found = values(key)
+        shown = _number(statistics.median(found))
+        if len(found) > 1:
+            shown += " [%s–%s]" % (_number(min(found)), _number(max(found)))
+        lines.append("| %s | %s | %s | %s |" % (key, shown, unit, how.replace("|", "\\|")))
     lines += [
         "",
         "Paper model for %s concurrent pilots x %d events per pilot-day:" % ("{:,}".format(PILOTS), EVENTS_PER_PILOT),
