@@ -243,23 +243,34 @@ def test_the_existence_check_on_a_busy_quorum_queue_through_each_node(cluster, p
     UNSUBSCRIBE was confirmed (the queue's leader on another node delivers late), then sends an ERROR
     'Subscription not found' and keeps the connection.  Through every node, to a queue that always
     holds messages: every replay delivers, and the messages the check was handed are all still there."""
-    from pilotlogger.stompcodec import encode_frame
+    from pilotlogger.stompcodec import FrameParser, encode_frame
 
     destination = cluster.declare_quorum_queue("busy-" + uuid.uuid4().hex[:8])
     theirs = 300
-    with socket.create_connection(("127.0.0.1", cluster.nodes[0].plain), timeout=10) as sock:
+    # Each with a receipt, all awaited: without publisher confirms a quorum queue may drop what a
+    # closing connection had not yet handed over (a first version of this test lost 205 of 300 so).
+    with socket.create_connection(("127.0.0.1", cluster.nodes[0].plain), timeout=30) as sock:
         sock.sendall(
             encode_frame("CONNECT", [("accept-version", "1.2"), ("host", "/"), ("login", USER), ("passcode", PASSWORD)])
         )
         sock.sendall(
             b"".join(
-                encode_frame("SEND", [("destination", destination), ("persistent", "true")], b'{"theirs": %d}' % i)
+                encode_frame(
+                    "SEND",
+                    [("destination", destination), ("persistent", "true"), ("receipt", "t%d" % i)],
+                    b'{"theirs": %d}' % i,
+                )
                 for i in range(theirs)
             )
         )
-        sock.sendall(encode_frame("DISCONNECT", [("receipt", "bye")]))
-        while b"bye" not in sock.recv(65536):
-            pass
+        parser, confirmed = FrameParser(), set()
+        while len(confirmed) < theirs:
+            data = sock.recv(65536)
+            assert data, "the broker closed the connection after %d receipts" % len(confirmed)
+            parser.feed(data)
+            for frame in iter(parser.next_frame, None):
+                assert frame.command == "RECEIPT", frame
+                confirmed.add(frame.headers["receipt-id"])
     pilotlog = Pilotlog(bundle, tmp_path)
     sent = 0
     for node in cluster.nodes:
