@@ -671,8 +671,10 @@ def _check_stop_options(args) -> None:
         raise UsageError("--count must be at least 1, not %d" % args.count)
     for name in ("seconds", "idle"):
         value = getattr(args, name)
-        if value is not None and not 0 < value < 1e9:  # NaN fails both comparisons
-            raise UsageError("--%s must be a number of seconds over 0, not %s" % (name, value))
+        if value is not None and not 0 < value <= 31536000:  # NaN fails both comparisons
+            raise UsageError(
+                "--%s must be a number of seconds over 0 and at most a year (31536000), not %g s" % (name, value)
+            )
 
 
 def _follow(config, handle, args, duplicate=None) -> int:

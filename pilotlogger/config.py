@@ -124,7 +124,12 @@ SETTINGS = (
     ),
     Setting("cert", str, None, "client certificate (default: X509_USER_CERT, else the proxy X509_USER_PROXY)"),
     Setting("key", str, None, "client key (default: X509_USER_KEY; none for a proxy, whose key is inside)"),
-    Setting("timeout", float, 5.0, "seconds allowed for each network step: connect, TLS, CONNECTED, each receipt"),
+    Setting(
+        "timeout",
+        float,
+        5.0,
+        "seconds allowed for each network step: connect, TLS, CONNECTED, each receipt (a whole HTTPS POST: twice this)",
+    ),
     Setting("deadline", float, 20.0, "seconds allowed for reaching a broker (all addresses, retries) or reconnecting"),
     Setting("window", int, 1000, "SEND frames in flight awaiting their receipts"),
     Setting("receipt_every", int, 1, "opt-in: a RECEIPT every K frames, cumulative (default 1: one per event)"),

@@ -25,11 +25,14 @@ from .redact import mask_text
 
 
 class Failed(Exception):
-    """A step failed: ``detail`` says what was seen, ``advice`` what to do about it."""
+    """A step failed: ``detail`` says what was seen, ``advice`` what to do about it.
 
-    def __init__(self, detail: str, advice: str):
+    ``refused``: the sink took the request and refused its content — replay would quarantine
+    the events there, and a fallback sink is never tried for them."""
+
+    def __init__(self, detail: str, advice: str, refused: bool = False):
         super().__init__(detail)
-        self.detail, self.advice = detail, advice
+        self.detail, self.advice, self.refused = detail, advice, refused
 
 
 class Step:
@@ -56,6 +59,7 @@ class Doctor:
         self.steps: list = []
         self.context = None
         self._pilot: "str | None" = None
+        self.refused = False  # a sink refused the content (see Failed)
 
     def check(self, name: str, target: str, fn, *args):
         """Run one step, ``fn(*args)``; record it; return fn's value (its detail is the second item) or None."""
@@ -66,6 +70,7 @@ class Doctor:
             return value if value is not None else True
         except Failed as exc:
             self.steps.append(Step(name, target, False, _ms(started), exc.detail, exc.advice))
+            self.refused = self.refused or exc.refused
             return None
 
     # -- the walk ----------------------------------------------------------------------------
@@ -89,9 +94,10 @@ class Doctor:
             return bool(spool_ok)
         self.check("credentials", self.config.cert or "(none)", self._credentials)
         works = self._sink(self.config.sink, "")
+        refused = self.refused  # replay quarantines what the sink refuses: no fallback for that
         if self.config.fallback_sink:
             works = self._sink(self.config.fallback_sink, "fallback ") or works
-        return bool(spool_ok) and works
+        return bool(spool_ok) and works and not refused
 
     def _config(self):
         if self.config_error is not None:
@@ -180,7 +186,7 @@ class Doctor:
             self.steps.append(Step(label + "sink", "stdout", True, 0.0, "events are printed to stdout, not sent"))
             return True
         use_tls, stomp = target.tls, target.kind == "stomp"
-        working = False
+        working, connected = False, False
         for host, port in target.hosts:
             addresses = self.check(label + "dns", host, _resolve, host, port)
             for family, sockaddr in addresses or ():
@@ -188,6 +194,10 @@ class Doctor:
                 sock = self.check(label + "tcp", where, _tcp, family, sockaddr, self.config.timeout)
                 if not sock:
                     continue
+                # STOMP fails over to every address; HTTPS (http.client) uses the first address
+                # that takes the TCP connection, in resolver order, whatever happens next there.
+                counts = stomp or not connected
+                connected = True
                 if use_tls:
                     if self.context is None:
                         sock.close()
@@ -198,7 +208,8 @@ class Doctor:
                 if stomp:
                     working = self._stomp(sock, target, where, label) or working
                 else:
-                    working = self._https(sock, target, where, label) or working
+                    works_here = self._https(sock, target, where, label)
+                    working = working or (works_here and counts)
         return working
 
     def pilot(self) -> str:
@@ -286,13 +297,17 @@ def _tcp(family, sockaddr, timeout: float):
 def _tls(sock, host: str, context, config):
     import ssl
 
+    from .https import POST_TIMEOUTS, Watchdog
     from .tls import common_name, describe_verify_error, server_hostname
 
+    watchdog = Watchdog(lambda: sock, POST_TIMEOUTS * config.timeout)  # a handshake trickled byte by byte
     try:
         tls = context.wrap_socket(sock, server_hostname=server_hostname(host))
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
         sock.close()
         text = describe_verify_error(exc) if isinstance(exc, (ssl.SSLError, ssl.CertificateError)) else str(exc)
+        if watchdog.fired:
+            text = "no complete TLS handshake within %g s" % (POST_TIMEOUTS * config.timeout)
         if "host name" in text:
             advice = "use the host name the server's certificate carries in the sink URL"
         elif "refused our client certificate" in text:
@@ -302,6 +317,8 @@ def _tls(sock, host: str, context, config):
         else:
             advice = "check that the port speaks TLS (stomp+ssl:// or https://)"
         raise Failed(text, advice) from None
+    finally:
+        watchdog.cancel()
     peer = tls.getpeercert() or {}
     subject = common_name(peer.get("subject")) or "?"
     issuer = common_name(peer.get("issuer"))
@@ -429,7 +446,14 @@ def _https(sink, pilot: str, payload=None):
         elif "refused our client certificate" in text:
             advice = "the service requires a client certificate it accepts: set cert/key (X509_USER_PROXY)"
         elif exc.kind == "refused":
-            advice = "replay would quarantine such events: check vo and the pilot id (DIRAC takes a UUID or a stamp)"
+            raise Failed(
+                text,
+                "replay would quarantine such events (a fallback sink is not tried for them): check vo "
+                "and the pilot id (DIRAC takes a UUID or a stamp)",
+                refused=True,
+            ) from None
+        elif "not an HTTP answer" in text:
+            advice = "this port does not speak HTTP: check the port and scheme in the sink URL"
         elif exc.kind == "retry":
             advice = "the service is failing or overloaded: replay retries until its deadline; see the service's log"
         else:

@@ -28,14 +28,19 @@ One connection is kept alive for the whole replay.
 import json
 import time
 
-from .events import readable_line
-from .redact import mask_url
+from .events import escape_controls, readable_line
+from .redact import hidden_parts, mask_parts, mask_url
 from .sink import Backoff, SinkError, in_batches
 from .version import __version__
 
 REFUSED = frozenset((400, 413, 415, 422))
 RETRY = frozenset((408, 425, 429))
 GZIP_ABOVE = 1024
+#: A whole POST — connection, TLS, request, answer read to its end — within this many times
+#: ``timeout``: the socket's timeout bounds each read only, and a server trickling a byte a
+#: second would hold the pilot for ever (found by a hostile tester).
+POST_TIMEOUTS = 2
+ANSWER_KEPT = 65536  # bytes of an answer read for its message; a longer one costs the connection
 PROTOCOLS = ("dirac", "json")
 
 
@@ -123,6 +128,7 @@ class HttpsSink:
         self.config = config
         self.conn = None
         self.backoff = Backoff()
+        self.hidden = hidden_parts(self.path)  # secrets of the URL a server may echo back
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -216,7 +222,14 @@ class HttpsSink:
         else:
             requests = [Request([], b"", "application/x-ndjson")]
         try:
-            return " ".join(self._post(r) for r in requests)
+            answers = []
+            for request in requests:
+                try:
+                    answers.append(self._post(request))
+                except _Retry:  # replay retries on a fresh connection: so does the check, once
+                    self._close()
+                    answers.append(self._post(request))
+            return " ".join(answers)
         except _Refused as exc:
             raise ProbeFailed("refused", "%s refused it: %s" % (self.where, exc), exc.status) from None
         except _Retry as exc:
@@ -260,23 +273,35 @@ class HttpsSink:
             headers["Content-Encoding"] = request.encoding
         if self.config.vo and self.config.http_protocol == "json":
             headers["X-Pilotlog-VO"] = self.config.vo
+        limit = POST_TIMEOUTS * self.config.timeout
+        conn = self._connection()
+        watchdog = Watchdog(lambda: conn.sock, limit)
         try:
-            conn = self._connection()
             conn.request("POST", self.path, body=request.body, headers=headers)
             response = conn.getresponse()
-            status, text = response.status, response.read(65536).decode("utf-8", "replace")
-            if response.will_close:
+            status, text = response.status, response.read(ANSWER_KEPT).decode("utf-8", "replace")
+            location = response.getheader("Location", "")
+            if response.will_close or not response.isclosed():  # not read to its end: not reusable
                 self._close()
         except (ssl.SSLError, ssl.CertificateError) as exc:
             self._close()
             if is_verify_error(exc):
                 raise SinkError("%s: %s" % (self.where, describe_verify_error(exc))) from None
             raise _Retry("%s: %s" % (self.where, describe_verify_error(exc))) from None
-        except socket.timeout:
-            raise _Retry("%s: timed out after %g s" % (self.where, self.config.timeout)) from None
         except (OSError, http.client.HTTPException) as exc:
+            self._close()
+            if watchdog.fired:
+                raise _Retry("%s: no complete answer within %g s" % (self.where, limit)) from None
+            if isinstance(exc, socket.timeout):
+                raise _Retry("%s: timed out after %g s" % (self.where, self.config.timeout)) from None
+            if isinstance(exc, http.client.BadStatusLine):
+                raise _Retry("%s: not an HTTP answer (%s)" % (self.where, self._shown(str(exc))[:80])) from None
             raise _Retry("%s: %s" % (self.where, getattr(exc, "strerror", None) or exc or type(exc).__name__)) from None
-        summary = " ".join(text.split())[:200]
+        finally:
+            watchdog.cancel()
+        if watchdog.fired:  # cut just after the answer came: the connection is not reusable
+            self._close()
+        summary = self._shown(text)
         if 200 <= status < 300:
             if self.config.http_protocol == "dirac":
                 try:
@@ -284,14 +309,21 @@ class HttpsSink:
                 except ValueError:
                     answer = None
                 if isinstance(answer, dict) and answer.get("OK") is False:
-                    raise _Refused(status, str(answer.get("Message", "OK: false")))
+                    raise _Refused(status, self._shown(str(answer.get("Message", "OK: false"))))
             return "HTTP %d %s" % (status, summary)
         if status in REFUSED:
             raise _Refused(status, "HTTP %d %s" % (status, summary))
         if status in RETRY or status >= 500:
             raise _Retry("%s: HTTP %d %s" % (self.where, status, summary), status)
         self._close()
+        if 300 <= status < 400 and location:
+            summary = "%s (to %s)" % (summary, self._shown(mask_url(location)))
         raise _Stopped("%s: HTTP %d %s (check the URL and credentials)" % (self.where, status, summary), status)
+
+    def _shown(self, text: str) -> str:
+        """A peer's words as they may be printed: the URL's secrets masked (an error page may quote
+        the request), control characters escaped, on one line, at most 200 characters."""
+        return escape_controls(" ".join(mask_parts(text, self.hidden).split()))[:200]
 
     def _close(self):
         if self.conn is not None:
@@ -300,6 +332,33 @@ class HttpsSink:
 
     def close(self) -> None:
         self._close()
+
+
+class Watchdog:
+    """Cuts a socket after ``seconds`` (``socket_of()`` gives it, or None while there is none yet):
+    a whole exchange is bounded, not only each read — a peer trickling a byte a second is cut."""
+
+    def __init__(self, socket_of, seconds: float):
+        import threading
+
+        self.socket_of, self.fired = socket_of, False
+        self.timer = threading.Timer(seconds, self._cut)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _cut(self) -> None:
+        import socket
+
+        self.fired = True
+        sock = self.socket_of()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read or write returns at once
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 def make(config, target, stdout) -> HttpsSink:

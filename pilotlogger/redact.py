@@ -86,6 +86,40 @@ def mask_url(url: str) -> str:
     return masked
 
 
+_DELIMITERS = re.compile(r"([/?&;=#@])")
+
+
+def hidden_parts(url: str) -> list:
+    """The pieces of ``url`` that :func:`mask_url` hides (query values, key-like path segments,
+    user info), so that they can be masked where a peer echoes them back — an error page
+    quoting the request path.  Longest first; pieces under 3 characters are left out."""
+    if not isinstance(url, str):
+        return []
+    masked = mask_url(url)
+    if masked == url:
+        return []
+    ours, theirs = _DELIMITERS.split(url), _DELIMITERS.split(masked)
+    if len(ours) == len(theirs):
+        found = {a for a, b in zip(ours, theirs) if a != b}
+    else:  # the masking took delimiters with it (a fragment, user info): hide the whole of each part
+        scheme, sep, rest = url.partition("://")
+        found = {rest if sep else url}
+    return sorted((p for p in found if len(p) >= 3), key=len, reverse=True)
+
+
+def mask_parts(text: str, parts) -> str:
+    """``text`` with each of ``parts`` (see hidden_parts), raw or percent-decoded, replaced by ``****``."""
+    if not parts:
+        return text
+    from urllib.parse import unquote
+
+    for part in parts:
+        for form in {part, unquote(part)}:
+            if len(form) >= 3:
+                text = text.replace(form, MASK)
+    return text
+
+
 def mask_text(text: str) -> str:
     """Every ``scheme://…`` in a free text (an error message) masked with :func:`mask_url`."""
     if not isinstance(text, str) or "://" not in text:

@@ -157,9 +157,11 @@ class Shipper:
             except Exception as exc:
                 warn("shipping failed: %s: %s" % (type(exc).__name__, exc))
 
-    def stop(self) -> None:
-        """Stop the thread (waiting at most 1 s for a run in progress) and ship what is left."""
+    def stop(self, drain: bool = True) -> None:
+        """Stop the thread (waiting at most 1 s for a run in progress) and ship what is left
+        (unless ``drain`` is False: the caller must end now; the events stay spooled)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1)
-        self.ship_once()
+        if drain:
+            self.ship_once()

@@ -97,8 +97,8 @@ def _parse_stomp(url: str) -> Target:
         host = host.strip("[]")
         if not host:
             raise ValueError("STOMP URL %r has an empty host" % describe(url))
-        if port and not port.isdigit():
-            raise ValueError("STOMP URL %r has a bad port %r" % (describe(url), port))
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("STOMP URL %r has a bad port %r (1 to 65535)" % (describe(url), port))
         hosts.append((host, int(port) if port else None))
     kind, tls, default = SCHEMES[scheme]
     default = next((p for _, p in reversed(hosts) if p), default)
@@ -117,10 +117,12 @@ def _parse_http(url: str) -> Target:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError("HTTPS URL %r has a bad port" % describe(url)) from None
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("HTTPS URL %r has a bad port (1 to 65535)" % describe(url))
     kind, tls, default = SCHEMES[parts.scheme]
     path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    return Target(kind, tls, [(parts.hostname, port or default)], path, describe(url))
+    return Target(kind, tls, [(parts.hostname, default if port is None else port)], path, describe(url))
 
 
 def _open_one(url: str, config, stdout):

@@ -94,9 +94,10 @@ class Wrapper:
         self.tail_lock = threading.Lock()
         self.budget = _Budget(CAPTURE_PER_SECOND, CAPTURE_BURST)
         self.shipper = None
-        self.lines_read = 0  # by the pumps: how _wait_for_output sees they are still at work
+        self.output_read = self.lines_seen = 0  # by the pumps: how _wait_for_output sees they are at work
         self.lines_lock = threading.Lock()  # held while a line is recorded, and to close recording
         self.recording_lines = True  # False once the shutdown is recorded: later lines only pass through
+        self.interrupted = threading.Event()  # a signal came after the child's end
 
     def record(self, phase, message, status="info", **data):
         if self.recorder is not None:
@@ -106,49 +107,75 @@ class Wrapper:
                 warn("event not recorded: %s" % exc)
 
     def _pump(self, source, sink, stream_name: str):
-        """Copy the child's stream through unchanged; look at each line on the way."""
-        for raw in iter(source.readline, b""):
+        """Copy the child's stream through unchanged as it comes (a prompt or a progress bar
+        without a newline passes at once); look at each line on the way, keeping at most
+        CAPTURE_LINE_BYTES of one (a newline-free flood costs no memory)."""
+        fd = source.fileno()
+        line, dropping = b"", False  # the current line's start; past the cap, the rest is only passed on
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.output_read += len(chunk)
             try:
                 if sink is not None:  # None: our own stream was closed when we started
-                    sink.write(raw)
+                    sink.write(chunk)
                     sink.flush()
             except (OSError, ValueError):
                 pass  # our own output is gone; keep draining so the child never blocks
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            with self.lines_lock:
-                self.lines_read += 1
-                if not self.recording_lines:
-                    continue  # after the shutdown event: passed through, never recorded out of order
-                if stream_name == "stderr":
-                    with self.tail_lock:
-                        self.tail = (self.tail + [line[:CAPTURE_LINE_BYTES]])[-STDERR_TAIL:]
-                for regex, phase in self.patterns:
-                    if regex.search(line):
-                        self.record(phase, line[:CAPTURE_LINE_BYTES], stream=stream_name)
-                        break
-                else:
-                    if self.capture and line and self.budget.take():
-                        self.record(
-                            "log",
-                            line[:CAPTURE_LINE_BYTES],
-                            "warning" if stream_name == "stderr" else "info",
-                            stream=stream_name,
-                        )
+            *ended, rest = chunk.split(b"\n")
+            for piece in ended:
+                if not dropping:
+                    line += piece
+                self._look(line[:CAPTURE_LINE_BYTES], stream_name)
+                line, dropping = b"", False
+            if not dropping:
+                line += rest
+                if len(line) > CAPTURE_LINE_BYTES:
+                    line, dropping = line[:CAPTURE_LINE_BYTES], True
+        if line:
+            self._look(line, stream_name)  # a last line without a newline
         source.close()
+
+    def _look(self, raw: bytes, stream_name: str) -> None:
+        """One line of the child's: the stderr tail, a pattern's event, or a captured log event."""
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        with self.lines_lock:
+            self.lines_seen += 1
+            if not self.recording_lines:
+                return  # after the shutdown event: passed through, never recorded out of order
+            if stream_name == "stderr":
+                with self.tail_lock:
+                    self.tail = (self.tail + [line[:CAPTURE_LINE_BYTES]])[-STDERR_TAIL:]
+            for regex, phase in self.patterns:
+                if regex.search(line):
+                    self.record(phase, line[:CAPTURE_LINE_BYTES], stream=stream_name)
+                    break
+            else:
+                if self.capture and line and self.budget.take():
+                    self.record(
+                        "log",
+                        line[:CAPTURE_LINE_BYTES],
+                        "warning" if stream_name == "stderr" else "info",
+                        stream=stream_name,
+                    )
 
     def _wait_for_output(self, pumps) -> bool:
         """Let the pumps read the child's output to its end; True when they did.
 
-        Bounded by OUTPUT_IDLE without a line and OUTPUT_CAP in all; then recording of lines
-        stops (under the lock, so none is recorded after the shutdown event) and the pumps
-        go on passing output through until the process ends.
+        Bounded by OUTPUT_IDLE without output, OUTPUT_CAP in all, and a signal; then recording
+        of lines stops (under the lock, so none is recorded after the shutdown event) and the
+        pumps go on passing output through until the wrapper ends.
         """
         started = time.monotonic()
-        seen, progress = -1, started
-        while any(p.is_alive() for p in pumps):
+        seen, progress = (-1, -1), started
+        while any(p.is_alive() for p in pumps) and not self.interrupted.is_set():
             now = time.monotonic()
-            if self.lines_read != seen:
-                seen, progress = self.lines_read, now
+            if (self.output_read, self.lines_seen) != seen:
+                seen, progress = (self.output_read, self.lines_seen), now
             elif now - progress >= OUTPUT_IDLE:
                 break
             if now - started >= OUTPUT_CAP:
@@ -205,11 +232,30 @@ class Wrapper:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        output_ended = self._wait_for_output(pumps)
+        except BaseException:
+            self._restore(previous)
+            raise
         duration = time.monotonic() - started
+        for sig in previous:  # the child is gone: a signal now only cuts short what is left to do
+            signal.signal(sig, lambda signum, frame: self.interrupted.set())
+        try:
+            return self._after_child(pumps, returncode, duration)
+        finally:
+            self._restore(previous)
+
+    @staticmethod
+    def _restore(previous) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _after_child(self, pumps, returncode: int, duration: float) -> int:
+        """Read the rest of the output, record shutdown, drain; the child's exit code, whatever comes.
+
+        A forwarded signal (SIGTERM from the batch system…) arriving now stops the wait for
+        output and skips the final drain (the events stay spooled for a replay): the wrapper
+        must end, and with the child's code, not with the signal's.
+        """
+        output_ended = self._wait_for_output(pumps)
         signum = -returncode if returncode < 0 else None
         code = 128 + signum if signum else returncode
         with self.tail_lock:
@@ -228,12 +274,14 @@ class Wrapper:
         return code
 
     def _finish(self):
-        """fsync the captured lines still waiting, drain the spool (the sink's deadline bounds it)."""
+        """fsync the captured lines still waiting, drain the spool (the sink's deadline bounds it)
+        unless a signal said to end now."""
         if self.recorder is not None:
             self.recorder.close()
+        drain = not self.interrupted.is_set()
         if self.shipper is not None:
-            self.shipper.stop()
-        elif self.recorder is not None:
+            self.shipper.stop(drain)
+        elif self.recorder is not None and drain:
             from .ship import Shipper
 
             Shipper(lambda: self.recorder).stop()

@@ -431,6 +431,12 @@ def test_lean_emit_parser_leaves_anything_unusual_to_argparse(argv):
             "--idle must be a number of seconds over 0",
         ),
         (["timeline", "--seconds", "nan", "--sink", "stomp://localhost:1/queue/q"], "--seconds must be a number"),
+        (
+            ["tail", "--seconds", "1e12", "--sink", "stomp://localhost:1/queue/q"],
+            "at most a year (31536000), not 1e+12 s",
+        ),
+        (["replay", "--sink", "https://localhost:0/logs"], "has a bad port (1 to 65535)"),
+        (["replay", "--sink", "stomp+ssl://localhost:0/queue/q"], "has a bad port '0' (1 to 65535)"),
     ],
 )
 def test_values_a_newcomer_tried_are_clear_usage_errors(pilotlog, args, needle):

@@ -214,3 +214,46 @@ def test_lines_read_slowly_are_all_recorded_before_the_shutdown(tmp_path, monkey
     assert [e["phase"] for e in events] == ["boot"] + ["log"] * 60 + ["shutdown"]
     assert [e["message"] for e in events[1:-1]] == ["line %d" % i for i in range(1, 61)]
     assert "output_still_open" not in events[-1]["data"]
+
+
+def test_output_without_a_newline_passes_through_at_once_and_a_flood_costs_no_memory(pilotlog):
+    """A prompt without a newline reaches the terminal while the child still runs; a 64 MiB line
+    without a newline passes through whole and is recorded cut at 4 KiB."""
+    script = (
+        "import sys, time; sys.stdout.write('Proceed? '); sys.stdout.flush(); time.sleep(3);"
+        "sys.stdout.write('x' * (64 << 20)); sys.stdout.flush()"
+    )
+    proc = subprocess.Popen(
+        [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "run", "--capture", "--", sys.executable, "-c", script],
+        cwd=str(pilotlog.cwd),
+        env=pilotlog.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.read(9) == b"Proceed? "  # before the child's end (it sleeps 3 s after)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and rest == b"x" * (64 << 20)
+    events = pilotlog.events()
+    assert [e["phase"] for e in events] == ["boot", "log", "shutdown"]
+    assert events[1]["message"] == "Proceed? " + "x" * (4096 - 9)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_after_the_childs_end_cuts_the_wait_short_and_keeps_its_exit_code(pilotlog, sig):
+    """The child has ended but a background process holds its output: SIGTERM from the batch
+    system must not make the wrapper die with 143; it ends at once with the child's code."""
+    proc = subprocess.Popen(
+        [pilotlog.python, "-I", "-S", str(pilotlog.bundle), "run", "--", "sh", "-c", "sleep 30 & exit 9"],
+        cwd=str(pilotlog.cwd),
+        env=pilotlog.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.5)  # the child (sh) has exited; the wrapper waits for its output (sleep holds it)
+    started = time.monotonic()
+    proc.send_signal(sig)
+    proc.wait(timeout=20)
+    assert proc.returncode == 9 and time.monotonic() - started < 3
+    events = pilotlog.events()
+    assert events[-1]["phase"] == "shutdown" and events[-1]["data"]["exit_code"] == 9
+    assert events[-1]["data"]["duration_s"] < 1.5  # the child's run time, not the wait for output
