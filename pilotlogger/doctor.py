@@ -443,6 +443,8 @@ def _https(sink, pilot: str, payload=None):
             advice = "the service must accept our certificate's DN (or host certificate): ask its admins"
         elif exc.status == 404:
             advice = "check the path in the sink URL"
+        elif exc.status is not None and 300 <= exc.status < 400:
+            advice = "the service has moved: use the address it names in the sink URL"
         elif "refused our client certificate" in text:
             advice = "the service requires a client certificate it accepts: set cert/key (X509_USER_PROXY)"
         elif exc.kind == "refused":

@@ -301,7 +301,7 @@ class HttpsSink:
             watchdog.cancel()
         if watchdog.fired:  # cut just after the answer came: the connection is not reusable
             self._close()
-        summary = self._shown(text)
+        said = ("HTTP %d %s" % (status, self._shown(text))).rstrip()
         if 200 <= status < 300:
             if self.config.http_protocol == "dirac":
                 try:
@@ -310,15 +310,18 @@ class HttpsSink:
                     answer = None
                 if isinstance(answer, dict) and answer.get("OK") is False:
                     raise _Refused(status, self._shown(str(answer.get("Message", "OK: false"))))
-            return "HTTP %d %s" % (status, summary)
+            return said
         if status in REFUSED:
-            raise _Refused(status, "HTTP %d %s" % (status, summary))
+            raise _Refused(status, said)
         if status in RETRY or status >= 500:
-            raise _Retry("%s: HTTP %d %s" % (self.where, status, summary), status)
+            raise _Retry("%s: %s" % (self.where, said), status)
         self._close()
-        if 300 <= status < 400 and location:
-            summary = "%s (to %s)" % (summary, self._shown(mask_url(location)))
-        raise _Stopped("%s: HTTP %d %s (check the URL and credentials)" % (self.where, status, summary), status)
+        if 300 <= status < 400:
+            where_to = " to %s" % self._shown(mask_url(location)) if location else ""
+            raise _Stopped(
+                "%s: %s (moved%s: put the new address in the sink URL)" % (self.where, said, where_to), status
+            )
+        raise _Stopped("%s: %s (check the URL and credentials)" % (self.where, said), status)
 
     def _shown(self, text: str) -> str:
         """A peer's words as they may be printed: the URL's secrets masked (an error page may quote

@@ -42,6 +42,8 @@ class ScriptedHTTPS:
                 raw, _ = self.server.accept()
             except socket.timeout:
                 continue
+            except OSError:  # closed by close()
+                return
             threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
     def _serve(self, raw):
@@ -202,7 +204,8 @@ def test_a_redirect_says_where_to_and_masks_it(pilotlog, pki, https_server):
     env = env_for(https_server(moved), pki, "/logs")
     assert pilotlog("emit", "boot").returncode == 0
     (line,) = stderr_lines(pilotlog("replay", env=env))
-    assert "HTTP 301" in line and "(to https://new.example.org/logs?token=****)" in line and SECRET not in line
+    assert "HTTP 301 (moved to https://new.example.org/logs?token=****: put the new address in the sink URL)" in line
+    assert SECRET not in line
 
 
 def test_a_port_that_does_not_speak_http_is_said_so(pilotlog, pki, https_server):
