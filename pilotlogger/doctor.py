@@ -219,13 +219,14 @@ class Doctor:
             from .events import new_id
             from .spool import SpoolError, open_spool
 
-            self._pilot = self.config.resolved_pilot()[0]
-            if self._pilot is None:
+            pilot = self.config.resolved_pilot()[0]
+            if pilot is None:
                 try:
-                    self._pilot = open_spool(self.config).pilot_id()
+                    pilot = open_spool(self.config).pilot_id()
                 except (SpoolError, OSError):
-                    self._pilot = new_id()
-        return self._pilot or new_id()
+                    pilot = new_id()
+            self._pilot = pilot
+        return self._pilot
 
     def _stomp(self, sock, target, where: str, label: str) -> bool:
         from .stompclient import StompConnection, StompSink

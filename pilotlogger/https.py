@@ -184,7 +184,7 @@ class HttpsSink:
                     for part in (request.events[half:], request.events[:half]):
                         pending[:0] = list(self._requests([(e, texts[e["id"]]) for e in part]))
                 else:
-                    reason = "%s refused it: %s" % (self.where, exc)
+                    reason = self._refusal(exc)
                     yield from ((e["id"], reason) for e in request.events)
                 continue
             except _Retry as exc:
@@ -231,7 +231,7 @@ class HttpsSink:
                     answers.append(self._post(request))
             return " ".join(answers)
         except _Refused as exc:
-            raise ProbeFailed("refused", "%s refused it: %s" % (self.where, exc), exc.status) from None
+            raise ProbeFailed("refused", self._refusal(exc), exc.status) from None
         except _Retry as exc:
             raise ProbeFailed("retry", str(exc), exc.status) from None
         except SinkError as exc:
@@ -244,6 +244,10 @@ class HttpsSink:
         self._close()
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.config.timeout)
         self.conn.sock = sock
+
+    def _refusal(self, exc) -> str:
+        """The reason kept with refused events (and said by doctor)."""
+        return "%s refused it: %s" % (self.where, exc)
 
     @property
     def where(self) -> str:

@@ -141,7 +141,8 @@ class Wrapper:
         source.close()
 
     def _look(self, raw: bytes, stream_name: str) -> None:
-        """One line of the child's: the stderr tail, a pattern's event, or a captured log event."""
+        """One line of the child's (at most CAPTURE_LINE_BYTES, so as many characters): the stderr
+        tail, a pattern's event, or a captured log event."""
         line = raw.decode("utf-8", "replace").rstrip("\r")
         with self.lines_lock:
             self.lines_seen += 1
@@ -149,19 +150,14 @@ class Wrapper:
                 return  # after the shutdown event: passed through, never recorded out of order
             if stream_name == "stderr":
                 with self.tail_lock:
-                    self.tail = (self.tail + [line[:CAPTURE_LINE_BYTES]])[-STDERR_TAIL:]
+                    self.tail = (self.tail + [line])[-STDERR_TAIL:]
             for regex, phase in self.patterns:
                 if regex.search(line):
-                    self.record(phase, line[:CAPTURE_LINE_BYTES], stream=stream_name)
+                    self.record(phase, line, stream=stream_name)
                     break
             else:
                 if self.capture and line and self.budget.take():
-                    self.record(
-                        "log",
-                        line[:CAPTURE_LINE_BYTES],
-                        "warning" if stream_name == "stderr" else "info",
-                        stream=stream_name,
-                    )
+                    self.record("log", line, "warning" if stream_name == "stderr" else "info", stream=stream_name)
 
     def _wait_for_output(self, pumps) -> bool:
         """Let the pumps read the child's output to its end; True when they did.

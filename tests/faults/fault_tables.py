@@ -138,18 +138,16 @@ def text_file(directory, name, text) -> str:
     return str(path)
 
 
-class ScriptedBroker:
-    """A TLS STOMP server whose answers come from ``script(command) -> bytes | None``.
+class ScriptedTLSServer:
+    """A TLS server on loopback (the test PKI's server certificate) that hands each connection
+    to ``_serve(raw socket)`` in a thread of its own; a context manager (started on entry)."""
 
-    ``None`` means: say nothing (and keep the connection open); HANGUP: close the connection.
-    """
-
-    def __init__(self, pki, script):
+    def __init__(self, pki, script, host="127.0.0.1", port=0):
         self.script = script
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(pki.path("server.pem"), pki.path("server.key"))
         self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
+        self.server.bind((host, port))
         self.server.listen(16)
         self.server.settimeout(0.2)
         self.port = self.server.getsockname()[1]
@@ -162,9 +160,31 @@ class ScriptedBroker:
                 conn, _ = self.server.accept()
             except socket.timeout:
                 continue
+            except OSError:  # closed under us
+                return
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads.append(t)
             t.start()
+
+    def _serve(self, raw):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        self.server.close()
+
+
+class ScriptedBroker(ScriptedTLSServer):
+    """A TLS STOMP server whose answers come from ``script(command) -> bytes | None``.
+
+    ``None`` means: say nothing (and keep the connection open); HANGUP: close the connection.
+    """
 
     def _serve(self, raw):
         try:
@@ -196,16 +216,6 @@ class ScriptedBroker:
                         except (OSError, ssl.SSLError):
                             return
                     frame = parser.next_frame()
-
-    def __enter__(self):
-        self._threads[0].start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(5)
-        self.server.close()
 
 
 HANGUP = object()

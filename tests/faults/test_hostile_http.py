@@ -5,14 +5,15 @@ script; found by a hostile tester.  The pilot must stay unharmed (bounded time, 
 code), nothing secret or raw may be printed, and doctor must say what replay then does.
 """
 
+import contextlib
 import json
 import socket
 import ssl
-import threading
 import time
 
 import pytest
 
+from fault_tables import ScriptedTLSServer
 from helpers import stderr_lines
 
 TIMEOUT, DEADLINE = 1.0, 3.0
@@ -20,37 +21,14 @@ SECRET = "SeCrEtT0ken42"
 PATH = "/WorkloadManagement/TornadoPilotLogging?auth=" + SECRET
 
 
-class ScriptedHTTPS:
+class ScriptedHTTPS(ScriptedTLSServer):
     """A TLS server whose every connection is handed to ``script(conn, request_bytes)``."""
-
-    def __init__(self, pki, script, host="127.0.0.1", port=0):
-        self.script = script
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(pki.path("server.pem"), pki.path("server.key"))
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind((host, port))
-        self.server.listen(16)
-        self.server.settimeout(0.2)
-        self.port = self.server.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stop.is_set():
-            try:
-                raw, _ = self.server.accept()
-            except socket.timeout:
-                continue
-            except OSError:  # closed by close()
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
     def _serve(self, raw):
         try:
             conn = self.context.wrap_socket(raw, server_side=True)
             conn.settimeout(5)
-            while not self.stop.is_set():
+            while not self._stop.is_set():
                 request = read_request(conn)
                 if request is None or self.script(conn, request) is False:
                     break
@@ -60,10 +38,6 @@ class ScriptedHTTPS:
 
     def url(self, path=PATH):
         return "https://localhost:%d%s" % (self.port, path)
-
-    def close(self):
-        self.stop.set()
-        self.server.close()
 
 
 def read_request(conn):
@@ -127,15 +101,8 @@ def not_http(conn, request):
 
 @pytest.fixture
 def https_server(pki):
-    servers = []
-
-    def start(script, **kw):
-        servers.append(ScriptedHTTPS(pki, script, **kw))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
+    with contextlib.ExitStack() as servers:
+        yield lambda script, **kw: servers.enter_context(ScriptedHTTPS(pki, script, **kw))
 
 
 def env_for(server, pki, path=PATH):
