@@ -71,7 +71,7 @@ def test_bundle_smoke(label, python, locale, bundle, pki):
         env = {"PATH": "/usr/bin:/bin", "PILOTLOG_SPOOL": os.path.join(cwd, "spool"), "DIRAC_PILOT_STAMP": "a" * 32}
         env.update(LOCALES[locale])  # as under env -i: nothing else
 
-        def pilotlog(*args):
+        def pilotlog(*args, code=0):
             p = subprocess.run(
                 [python, "-I", "-S", str(bundle)] + list(args),
                 cwd=cwd,
@@ -81,7 +81,7 @@ def test_bundle_smoke(label, python, locale, bundle, pki):
                 encoding="utf-8",
                 timeout=60,
             )
-            assert p.returncode == 0, "%s %s: %s" % (key, args, p.stderr)
+            assert p.returncode == code, "%s %s: %s" % (key, args, p.stdout + p.stderr)
             return p
 
         pilotlog("emit", "boot", "-m", "booted up on nœud-é")
@@ -98,15 +98,7 @@ def test_bundle_smoke(label, python, locale, bundle, pki):
         assert record["phase"] == "shutdown" and record["pilotUUID"] == "a" * 32
         assert json.loads(pilotlog("status", "--json").stdout)["depth"] == 0
         # The wrapper returns the child's code exactly; power and the Python API work too.
-        wrapped = subprocess.run(
-            [python, "-I", "-S", str(bundle), "run", "--", "sh", "-c", "exit 4"],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            timeout=60,
-        )
-        assert wrapped.returncode == 4, wrapped.stderr
+        pilotlog("run", "--", "sh", "-c", "exit 4", code=4)
         pilotlog("power", "--fraction", "0.002")
         api = (
             "import sys; sys.path.insert(0, %r); import pilotlogger; assert pilotlogger.emit('boot', 'from python')"
@@ -129,16 +121,8 @@ def test_bundle_smoke(label, python, locale, bundle, pki):
             PILOTLOG_CERT=pki.path("client.pem"),
             PILOTLOG_KEY=pki.path("client.key"),
         )
-        doctor = subprocess.run(
-            [python, "-I", "-S", str(bundle), "doctor", "--json"],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            encoding="utf-8",
-            timeout=60,
-        )
+        doctor = pilotlog("doctor", "--json", code=1)
         steps = {s["name"]: s for s in json.loads(doctor.stdout)["steps"]}
-        assert doctor.returncode == 1 and not steps["tcp"]["ok"], doctor.stdout + doctor.stderr
+        assert not steps["tcp"]["ok"], doctor.stdout + doctor.stderr
         assert "/CN=pilot-client, key matches, expires in" in steps["credentials"]["detail"]
     RESULTS[key] = "passed"
