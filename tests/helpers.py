@@ -104,13 +104,27 @@ class Pilotlog:
         self.spool = cwd / "spool"
         self.env = clean_env(PILOTLOG_SPOOL=self.spool)
 
-    def __call__(self, *args, env=None, input=None, timeout=60, **kw) -> subprocess.CompletedProcess:
+    def _env(self, env) -> dict:
         full_env = dict(self.env)
         full_env.update({k: str(v) for k, v in (env or {}).items()})
+        AGENT_DIRS.add(str(full_env.get("PILOTLOG_SPOOL", self.spool)))
+        return full_env
+
+    def start(self, *args, env=None) -> subprocess.Popen:
+        """The command running in the background (its stderr a text pipe), for a fault made meanwhile."""
+        return subprocess.Popen(
+            [self.python, "-I", "-S", str(self.bundle)] + [str(a) for a in args],
+            cwd=str(self.cwd),
+            env=self._env(env),
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
+
+    def __call__(self, *args, env=None, input=None, timeout=60, **kw) -> subprocess.CompletedProcess:
         p = subprocess.run(
             [self.python, "-I", "-S", str(self.bundle)] + [str(a) for a in args],
             cwd=str(self.cwd),
-            env=full_env,
+            env=self._env(env),
             input=input,
             timeout=timeout,
             stdout=subprocess.PIPE,
@@ -119,7 +133,6 @@ class Pilotlog:
             **kw,
         )
         SEEN_OUTPUT.append((" ".join(str(a) for a in args[:2]), p.stdout + p.stderr))
-        AGENT_DIRS.add(str(full_env.get("PILOTLOG_SPOOL", self.spool)))
         return p
 
     def depth(self) -> int:

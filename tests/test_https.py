@@ -6,8 +6,6 @@ Every error class is produced for real: the receiver refuses content (4xx), fail
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from urllib.parse import parse_qs
@@ -198,13 +196,7 @@ def test_server_errors_are_retried_until_they_clear(serve, pilotlog):
     blocker = server.dir / "lhcb"
     blocker.write_text("a file where the VO directory should be: the server answers 500")
     env = dict(pilotlog.env, PILOTLOG_SINK=server.url, PILOTLOG_VO="lhcb", PILOTLOG_DEADLINE="30")
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay"],
-        env=env,
-        cwd=str(pilotlog.cwd),
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-    )
+    proc = pilotlog.start("replay", env=env)
     time.sleep(2)
     assert proc.poll() is None, "gave up on a 5xx instead of retrying"
     blocker.unlink()
@@ -233,13 +225,7 @@ def test_server_restarted_in_the_middle_of_a_replay(serve, pilotlog):
     spool_events(pilotlog, pilot, n, shutdown=False)
     expected = [readable_line(e) for e in pilotlog.events()]
     env = dict(pilotlog.env, PILOTLOG_SINK=server.url, PILOTLOG_BATCH_EVENTS="20", PILOTLOG_DEADLINE="60")
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay"],
-        env=env,
-        cwd=str(pilotlog.cwd),
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-    )
+    proc = pilotlog.start("replay", env=env)
     end = time.monotonic() + 30
     while pilotlog.depth() > n - 300 and time.monotonic() < end:
         time.sleep(0.01)

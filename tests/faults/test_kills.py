@@ -135,13 +135,7 @@ def test_broker_stopped_in_the_middle_of_a_replay(broker, kill, pki, pilotlog, q
     spooled = {e["id"] for e in fill_spool(pilotlog.spool, n)}
     env = sink_env(pilotlog, broker, queue, pki, PILOTLOG_DEADLINE="90", PILOTLOG_WINDOW="20")
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(pilotlog.bundle), "replay"],
-        cwd=str(pilotlog.cwd),
-        env=env,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-    )
+    proc = pilotlog.start("replay", env=env)
     end = time.monotonic() + 30
     while pilotlog.depth() > n - 200 and time.monotonic() < end:  # under way: some, not all, acknowledged
         time.sleep(0.02)

@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import uuid
 
@@ -80,13 +79,7 @@ class Trial:
         self.env.update(env)
 
     def replay(self) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-I", "-S", str(self.pilotlog.bundle), "replay"],
-            cwd=str(self.pilotlog.cwd),
-            env=self.env,
-            stderr=subprocess.PIPE,
-            universal_newlines=True,
-        )
+        return self.pilotlog.start("replay", env=self.env)
 
     def under_way(self, proc, timeout: float = 60) -> int:
         """Wait until the replay is connected and has shipped some (not all); return the depth then."""
@@ -220,13 +213,7 @@ def test_a_quorum_queue_reached_as_queue_name_and_a_missing_one(cluster, pki, bu
     trial = Trial(cluster, pki, bundle, tmp_path, 500)
     name = trial.destination.rsplit("/", 1)[1]
     missing = dict(trial.env, PILOTLOG_SINK=cluster.url("/amq/queue/%s-typo" % name))
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(bundle), "replay"],
-        cwd=str(trial.pilotlog.cwd),
-        env=missing,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-    )
+    proc = trial.pilotlog.start("replay", env=missing)
     started = time.monotonic()
     left = trial.check("replay to an /amq/queue/ that does not exist", proc, started, expect_all=False)
     assert left == trial.ids
