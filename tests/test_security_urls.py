@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import ledger
 from helpers import URL_SECRET as SECRET
-from pilotlogger.redact import is_secret_name, mask_text, mask_url
+from pilotlogger.redact import hidden_parts, is_secret_name, mask_parts, mask_text, mask_url
 
 
 def held(attack: str, ok, what: str) -> bool:
@@ -120,6 +120,23 @@ def test_a_secret_never_survives_masking(case):
         "generated URLs with a secret in userinfo, query, fragment or path (hypothesis)",
         secret not in shown and in_text and mask_url(shown) == shown and host in shown,
         "secret masked, alone or in a message; host kept; idempotent",
+    ), shown
+
+
+@settings(max_examples=ledger.trials(300, 3000), deadline=None)
+@given(_urls_with_a_secret(), st.booleans())
+def test_a_secret_a_peer_echoes_back_never_survives(case, decoded):
+    """An error page quoting the request (raw or percent-decoded): what the HTTPS sink prints of it
+    has the URL's hidden parts masked (hidden_parts + mask_parts, as HttpsSink._shown does)."""
+    from urllib.parse import unquote
+
+    url, secret, _ = case
+    page = "<html>The requested URL %s was not found on this server</html>" % (unquote(url) if decoded else url)
+    shown = mask_parts(page, hidden_parts(url))
+    assert held(
+        "generated URLs with a secret, echoed back by a peer, raw or percent-decoded (hypothesis)",
+        secret not in shown and "was not found on this server" in shown,
+        "secret masked; the peer's words kept",
     ), shown
 
 
