@@ -64,6 +64,34 @@ class _Budget:
             return False
 
 
+class LineCutter:
+    """The lines in a stream of chunks, however it is cut, each at most ``most`` bytes: past
+    that, the rest of a line is skipped (it has been passed through already), so a flood
+    without newlines holds no more than ``most`` bytes."""
+
+    def __init__(self, most: int):
+        self.most, self.line, self.dropping = most, b"", False
+
+    def feed(self, chunk: bytes) -> list:
+        """The lines ``chunk`` completes (without their newline)."""
+        *ended, rest = chunk.split(b"\n")
+        done = []
+        for piece in ended:
+            if not self.dropping:
+                self.line += piece
+            done.append(self.line[: self.most])
+            self.line, self.dropping = b"", False
+        if not self.dropping:
+            self.line += rest
+            if len(self.line) > self.most:
+                self.line, self.dropping = self.line[: self.most], True
+        return done
+
+    def end(self) -> list:
+        """The last line, when the stream did not end with a newline."""
+        return [self.line] if self.line else []
+
+
 def parse_patterns(specs) -> list:
     """``["REGEX=PHASE", …]`` → [(compiled, phase)]; ValueError names a bad one."""
     from .events import EventError, check_name
@@ -111,7 +139,7 @@ class Wrapper:
         without a newline passes at once); look at each line on the way, keeping at most
         CAPTURE_LINE_BYTES of one (a newline-free flood costs no memory)."""
         fd = source.fileno()
-        line, dropping = b"", False  # the current line's start; past the cap, the rest is only passed on
+        lines = LineCutter(CAPTURE_LINE_BYTES)
         while True:
             try:
                 chunk = os.read(fd, 65536)
@@ -126,18 +154,10 @@ class Wrapper:
                     sink.flush()
             except (OSError, ValueError):
                 pass  # our own output is gone; keep draining so the child never blocks
-            *ended, rest = chunk.split(b"\n")
-            for piece in ended:
-                if not dropping:
-                    line += piece
-                self._look(line[:CAPTURE_LINE_BYTES], stream_name)
-                line, dropping = b"", False
-            if not dropping:
-                line += rest
-                if len(line) > CAPTURE_LINE_BYTES:
-                    line, dropping = line[:CAPTURE_LINE_BYTES], True
-        if line:
-            self._look(line, stream_name)  # a last line without a newline
+            for line in lines.feed(chunk):
+                self._look(line, stream_name)
+        for line in lines.end():  # a last line without a newline
+            self._look(line, stream_name)
         source.close()
 
     def _look(self, raw: bytes, stream_name: str) -> None:

@@ -6,6 +6,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def run(pilotlog, *child, options=(), env=None):
@@ -257,3 +259,24 @@ def test_a_signal_after_the_childs_end_cuts_the_wait_short_and_keeps_its_exit_co
     events = pilotlog.events()
     assert events[-1]["phase"] == "shutdown" and events[-1]["data"]["exit_code"] == 9
     assert events[-1]["data"]["duration_s"] < 1.5  # the child's run time, not the wait for output
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"\n", b"a", b"bc", b"\xff\xfe", b"0123456789", b"\r\n", b"x" * 20]), max_size=40),
+    st.data(),
+)
+def test_lines_are_the_same_however_the_output_is_cut(pieces, data):
+    """The pump's lines: those of the whole output, each cut at the bound, whatever the chunks the
+    pipe delivered; never more than the bound held (here 8 bytes)."""
+    from pilotlogger.wrapper import LineCutter
+
+    stream = b"".join(pieces)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    cutter, got = LineCutter(8), []
+    for start, end in zip([0] + cuts, cuts + [len(stream)]):
+        got += cutter.feed(stream[start:end])
+        assert len(cutter.line) <= 8
+    got += cutter.end()
+    *whole, last = stream.split(b"\n")
+    assert got == [line[:8] for line in whole] + ([last[:8]] if last else [])
