@@ -94,10 +94,16 @@ def test_a_missing_amq_queue_is_found_before_anything_is_sent(rabbitmq, pilotlog
     assert len(bodies) == 7 and '{"not": "ours"}' in bodies  # the queue's own message is still there, once
 
 
-@pytest.mark.parametrize("destination", ["/topic/pilotlog-nobody", "/exchange/amq.topic/pilotlog-nobody"])
+@pytest.mark.parametrize(
+    "broker,destination",
+    [
+        ("rabbitmq", "/topic/pilotlog-nobody"),
+        ("activemq", "/topic/pilotlog-nobody"),
+        ("rabbitmq", "/exchange/amq.topic/pilotlog-nobody"),  # /exchange/ is RabbitMQ's only
+    ],
+    indirect=["broker"],
+)
 def test_destinations_that_can_drop_are_refused_unless_trusted(broker, destination, pilotlog):
-    if destination.startswith("/exchange/") and broker.name != "RabbitMQ":
-        pytest.skip("/exchange/ is RabbitMQ's")
     env = {"PILOTLOG_SINK": broker.url(destination)}
     pilotlog("emit", "boot")
     p = pilotlog("replay", env=env)
