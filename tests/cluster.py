@@ -17,8 +17,6 @@ import time
 from brokers import PASSWORD, USER, Broker, BrokerError, RabbitMQ, free_port
 
 NODES = 3
-#: The CLI itself: the /usr/sbin wrapper would switch to the rabbitmq user (another HOME, another cookie).
-CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 class ClusterNode(RabbitMQ):
@@ -39,19 +37,6 @@ class ClusterNode(RabbitMQ):
 
     def shutdown(self):
         self.stop()
-
-    def ctl(self, *args, timeout: float = 120) -> str:
-        p = subprocess.run(
-            [CTL, "-n", self.node] + list(args),
-            env=self.environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            universal_newlines=True,
-            timeout=timeout,
-        )
-        if p.returncode:
-            raise BrokerError("rabbitmqctl %s on %s: %s" % (" ".join(args), self.node, p.stdout[-1000:]))
-        return p.stdout
 
     def wait_ready(self, timeout: float = 90) -> None:
         end = time.monotonic() + timeout
