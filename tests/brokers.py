@@ -408,8 +408,8 @@ class RabbitMQ(Broker):
         """RabbitMQ 3.x keeps its queue records in Mnesia, whose transaction log is not synced when
         a declaration returns (erlang/otp#4392, "not a bug"): a node killed moments after a SEND
         created a queue can come back without the queue, and with it every message it had
-        receipted (seen here with stomp.py alone in 3 runs of 48, none of 48 after this sync).  Syncing the log is what time
-        does for a site's queue."""
+        receipted (seen here with stomp.py alone in 3 runs of 48, none of 48 after this sync).
+        Syncing the log is what time does for a site's queue."""
         self.ctl("eval", "mnesia:sync_log().")
 
     def shutdown(self):
