@@ -388,9 +388,6 @@ class RabbitMQ(Broker):
             )
         return super().start()
 
-    def stop(self, kill=False):
-        super().stop(kill)
-
     def ctl(self, *args, timeout: float = 120) -> str:
         p = subprocess.run(
             [RABBITMQCTL, "-n", self.node] + list(args),
