@@ -402,11 +402,11 @@ class RabbitMQ(Broker):
         return p.stdout
 
     def write_down_queues(self) -> None:
-        """RabbitMQ 3.x keeps its queue records in Mnesia, whose transaction log is not synced when
-        a declaration returns (erlang/otp#4392, "not a bug"): a node killed moments after a SEND
-        created a queue can come back without the queue, and with it every message it had
-        receipted (seen here with stomp.py alone in 3 runs of 48, none of 48 after this sync).
-        Syncing the log is what time does for a site's queue."""
+        """RabbitMQ 3.x commits a queue's Mnesia record in two log entries, and the second can wait
+        up to ~2 s in the node's memory: a node killed in that window comes back without the
+        queue, and drops every message it had receipted (docs/events.md, "Destinations": 5 kills
+        in 25 on a broker holding thousands of queues).  Waiting 2 s closes the window for a
+        kill -9; syncing the log closes it for a power loss too, and without guessing a delay."""
         self.ctl("eval", "mnesia:sync_log().")
 
     def shutdown(self):
