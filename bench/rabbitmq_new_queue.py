@@ -21,6 +21,7 @@ broker every K runs to see the fresh case.  Prints one line per run and the coun
 import argparse
 import collections
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -88,12 +89,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--wait", type=float, default=2.0)
     parser.add_argument("--fresh-every", type=int, default=0, help="a new broker every K runs (0: one broker)")
+    parser.add_argument("--load", type=int, default=0, help="busy processes beside the broker (a loaded host)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     base = tempfile.mkdtemp(prefix="pilotlog-newqueue-")
     pki = PKI(os.path.join(base, "pki"))
     counts = collections.defaultdict(collections.Counter)
     broker = None
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     try:
         for run in range(args.runs):
             if broker is None or (args.fresh_every and run % args.fresh_every == 0):
@@ -108,6 +111,8 @@ def main() -> None:
             counts[variant][outcome] += 1
             print("run %3d  %-5s %s" % (run, variant, outcome), flush=True)
     finally:
+        for hog in hogs:
+            hog.kill()
         if broker is not None:
             broker.shutdown()
     for variant in variants:
