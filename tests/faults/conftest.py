@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from brokers import free_port
-from fault_tables import CASES, PEERS, ScriptedBroker, case_environment
+from fault_tables import CASES, PEERS, ScriptedBroker, TricklingHandshake, case_environment
 from helpers import Pilotlog, Serve, SilentListener, https_env
 
 
@@ -54,6 +54,9 @@ def peer(request, pki):
     elif kind == "silent":
         with SilentListener() as listener:
             yield request.param, listener.port, expected
+    elif kind == "trickling":
+        with TricklingHandshake(pki, None) as server:
+            yield request.param, server.port, expected
     else:
         with ScriptedBroker(pki, kind) as broker:
             yield request.param, broker.port, expected

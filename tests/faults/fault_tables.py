@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 
 from pilotlogger.stompcodec import DEFAULT_MAX_BODY_BYTES, FrameParser, encode_frame
 
@@ -218,6 +219,39 @@ class ScriptedBroker(ScriptedTLSServer):
                     frame = parser.next_frame()
 
 
+class TricklingHandshake(ScriptedTLSServer):
+    """A TLS server that sends its side of the handshake a byte at a time, each well within any
+    read timeout: only a bound on the whole handshake ends it (Python's own, since 3.5)."""
+
+    def _serve(self, raw):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.context.wrap_bio(incoming, outgoing, server_side=True)
+        raw.settimeout(0.05)
+        with raw:
+            while not self._stop.is_set():
+                try:
+                    tls.do_handshake()
+                    return
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError:
+                    return
+                try:
+                    for byte in outgoing.read():
+                        if self._stop.is_set():
+                            return
+                        raw.sendall(bytes([byte]))
+                        time.sleep(0.05)
+                    data = raw.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                incoming.write(data)
+
+
 HANGUP = object()
 CONNECTED = encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", "0,0")])
 
@@ -230,6 +264,7 @@ PEERS = {
     # name: (script or a special kind, what the operator's line must say)
     "refuses connections": ("closed", "Connection refused"),
     "accepts TCP, never speaks": ("silent", "timed out"),
+    "trickles its TLS handshake": ("trickling", "timed out"),
     "stalls after CONNECTED": (connected_then(None), "no RECEIPT within 1 s"),
     "answers garbage": (lambda c: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n\x00", "broke the protocol"),
     "hangs up at every SEND": (connected_then(HANGUP), "closed the connection; gave up reconnecting after 3 s"),

@@ -54,6 +54,7 @@ CASE_STEPS = {
 PEER_STEPS = {
     "refuses connections": ("tcp", None),
     "accepts TCP, never speaks": ("tls", None),
+    "trickles its TLS handshake": ("tls", None),
     "answers garbage": ("stomp", None),
     "stalls after CONNECTED": ("send", None),
     "hangs up at every SEND": ("send", "closed the connection"),  # replay adds that it gave up reconnecting
