@@ -298,17 +298,13 @@ def _tcp(family, sockaddr, timeout: float):
 def _tls(sock, host: str, context, config):
     import ssl
 
-    from .https import POST_TIMEOUTS, Watchdog
     from .tls import common_name, describe_verify_error, server_hostname
 
-    watchdog = Watchdog(lambda: sock, POST_TIMEOUTS * config.timeout)  # a handshake trickled byte by byte
-    try:
+    try:  # the socket's timeout bounds the whole handshake (Python >= 3.5), a trickled one too
         tls = context.wrap_socket(sock, server_hostname=server_hostname(host))
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
         sock.close()
         text = describe_verify_error(exc) if isinstance(exc, (ssl.SSLError, ssl.CertificateError)) else str(exc)
-        if watchdog.fired:
-            text = "no complete TLS handshake within %g s" % (POST_TIMEOUTS * config.timeout)
         if "host name" in text:
             advice = "use the host name the server's certificate carries in the sink URL"
         elif "refused our client certificate" in text:
@@ -318,8 +314,6 @@ def _tls(sock, host: str, context, config):
         else:
             advice = "check that the port speaks TLS (stomp+ssl:// or https://)"
         raise Failed(text, advice) from None
-    finally:
-        watchdog.cancel()
     peer = tls.getpeercert() or {}
     subject = common_name(peer.get("subject")) or "?"
     issuer = common_name(peer.get("issuer"))
