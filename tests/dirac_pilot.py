@@ -13,7 +13,8 @@ A pilot as a DIRAC SiteDirector sends it, end to end on loopback:
   the wrapper's download (``X509_CERT_DIR``: the test CA's hashed directory, as the wrapper
   reads it) and the Pilot's POSTs (``X509_CERT_DIR``, ``X509_USER_PROXY``: a proxy-style PEM)
   use, and the SiteDirector's ``DIRAC_PILOT_STAMP``;
-* :func:`run_wrapper` — ``bash WRAPPER`` as the batch system runs it;
+* :func:`run_wrapper` — ``bash WRAPPER`` as the batch system runs it (:func:`start_wrapper` in the
+  background; :func:`wait_for_pid` for the stand-in's ``hang``, to kill it in a command);
 * :func:`stored_log`, :func:`masked`, :func:`direct_reference` — what DIRAC's
   ``TornadoPilotLoggingHandler`` stored for a pilot, and the same with what differs between two
   runs masked, so a run through pilotlogger can be compared byte for byte with the Pilot
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import uuid
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -161,20 +163,41 @@ def worker_env(pki, workdir: Path, pilot: str, **extra) -> dict:
     return env
 
 
-def run_wrapper(wrapper: Path, cwd: Path, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``bash WRAPPER`` in ``cwd``, as a batch system runs the job; its output as text."""
+def start_wrapper(wrapper: Path, cwd: Path, env: dict) -> subprocess.Popen:
+    """``bash WRAPPER`` in ``cwd`` in the background (text pipes), as a batch system runs the job."""
     cwd.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(
+    return subprocess.Popen(
         ["bash", str(wrapper)],
         cwd=str(cwd),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         universal_newlines=True,
-        timeout=timeout,
     )
-    SEEN_OUTPUT.append(("bash pilot-wrapper", p.stdout + p.stderr))
-    return p
+
+
+def run_wrapper(wrapper: Path, cwd: Path, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``bash WRAPPER`` run to its end; its output as text."""
+    job = start_wrapper(wrapper, cwd, env)
+    try:
+        out, err = job.communicate(timeout=timeout)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    SEEN_OUTPUT.append(("bash pilot-wrapper", out + err))
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err)
+
+
+def wait_for_pid(pidfile: Path, process: subprocess.Popen, timeout: float = 60) -> int:
+    """The pid the stand-in wrote when it reached its ``hang`` (``PILOT_STANDIN_PIDFILE``),
+    waiting for it while ``process`` (the wrapper, or pilotlog around it) runs."""
+    deadline = time.monotonic() + timeout
+    while not (pidfile.exists() and pidfile.read_text().endswith("\n")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError("the stand-in never reached its hang (exit %s)" % process.poll())
+        time.sleep(0.05)
+    return int(pidfile.read_text())
 
 
 def stored_log(dirac, pilot: str, vo: str = "dteam") -> str:

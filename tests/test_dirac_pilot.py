@@ -16,8 +16,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import time
 
 import pytest
 
@@ -31,11 +29,13 @@ from dirac_pilot import (
     masked,
     new_stamp,
     run_wrapper,
+    start_wrapper,
     stored_log,
     unreachable_location,
+    wait_for_pid,
     worker_env,
 )
-from helpers import https_env
+from helpers import AGENT_DIRS, https_env
 from test_dirac import PATH, tree
 
 dirac = test_dirac.dirac  # DIRAC's TornadoPilotLoggingHandler: tests/test_dirac.py's module fixture, reused
@@ -117,6 +117,25 @@ def test_under_pilotlog_capture_every_line_of_a_wrapper_dying_early_reaches_dira
     assert stored == {"stdout": printed(p.stdout), "stderr": printed(p.stderr)}, log
     shutdown = json.loads(SHUTDOWN.match(log.splitlines()[-1]).group(1))
     assert shutdown["exit_code"] == 255 and "capture_skipped_lines" not in shutdown
+
+
+def test_a_vo_template_puts_pilotlog_in_front_of_the_wrappers_python(dirac, pki, tmp_path, pilotlog):
+    """The VO's road without the site: a SiteDirector extension (its own ``_writePilotScript``)
+    changes one line of DIRAC's script so the here-document's Python runs under pilotlog (the
+    here-document is pilotlog's stdin, which the child inherits); pilotlog comes from the node
+    (here ``$PILOTLOG``, e.g. on CVMFS). A download failure is then recorded and reaches DIRAC."""
+    line = "/usr/bin/env $py << EOF"
+    text = generate_wrapper(tmp_path / "dirac-wrapper.sh", unreachable_location(), tmp_path).read_text()
+    assert text.count(line) == 1
+    wrapper = tmp_path / "vo-wrapper.sh"
+    wrapper.write_text(text.replace(line, '"$PILOTLOG" run --capture -- ' + line))
+    pilot = new_stamp()
+    env = dict(pilotlog.env, **worker_env(pki, tmp_path, pilot, PILOTLOG=pilotlog.bundle, PILOTLOG_SINK=dirac.url))
+    AGENT_DIRS.add(str(pilotlog.spool))
+    p = run_wrapper(wrapper, tmp_path / "job", env)
+    assert p.returncode == 255 and EARLY_DEATHS["download"] in p.stderr, p.stderr
+    assert captured_lines(stored_log(dirac, pilot)) == {"stdout": printed(p.stdout), "stderr": printed(p.stderr)}
+    assert is_finalised(dirac, pilot)
 
 
 # -- how the Pilot learns the relay's URL: $PILOTLOG_RELAY_URL in the pilot options ----------------
@@ -281,31 +300,14 @@ def test_kill_9_in_a_command_loses_what_was_still_buffered(dirac, pki, tmp_path,
     is in DIRAC, its buffered lines are lost; with ``RemoteLoggerBufsize`` 1 every line but
     none is lost. The stand-in's ``hang`` writes its pid for the kill."""
     pilot, pidfile = new_stamp(), tmp_path / "pilot.pid"
+    fault = {"PILOT_STANDIN_FAULT": "LaunchAgent:hang", "PILOT_STANDIN_PIDFILE": pidfile}
     with PilotFiles(pki, tmp_path / "files", bufsize=bufsize) as files:
         wrapper = generate_wrapper(tmp_path / "wrapper.sh", files.url, tmp_path)
-        env = worker_env(
-            pki,
-            tmp_path,
-            pilot,
-            PILOTLOG_RELAY_URL=dirac.url,
-            PILOT_STANDIN_FAULT="LaunchAgent:hang",
-            PILOT_STANDIN_PIDFILE=pidfile,
-        )
-        (tmp_path / "job").mkdir()
-        job = subprocess.Popen(
-            ["bash", str(wrapper)],
-            cwd=str(tmp_path / "job"),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            universal_newlines=True,
+        job = start_wrapper(
+            wrapper, tmp_path / "job", worker_env(pki, tmp_path, pilot, PILOTLOG_RELAY_URL=dirac.url, **fault)
         )
         try:
-            deadline = time.monotonic() + 60
-            while not (pidfile.exists() and pidfile.read_text().endswith("\n")) and job.poll() is None:
-                assert time.monotonic() < deadline, "the stand-in never reached its hang"
-                time.sleep(0.05)
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            os.kill(wait_for_pid(pidfile, job), signal.SIGKILL)
             out, err = job.communicate(timeout=60)
         finally:
             if job.poll() is None:
