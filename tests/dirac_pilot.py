@@ -144,14 +144,14 @@ def generate_wrapper(path: Path, location: str, workdir: Path, pilot_options: st
     return path
 
 
-def worker_env(pki, workdir: Path, pilot: str, **extra) -> dict:
-    """A worker node's environment for the wrapper: python3 (this interpreter) on PATH, the test
-    CA directory as X509_CERT_DIR, a proxy-style PEM (certificate, key, CA) as X509_USER_PROXY,
-    and the SiteDirector's stamp."""
+def worker_env(pki, workdir: Path, pilot: str, python: str = sys.executable, **extra) -> dict:
+    """A worker node's environment for the wrapper: ``python`` as python3 on PATH (the wrapper
+    and the Pilot run with it), the test CA directory as X509_CERT_DIR, a proxy-style PEM
+    (certificate, key, CA) as X509_USER_PROXY, and the SiteDirector's stamp."""
     bindir = workdir / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     if not (bindir / "python3").exists():
-        (bindir / "python3").symlink_to(os.path.realpath(sys.executable))
+        (bindir / "python3").symlink_to(os.path.realpath(python))
     env = {
         "PATH": "%s:/usr/bin:/bin" % bindir,
         "LANG": "C.UTF-8",

@@ -35,7 +35,7 @@ from dirac_pilot import (
     wait_for_pid,
     worker_env,
 )
-from helpers import AGENT_DIRS, https_env
+from helpers import AGENT_DIRS, https_env, pyenv_python
 from test_dirac import PATH, tree
 
 dirac = test_dirac.dirac  # DIRAC's TornadoPilotLoggingHandler: tests/test_dirac.py's module fixture, reused
@@ -141,10 +141,10 @@ def test_a_vo_template_puts_pilotlog_in_front_of_the_wrappers_python(dirac, pki,
 # -- how the Pilot learns the relay's URL: $PILOTLOG_RELAY_URL in the pilot options ----------------
 
 
-def normal_run(dirac, pki, tmp_path, options, bufsize=1000, files_dir="files", **extra):
+def normal_run(dirac, pki, tmp_path, options, **extra):
     """The generated wrapper with ``options`` run to its end, its files served: (process, pilot id)."""
     pilot = new_stamp()
-    with PilotFiles(pki, tmp_path / files_dir, bufsize=bufsize) as files:
+    with PilotFiles(pki, tmp_path / "files") as files:
         wrapper = generate_wrapper(tmp_path / "wrapper.sh", files.url, tmp_path, options)
         p = run_wrapper(wrapper, tmp_path / "job", worker_env(pki, tmp_path, pilot, **extra))
     return p, pilot
@@ -156,10 +156,13 @@ def options_seen(stdout: str) -> list:
     return ast.literal_eval(line.split("Options list: ", 1)[1])  # the repr of getopt's list of pairs
 
 
-def test_the_wrapper_puts_pilotlog_relay_url_from_its_environment_into_the_pilot_options(dirac, pki, tmp_path):
+@pytest.mark.parametrize("version", ["3.6.15", "3.13.0"])
+def test_the_wrapper_puts_pilotlog_relay_url_from_its_environment_into_the_pilot_options(dirac, pki, tmp_path, version):
     """DIRAC writes ``$PILOTLOG_RELAY_URL`` into the script as it is; bash expands it when the
-    batch job runs, from the job's environment: the Pilot posts to that URL."""
-    p, pilot = normal_run(dirac, pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=dirac.url)
+    batch job runs, from the job's environment: the Pilot posts to that URL. The wrapper and the
+    stand-in on the oldest and newest Python a worker node may have."""
+    python = pyenv_python(version)
+    p, pilot = normal_run(dirac, pki, tmp_path, RELAY_OPTIONS, python=python, PILOTLOG_RELAY_URL=dirac.url)
     script = (tmp_path / "wrapper.sh").read_text()
     assert 'opt = "%s"' % RELAY_OPTIONS in script and "<< EOF" in script and dirac.url not in script
     assert p.returncode == 0, p.stderr
