@@ -129,7 +129,9 @@ def generate_wrapper(path: Path, location: str, workdir: Path, pilot_options: st
     """DIRAC's pilot wrapper for ``location`` and ``pilot_options``, written to ``path``.
 
     ``CVMFS_locations`` points under ``workdir`` (nothing there), so the wrapper's last
-    fallback never finds a real DIRAC pilot on a machine that mounts /cvmfs.
+    fallback never finds a real DIRAC pilot on a machine that mounts /cvmfs. Other keyword
+    arguments are ``pilotWrapperScript()``'s, or ``bundled_proxy`` (a PEM file bundled as the
+    SiteDirector bundles the pilot's proxy).
     """
     kwargs = dict(kwargs, pilotOptions=pilot_options, location=location)
     kwargs.setdefault("CVMFS_locations", [str(workdir / "no-cvmfs")])

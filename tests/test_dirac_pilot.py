@@ -192,6 +192,22 @@ def test_a_default_url_makes_the_option_safe_with_and_without_pilotlogger(dirac,
     assert "INFO [LaunchAgent] JobAgent: no job matched" in stored_log(dirac, pilot)
 
 
+def test_the_bundled_proxy_is_the_pilots_credential_inside_the_wrapper_only(dirac, pki, tmp_path):
+    """The SiteDirector bundles the pilot's proxy into the wrapper, which unpacks it into its
+    working directory and sets X509_USER_PROXY in its own Python, after it dumped the job's
+    environment: the Pilot posts with it, while a ``pilotlog run`` in front of the wrapper, with
+    the job's environment, never sees it (its own credential must come from the node)."""
+    pilot = new_stamp()
+    with PilotFiles(pki, tmp_path / "files") as files:
+        wrapper = generate_wrapper(tmp_path / "wrapper.sh", files.url, tmp_path, bundled_proxy=pki.path("proxy.pem"))
+        env = worker_env(pki, tmp_path, pilot, PILOTLOG_RELAY_URL=dirac.url)
+        del env["X509_USER_PROXY"]
+        p = run_wrapper(wrapper, tmp_path / "job", env)
+    assert p.returncode == 0, p.stderr
+    assert "X509_USER_PROXY" not in p.stdout and "os.environ['X509_USER_PROXY']" in wrapper.read_text()
+    assert "INFO [LaunchAgent] JobAgent: no job matched" in stored_log(dirac, pilot)
+
+
 # -- what the wrapper and the Pilot print, and what they post: the reference of a direct run --------
 
 

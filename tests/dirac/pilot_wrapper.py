@@ -7,8 +7,13 @@ JSON_KWARGS are the keyword arguments of
 SiteDirector passes them (``pilotOptions``, ``location``, ``CVMFS_locations``,
 ``envVariables``, ``pilotExecDir``); the script it returns is written unchanged to OUT_FILE
 (mode 0700, as the SiteDirector's ``_writePilotWrapperFile`` hands it to a CE).
+``bundled_proxy`` (a PEM file) is bundled as the SiteDirector bundles the pilot's proxy: under
+the name ``proxy``, bz2-compressed and base64-encoded, as ``getPilotFilesCompressedEncodedDict``
+encodes it (that function wants an X509Chain to write the PEM itself).
 """
 
+import base64
+import bz2
 import json
 import os
 import sys
@@ -17,7 +22,12 @@ import sys
 def main(out, kwargs):
     from DIRAC.WorkloadManagementSystem.Utilities.PilotWrapper import pilotWrapperScript
 
-    script = pilotWrapperScript(**json.loads(kwargs))
+    kwargs = json.loads(kwargs)
+    proxy = kwargs.pop("bundled_proxy", None)
+    if proxy:
+        with open(proxy) as f:
+            kwargs["pilotFilesCompressedEncodedDict"] = {"proxy": base64.b64encode(bz2.compress(f.read().encode()))}
+    script = pilotWrapperScript(**kwargs)
     with open(out, "w") as f:
         f.write(script)
     os.chmod(out, 0o700)
