@@ -167,7 +167,7 @@ def test_the_wrapper_puts_pilotlog_relay_url_from_its_environment_into_the_pilot
     assert 'opt = "%s"' % RELAY_OPTIONS in script and "<< EOF" in script and dirac.url not in script
     assert p.returncode == 0, p.stderr
     assert ("-g", dirac.url) in options_seen(p.stdout)
-    assert "INFO [LaunchAgent] JobAgent: no job matched" in stored_log(dirac, pilot)  # the POSTs went there
+    assert "INFO [LaunchAgent] DiskSpace (MB) = 1000" in stored_log(dirac, pilot)  # the POSTs went there
 
 
 def test_without_the_variable_the_logger_url_swallows_the_next_option(dirac, pki, tmp_path):
@@ -189,7 +189,7 @@ def test_a_default_url_makes_the_option_safe_with_and_without_pilotlogger(dirac,
     p, pilot = normal_run(dirac, pki, tmp_path, options, **({"PILOTLOG_RELAY_URL": relay} if relay else {}))
     assert p.returncode == 0, p.stderr
     assert ("-g", dirac.url) in options_seen(p.stdout)
-    assert "INFO [LaunchAgent] JobAgent: no job matched" in stored_log(dirac, pilot)
+    assert "INFO [LaunchAgent] DiskSpace (MB) = 1000" in stored_log(dirac, pilot)
 
 
 def test_the_bundled_proxy_is_the_pilots_credential_inside_the_wrapper_only(dirac, pki, tmp_path):
@@ -205,7 +205,7 @@ def test_the_bundled_proxy_is_the_pilots_credential_inside_the_wrapper_only(dira
         p = run_wrapper(wrapper, tmp_path / "job", env)
     assert p.returncode == 0, p.stderr
     assert "X509_USER_PROXY" not in p.stdout and "os.environ['X509_USER_PROXY']" in wrapper.read_text()
-    assert "INFO [LaunchAgent] JobAgent: no job matched" in stored_log(dirac, pilot)
+    assert "INFO [LaunchAgent] DiskSpace (MB) = 1000" in stored_log(dirac, pilot)
 
 
 # -- what the wrapper and the Pilot print, and what they post: the reference of a direct run --------
@@ -224,7 +224,7 @@ def test_the_direct_reference_is_the_same_whatever_the_buffer_size(dirac, pki, t
         "DEBUG [PilotParams] Options list: [('-z', ''), ('-g', '<URL>'), ('--wnVO', 'dteam'), ('--pilotUUID', '<PILOT>')]",
         "INFO [CheckWorkerNode] WorkingDir = <WORKDIR>\n",
         "installed DIRACOS\npip install DIRAC: done<TIME> WARNING [InstallDIRAC] DIRAC installed",  # a raw chunk
-        "INFO [LaunchAgent] JobAgent: no job matched, the pilot ends\n",
+        "INFO [LaunchAgent] Flushing the remote logger buffer for pilot on sys.exit():  (exit code:0)\n",
     ):
         assert part in one, part
     assert "cannot access" not in one  # a command's stderr is never posted
@@ -268,7 +268,7 @@ def test_dirac_down_the_pilot_exits_1_before_its_first_command(dirac, pki, tmp_p
     assert "INFO [Pilot] Remote logger activated" in p.stdout and "instantiated" not in p.stdout
     assert stored_log(dirac, pilot) == ""
     off, _ = normal_run(dirac, pki, tmp_path / "off", "--wnVO=dteam")
-    assert off.returncode == 0 and "INFO [LaunchAgent] JobAgent: no job matched" in off.stdout, off.stderr
+    assert off.returncode == 0 and "INFO [LaunchAgent] DiskSpace (MB) = 1000" in off.stdout, off.stderr
 
 
 def test_a_refused_pilot_id_loses_everything_silently(dirac, pki, tmp_path):
@@ -281,7 +281,7 @@ def test_a_refused_pilot_id_loses_everything_silently(dirac, pki, tmp_path):
         env = worker_env(pki, tmp_path, "unknown", PILOTLOG_RELAY_URL=dirac.url)
         p = run_wrapper(wrapper, tmp_path / "job", env)
     assert p.returncode == 0 and ("--pilotUUID", "unknown") in options_seen(p.stdout), p.stderr
-    assert "JobAgent: no job matched" in p.stdout and tree(dirac.store) == before
+    assert "INFO [LaunchAgent] DiskSpace (MB) = 1000" in p.stdout and tree(dirac.store) == before
 
 
 def test_a_command_that_exits_finalises_the_log(dirac, pki, tmp_path):

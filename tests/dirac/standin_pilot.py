@@ -19,7 +19,8 @@ by a few lines of the same kind. Standard library only, Python 3.6+ (the wrapper
     "Pilot" buffer is flushed (its timer cancelled) before the commands run.
   * Each command is made by ``getCommand`` and logs "Command X instantiated from M" with its
     own logger before ``execute()``; one that cannot be made: an error line, a flush, exit -1.
-``Pilot/pilotCommands.py`` ``logFinalizer`` (current): a command that returns flushes its
+``Pilot/pilotCommands.py`` (current): ``LaunchAgent`` ends with ``sys.exit(0)``, so a normal run
+  is finalised. ``logFinalizer``: a command that returns flushes its
   buffer; on ``sys.exit`` it logs "Flushing the remote logger buffer for pilot on sys.exit(): …",
   flushes, and posts ``finaliseLogs`` with ``{"retCode": str(code)}`` (an error there is only
   logged); any other exception is logged (``str(exc)`` then the traceback, as two error
@@ -363,8 +364,10 @@ class LaunchAgent(CommandBase):
     @logFinalizer
     def execute(self):
         self.log.info("Starting JobAgent")
+        self.executeAndGetOutput("echo 'JobAgent: no job matched'")
         self.fault()
-        self.log.info("JobAgent: no job matched, the pilot ends")
+        self.log.info("DiskSpace (MB) = 1000")
+        sys.exit(0)  # as the Pilot's LaunchAgent ends: a normal run is finalised too
 
 
 COMMANDS = {c.__name__: c for c in (CheckWorkerNode, InstallDIRAC, LaunchAgent)}
