@@ -16,6 +16,9 @@ import json
 import os
 import re
 import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -141,7 +144,7 @@ def test_a_vo_template_puts_pilotlog_in_front_of_the_wrappers_python(dirac, pki,
 # -- how the Pilot learns the relay's URL: $PILOTLOG_RELAY_URL in the pilot options ----------------
 
 
-def normal_run(dirac, pki, tmp_path, options, **extra):
+def normal_run(pki, tmp_path, options, **extra):
     """The generated wrapper with ``options`` run to its end, its files served: (process, pilot id)."""
     pilot = new_stamp()
     with PilotFiles(pki, tmp_path / "files") as files:
@@ -162,7 +165,7 @@ def test_the_wrapper_puts_pilotlog_relay_url_from_its_environment_into_the_pilot
     batch job runs, from the job's environment: the Pilot posts to that URL. The wrapper and the
     stand-in on the oldest and newest Python a worker node may have."""
     python = pyenv_python(version)
-    p, pilot = normal_run(dirac, pki, tmp_path, RELAY_OPTIONS, python=python, PILOTLOG_RELAY_URL=dirac.url)
+    p, pilot = normal_run(pki, tmp_path, RELAY_OPTIONS, python=python, PILOTLOG_RELAY_URL=dirac.url)
     script = (tmp_path / "wrapper.sh").read_text()
     assert 'opt = "%s"' % RELAY_OPTIONS in script and "<< EOF" in script and dirac.url not in script
     assert p.returncode == 0, p.stderr
@@ -173,7 +176,7 @@ def test_the_wrapper_puts_pilotlog_relay_url_from_its_environment_into_the_pilot
 def test_without_the_variable_the_logger_url_swallows_the_next_option(dirac, pki, tmp_path):
     """``-g $PILOTLOG_RELAY_URL`` with the variable unset: getopt takes the next option as the
     URL and the Pilot dies at its first POST, before any command (exit 1)."""
-    p, pilot = normal_run(dirac, pki, tmp_path, RELAY_OPTIONS)
+    p, pilot = normal_run(pki, tmp_path, RELAY_OPTIONS)
     assert ("-g", "--wnVO=dteam") in options_seen(p.stdout)
     assert p.returncode == 1 and "unknown url type: '--wnVO=dteam'" in p.stderr, p.stderr
     assert "instantiated" not in p.stdout and stored_log(dirac, pilot) == ""
@@ -186,7 +189,7 @@ def test_a_default_url_makes_the_option_safe_with_and_without_pilotlogger(dirac,
     unreachable = unreachable_location() + PATH
     relay, default = (dirac.url, unreachable) if relay_set else (None, dirac.url)
     options = "-z -g ${PILOTLOG_RELAY_URL:-%s} --wnVO=dteam" % default
-    p, pilot = normal_run(dirac, pki, tmp_path, options, **({"PILOTLOG_RELAY_URL": relay} if relay else {}))
+    p, pilot = normal_run(pki, tmp_path, options, **({"PILOTLOG_RELAY_URL": relay} if relay else {}))
     assert p.returncode == 0, p.stderr
     assert ("-g", dirac.url) in options_seen(p.stdout)
     assert "INFO [LaunchAgent] DiskSpace (MB) = 1000" in stored_log(dirac, pilot)
@@ -230,13 +233,73 @@ def test_the_direct_reference_is_the_same_whatever_the_buffer_size(dirac, pki, t
     assert "cannot access" not in one  # a command's stderr is never posted
 
 
+class FormRecorder:
+    """A plain-HTTP loopback service that keeps every request's body and answers as DIRAC does
+    to an accepted one (the Pilot's remote logger works with an ``http://`` URL unchanged)."""
+
+    def __init__(self):
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                bodies.append((self.headers["Content-Type"], self.rfile.read(int(self.headers["Content-Length"]))))
+                answer = b'{"OK": true, "Value": null}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_stand_in_posts_the_pilots_form(pki, tmp_path):
+    """The requests themselves, as a relay receives them: urlencoded ``method`` then ``args``,
+    ``args`` the JSON of (the JSON of the text, the pilot id, the VO); with the default buffer
+    one POST for the "Pilot" logger's first flush (its first line, then the wrapper's log), one
+    before the commands, one per command, and ``finaliseLogs`` with ``{"retCode": "0"}`` after
+    ``LaunchAgent``'s ``sys.exit(0)``."""
+    recorder = FormRecorder()
+    try:
+        p, pilot = normal_run(pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=recorder.url)
+    finally:
+        recorder.close()
+    assert p.returncode == 0, p.stderr
+    requests = []
+    for content_type, body in recorder.bodies:
+        assert content_type == "application/x-www-form-urlencoded"
+        fields = parse_qsl(body.decode(), strict_parsing=True)
+        assert [name for name, _ in fields] == ["method", "args"]
+        text, pilot_id, vo = json.loads(fields[1][1])
+        assert (pilot_id, vo) == (pilot, "dteam")
+        requests.append((fields[0][1], json.loads(text)))
+    methods = [method for method, _ in requests]
+    assert methods == ["sendMessage"] * 5 + ["finaliseLogs"] and requests[-1][1] == {"retCode": "0"}
+    texts = [text for _, text in requests[:-1]]
+    assert re.match(r"\S+ INFO \[Pilot\] Remote logger activated\n", texts[0])
+    assert "[pilotLogger] Getting the pilot files from" in texts[0] and "[PilotParams]" in texts[1]
+    assert [re.findall(r"\[(CheckWorkerNode|InstallDIRAC|LaunchAgent)\]", t)[:1] for t in texts[2:]] == [
+        ["CheckWorkerNode"],
+        ["InstallDIRAC"],
+        ["LaunchAgent"],
+    ]
+
+
 def test_what_the_pilot_prints_and_what_it_posts(dirac, pki, tmp_path):
     """The facts behind docs/dirac.md's "which road for which line" (capture and relay together):
     the wrapper's log lines are printed and posted byte for byte alike (one formatting, stdout
     and the buffer the Pilot posts first); the Pilot's own lines are printed and posted with
     separate clock readings, ``WARN`` printed / ``WARNING`` posted, a multi-line message printed
     with a header per line and posted as one; some lines are only printed, none only posted."""
-    p, pilot = normal_run(dirac, pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=dirac.url)
+    p, pilot = normal_run(pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=dirac.url)
     assert p.returncode == 0, p.stderr
     posted = stored_log(dirac, pilot)
     out = printed(p.stdout)
@@ -263,11 +326,11 @@ def test_dirac_down_the_pilot_exits_1_before_its_first_command(dirac, pki, tmp_p
     (the "Pilot" logger's flush of the wrapper's log), exit 1, no command run, nothing stored.
     With remote logging off the same pilot runs every command and exits 0."""
     down = unreachable_location() + PATH
-    p, pilot = normal_run(dirac, pki, tmp_path / "on", RELAY_OPTIONS, PILOTLOG_RELAY_URL=down)
+    p, pilot = normal_run(pki, tmp_path / "on", RELAY_OPTIONS, PILOTLOG_RELAY_URL=down)
     assert p.returncode == 1 and "Connection refused" in p.stderr, p.stderr
     assert "INFO [Pilot] Remote logger activated" in p.stdout and "instantiated" not in p.stdout
     assert stored_log(dirac, pilot) == ""
-    off, _ = normal_run(dirac, pki, tmp_path / "off", "--wnVO=dteam")
+    off, _ = normal_run(pki, tmp_path / "off", "--wnVO=dteam")
     assert off.returncode == 0 and "INFO [LaunchAgent] DiskSpace (MB) = 1000" in off.stdout, off.stderr
 
 
@@ -288,7 +351,7 @@ def test_a_command_that_exits_finalises_the_log(dirac, pki, tmp_path):
     """``sys.exit`` in a command: its buffer flushed, then ``finaliseLogs`` with the exit code
     (DIRAC renames the file to ``.log``); the wrapper turns any failure of the Pilot into 1."""
     p, pilot = normal_run(
-        dirac, pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=dirac.url, PILOT_STANDIN_FAULT="InstallDIRAC:exit:3"
+        pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=dirac.url, PILOT_STANDIN_FAULT="InstallDIRAC:exit:3"
     )
     assert p.returncode == 1, p.stderr
     assert is_finalised(dirac, pilot)
@@ -304,7 +367,7 @@ def test_a_command_that_raises_loses_its_unflushed_lines_and_traceback(dirac, pk
     but does not flush: with the default buffer the command's lines never reach DIRAC; they are
     only printed (and the interpreter prints the traceback again on stderr)."""
     p, pilot = normal_run(
-        dirac, pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=dirac.url, PILOT_STANDIN_FAULT="InstallDIRAC:raise"
+        pki, tmp_path, RELAY_OPTIONS, PILOTLOG_RELAY_URL=dirac.url, PILOT_STANDIN_FAULT="InstallDIRAC:raise"
     )
     assert p.returncode == 1 and "RuntimeError: stand-in fault: InstallDIRAC raised" in p.stderr, p.stderr
     assert "ERROR [InstallDIRAC] Traceback (most recent call last):" in p.stdout
