@@ -19,9 +19,9 @@ by a few lines of the same kind. Standard library only, Python 3.6+ (the wrapper
     "Pilot" buffer is flushed (its timer cancelled) before the commands run.
   * Each command is made by ``getCommand`` and logs "Command X instantiated from M" with its
     own logger before ``execute()``; one that cannot be made: an error line, a flush, exit -1.
-``Pilot/pilotCommands.py`` (current): ``LaunchAgent`` ends with ``sys.exit(0)``, so a normal run
-  is finalised. ``logFinalizer``: a command that returns flushes its
-  buffer; on ``sys.exit`` it logs "Flushing the remote logger buffer for pilot on sys.exit(): …",
+``Pilot/pilotCommands.py`` (current): ``LaunchAgent`` ends with ``sys.exit(0)``, so a normal
+  run is finalised. ``logFinalizer``: a command that returns flushes its buffer; on
+  ``sys.exit`` it logs "Flushing the remote logger buffer for pilot on sys.exit(): …",
   flushes, and posts ``finaliseLogs`` with ``{"retCode": str(code)}`` (an error there is only
   logged); any other exception is logged (``str(exc)`` then the traceback, as two error
   messages) *without* a flush, and re-raised: those lines are lost with the buffer.
@@ -54,9 +54,11 @@ by a few lines of the same kind. Standard library only, Python 3.6+ (the wrapper
     into the buffer, stderr chunks only printed to stderr; then a newline on each stream.
   * ``PilotParams``: ``getopt.getopt`` over the Pilot's options (the first non-option ends
     them), pilot.json read first, the command line second; its own ``Logger`` prints debug.
+    (Here pilot.json's ``Defaults/Pilot`` only; the Pilot also looks in the setup's and VO's.)
 
 Not from the Pilot, for the tests: ``PILOT_STANDIN_FAULT=<Command>:exit:<code>`` (``sys.exit``
-at the end of that command), ``<Command>:raise`` (an exception there), ``<Command>:hang``
+after that command's lines; in ``LaunchAgent`` before its last line), ``<Command>:raise`` (an
+exception there), ``<Command>:hang``
 (log "hanging until killed", write the pid to ``$PILOT_STANDIN_PIDFILE`` if set, sleep for
 ever). The commands are ``CheckWorkerNode``, ``InstallDIRAC``, ``LaunchAgent`` (``-X`` picks).
 """
@@ -97,9 +99,6 @@ class Logger(object):
                 print(printed)
                 copy.write(printed + "\n")
         sys.stdout.flush()
-
-    def setDebug(self):
-        self.debugFlag = True
 
     def debug(self, msg):
         if self.debugFlag:
