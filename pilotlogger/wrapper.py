@@ -58,8 +58,8 @@ class CaptureBudget:
     never exceeds ``budget``, however much the child prints.  A normal pilot (its install
     steps included: docs/performance.md measures them) stays far under the default, and loses
     nothing; a runaway one keeps its first lines (how it started) and its last (how it ended).
-    The tail is kept per stream: when room is needed, the stream holding more lines gives up
-    its oldest, so a stdout flood cannot push out the last stderr lines (the error), which a
+    The tail is kept per stream: when room is needed, the stream holding more lines (on a tie,
+    the older line) gives up its oldest, so a stdout flood cannot push out the last stderr lines (the error), which a
     separate pipe may deliver before the flood's end.
 
     Not thread-safe: the wrapper calls it under its own lock.
@@ -91,12 +91,23 @@ class CaptureBudget:
         self.held_cost += cost
         count = sum(len(q) for q in self.held.values())
         while count and (count > self.tail_lines or self.held_cost > self.tail_room):
-            _, _, _, old = max(self.held.values(), key=len).popleft()
+            _, _, _, old = max((q for q in self.held.values() if q), key=_longer_then_older).popleft()
             self.held_cost -= old
             count -= 1
             self.dropped_lines += 1
             self.dropped_bytes += old - self.line_cost
         return False
+
+    def pass_over(self, stream: str, count: int, size: int) -> None:
+        """``count`` lines of ``stream`` (``size`` bytes) past the budget, followed by at least
+        ``tail_lines`` newer ones of the same stream: none of them, nor any line the stream held,
+        can be among its last lines, so they are counted as dropped without being held."""
+        for _, _, _, cost in self.held.pop(stream, ()):
+            self.held_cost -= cost
+            self.dropped_lines += 1
+            self.dropped_bytes += cost - self.line_cost
+        self.dropped_lines += count
+        self.dropped_bytes += size
 
     def take_held(self) -> list:
         """The held tail in the order the lines came, emptied: ``[(line, stream, phase)]``."""
@@ -106,6 +117,11 @@ class CaptureBudget:
         self.spent += self.held_cost
         self.held, self.held_cost = {}, 0
         return [(line, stream, phase) for _, line, stream, phase in held]
+
+
+def _longer_then_older(held) -> tuple:
+    """Which stream's held lines give way: the one holding more, on a tie the one holding the older."""
+    return len(held), -held[0][0]
 
 
 class LineCutter:
@@ -119,16 +135,15 @@ class LineCutter:
     def feed(self, chunk: bytes) -> list:
         """The lines ``chunk`` completes (without their newline)."""
         *ended, rest = chunk.split(b"\n")
-        done = []
-        for piece in ended:
-            if not self.dropping:
-                self.line += piece
-            done.append(self.line[: self.most])
+        most, done = self.most, []
+        if ended:  # the first completes the line begun before; the others are whole
+            done.append((self.line if self.dropping else self.line + ended[0])[:most])
+            done += [piece[:most] for piece in ended[1:]]
             self.line, self.dropping = b"", False
         if not self.dropping:
             self.line += rest
-            if len(self.line) > self.most:
-                self.line, self.dropping = self.line[: self.most], True
+            if len(self.line) > most:
+                self.line, self.dropping = self.line[:most], True
         return done
 
     def end(self) -> list:
@@ -198,11 +213,23 @@ class Wrapper:
                     sink.flush()
             except (OSError, ValueError):
                 pass  # our own output is gone; keep draining so the child never blocks
-            for line in lines.feed(chunk):
-                self._look(line, stream_name)
-        for line in lines.end():  # a last line without a newline
-            self._look(line, stream_name)
+            self._look_at(lines.feed(chunk), stream_name)
+        self._look_at(lines.end(), stream_name)  # a last line without a newline
         source.close()
+
+    def _look_at(self, lines: list, stream_name: str) -> None:
+        """The lines of one chunk.  Past the capture budget only the last lines of a stream can
+        still be kept, so the others of a long chunk are counted in one step: a runaway child
+        passes through at the speed of its pipe, not of a Python loop per line."""
+        keep = self.budget.tail_lines
+        if self.capture and len(lines) > keep and self.budget.exceeded:
+            passed, lines = lines[:-keep], lines[-keep:]
+            with self.lines_lock:
+                self.lines_seen += len(passed)
+                if self.recording_lines:
+                    self.budget.pass_over(stream_name, len(passed) - passed.count(b""), sum(map(len, passed)))
+        for line in lines:
+            self._look(line, stream_name)
 
     def _look(self, raw: bytes, stream_name: str) -> None:
         """One line of the child's (at most CAPTURE_LINE_BYTES, so as many characters): the stderr

@@ -177,6 +177,42 @@ def test_the_capture_budget_keeps_a_prefix_and_each_streams_last_lines_never_mor
             assert set(last) <= set(later)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]), st.lists(st.integers(0, 300), max_size=40)), max_size=30),
+    st.integers(1, 40000),
+    st.integers(1, 12),
+)
+def test_counting_a_long_chunk_past_the_budget_in_one_step_changes_nothing(chunks, budget, tail_lines):
+    """The wrapper's shortcut for a runaway (the lines of a long chunk before its last
+    ``tail_lines`` are counted in one step, not held) keeps and counts what taking them one by
+    one would — when the tail is bounded by its lines, as with the default budget.  When its
+    bytes bound it, the shortcut may keep a line that a passed-over one would have pushed out;
+    what it keeps is still each stream's last lines, within the budget."""
+    from pilotlogger.wrapper import CaptureBudget
+
+    one, fast = (CaptureBudget(budget, tail_lines=tail_lines, line_cost=10) for _ in range(2))
+    n, every = 0, []
+    for stream, sizes in chunks:
+        lines = [(str(n + i), size) for i, size in enumerate(sizes)]
+        n += len(sizes)
+        every += [(stream, size) for size in sizes]
+        now = [line for line, size in lines if one.admit(line, size, stream, "log")]
+        if len(lines) > tail_lines and fast.exceeded:
+            passed, lines = lines[:-tail_lines], lines[-tail_lines:]
+            fast.pass_over(stream, len(passed), sum(size for _, size in passed))
+        assert [line for line, size in lines if fast.admit(line, size, stream, "log")] == now
+    if fast.tail_room >= tail_lines * (300 + 10):
+        assert (fast.spent, fast.dropped_lines, fast.dropped_bytes) == (one.spent, one.dropped_lines, one.dropped_bytes)
+        assert fast.take_held() == one.take_held()
+        return
+    held = [int(line) for line, _, _ in fast.take_held()]
+    for name in ("stdout", "stderr"):
+        ours = [i for i in range(n) if every[i][0] == name and i not in held]
+        assert [i for i in held if every[i][0] == name] == [i for i in range(n) if every[i][0] == name][len(ours) :]
+    assert fast.spent <= budget
+
+
 def test_bad_pattern_or_no_command_is_a_usage_error(pilotlog):
     assert pilotlog("run", "--pattern", "([=x", "--", "true").returncode == 2
     assert pilotlog("run", "--pattern", "x=bad phase", "--", "true").returncode == 2
