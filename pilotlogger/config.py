@@ -109,7 +109,7 @@ SETTINGS = (
     Setting(
         "capture_budget",
         int,
-        16 * 1024 * 1024,
+        4 * 1024 * 1024,
         "run --capture: bytes of the child's output recorded per run, each line counting 400 more;"
         " past it only the last 500 lines are recorded (at the end), the rest counted in shutdown",
     ),
