@@ -331,6 +331,8 @@ class Wrapper:
             self.record("shutdown", "could not start: %s" % (exc.strerror or exc), "error", exit_code=code)
             self._finish()
             return code
+        for pipe in (child.stdout, child.stderr):
+            _widen(pipe)
         previous = {}
         for name in FORWARDED:
             sig = getattr(signal, name)
@@ -410,6 +412,24 @@ class Wrapper:
             from .ship import Shipper
 
             Shipper(lambda: self.recorder).stop()
+
+
+#: Bytes a child may print ahead of the wrapper (Linux's default pipe holds 64 KiB): an install
+#: step printing 500 KB at once is not held up while its lines are recorded.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(pipe) -> None:
+    """Give the child's pipe PIPE_BYTES of room (Linux, within /proc/sys/fs/pipe-max-size); elsewhere,
+    or refused, it keeps its size."""
+    if pipe is None:
+        return
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)  # 1031: Linux, Python < 3.10
+    except (OSError, ImportError):
+        pass
 
 
 def _binary(stream):

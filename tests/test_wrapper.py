@@ -150,6 +150,16 @@ def test_a_runaway_child_keeps_its_first_and_last_lines_within_the_budget(pilotl
     assert marker["data"]["dropped_lines"] == dropped and "%d output line(s)" % dropped in shutdown["message"]
 
 
+def test_a_child_may_print_a_mebibyte_ahead_of_the_recording(pilotlog):
+    """An install step printing 500 KB at once is not held up while its lines are recorded: its
+    pipes hold 1 MiB (Linux's default 64 KiB would stop it at the first 64 KiB)."""
+    child = "import fcntl, sys; print(fcntl.fcntl(1, 1032), fcntl.fcntl(2, 1032))"  # F_GETPIPE_SZ
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        assert int(f.read()) >= 1 << 20  # the kernel's default limit for unprivileged processes
+    p = run(pilotlog, sys.executable, "-c", child, options=("--capture",))
+    assert p.returncode == 0 and p.stdout.split() == ["1048576", "1048576"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 4096), st.sampled_from(["stdout", "stderr"])), max_size=300), st.data())
 def test_the_capture_budget_keeps_a_prefix_and_each_streams_last_lines_never_more_than_it_allows(lines, data):
