@@ -580,8 +580,11 @@ def emit_costs(code: str, rounds: int, runs: int, emits: int, depth: int = 20000
         f["child"].append(median_ms(child, 3, os.environ, work))
         for mode in ("each", "grouped"):
             run = [sys.executable, "-I", "-S", bundle, "run", "--capture", "--"] + child
-            env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(work, "cap-%s%d" % (mode, r)), PILOTLOG_LOG_FSYNC=mode)
-            f["cap_" + mode].append(median_ms(run, 3, env, work))
+            times = []
+            for i in range(3):  # a fresh spool each time: its ~8,000 captured lines fill the default bound
+                spool = os.path.join(work, "cap-%s%d-%d" % (mode, r, i))
+                times.append(median_ms(run, 1, dict(os.environ, PILOTLOG_SPOOL=spool, PILOTLOG_LOG_FSYNC=mode), work))
+            f["cap_" + mode].append(statistics.median(times))
     shutil.rmtree(work, ignore_errors=True)
     return f, h
 
@@ -650,7 +653,9 @@ def emit_tables(f, h, rounds: int, runs: int, depth: int = 20000, burst: int = 1
     )
     out.append(
         table(
-            "`run --capture` of a child printing 10,000 lines (ms, median of 3 per round; %d rounds)" % rounds,
+            "`run --capture` of a child printing 10,000 lines, until the wrapper ends (ms, median of 3 per round; %d"
+            " rounds; the default capture_budget records about 7,500 of them as they come, the last 500 at the end)"
+            % rounds,
             ["", "ms"],
             [
                 ["the child alone", spread(f["child"])],
