@@ -69,7 +69,8 @@ dirac: packages
 test: venv packages dirac dist/pilotlog
 	@$(VPY) -m pytest tests
 
-## make bench: throughput vs stomp.py and raw bounds on real brokers, start-up cost, memory; updates docs/performance.md.
+## make bench: throughput vs stomp.py and raw bounds on real brokers (spools made through the emit path, beside
+## the file-per-event floor and the TLS share), start-up cost, what run --capture keeps, memory; updates docs/performance.md.
 bench: venv packages dist/pilotlog
 	@$(VPY) bench/run.py --write docs/performance.md
 

@@ -19,7 +19,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import run  # noqa: E402  (bench/run.py: its brokers, fill_spool, Counter and timers)
+import run  # noqa: E402  (bench/run.py: its brokers, spools, Counter and timers)
 
 
 def replay(bundle, broker, pki, n, env_extra):
@@ -27,8 +27,10 @@ def replay(bundle, broker, pki, n, env_extra):
     run.BUNDLE = bundle
     dest = "/queue/compare-%d-%s" % (os.getpid(), os.urandom(4).hex())
     counter = run.Counter(broker, dest)
-    cpu = []
-    elapsed = run.pilotlog_replay(broker, pki, dest, n, env_extra, cpu)
+    cpu, spool = [], tempfile.mkdtemp() + "/spool"
+    run.pilots_spools([spool], n)  # as a pilot makes it: through the emit path, fsynced
+    elapsed = run.pilotlog_replay(broker, pki, dest, spool, env_extra, cpu)
+    shutil.rmtree(os.path.dirname(spool))
     arrived = counter.wait(n)
     assert arrived == n, "%s: %d of %d arrived" % (bundle, arrived, n)
     return n / elapsed, cpu[-1] / n * 1e6

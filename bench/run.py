@@ -4,16 +4,26 @@
 
 Figures (see docs/performance.md for the latest results and what they mean):
   1. replay throughput on real brokers (TLS, persistent messages), every variant verified by
-     consuming the queue and counting distinct event ids;
+     consuming the queue and counting distinct event ids; the replayed spools are made the way
+     pilots make them (each event through the emit path: fsynced, renamed, directory fsynced),
+     replayed with the page cache kept and, on RabbitMQ, dropped first; beside them, in the same
+     run, the file-per-event floor (list, open, read, unlink of such a spool, no network) and the
+     TLS/STOMP share (our client sending the same events from memory): replay CPU per event as a
+     multiple of the floor (bench/replay_probe.py);
   2. one-shot CLI cost: `emit` from the bundle vs `python -I -S -c pass` (medians), oldest and
-     newest Python, cold (first start of a new bundle) and warm; `emit --send`;
+     newest Python, cold (first start of a new bundle) and warm; `emit --send`; and the warm
+     emit's ratio to a bare start, median and range of --rounds of --runs starts, beside an
+     empty zipapp's (the floor of any zipapp: the interpreter imports runpy to run one);
   3. peak RSS of replaying 100,000 vs 1,000 spooled events;
   4. spool: emits per second from 1 and 8 processes;
   5. bundle size;
   6. emit where pilots feel it: in-process emit at spool depth 0 and 20,000 and at the bound,
      beside the disk's durability floor (fsyncs per event counted), the one-shot CLI emit at
      both depths, a logging.Handler burst and `run --capture` per log_fsync mode (median and
-     range of --rounds; `--code` measures another checkout, e.g. main, with the same bench).
+     range of --rounds; `--code` measures another checkout, e.g. main, with the same bench);
+  7. what pilots print (DIRAC's own pilot wrapper, a DIRAC-install-like burst) and what
+     `run --capture` keeps of it, a runaway child, and the pass-through: each child alone and
+     under `run --capture` (bench/capture.py).
 Never run as a test: numbers depend on the machine; compare ratios within one run.
 """
 
@@ -50,7 +60,9 @@ def pyenv_python(version_prefix: str) -> str:
 
 
 def fill_spool(path: str, n: int) -> list:
-    """n ~300-byte events written straight into a spool (the bench's setup, not the emit path)."""
+    """n ~430-byte events written straight into a spool, without fsync: the bodies of the stomp.py and
+    raw variants, and the emit and memory figures' spools; never a spool that is replayed for a CPU
+    figure (those are made through the emit path: pilots_spools)."""
     return helpers.fill_spool(
         path,
         n,
@@ -177,19 +189,65 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def pilotlog_replay(broker, pki, dest, n, env_extra, cpu: list) -> float:
-    """Seconds for `pilotlog replay` of n events; appends its CPU seconds (user+sys) to ``cpu``."""
-    d = tempfile.mkdtemp()
-    fill_spool(os.path.join(d, "spool"), n)
-    env = dict(
+def broker_env(broker, pki, dest, **extra) -> dict:
+    return dict(
         os.environ,
-        PILOTLOG_SPOOL=os.path.join(d, "spool"),
         PILOTLOG_SINK=broker.url(dest),
         PILOTLOG_CA_FILE=pki.path("ca.pem"),
         PILOTLOG_USER=USER,
         PILOTLOG_PASSCODE=PASSWORD,
-        **env_extra,
+        PILOTLOG_PILOT_UUID=PILOT,
+        PILOTLOG_SITE="LCG.Bench.org",
+        **extra,
     )
+
+
+def replay_probe(kind: str, *args, env=None) -> dict:
+    """One bench/replay_probe.py measurement in a fresh process (pilotlogger from this checkout)."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "replay_probe.py"), ROOT, kind] + [str(a) for a in args],
+        env=env or os.environ,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def pilots_spools(paths: list, n: int) -> None:
+    """Spools made the way pilots make them: each of ``n`` events recorded through the emit path
+    (fsynced, renamed, the directory fsynced), all spools filled at once (one process each)."""
+    script = os.path.join(ROOT, "bench", "replay_probe.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, ROOT, "fill", path, str(n)],
+            env=dict(
+                os.environ,
+                PILOTLOG_SPOOL=path,
+                PILOTLOG_PILOT_UUID=PILOT,
+                PILOTLOG_SITE="LCG.Bench.org",
+                PILOTLOG_MAX_EVENTS=str(2 * n),  # no eviction
+            ),
+            stdout=subprocess.DEVNULL,
+        )
+        for path in paths
+    ]
+    assert all(p.wait() == 0 for p in procs)
+
+
+def drop_page_cache(spool: str, whole_machine: bool) -> None:
+    """The spool's file pages out of the page cache (or, asked and allowed, all clean caches)."""
+    if whole_machine:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    else:
+        replay_probe("cold", spool)
+
+
+def pilotlog_replay(broker, pki, dest, spool, env_extra, cpu: list) -> float:
+    """Seconds for `pilotlog replay` of ``spool``; appends its CPU seconds (user+sys) to ``cpu``."""
+    env = broker_env(broker, pki, dest, PILOTLOG_SPOOL=spool, **env_extra)
     started, cpu_before = time.monotonic(), children_cpu()
     p = subprocess.run(
         [sys.executable, "-I", "-S", BUNDLE, "replay"], env=env, stderr=subprocess.PIPE, universal_newlines=True
@@ -197,39 +255,88 @@ def pilotlog_replay(broker, pki, dest, n, env_extra, cpu: list) -> float:
     elapsed = time.monotonic() - started
     cpu.append(children_cpu() - cpu_before)
     assert p.returncode == 0 and "0 left" in p.stderr, p.stderr
-    shutil.rmtree(d)
     return elapsed
 
 
-def throughput(broker, pki, n) -> list:
+def throughput(broker, pki, n, cold=True, drop_caches=False) -> tuple:
+    """The throughput table's rows, and the floors table's: replay CPU per event beside the
+    file-per-event floor (same kind of spool, same run) and the TLS/STOMP share."""
     bodies = [render(e, "native").encode() for e in fill_spool(tempfile.mkdtemp() + "/s", n)]
-    cpu = []  # CPU seconds of each pilotlog replay process
+    work = tempfile.mkdtemp(prefix="pilotlog-replay-")
+    spools = {k: os.path.join(work, k) for k in ("strict", "every100", "floor")}
+    if cold:
+        spools.update((k, os.path.join(work, k)) for k in ("strict-cold", "floor-cold"))
+    pilots_spools(list(spools.values()), n)
+    os.sync()  # the fill's own writeback done before anything is timed
+
+    def replay_cold(d, cpu):
+        drop_page_cache(spools["strict-cold"], drop_caches)
+        return pilotlog_replay(broker, pki, d, spools["strict-cold"], {}, cpu)
+
+    cpu = {}  # variant index -> CPU seconds of its pilotlog replay process
     size = statistics.mean(len(b) for b in bodies)
     variants = [
-        ("stomp.py, receipt awaited per message", lambda d: stomppy(broker, pki, d, bodies, True)),
-        ("stomp.py pipelined, receipt on last only", lambda d: stomppy(broker, pki, d, bodies, False)),
-        ("raw frames, receipt on every frame (strict bound)", lambda d: raw_bound(broker, pki, d, bodies, True)),
-        ("raw frames, receipt on last only (broker ceiling)", lambda d: raw_bound(broker, pki, d, bodies, False)),
-        ("**pilotlog replay** (receipt per event, default)", lambda d: pilotlog_replay(broker, pki, d, n, {}, cpu)),
+        ("stomp.py, receipt awaited per message", lambda d, c: stomppy(broker, pki, d, bodies, True)),
+        ("stomp.py pipelined, receipt on last only", lambda d, c: stomppy(broker, pki, d, bodies, False)),
+        ("raw frames, receipt on every frame (strict bound)", lambda d, c: raw_bound(broker, pki, d, bodies, True)),
+        ("raw frames, receipt on last only (broker ceiling)", lambda d, c: raw_bound(broker, pki, d, bodies, False)),
+        (
+            "**pilotlog replay** (receipt per event, default)",
+            lambda d, c: pilotlog_replay(broker, pki, d, spools["strict"], {}, c),
+        ),
         (
             "pilotlog replay, receipt_every=100 (opt-in)",
-            lambda d: pilotlog_replay(broker, pki, d, n, {"PILOTLOG_RECEIPT_EVERY": "100"}, cpu),
+            lambda d, c: pilotlog_replay(broker, pki, d, spools["every100"], {"PILOTLOG_RECEIPT_EVERY": "100"}, c),
         ),
     ]
+    if cold:
+        variants.append(("pilotlog replay, page cache dropped first", replay_cold))
     rows, rates = [], {}
     for i, (name, run) in enumerate(variants):
         dest = "/queue/bench-%d-%d" % (os.getpid(), i)
         counter = Counter(broker, dest)
-        measured = len(cpu)
-        elapsed = run(dest)
+        spent = []
+        elapsed = run(dest, spent)
         arrived = counter.wait(n)
         rates[i] = n / elapsed
-        per_event = "%.0f" % (cpu[-1] / n * 1e6) if len(cpu) > measured else "—"
-        rows.append([name, "%.0f" % rates[i], "%d/%d" % (arrived, n), per_event])
+        if spent:
+            cpu[i] = spent[0]
+        rows.append([name, "%.0f" % rates[i], "%d/%d" % (arrived, n), "%.0f" % (cpu[i] / n * 1e6) if spent else "—"])
     for row, i in zip(rows, range(len(rows))):
         row.insert(3, "%.2f×" % (rates[i] / rates[2]))
     print("%s: mean event body %.0f bytes" % (broker.name, size))
-    return rows
+
+    dest = "/queue/bench-%d-stomp" % os.getpid()
+    counter = Counter(broker, dest)
+    share = replay_probe("stomp", n, env=broker_env(broker, pki, dest))
+    assert share["n"] == n and counter.wait(n) == n, share
+    tls = share["cpu"] / n * 1e6
+    floors = []
+    for label, spool, index, page_cache in (
+        ("warm", "floor", 4, "kept (the files were just written)"),
+        ("cold", "floor-cold", 6, "dropped first (%s)" % ("all caches" if drop_caches else "each file's pages")),
+    ):
+        if spool not in spools:
+            continue
+        if label == "cold":
+            drop_page_cache(spools[spool], drop_caches)
+        got = replay_probe("floor", spools[spool])
+        assert got["n"] == n, got
+        floor = got["cpu"] / n * 1e6
+        replay = cpu[index] / n * 1e6
+        floors.append(
+            [
+                "strict replay, page cache %s" % page_cache,
+                "%.1f" % floor,
+                "%.1f" % tls,
+                "%.1f" % replay,
+                "%.2f×" % ((replay - tls) / floor),
+                "%.1f" % (replay - tls - floor),
+                "met" if replay <= 1.5 * floor + tls else "**not met**",
+            ]
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return rows, floors
 
 
 # -- 2. one-shot cost -------------------------------------------------------------------------
@@ -281,6 +388,63 @@ def one_shot(runs, send_url=None, pki=None) -> list:
             send = median_ms(emit + ["--send"], runs, senv, d)
             rows[-1].append("%.1f (%.1f×)" % (send, send / bare))
         shutil.rmtree(d)
+    return rows
+
+
+def median_cpu_ms(cmd, runs, env, cwd) -> tuple:
+    """(median wall ms, median CPU ms: user + system of the process) over ``runs`` starts."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        before, started = children_cpu(), time.perf_counter()
+        subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        walls.append((time.perf_counter() - started) * 1000)
+        cpus.append((children_cpu() - before) * 1000)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def emit_vs_bare(runs: int, rounds: int) -> list:
+    """A warm `emit` against a bare interpreter start, and the floor any zipapp has (an empty
+    one: the interpreter imports runpy to run a zip): per round the medians of ``runs`` starts
+    of each, taken in turns; the table gives the median and range of the per-round ratios."""
+    import zipfile
+
+    rows = []
+    for python in (pyenv_python("3.6"), pyenv_python("3.13")):
+        d = tempfile.mkdtemp()
+        env = {"PATH": os.environ["PATH"], "HOME": d, "PILOTLOG_SPOOL": os.path.join(d, "spool")}
+        empty = os.path.join(d, "empty.pyz")
+        with zipfile.ZipFile(empty, "w") as z:
+            z.writestr("__main__.py", "")
+        version = subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        ).stdout.strip()
+        emit = [python, "-I", "-S", BUNDLE, "emit", "boot", "-m", "booted up"]
+        subprocess.run(emit, env=env, cwd=d, stdout=subprocess.DEVNULL)  # unpacks the cache
+        got = {k: [] for k in ("bare", "zip", "emit", "zip_r", "emit_r", "emit_cpu_r")}
+        for _ in range(rounds):
+            bare = median_cpu_ms([python, "-I", "-S", "-c", "pass"], runs, env, d)
+            zipapp = median_cpu_ms([python, "-I", "-S", empty], runs, env, d)
+            warm = median_cpu_ms(emit, runs, env, d)
+            got["bare"].append(bare[0])
+            got["zip"].append(zipapp[0])
+            got["emit"].append(warm[0])
+            got["zip_r"].append(zipapp[0] / bare[0])
+            got["emit_r"].append(warm[0] / bare[0])
+            got["emit_cpu_r"].append(warm[1] / bare[1])
+        shutil.rmtree(d)
+        rows.append(
+            [
+                version,
+                spread(got["bare"], "%.1f"),
+                spread(got["zip_r"], "%.2f×"),
+                spread(got["emit"], "%.1f"),
+                spread(got["emit_r"], "%.2f×"),
+                spread(got["emit_cpu_r"], "%.2f×"),
+                "≤ 2.5×",
+            ]
+        )
     return rows
 
 
@@ -416,8 +580,11 @@ def emit_costs(code: str, rounds: int, runs: int, emits: int, depth: int = 20000
         f["child"].append(median_ms(child, 3, os.environ, work))
         for mode in ("each", "grouped"):
             run = [sys.executable, "-I", "-S", bundle, "run", "--capture", "--"] + child
-            env = dict(os.environ, PILOTLOG_SPOOL=os.path.join(work, "cap-%s%d" % (mode, r)), PILOTLOG_LOG_FSYNC=mode)
-            f["cap_" + mode].append(median_ms(run, 3, env, work))
+            times = []
+            for i in range(3):  # a fresh spool each time: its ~8,000 captured lines fill the default bound
+                spool = os.path.join(work, "cap-%s%d-%d" % (mode, r, i))
+                times.append(median_ms(run, 1, dict(os.environ, PILOTLOG_SPOOL=spool, PILOTLOG_LOG_FSYNC=mode), work))
+            f["cap_" + mode].append(statistics.median(times))
     shutil.rmtree(work, ignore_errors=True)
     return f, h
 
@@ -486,7 +653,9 @@ def emit_tables(f, h, rounds: int, runs: int, depth: int = 20000, burst: int = 1
     )
     out.append(
         table(
-            "`run --capture` of a child printing 10,000 lines (ms, median of 3 per round; %d rounds)" % rounds,
+            "`run --capture` of a child printing 10,000 lines, until the wrapper ends (ms, median of 3 per round; %d"
+            " rounds; the default capture_budget records about 7,500 of them as they come, the last 500 at the end)"
+            % rounds,
             ["", "ms"],
             [
                 ["the child alone", spread(f["child"])],
@@ -504,11 +673,19 @@ def main():
     ap.add_argument("--brokers", default="rabbitmq,activemq")
     ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--write", help="replace the results section of this Markdown file")
-    ap.add_argument("--only", default="replay,startup,memory,spool,emit", help="sections to run (comma-separated)")
+    ap.add_argument(
+        "--only", default="replay,startup,capture,memory,spool,emit", help="sections to run (comma-separated)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the emit figures (median and range)")
     ap.add_argument("--emits", type=int, default=300, help="in-process emits per figure and round")
     ap.add_argument("--burst", type=int, default=10000, help="records per logging.Handler burst")
     ap.add_argument("--code", default=ROOT, help="checkout whose code and bundle the emit figures measure")
+    ap.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="cold replays drop every clean cache of the machine (root; /proc/sys/vm/drop_caches) instead of"
+        " only the spool files' pages",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     global BUNDLE
@@ -538,12 +715,28 @@ def main():
     for name in [b for b in args.brokers.split(",") if b and "replay" in only]:
         broker = brokers[name](os.path.join(work, name), pki).start()
         try:
-            rows = throughput(broker, pki, args.events)
+            rows, floors = throughput(broker, pki, args.events, cold=name == "rabbitmq", drop_caches=args.drop_caches)
             out.append(
                 table(
-                    "Replay throughput, %s (TLS, persistent, %d events, msg/s)" % (broker.name, args.events),
+                    "Replay throughput, %s (TLS, persistent, %d events from spools filled through the emit path,"
+                    " msg/s)" % (broker.name, args.events),
                     ["variant", "msg/s", "arrived", "vs strict raw bound", "pilotlog CPU µs/event"],
                     rows,
+                )
+            )
+            out.append(
+                table(
+                    "Replay CPU against its floors, %s (µs per event, same run, same kind of spool)" % broker.name,
+                    [
+                        "replay",
+                        "floor: list, open, read, unlink",
+                        "TLS/STOMP share",
+                        "replay CPU",
+                        "(replay − TLS) ÷ floor",
+                        "left beyond floor + TLS",
+                        "≤ 1.5 × floor + TLS",
+                    ],
+                    floors,
                 )
             )
             if name == "rabbitmq":
@@ -570,6 +763,51 @@ def main():
                 "One-shot cost (ms, medians of %d)" % args.runs,
                 ["Python", "bare", "emit, warm", "emit, cold", "emit, no cache"],
                 one_shot(args.runs),
+            )
+        )
+    if "startup" in only:
+        out.append(
+            table(
+                "Warm `emit` against a bare start (median (range) of %d rounds, %d starts each)"
+                % (args.rounds, args.runs),
+                [
+                    "Python",
+                    "bare `-I -S -c pass` (ms)",
+                    "empty zipapp ÷ bare (the floor)",
+                    "emit, warm (ms)",
+                    "emit ÷ bare, wall",
+                    "emit ÷ bare, CPU",
+                    "target",
+                ],
+                emit_vs_bare(args.runs, args.rounds),
+            )
+        )
+    if "capture" in only:
+        import capture
+
+        printed, passthrough, note = capture.measure(BUNDLE, runs=3)
+        out.append(
+            table(
+                "What pilots print, and what `run --capture` keeps (median of 3 runs, default capture_budget)" + note,
+                [
+                    "child",
+                    "lines",
+                    "KiB",
+                    "child's run (s)",
+                    "lines/s",
+                    "peak lines in 1 s",
+                    "lines recorded",
+                    "dropped (counted)",
+                    "exit",
+                ],
+                printed,
+            )
+        )
+        out.append(
+            table(
+                "Pass-through: the child alone and under `run --capture` (s, median of 3)",
+                ["child", "alone", "under run --capture: the child's run", "the wrapper's end"],
+                passthrough,
             )
         )
     if "memory" in only:

@@ -7,7 +7,7 @@ as its flag, so ``pilotlog serve --help`` is not buried under the spool and STOM
 
 # Settings by what they are for; a command lists the groups it reads.
 WHICH_FILE = ("config", "setup", "vo")
-SPOOL = ("spool", "max_events", "max_bytes", "max_event_bytes", "log_fsync")
+SPOOL = ("spool", "max_events", "max_bytes", "max_event_bytes", "log_fsync", "capture_budget")
 EVENTS = ("pilot_uuid", "source", "level", "site", "ce", "queue")
 CONNECTION = (
     "sink",

@@ -106,6 +106,13 @@ SETTINGS = (
         " call returns, fsynced in groups (within 0.1 s) or each before returning",
         choices=("grouped", "each"),
     ),
+    Setting(
+        "capture_budget",
+        int,
+        4 * 1024 * 1024,
+        "run --capture: bytes of the child's output recorded per run, each line counting 400 more;"
+        " past it only the last 500 lines are recorded (at the end), the rest counted in shutdown",
+    ),
     Setting("setup", str, None, "DIRAC setup to read in pilot.json (default: its DefaultSetup)"),
     Setting("vo", str, None, "VO to read in pilot.json"),
     # Delivery to a broker (STOMP) -- see README "Sending to a broker".

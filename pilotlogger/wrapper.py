@@ -4,7 +4,8 @@
   (exit code, signal, duration, the last lines of its stderr).
 * The child's output passes through unchanged, byte for byte.  Its stderr is always read
   (for the tail); with ``capture`` its stdout and stderr lines also become ``log`` events,
-  limited in rate (``CAPTURE_PER_SECOND``, with a burst) and size (``CAPTURE_LINE_BYTES``).
+  each cut at ``CAPTURE_LINE_BYTES``, within the run's budget (:class:`CaptureBudget`): every
+  line of a normal pilot, the first and the last lines of a runaway one.
 * ``patterns`` (regex → phase) turn lines of an unmodified pilot ("matched a job") into
   lifecycle events.
 * Every recorded line comes before ``shutdown``: after the child's end its output is read
@@ -33,9 +34,12 @@ from .recorder import Recorder
 
 FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")
 STDERR_TAIL = 20
-CAPTURE_PER_SECOND = 20  # sustained rate of captured lines
-CAPTURE_BURST = 200
 CAPTURE_LINE_BYTES = 4096
+#: What a recorded line costs the run's budget beyond its own bytes: about what its event adds
+#: (id, times, pilot, source, context), so that a flood of empty lines is bounded too.
+CAPTURE_LINE_COST = 400
+#: Past the budget, the last this many lines are held and recorded at the end (the error is there).
+CAPTURE_TAIL_LINES = 500
 SHIP_EVERY = 10.0
 #: After the child's end, its output is read to the end while it keeps coming (a loaded node
 #: records slowly), but not past OUTPUT_IDLE seconds without a line (a grandchild holding the
@@ -44,24 +48,80 @@ OUTPUT_IDLE = 5.0
 OUTPUT_CAP = 60.0
 
 
-class _Budget:
-    """A token bucket: how many captured lines may become events right now."""
+class CaptureBudget:
+    """Which of the child's lines become events: all of them while the run's budget lasts, then
+    only the last ``tail_lines`` — held here and recorded at the end, before ``shutdown`` — with
+    the lines in between counted, not recorded.
 
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), time.monotonic()
-        self.skipped = 0
-        self.lock = threading.Lock()
+    A line costs its bytes plus ``line_cost``.  A quarter of the budget (at most what
+    ``tail_lines`` full lines cost) is kept back for the tail, so that what a run records
+    never exceeds ``budget``, however much the child prints.  A normal pilot (its install
+    steps included: docs/performance.md measures them) stays far under the default, and loses
+    nothing; a runaway one keeps its first lines (how it started) and its last (how it ended).
+    The tail is kept per stream: when room is needed, the stream holding more lines (on a tie,
+    the older line) gives up its oldest, so a stdout flood cannot push out the last stderr lines (the error), which a
+    separate pipe may deliver before the flood's end.
 
-    def take(self) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return True
-            self.skipped += 1
-            return False
+    Not thread-safe: the wrapper calls it under its own lock.
+    """
+
+    def __init__(self, budget: int, tail_lines: int = CAPTURE_TAIL_LINES, line_cost: int = CAPTURE_LINE_COST):
+        self.line_cost, self.tail_lines = line_cost, tail_lines
+        self.tail_room = min(budget // 4, tail_lines * (CAPTURE_LINE_BYTES + line_cost))
+        self.head_room = budget - self.tail_room
+        self.spent = self.held_cost = self.arrived = 0
+        self.held: dict = {}  # stream -> deque of (arrival, line, phase, cost), oldest first
+        self.dropped_lines = self.dropped_bytes = 0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.held_cost > 0 or self.dropped_lines > 0
+
+    def admit(self, line: str, size: int, stream: str, phase: str) -> bool:
+        """True: record this line now.  False: it is held for the tail (an older held line may
+        be dropped to make room)."""
+        cost = size + self.line_cost
+        if not self.exceeded and self.spent + cost <= self.head_room:
+            self.spent += cost
+            return True
+        import collections
+
+        self.arrived += 1
+        self.held.setdefault(stream, collections.deque()).append((self.arrived, line, phase, cost))
+        self.held_cost += cost
+        count = sum(len(q) for q in self.held.values())
+        while count and (count > self.tail_lines or self.held_cost > self.tail_room):
+            _, _, _, old = max((q for q in self.held.values() if q), key=_longer_then_older).popleft()
+            self.held_cost -= old
+            count -= 1
+            self.dropped_lines += 1
+            self.dropped_bytes += old - self.line_cost
+        return False
+
+    def pass_over(self, stream: str, count: int, size: int) -> None:
+        """``count`` lines of ``stream`` (``size`` bytes) past the budget, followed by at least
+        ``tail_lines`` newer ones of the same stream: none of them, nor any line the stream held,
+        can be among its last lines, so they are counted as dropped without being held."""
+        for _, _, _, cost in self.held.pop(stream, ()):
+            self.held_cost -= cost
+            self.dropped_lines += 1
+            self.dropped_bytes += cost - self.line_cost
+        self.dropped_lines += count
+        self.dropped_bytes += size
+
+    def take_held(self) -> list:
+        """The held tail in the order the lines came, emptied: ``[(line, stream, phase)]``."""
+        held = sorted(
+            (arrival, line, stream, phase) for stream, q in self.held.items() for arrival, line, phase, _ in q
+        )
+        self.spent += self.held_cost
+        self.held, self.held_cost = {}, 0
+        return [(line, stream, phase) for _, line, stream, phase in held]
+
+
+def _longer_then_older(held) -> tuple:
+    """Which stream's held lines give way: the one holding more, on a tie the one holding the older."""
+    return len(held), -held[0][0]
 
 
 class LineCutter:
@@ -75,16 +135,15 @@ class LineCutter:
     def feed(self, chunk: bytes) -> list:
         """The lines ``chunk`` completes (without their newline)."""
         *ended, rest = chunk.split(b"\n")
-        done = []
-        for piece in ended:
-            if not self.dropping:
-                self.line += piece
-            done.append(self.line[: self.most])
+        most, done = self.most, []
+        if ended:  # the first completes the line begun before; the others are whole
+            done.append((self.line if self.dropping else self.line + ended[0])[:most])
+            done += [piece[:most] for piece in ended[1:]]
             self.line, self.dropping = b"", False
         if not self.dropping:
             self.line += rest
-            if len(self.line) > self.most:
-                self.line, self.dropping = self.line[: self.most], True
+            if len(self.line) > most:
+                self.line, self.dropping = self.line[:most], True
         return done
 
     def end(self) -> list:
@@ -120,7 +179,7 @@ class Wrapper:
             warn("not recording this run: %s" % exc)
         self.tail = []
         self.tail_lock = threading.Lock()
-        self.budget = _Budget(CAPTURE_PER_SECOND, CAPTURE_BURST)
+        self.budget = CaptureBudget(self.recorder.config.capture_budget if self.recorder is not None else 0)
         self.shipper = None
         self.output_read = self.lines_seen = 0  # by the pumps: how _wait_for_output sees they are at work
         self.lines_lock = threading.Lock()  # held while a line is recorded, and to close recording
@@ -154,11 +213,23 @@ class Wrapper:
                     sink.flush()
             except (OSError, ValueError):
                 pass  # our own output is gone; keep draining so the child never blocks
-            for line in lines.feed(chunk):
-                self._look(line, stream_name)
-        for line in lines.end():  # a last line without a newline
-            self._look(line, stream_name)
+            self._look_at(lines.feed(chunk), stream_name)
+        self._look_at(lines.end(), stream_name)  # a last line without a newline
         source.close()
+
+    def _look_at(self, lines: list, stream_name: str) -> None:
+        """The lines of one chunk.  Past the capture budget only the last lines of a stream can
+        still be kept, so the others of a long chunk are counted in one step: a runaway child
+        passes through at the speed of its pipe, not of a Python loop per line."""
+        keep = self.budget.tail_lines
+        if self.capture and len(lines) > keep and self.budget.exceeded:
+            passed, lines = lines[:-keep], lines[-keep:]
+            with self.lines_lock:
+                self.lines_seen += len(passed)
+                if self.recording_lines:
+                    self.budget.pass_over(stream_name, len(passed) - passed.count(b""), sum(map(len, passed)))
+        for line in lines:
+            self._look(line, stream_name)
 
     def _look(self, raw: bytes, stream_name: str) -> None:
         """One line of the child's (at most CAPTURE_LINE_BYTES, so as many characters): the stderr
@@ -171,13 +242,47 @@ class Wrapper:
             if stream_name == "stderr":
                 with self.tail_lock:
                     self.tail = (self.tail + [line])[-STDERR_TAIL:]
-            for regex, phase in self.patterns:
-                if regex.search(line):
-                    self.record(phase, line, stream=stream_name)
-                    break
-            else:
-                if self.capture and line and self.budget.take():
-                    self.record("log", line, "warning" if stream_name == "stderr" else "info", stream=stream_name)
+            phase = next((phase for regex, phase in self.patterns if regex.search(line)), None)
+            if phase is None and self.capture and line:
+                phase = "log"
+            if phase is None or self.recorder is None:
+                return
+            exceeded = self.budget.exceeded
+            if self.budget.admit(line, len(raw), stream_name, phase):
+                self._record_line(line, stream_name, phase)
+            elif not exceeded:  # the first line past the budget: said once
+                warn(
+                    "the output of %s is past the capture budget (capture_budget=%d bytes): its last lines (up to"
+                    " %d) will be recorded when it ends, the others counted in shutdown"
+                    % (self.argv[0], self.recorder.config.capture_budget, self.budget.tail_lines)
+                )
+
+    def _record_line(self, line: str, stream_name: str, phase: str) -> None:
+        if phase == "log":
+            self.record("log", line, "warning" if stream_name == "stderr" else "info", stream=stream_name)
+        else:
+            self.record(phase, line, stream=stream_name)
+
+    def _record_held_tail(self) -> None:
+        """Past the budget: say in place what was left out, then record the lines held for the tail
+        (their event time is now: the time they were recorded, not printed)."""
+        budget = self.budget
+        if budget.dropped_lines:
+            message = "%d line(s) (%d bytes) of output not recorded: over the capture budget of %d bytes" % (
+                budget.dropped_lines,
+                budget.dropped_bytes,
+                self.recorder.config.capture_budget if self.recorder is not None else 0,
+            )
+            self.record(
+                "log",
+                "%s; its last %d line(s) follow" % (message, len(budget.held)),
+                "warning",
+                stream="pilotlog",
+                dropped_lines=budget.dropped_lines,
+                dropped_bytes=budget.dropped_bytes,
+            )
+        for line, stream_name, phase in budget.take_held():
+            self._record_line(line, stream_name, phase)
 
     def _wait_for_output(self, pumps) -> bool:
         """Let the pumps read the child's output to its end; True when they did.
@@ -226,6 +331,8 @@ class Wrapper:
             self.record("shutdown", "could not start: %s" % (exc.strerror or exc), "error", exit_code=code)
             self._finish()
             return code
+        for pipe in (child.stdout, child.stderr):
+            _widen(pipe)
         previous = {}
         for name in FORWARDED:
             sig = getattr(signal, name)
@@ -272,6 +379,7 @@ class Wrapper:
         must end, and with the child's code, not with the signal's.
         """
         output_ended = self._wait_for_output(pumps)
+        self._record_held_tail()
         signum = -returncode if returncode < 0 else None
         code = 128 + signum if signum else returncode
         with self.tail_lock:
@@ -279,13 +387,16 @@ class Wrapper:
         data = {"exit_code": code, "duration_s": round(duration, 3), "stderr_tail": tail}
         if signum:
             data["signal"] = signal.Signals(signum).name
-        if self.budget.skipped:
-            data["capture_skipped_lines"] = self.budget.skipped
+        if self.budget.dropped_lines:
+            data["capture_dropped_lines"] = self.budget.dropped_lines
+            data["capture_dropped_bytes"] = self.budget.dropped_bytes
         if not output_ended:  # a grandchild holds the child's stdout/stderr open
             data["output_still_open"] = True
         status = "info" if code == 0 else "error"
         ended = "killed by %s" % data["signal"] if signum else "exited with %d" % code
-        self.record("shutdown", "%s %s after %.1f s" % (self.argv[0], ended, duration), status, **data)
+        dropped = "; %d output line(s) over the capture budget not recorded" % self.budget.dropped_lines
+        message = "%s %s after %.1f s%s" % (self.argv[0], ended, duration, dropped if self.budget.dropped_lines else "")
+        self.record("shutdown", message, status, **data)
         self._finish()
         return code
 
@@ -301,6 +412,24 @@ class Wrapper:
             from .ship import Shipper
 
             Shipper(lambda: self.recorder).stop()
+
+
+#: Bytes a child may print ahead of the wrapper (Linux's default pipe holds 64 KiB): an install
+#: step printing 500 KB at once is not held up while its lines are recorded.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(pipe) -> None:
+    """Give the child's pipe PIPE_BYTES of room (Linux, within /proc/sys/fs/pipe-max-size); elsewhere,
+    or refused, it keeps its size."""
+    if pipe is None:
+        return
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)  # 1031: Linux, Python < 3.10
+    except (OSError, ImportError):
+        pass
 
 
 def _binary(stream):
