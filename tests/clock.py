@@ -27,7 +27,7 @@ def clockshift_library() -> str:
             unavailable("a C compiler (cc) is needed to step one process's clock (tests/clockshift.c)")
         out = os.path.join(tempfile.mkdtemp(prefix="pilotlog-clockshift-"), "libclockshift.so")
         source = str(ROOT / "tests" / "clockshift.c")
-        subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", out, source, "-ldl"], check=True)
+        subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", out, source, "-ldl", "-lm"], check=True)
         _LIBRARY.append(out)
     return _LIBRARY[0]
 

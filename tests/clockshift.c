@@ -10,12 +10,13 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
-static long long offset_ns(void)
+static double offset_seconds(void)
 {
     const char *path = getenv("CLOCKSHIFT_FILE");
     char text[64];
@@ -28,7 +29,7 @@ static long long offset_ns(void)
     if (n <= 0)
         return 0;
     text[n] = 0;
-    return (long long)(strtod(text, NULL) * 1e9);
+    return strtod(text, NULL);
 }
 
 static int (*real_clock_gettime)(clockid_t, struct timespec *);
@@ -39,12 +40,14 @@ int clock_gettime(clockid_t id, struct timespec *ts)
         real_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
     int rc = real_clock_gettime(id, ts);
     if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) {
-        long long ns = (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec + offset_ns();
-        ts->tv_sec = ns / 1000000000LL;
-        ts->tv_nsec = ns % 1000000000LL;
-        if (ts->tv_nsec < 0) {
-            ts->tv_sec -= 1;
-            ts->tv_nsec += 1000000000LL;
+        /* whole seconds and nanoseconds apart: an offset of centuries overflows nanoseconds */
+        double offset = offset_seconds();
+        long long seconds = (long long)floor(offset);
+        ts->tv_sec += seconds;
+        ts->tv_nsec += (long)((offset - (double)seconds) * 1e9);
+        if (ts->tv_nsec >= 1000000000L) {
+            ts->tv_sec += 1;
+            ts->tv_nsec -= 1000000000L;
         }
     }
     return rc;
