@@ -223,39 +223,6 @@ def test_an_event_time_is_a_real_instant_of_years_1_to_9999(text, real):
             events.validate(dict(event(), time=text))
 
 
-@settings(max_examples=500, deadline=None)
-@given(
-    st.tuples(
-        st.integers(0, 9999),
-        st.integers(0, 13),
-        st.integers(0, 32),
-        st.integers(0, 25),
-        st.integers(0, 61),
-        st.integers(0, 61),
-        st.integers(0, 999999),
-    )
-)
-def test_check_time_takes_exactly_what_datetime_takes(fields):
-    """Python's datetime (years 1-9999, real dates, seconds 0-59) is the oracle; a time check_time
-    takes reads back to the same text."""
-    import datetime
-
-    text = "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % fields
-    try:
-        expected = datetime.datetime(*fields)
-    except ValueError:
-        expected = None
-    try:
-        micros = events.parse_micros(text)
-    except EventError:
-        micros = None
-    assert (micros is None) == (expected is None), text
-    if expected is not None:
-        epoch = datetime.datetime(1970, 1, 1)
-        assert micros == (expected - epoch) // datetime.timedelta(microseconds=1)
-        assert events.format_micros(micros) == text
-
-
 def test_a_clock_outside_the_years_an_event_time_holds_is_written_as_the_nearest_bound():
     """The event is kept (seq orders it); no reader is handed a time it cannot parse."""
     assert events.rfc3339(-1e12) == "0001-01-01T00:00:00.000000Z"

@@ -20,7 +20,6 @@ last phase is the last recorded; no traceback; no Python API call blocks 0.5 s (
 is on tmpfs: a clock step, not the disk, is what is measured).
 """
 
-import collections
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ EXAMPLES = ledger.trials(8, 80)  # per Python: ~1 minute in make test
 PILOT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 PYTHON_LAST_SECOND = 2**63 // 10**9 - 86400  # 2262-04-10: a day short of what CPython's clock holds
 SLOWEST_CALL = 0.5  # seconds a Python API call may take
-TALLY = collections.defaultdict(lambda: [0, 0, "", 0.0])  # fault -> trials, broken, what, longest (s)
+TALLY = ledger.tally()
 
 #: Clock offsets (seconds) a node sees: chronyd's small and large steps, an RTC reset to 1970, a
 #: clock before 1970 and one at 2262 (the last three relative to now, resolved per action).
@@ -115,10 +114,11 @@ class Pilot:
         self.expected = []  # (phase, message or None, (lowest, highest) micros) in acceptance order
         self.broken, self.longest, self.slowest_call, self.n = "", 0.0, 0.0, 0
 
-    def cli(self, *args):
+    def process(self, label: str, *args):
+        """The pilot's Python with these arguments, under its clock; a traceback breaks the promise."""
         started = time.monotonic()
         p = subprocess.run(
-            [self.python, "-I", "-S", self.bundle] + list(args),
+            [self.python, "-I", "-S"] + list(args),
             env=self.env,
             cwd=self.base,
             stdout=subprocess.PIPE,
@@ -128,8 +128,11 @@ class Pilot:
         )
         self.longest = max(self.longest, time.monotonic() - started)
         if "Traceback" in p.stderr or "internal error" in p.stderr:
-            self.broken = self.broken or "%s: %s" % (args[0], p.stderr[-200:])
+            self.broken = self.broken or "%s: %s" % (label, p.stderr[-200:])
         return p
+
+    def cli(self, *args):
+        return self.process(args[0], self.bundle, *args)
 
     def message(self) -> str:
         self.n += 1
@@ -163,18 +166,9 @@ class Pilot:
 
     def api(self, calls):
         plan = [(resolve(offset), phase, self.message()) for offset, phase in calls]
-        started = time.monotonic(), time.time()
-        p = subprocess.run(
-            [self.python, "-I", "-S", "-c", API, self.bundle, json.dumps(plan)],
-            env=self.env,
-            cwd=self.base,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            universal_newlines=True,
-            timeout=120,
-        )
+        started = time.time()
+        p = self.process("api", "-c", API, self.bundle, json.dumps(plan))
         ended = time.time()
-        self.longest = max(self.longest, time.monotonic() - started[0])
         try:
             result = json.loads(p.stdout)
         except ValueError:
@@ -183,7 +177,7 @@ class Pilot:
         self.slowest_call = max(self.slowest_call, result["longest"])
         for (offset, phase, message), kept in zip(plan, result["kept"]):
             if kept:
-                self.expected.append((phase, message, window(started[1], ended, offset)))
+                self.expected.append((phase, message, window(started, ended, offset)))
             else:
                 self.broken = self.broken or "api: %s not kept: %s" % (phase, p.stderr[-200:])
 
@@ -240,27 +234,7 @@ def shm():
 @pytest.fixture(scope="module", autouse=True)
 def ledger_rows():
     yield
-    for fault, (trials, broken, what, longest) in sorted(TALLY.items()):
-        ledger.record(
-            "robustness",
-            fault,
-            trials,
-            broken,
-            broken == 0,
-            longest,
-            what,
-            extra="hypothesis; Python %s; lost = examples that broke an invariant" % " and ".join(PYTHONS),
-        )
-
-
-def tally(faults, broken: str, longest: float) -> None:
-    for fault in faults:
-        row = TALLY[fault]
-        row[0] += 1
-        row[3] = max(row[3], longest)
-        if broken:
-            row[1] += 1
-            row[2] = row[2] or broken[:140]
+    TALLY.record("robustness", "hypothesis; Python %s; lost = examples that broke an invariant" % " and ".join(PYTHONS))
 
 
 @pytest.mark.parametrize("version", PYTHONS)
@@ -284,5 +258,5 @@ def test_a_pilot_whose_clock_steps_loses_nothing_and_keeps_its_order(shm, versio
     faults = {"clock steps: every example"} | {"clock steps: %s" % kind for kind, *_ in life}
     if any(isinstance(offset, str) for offset in drawn_offsets(life)):
         faults.add("clock steps: to 1970, before it, to 2262")
-    tally(faults, broken, pilot.longest)
+    TALLY.count(faults, broken, pilot.longest)
     assert not broken, (version, life, broken)
