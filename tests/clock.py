@@ -2,7 +2,7 @@
 
 Other engineers and the brokers share this machine, so the system clock is never touched.
 ``SteppedClock.env()`` gives a process ``LD_PRELOAD`` of ``tests/clockshift.c`` (built once
-per session with the C compiler the DIRAC venv's M2Crypto already needs): its
+per session with ``cc``, which ``make packages`` installs; no faketime package needed): its
 ``CLOCK_REALTIME``, ``gettimeofday()`` and ``time()`` read the real clock plus an offset kept
 in a file, read again at every call — so ``step()`` moves the clock of processes that are
 already running, as chronyd's ``makestep`` does on a fresh VM.  Monotonic clocks (every
