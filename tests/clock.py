@@ -9,6 +9,7 @@ already running, as chronyd's ``makestep`` does on a fresh VM.  Monotonic clocks
 deadline of pilotlog) are left alone, as a real step leaves them.
 """
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -25,7 +26,9 @@ def clockshift_library() -> str:
         compiler = shutil.which("cc") or shutil.which("gcc")
         if not compiler:
             unavailable("a C compiler (cc) is needed to step one process's clock (tests/clockshift.c)")
-        out = os.path.join(tempfile.mkdtemp(prefix="pilotlog-clockshift-"), "libclockshift.so")
+        directory = tempfile.mkdtemp(prefix="pilotlog-clockshift-")
+        atexit.register(shutil.rmtree, directory, True)
+        out = os.path.join(directory, "libclockshift.so")
         source = str(ROOT / "tests" / "clockshift.c")
         subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", out, source, "-ldl", "-lm"], check=True)
         _LIBRARY.append(out)
