@@ -31,11 +31,12 @@ $(VENV)/.installed: tests/requirements.txt
 	@touch $@
 
 ## make packages: the Debian packages the tests use: brokers they start privately (RabbitMQ, ActiveMQ,
-## openssl for the test PKI), headless Chromium for the timeline page, and what DIRAC's M2Crypto
-## builds with (swig, libssl-dev).
+## openssl for the test PKI), headless Chromium for the timeline page, what DIRAC's M2Crypto
+## builds with (swig, libssl-dev), and a C compiler (also for tests/clockshift.c: one process's clock stepped).
 packages:
 	@missing=""; \
 	command -v swig >/dev/null || missing="$$missing swig"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
 	test -f /usr/include/openssl/ssl.h || missing="$$missing libssl-dev"; \
 	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
 	test -f /usr/share/activemq/bin/activemq.jar || missing="$$missing activemq"; \

@@ -15,11 +15,20 @@ from .events import EventError, validate
 
 def parse(text: str):
     """The event in a message body or JSON line, or None when it is not a pilotlog event
-    (e.g. DIRAC's six-field format, or anything else on a shared destination)."""
+    (e.g. DIRAC's six-field format, or anything else on a shared destination).
+
+    Pilots are untrusted: whatever a line holds — a time ``validate`` refuses, NaN (not
+    JSON), nesting deeper than the parser's recursion limit, a 5,000-digit number (refused
+    by Python 3.11+) — it is counted as not an event, never an error of the reader.
+    """
     try:
-        return validate(json.loads(text))
-    except (ValueError, EventError):
+        return validate(json.loads(text, parse_constant=_not_json))
+    except (ValueError, EventError, RecursionError):
         return None
+
+
+def _not_json(constant: str):
+    raise ValueError("%s is not a JSON number" % constant)
 
 
 def follow(config, handle, count=None, seconds=None, idle=None, duplicate=None) -> int:

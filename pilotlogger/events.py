@@ -34,6 +34,8 @@ MAX_NAME_LEN = 64
 MAX_PILOT_LEN = 256
 #: How deeply ``data`` may nest (objects and lists): ample for facts, far from the recursion limit.
 MAX_DEPTH = 32
+#: Highest seq: a 64-bit signed integer, what a consumer in any language (and a database column) holds.
+MAX_SEQ = 2**63 - 1
 #: Longest integer in data: what Python 3.11+ (and so a consumer on it) will parse by default.
 MAX_INT_DIGITS = 4300
 
@@ -150,20 +152,48 @@ def check_id(value: str) -> str:
     return value
 
 
+#: The first and the last second an event time can hold: years 0001 to 9999 (RFC 3339's four
+#: digits; year 0000 exists in no calendar Python or a consumer's date library knows).
+FIRST_SECOND = -62135596800  # 0001-01-01T00:00:00Z
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z
+
+
 def rfc3339(epoch: float) -> str:
-    """UTC time as RFC 3339 with microseconds, e.g. ``2026-11-28T02:23:19.123456Z``."""
-    seconds = int(epoch)
+    """UTC time as RFC 3339 with microseconds, e.g. ``2026-11-28T02:23:19.123456Z``.
+
+    A clock outside years 0001-9999 (never seen on a real node) is written as the nearest
+    bound rather than as a time no reader could parse: the event is kept, and seq, not
+    time, says where it belongs.
+    """
+    seconds = int(epoch // 1)  # floor: right for a clock before 1970 too
     micros = int(round((epoch - seconds) * 1e6))
     if micros >= 1000000:
         seconds, micros = seconds + 1, micros - 1000000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % micros
+    return format_micros(seconds * 1000000 + micros)
+
+
+def format_micros(micros: int) -> str:
+    """RFC 3339 text of a time in microseconds since the epoch (the inverse of :func:`parse_micros`)."""
+    seconds, micros = divmod(micros, 1000000)
+    if not FIRST_SECOND <= seconds <= LAST_SECOND:
+        seconds, micros = (FIRST_SECOND, 0) if seconds < FIRST_SECOND else (LAST_SECOND, 999999)
+    t = time.gmtime(seconds)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (t[0], t[1], t[2], t[3], t[4], t[5], micros)
 
 
 _DIGITS = frozenset("0123456789")
+_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February's 29 checked against the year
 
 
 def check_time(text: str) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` with plausible fields.  Cheap: replay checks every event."""
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``, a real instant of years 0001-9999 in UTC: exactly what
+    :func:`rfc3339` writes.  Cheap: replay checks every event.
+
+    So every reader can turn it into a time and back unchanged: no year 0000 (no calendar
+    has it), no 31 February, and no leap second ``:60`` — a node's clock (POSIX time)
+    never shows one, and a reader could only fold it into the next second, showing a time
+    that was not recorded.
+    """
     t = text
     if not (
         isinstance(t, str)
@@ -174,23 +204,37 @@ def check_time(text: str) -> str:
         and t[19] == "."
         and t[26] == "Z"
         and _DIGITS.issuperset(t[0:4] + t[5:7] + t[8:10] + t[11:13] + t[14:16] + t[17:19] + t[20:26])
+        and t[0:4] != "0000"
         and "01" <= t[5:7] <= "12"
-        and "01" <= t[8:10] <= "31"
+        and "01" <= t[8:10]
+        and (t[8:10] <= "28" or int(t[8:10]) <= _month_days(int(t[0:4]), int(t[5:7])))
         and t[11:13] <= "23"
         and t[14:16] <= "59"
-        and t[17:19] <= "60"
+        and t[17:19] <= "59"
     ):
-        raise EventError("time %r is not RFC 3339 UTC with microseconds" % (text,))
+        raise EventError("time %r is not RFC 3339 UTC with microseconds (a real date of years 0001-9999)" % (text,))
     return text
 
 
-def parse_rfc3339(text: str) -> float:
-    """Inverse of :func:`rfc3339` (only the exact form this module writes)."""
+def _month_days(year: int, month: int) -> int:
+    if month == 2 and (year % 4 or (year % 100 == 0 and year % 400)):
+        return 28
+    return _MONTH_DAYS[month]
+
+
+def parse_micros(text: str) -> int:
+    """Microseconds since the epoch of an event time, exactly (any year 0001-9999); raises
+    :class:`EventError` for a time :func:`check_time` refuses."""
     import calendar
 
     check_time(text)
     fields = (int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), int(text[17:19]))
-    return calendar.timegm(fields) + int(text[20:26]) / 1e6
+    return calendar.timegm(fields) * 1000000 + int(text[20:26])
+
+
+def parse_rfc3339(text: str) -> float:
+    """Inverse of :func:`rfc3339` (only the exact form this module writes)."""
+    return parse_micros(text) / 1e6
 
 
 def make_event(
@@ -264,8 +308,8 @@ def validate(event: dict) -> dict:
     if event["v"] != SCHEMA_VERSION:
         raise EventError("schema version %r is not supported (this is v%d)" % (event["v"], SCHEMA_VERSION))
     check_id(event["id"])
-    if event["seq"] < 1:
-        raise EventError("seq must be a positive integer")
+    if not 1 <= event["seq"] <= MAX_SEQ:
+        raise EventError("seq must be an integer from 1 to %d" % MAX_SEQ)
     check_pilot(event["pilot"])
     check_time(event["time"])
     check_name("phase", event["phase"])
@@ -358,22 +402,45 @@ def _encode(obj, out, quote) -> None:
 
 
 _CONTROLS = None
+#: Printable to Python, yet invisible: escaped too, so that no text hides in plain sight.  The
+#: default-ignorable code points that are letters or marks — Hangul fillers, the combining
+#: grapheme joiner, Khmer's two inherent vowels; variation selectors stay (emoji and CJK use them).
+INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
 
 
 def escape_controls(text: str) -> str:
-    """``text`` with nothing a terminal or a line-based file would act on: control characters
-    (C0, DEL, C1), line and paragraph separators and lone surrogates become JSON-style escapes
-    (``\\n``, ``\\r``, ``\\t``, ``\\u001b``…), so one event stays one line and a message
-    cannot move the cursor, recolour the screen or forge a line.  Printable text is unchanged
-    (and inside a JSON string the escapes keep their meaning)."""
+    """``text`` with nothing a terminal or a line-based file would act on or hide: every
+    character that is not printable (``str.isprintable``: controls C0, DEL and C1, format
+    characters such as the bidi overrides U+202E/U+202C, U+200B and U+FEFF, line and paragraph
+    separators, spaces other than U+0020, lone surrogates, private use, unassigned) and the
+    :data:`INVISIBLE` ones become JSON-style escapes (``\\n``, ``\\r``, ``\\t``,
+    ``\\u001b``, ``\\ud83d\\ude00`` past U+FFFF), so one event stays one line and a
+    message cannot move the cursor, recolour the screen, reorder or hide text, or forge a
+    line.  Printable text is unchanged (and inside a JSON string the escapes keep their meaning).
+
+    The same on every Python: a character a newer Unicode made printable is unassigned to an
+    older Python, which escapes it; no character printable to 3.6 is non-printable to 3.13
+    (tests/test_events.py checks every code point on both), so each escapes at least what
+    the newest escapes.
+    """
     global _CONTROLS
-    if text.isprintable():
+    if text.isprintable() and INVISIBLE.isdisjoint(text):
         return text
-    if _CONTROLS is None:
+    if _CONTROLS is None:  # the common ones, translated in C
         codes = list(range(0x20)) + list(range(0x7F, 0xA0)) + [0x2028, 0x2029] + list(range(0xD800, 0xE000))
         _CONTROLS = {c: "\\u%04x" % c for c in codes}
         _CONTROLS.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
-    return text.translate(_CONTROLS)
+    text = text.translate(_CONTROLS)
+    if text.isprintable() and INVISIBLE.isdisjoint(text):
+        return text
+    return "".join(c if c.isprintable() and c not in INVISIBLE else _escape(ord(c)) for c in text)
+
+
+def _escape(code: int) -> str:
+    if code > 0xFFFF:  # as JSON writes it: a surrogate pair
+        code -= 0x10000
+        return "\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF))
+    return "\\u%04x" % code
 
 
 def readable_line(event: dict) -> str:

@@ -1,6 +1,7 @@
 """Shipping: move events from the spool to a sink.  The one place delivery semantics live.
 
-* Oldest first, streaming: the spool is walked a chunk at a time and never loaded whole;
+* In the order recorded (seq, whatever the clock did), streaming: the spool is walked a
+  chunk at a time and never loaded whole;
   the sink pulls events as fast as the destination takes them (see sinks.py).
 * An event leaves the spool only after the sink confirmed its id, and at once (so a
   crash re-sends little).  At-least-once: a crash between confirmation and removal

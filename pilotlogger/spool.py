@@ -10,7 +10,7 @@ Layout of a spool directory (all 0700, files 0600)::
     pilot-uuid      the pilot id generated for this spool when the environment gave none
     state.json      delivery bookkeeping for `pilotlog status` (last error, drops)
     tmp/            events being written; anything here while the lock is held is debris
-    events/         ready events, ``<time>_<seq>_<phase>_<id>.json``, oldest name first
+    events/         ready events, ``<time>_<seq>_<phase>_<id>.json``, shipped in seq order
     quarantine/     files that could not be read as events, each with a ``.reason`` beside it
 
 Guarantees and how they are kept:
@@ -21,10 +21,14 @@ Guarantees and how they are kept:
   either the whole event in ``events/`` or only debris in ``tmp/`` (removed by the next
   writer).  ``put(sync=False)`` skips both fsyncs for :class:`SyncGroup`.
 * *Unique, increasing seq with concurrent writers*: seq and time are assigned under an
-  exclusive ``flock`` held for the whole write, so (time, seq) order is acceptance order.
-  The ``seq`` file holds the last seq (written before the event becomes visible; fsynced
-  once per ``RESERVE`` seqs, see :class:`_Books`); if it is lost, the next seq is derived
-  from the highest one still queued.
+  exclusive ``flock`` held for the whole write, so seq order is acceptance order — and the
+  order of everything that reads the spool (replay, eviction, ``status``), whatever the
+  wall clock does: a clock stepped back (chronyd's ``makestep`` on a fresh VM) changes the
+  times events carry, never their order.  The ``seq`` file holds the last seq (written
+  before the event becomes visible; fsynced once per ``RESERVE`` seqs, see :class:`_Books`),
+  and no rule deriving it reads a clock: after a reboot it continues above its fsynced
+  reserve; if it is lost, from the highest seq still queued (so a spool emptied by replay
+  and then stripped of its counter starts again at 1: seq orders one spool's events).
 * *Bounded*: at most ``max_events`` files and ``max_bytes`` bytes.  When full, the
   oldest ``log`` events are evicted to make room (lifecycle phases are kept); when only
   lifecycle events remain, the new event is dropped.  Neither case blocks the pilot.
@@ -70,9 +74,10 @@ class SpoolError(Exception):
 class EventName:
     """A parsed spool file name: ``<time>_<seq>_<phase>_<id>.json``.
 
-    The time goes first so that names sort in (time, seq) order; it is the compact
-    UTC form ``YYYYmmddTHHMMSS.ffffffZ``.  The phase is in the name so that eviction can
-    pick ``log`` events and an admin can read the spool with ``ls``.
+    The time (the compact UTC form ``YYYYmmddTHHMMSS.ffffffZ``) goes first for an admin
+    reading the spool with ``ls``; the spool orders names by seq (:meth:`order_key`), never
+    by time.  The names are those of every earlier release, so any release reads any
+    spool.  The phase is in the name so that eviction can pick ``log`` events.
     """
 
     __slots__ = ("name", "time", "seq", "phase", "id")
@@ -97,6 +102,17 @@ class EventName:
         """The event time back in the RFC 3339 form of the event itself (inverse of for_event)."""
         t = self.time
         return "%s-%s-%sT%s:%s:%s" % (t[0:4], t[4:6], t[6:8], t[9:11], t[11:13], t[13:])
+
+    @staticmethod
+    def order_key(name: str) -> str:
+        """A string that sorts spool names in seq order: the name from its seq on (seq,
+        phase, id), then its time.  Cheap, since replay keys every name of every scan: a
+        seq of the names' 12 digits needs no parsing; a longer one (10^12 and up) sorts
+        after those, by its number.  A name the spool does not write keys as itself."""
+        if name[23:24] == "_" and name[36:37] == "_":
+            return name[24:] + name[:23]
+        parsed = EventName.parse(name)
+        return name if parsed is None else "~%020d%s" % (parsed.seq, name)
 
     @classmethod
     def parse(cls, name: str):
@@ -232,6 +248,11 @@ def _make_parents(path: str) -> None:
             os.mkdir(d, 0o700)
         except FileExistsError:  # made meanwhile by a concurrent first emit
             pass
+
+
+def _first_accepted(victim: tuple) -> str:
+    """Eviction order of a ``(name, size)`` victim: the first accepted log event goes first."""
+    return EventName.order_key(victim[0])
 
 
 def _describe(exc: OSError) -> str:
@@ -524,7 +545,7 @@ class Spool:
             raise SpoolError("cannot list spool %s (%s)" % (self.events_dir, _describe(exc))) from None
         import heapq
 
-        victims = heapq.nsmallest(max(EVICT_BATCH, self.max_events // 8), logs)
+        victims = heapq.nsmallest(max(EVICT_BATCH, self.max_events // 8), logs, key=_first_accepted)
         seq = max(top, old.seq if old else 0, old.reserve if old and after_reboot else 0)
         books = _Books(seq, size, count, old.reserve if old else 0, self._boot_id(), 0, "-", len(victims))
         self._write_victims(victims)
@@ -627,31 +648,31 @@ class Spool:
     # -- reading and acknowledging ----------------------------------------------------------
 
     def entries(self, chunk: int = SCAN_CHUNK):
-        """Yield the names of ready events, oldest first, scanning ``chunk`` names at a time.
+        """Yield the names of ready events in seq order (the order they were accepted in,
+        whatever the clock did), scanning ``chunk`` names at a time.
 
-        Events added while this runs are picked up when they sort after the last name
-        handed out; anything else waits for the next replay.  Files whose names this
-        spool does not write are quarantined on the way.
+        Events added while this runs have higher seqs, so they are picked up in this pass.
+        Files whose names this spool does not write are quarantined on the way.
         """
         import heapq
 
-        last = ""
+        key, last = EventName.order_key, ""
         while True:
             try:
                 with os.scandir(self.events_dir) as it:
-                    batch = heapq.nsmallest(chunk, (e.name for e in it if e.name > last))
+                    batch = heapq.nsmallest(chunk, (k for k in ((key(e.name), e.name) for e in it) if k[0] > last))
             except FileNotFoundError:
                 return
             except OSError as exc:
                 raise SpoolError("cannot list spool %s (%s)" % (self.events_dir, _describe(exc))) from None
             if not batch:
                 return
-            for name in batch:
+            for _, name in batch:
                 if EventName.parse(name) is None:
                     self.quarantine(name, "file name is not one pilotlog writes")
                 else:
                     yield name
-            last = batch[-1]
+            last = batch[-1][0]
 
     def load(self, name: str):
         """Read and validate one event file; quarantine it (and return None) when it is bad."""
@@ -781,7 +802,11 @@ class Spool:
             self._unlock(fd)
 
     def stats(self) -> dict:
-        """Depth, bytes, oldest/newest and quarantine count, for `pilotlog status`."""
+        """Depth, bytes, oldest/newest and quarantine count, for `pilotlog status`.
+
+        Oldest and newest are the first and the last event accepted (lowest and highest
+        seq): the one replay ships first and the latest, each with the time it carries — so
+        a clock stepped back in between shows as a newest time before the oldest."""
         depth = size = 0
         oldest = newest = None
         try:
@@ -792,8 +817,9 @@ class Spool:
                         continue
                     depth += 1
                     size += entry.stat(follow_symlinks=False).st_size
-                    oldest = parsed.name if oldest is None or parsed.name < oldest else oldest
-                    newest = parsed.name if newest is None or parsed.name > newest else newest
+                    key = (EventName.order_key(parsed.name), parsed.name)
+                    oldest = key if oldest is None or key < oldest else oldest
+                    newest = key if newest is None or key > newest else newest
         except OSError:  # missing, or unreadable: problem() says which
             pass
         try:
@@ -803,8 +829,8 @@ class Spool:
         return {
             "depth": depth,
             "bytes": size,
-            "oldest": EventName(oldest).rfc3339 if oldest else None,
-            "newest": EventName(newest).rfc3339 if newest else None,
+            "oldest": EventName(oldest[1]).rfc3339 if oldest else None,
+            "newest": EventName(newest[1]).rfc3339 if newest else None,
             "quarantined": quarantined,
         }
 

@@ -2,8 +2,13 @@
 and a summary for the people reading the events (``pilotlog timeline``).
 
 Input is events in any order and with duplicates (at-least-once delivery); they are
-de-duplicated by id and ordered by (time, seq) per pilot.  ``log`` events are counted but
-kept out of the lifecycle line: they are the pilot's free text, not its phases.
+de-duplicated by id and ordered by seq per pilot — the order its spool accepted them in,
+whatever its clock did (a clock stepped back shows as a negative gap, not as a reordered
+life; time breaks ties).  ``log`` events are counted but kept out of the lifecycle line:
+they are the pilot's free text, not its phases.  What is not a valid event (``validate``:
+a time no calendar has, a seq out of range, bad JSON…) was counted by the caller as not a
+pilotlog event; the text kept from valid ones (message, site) is made encodable (a lone
+surrogate becomes U+FFFD), so no page or JSON document fails to be written.
 
 Memory is bounded for a grid's day (100,000 pilots x 50 events): no event is kept, only a
 summary per pilot — its lifecycle steps (at most ``MAX_STEPS``, first and last always kept,
@@ -18,7 +23,7 @@ import collections
 import sys
 
 from .dedup import SEEN_LIMIT, Seen
-from .events import escape_controls, parse_rfc3339, rfc3339, to_json
+from .events import clean_text, escape_controls, format_micros, parse_micros, to_json
 
 LIFECYCLE_SKIP = ("log",)
 MAX_STEPS = 64  # lifecycle steps kept per pilot; a pilot running many payloads repeats match
@@ -28,15 +33,16 @@ OTHER_FAILURES = "(other failure messages)"
 
 
 class Step(tuple):
-    """One lifecycle event, compact: ``(epoch, seq, phase, status, message)``; sorts in time order.
-    Reads like an event (``step["phase"]``, ``step["time"]`` in RFC 3339) for the renderers."""
+    """One lifecycle event, compact: ``(seq, micros, phase, status, message)``; sorts in seq order.
+    Reads like an event (``step["phase"]``, ``step["time"]`` in RFC 3339 as recorded: the
+    microseconds are exact for any year) for the renderers."""
 
     __slots__ = ()
-    _FIELDS = {"epoch": 0, "seq": 1, "phase": 2, "status": 3, "message": 4}
+    _FIELDS = {"seq": 0, "micros": 1, "phase": 2, "status": 3, "message": 4}
 
     def __getitem__(self, key):
         if key == "time":
-            return rfc3339(tuple.__getitem__(self, 0))
+            return format_micros(tuple.__getitem__(self, 1))
         return tuple.__getitem__(self, self._FIELDS[key] if isinstance(key, str) else key)
 
 
@@ -55,7 +61,7 @@ class Pilot:
         if self.first is None or event["time"] < self.first:
             self.first = intern(event["time"])  # the same few strings in every step of a burst
         if not self.site:
-            self.site = intern(event["context"].get("site", ""))
+            self.site = intern(clean_text(event["context"].get("site", "")))
         phase = event["phase"]
         if phase in LIFECYCLE_SKIP:
             self.log_lines += 1
@@ -66,11 +72,11 @@ class Pilot:
             self.steps,
             Step(
                 (
-                    parse_rfc3339(event["time"]),
                     event["seq"],
+                    parse_micros(event["time"]),
                     intern(phase),
                     intern(event["status"]),
-                    event["message"][:MESSAGE_CHARS],
+                    clean_text(event["message"][:MESSAGE_CHARS]),
                 )
             ),
         )
@@ -79,11 +85,12 @@ class Pilot:
             self.omitted += 1
 
     def lifecycle(self) -> list:
-        """``[(step, seconds since the previous phase, epoch)]`` for the phases, in order."""
+        """``[(step, seconds since the previous phase, epoch)]`` for the phases, in seq order
+        (a gap is negative where the clock was stepped back)."""
         steps, previous = [], None
         for step in self.steps:
-            at = step["epoch"]
-            steps.append((step, None if previous is None else at - previous, at))
+            at = step["micros"]
+            steps.append((step, None if previous is None else (at - previous) / 1e6, at / 1e6))
             previous = at
         return steps
 
@@ -112,7 +119,7 @@ class Timeline:
             pilot = self.pilots[event["pilot"]] = Pilot(event["pilot"])
         pilot.add(event)
         if event["status"] == "error":
-            message = (event["message"] or event["phase"])[:MESSAGE_CHARS]
+            message = clean_text((event["message"] or event["phase"])[:MESSAGE_CHARS])
             if message in self.failures or len(self.failures) < MAX_FAILURE_MESSAGES:
                 self.failures[message] += 1
             else:
@@ -149,6 +156,7 @@ class Timeline:
                     "phases": [
                         {
                             "phase": s["phase"],
+                            "seq": s["seq"],
                             "time": s["time"],
                             "status": s["status"],
                             "message": s["message"],
@@ -167,7 +175,7 @@ class Timeline:
             parts = [
                 s["phase"]
                 + ("!" if s["status"] == "error" else "")
-                + ("" if gap is None else " +%s" % duration_text(gap))
+                + ("" if gap is None else " %s%s" % ("" if gap < 0 else "+", duration_text(gap)))
                 for s, gap, _ in steps
             ]
             if p.omitted:
@@ -201,6 +209,8 @@ class Timeline:
 
 
 def duration_text(value: float) -> str:
+    if value < 0:  # the clock was stepped back: shown, not hidden
+        return "-" + duration_text(-value)
     if value >= 3600:
         return "%.1f h" % (value / 3600)
     if value >= 60:

@@ -6,11 +6,13 @@ page opens from a mail attachment or a node without network.  Every row is rende
 HTML itself (the page reads without the script); the script only sorts and filters the rows
 (by last phase, site, or a pilot-id search), which a day of 1,000 pilots needs.
 
-Every text from the events is HTML-escaped: messages come from worker nodes.
+Every text from the events is HTML-escaped, and what is not printable escaped as in the
+terminal (``escape_controls``: no bidi override reorders a message): it comes from worker nodes.
 """
 
 from html import escape
 
+from .events import escape_controls
 from .timeline import duration_text
 
 WIDTH = 900  # px of the time axis
@@ -85,7 +87,8 @@ def render(timeline) -> str:
     else:
         hidden = 0
     lifecycles = [(p, p.lifecycle()) for p in pilots]
-    spans = [(steps[0][2], steps[-1][2]) for _, steps in lifecycles if steps]
+    # Each pilot's earliest and latest time: in seq order, a clock stepped back puts them anywhere.
+    spans = [(min(at for _, _, at in steps), max(at for _, _, at in steps)) for _, steps in lifecycles if steps]
     t0 = min((a for a, _ in spans), default=0.0)
     t1 = max((b for _, b in spans), default=0.0)
     scale = WIDTH / (t1 - t0) if t1 > t0 else 0.0
@@ -94,23 +97,24 @@ def render(timeline) -> str:
     for p, steps in lifecycles:
         marks = []
         if len(steps) > 1:
-            x0, x1 = (steps[0][2] - t0) * scale, (steps[-1][2] - t0) * scale
+            ats = [at for _, _, at in steps]
+            x0, x1 = (min(ats) - t0) * scale, (max(ats) - t0) * scale
             marks.append('<line x1="%.1f" x2="%.1f" y1="11" y2="11" class="span"/>' % (x0, x1))
         for event, gap, at in steps:
             colour = ERROR if event["status"] == "error" else COLOURS.get(event["phase"], OTHER)
             tip = "%s %s%s: %s" % (
                 event["time"],
                 event["phase"],
-                "" if gap is None else " (+%.1f s)" % gap,
+                "" if gap is None else " (%+.1f s)" % gap,
                 event["message"],
             )
             marks.append(
                 '<circle cx="%.1f" cy="11" r="5" fill="%s" class="mark" data-phase="%s"><title>%s</title>'
-                '</circle>' % ((at - t0) * scale, colour, escape(event["phase"]), escape(tip))
+                '</circle>' % ((at - t0) * scale, colour, escape(event["phase"]), escape(escape_controls(tip)))
             )
         start = steps[0][2] if steps else t0
         duration = steps[-1][2] - steps[0][2] if steps else 0.0
-        site = p.site or "-"
+        site = escape_controls(p.site) or "-"
         attributes = {
             "pilot": p.pilot,
             "last": p.last_phase(),
@@ -140,7 +144,10 @@ def render(timeline) -> str:
     def table(title, pairs):
         """A two-column table; a long one is folded (a day's run may list hundreds of pilots)."""
         pairs = list(pairs)
-        body = "".join("<tr><td>%s</td><td class='n'>%s</td></tr>" % (escape(str(k)), escape(str(v))) for k, v in pairs)
+        body = "".join(
+            "<tr><td>%s</td><td class='n'>%s</td></tr>" % (escape(escape_controls(str(k))), escape(str(v)))
+            for k, v in pairs
+        )
         table = "<table class='counts'>%s</table>" % (body or "<tr><td>none</td></tr>")
         if len(pairs) <= FOLD_ABOVE:
             return "<h2>%s</h2>%s" % (escape(title), table)
@@ -169,7 +176,7 @@ def render(timeline) -> str:
         '<span><span id="shown">%d</span> of %d shown</span></div>'
         % (
             choices("f-phase", "last phase", {p.last_phase() for p in pilots}),
-            choices("f-site", "site", {p.site or "-" for p in pilots}),
+            choices("f-site", "site", {escape_controls(p.site) or "-" for p in pilots}),
             len(pilots),
             len(pilots),
         )
@@ -210,4 +217,4 @@ def _span(pilots) -> tuple:
     """The first and the last time any of these pilots reported, RFC 3339 ("-" when none)."""
     if not pilots:
         return "-", "-"
-    return min(p.first for p in pilots), max(p.steps[-1]["time"] if p.steps else p.first for p in pilots)
+    return min(p.first for p in pilots), max(max([s["time"] for s in p.steps] + [p.first]) for p in pilots)

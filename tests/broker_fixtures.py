@@ -57,6 +57,18 @@ def queue():
     return "/queue/pilotlog-test-" + uuid.uuid4().hex[:12]
 
 
+def publish(broker, destination: str, bodies) -> None:
+    """Send message bodies to ``destination`` with stomp.py (persistent), as another producer on
+    the broker would: what ``tail`` and ``timeline`` then read."""
+    import stomp
+
+    conn = stomp.Connection12([("127.0.0.1", broker.plain)], vhost="/", heartbeats=(0, 0))
+    conn.connect(USER, PASSWORD, wait=True)
+    for body in bodies:
+        conn.send(destination, body, headers={"persistent": "true"})
+    conn.disconnect()
+
+
 class Consumer:
     """stomp.py — the independent implementation — reading what the broker delivered.
 

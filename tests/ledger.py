@@ -52,6 +52,25 @@ def record(
     )
 
 
+class tally(dict):
+    """The rows of a generative test: fault -> [examples, broken, what broke first, longest (s)]."""
+
+    def count(self, faults, broken: str, seconds: float) -> None:
+        """One example, counted under each fault class it had; ``broken``: what it broke ('' if nothing)."""
+        for fault in set(faults):
+            row = self.setdefault(fault, [0, 0, "", 0.0])
+            row[0] += 1
+            row[3] = max(row[3], seconds)
+            if broken:
+                row[1] += 1
+                row[2] = row[2] or broken[:140]
+
+    def record(self, area: str, extra: str) -> None:
+        """One ledger row per fault class (call at the end of the module)."""
+        for fault, (trials, broken, what, longest) in sorted(self.items()):
+            record(area, fault, trials, broken, broken == 0, longest, what, extra=extra)
+
+
 def attack(surface: str, what: str, ok: bool, held: str = "", trials: int = 1) -> bool:
     """Count trial(s) of an attack on a surface; returns ``ok`` so a test can assert it.
 

@@ -1,6 +1,7 @@
 """The event model: validation, ids, time, and the native and DIRAC renderings."""
 
 import json
+import subprocess
 
 import jsonschema
 import pytest
@@ -183,3 +184,132 @@ def test_nesting_is_measured_without_recursion():
         deep = [deep]
     assert events.nesting(deep) == events.MAX_DEPTH + 1  # counted only as far as the limit needs
     assert events.nesting({"a": [1, {"b": 2}]}) == 3 and events.nesting(5) == 0
+
+
+# -- event times: what validate takes is what every reader can parse (issue 24, defect 3) ---------------
+
+
+@pytest.mark.parametrize(
+    "text,real",
+    [
+        ("0000-01-01T00:00:00.000000Z", False),  # the issue's case: year 0 exists in no calendar
+        ("0001-01-01T00:00:00.000000Z", True),
+        ("9999-12-31T23:59:59.999999Z", True),
+        ("2016-12-31T23:59:60.000000Z", False),  # a real leap second: POSIX clocks never show one
+        ("2026-11-28T05:00:60.000000Z", False),
+        ("2026-02-31T00:00:00.000000Z", False),
+        ("2026-02-29T00:00:00.000000Z", False),
+        ("2024-02-29T00:00:00.000000Z", True),
+        ("2000-02-29T00:00:00.000000Z", True),
+        ("1900-02-29T00:00:00.000000Z", False),
+        ("2026-04-31T00:00:00.000000Z", False),
+        ("2026-12-31T23:59:59.999999Z", True),
+        ("2026-11-28T24:00:00.000000Z", False),
+        ("2026-00-28T05:00:00.000000Z", False),
+        ("2026-11-00T05:00:00.000000Z", False),
+        ("2026-11-28T05:00:00.000000+01:00", False),
+        ("2026-11-28T05:00:00.000000z", False),
+    ],
+)
+def test_an_event_time_is_a_real_instant_of_years_1_to_9999(text, real):
+    if real:
+        assert events.check_time(text) == text
+        assert events.format_micros(events.parse_micros(text)) == text  # exact, whatever the year
+        events.validate(dict(event(), time=text))
+    else:
+        with pytest.raises(EventError, match="years 0001-9999"):
+            events.check_time(text)
+        with pytest.raises(EventError):
+            events.validate(dict(event(), time=text))
+
+
+def test_a_clock_outside_the_years_an_event_time_holds_is_written_as_the_nearest_bound():
+    """The event is kept (seq orders it); no reader is handed a time it cannot parse."""
+    assert events.rfc3339(-1e12) == "0001-01-01T00:00:00.000000Z"
+    assert events.rfc3339(1e12) == "9999-12-31T23:59:59.999999Z"
+    assert events.rfc3339(-0.25) == "1969-12-31T23:59:59.750000Z"  # before 1970: floored, not truncated
+    assert events.rfc3339(-62135596800.0) == "0001-01-01T00:00:00.000000Z"
+    for epoch in (-1e12, -0.25, 0.0, 1e12):
+        events.validate(event(epoch=epoch))
+
+
+def test_seq_is_a_64_bit_integer():
+    assert event(seq=events.MAX_SEQ)["seq"] == 2**63 - 1
+    for seq in (2**63, 10**30):
+        with pytest.raises(EventError, match="seq"):
+            event(seq=seq)
+
+
+# -- escaping for the terminal (issue 24, defect 6) ----------------------------------------------------
+
+
+def test_bidi_and_invisible_format_characters_are_escaped():
+    """The issue's four (each makes isprintable() False, none was in the escape table)."""
+    text = "done \u202egnp.exe\u202c zero\u200bwidth \ufeffbom"
+    assert events.escape_controls(text) == "done \\u202egnp.exe\\u202c zero\\u200bwidth \\ufeffbom"
+    line = events.readable_line(event(message=text))
+    assert line.endswith("boot: done \\u202egnp.exe\\u202c zero\\u200bwidth \\ufeffbom") and line.isprintable()
+    assert events.escape_controls("hangul\u3164filler") == "hangul\\u3164filler"  # printable to Python, invisible
+    assert events.escape_controls("tag \U000e0041") == "tag \\udb40\\udc41"  # past U+FFFF: as JSON writes it
+    assert events.escape_controls("é ❤️ 中文 ok") == "é ❤️ 中文 ok"  # printable text (and variation selectors) kept
+
+
+NON_PRINTABLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(st.characters(whitelist_categories=NON_PRINTABLE) | st.characters(), max_size=30))
+def test_escape_controls_leaves_nothing_non_printable(text):
+    import unicodedata
+
+    escaped = events.escape_controls(text)
+    assert escaped.isprintable() and events.INVISIBLE.isdisjoint(escaped)
+    assert not any(unicodedata.category(c) in NON_PRINTABLE for c in escaped)
+    if '"' not in text and "\\" not in text:  # the escapes keep their meaning in a JSON string
+        assert json.loads('"%s"' % escaped) == text
+    if text.isprintable() and events.INVISIBLE.isdisjoint(text):
+        assert escaped == text
+
+
+ESCAPED_BITMAP = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import unicodedata
+from pilotlogger.events import escape_controls
+escaped, unassigned, wrong = [], [], []
+for code in range(0x110000):
+    c = chr(code)
+    e = escape_controls(c)
+    escaped.append("1" if e != c else "0")
+    unassigned.append("1" if unicodedata.category(c) == "Cn" else "0")
+    if not e.isprintable() or (unicodedata.category(c) in %r and c != " " and e == c):
+        wrong.append(code)
+sys.stdout.write("%%s\\n%%s\\n%%s\\n%%r\\n" %% (unicodedata.unidata_version, "".join(escaped), "".join(unassigned), wrong))
+""" % (NON_PRINTABLE + ("Zs",),)
+
+
+def test_the_escape_rule_is_the_same_on_the_oldest_and_the_newest_python(bundle):
+    """Every code point, through the bundle on 3.6.15 (Unicode 9) and 3.13.0 (Unicode 15.1): each
+    escapes every character its Unicode calls Cc, Cf, Cs, Co, Cn, Zl, Zp or Zs (but U+0020), and
+    the oldest escapes all the newest does; the only difference is characters Unicode 9 had not
+    assigned yet, which 3.6 cannot know are printable."""
+    from helpers import pyenv_python
+
+    results = {}
+    for version in ("3.6.15", "3.13.0"):
+        out = subprocess.run(
+            [pyenv_python(version), "-I", "-S", "-c", ESCAPED_BITMAP, str(bundle)],
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+            check=True,
+            timeout=300,
+        ).stdout.splitlines()
+        assert out[3] == "[]", (version, out[3][:300])  # nothing non-printable left, nothing missed
+        results[version] = out
+    old, new = results["3.6.15"], results["3.13.0"]
+    assert (old[0], new[0]) == ("9.0.0", "15.1.0")
+    only_old = [c for c in range(0x110000) if old[1][c] == "1" and new[1][c] == "0"]
+    only_new = [c for c in range(0x110000) if new[1][c] == "1" and old[1][c] == "0"]
+    assert only_new == []
+    assert all(old[2][c] == "1" and new[2][c] == "0" for c in only_old)  # assigned after Unicode 9.0
+    assert len(only_old) > 20000  # emoji and scripts of Unicode 10-15.1: escaped by 3.6, shown by 3.13

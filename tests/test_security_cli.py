@@ -186,16 +186,11 @@ def test_timeline_escapes_control_characters(pilotlog, tmp_path):
 
 
 def test_tail_escapes_control_characters(rabbitmq, pilotlog, queue, pki):
-    import stomp
-
+    from broker_fixtures import publish
     from brokers import PASSWORD, USER
     from pilotlogger.events import to_json
 
-    conn = stomp.Connection12([("127.0.0.1", rabbitmq.plain)], vhost="/", heartbeats=(0, 0))
-    conn.connect(USER, PASSWORD, wait=True)
-    for body in [to_json(e) for e in _hostile_events()] + ["not an event " + HOSTILE]:
-        conn.send(queue, body, headers={"persistent": "true"})
-    conn.disconnect()
+    publish(rabbitmq, queue, [to_json(e) for e in _hostile_events()] + ["not an event " + HOSTILE])
     env = {
         "PILOTLOG_SINK": rabbitmq.url(queue),
         "PILOTLOG_CA_FILE": pki.path("ca.pem"),

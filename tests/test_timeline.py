@@ -139,3 +139,19 @@ def test_deduplication_window_remembers_at_least_the_newest_half_of_its_limit():
         assert all(not seen.add("id%d" % j) for j in range(max(0, i - 4), i + 1))  # the newest 5 are always known
     assert seen.add("id0")  # long gone: the window is bounded
     assert len(seen.current) + len(seen.previous) <= 10
+
+
+def test_one_event_dated_year_0000_does_not_deny_the_report(pilotlog, tmp_path):
+    """Issue 24, defect 3: check_time took year 0000, parse_rfc3339 raised, timeline exited 1 with no
+    report (text and --html).  Now validate refuses it: counted as not a pilotlog event."""
+    good = sample()
+    bad = dict(good[0], id=good[0]["id"][:-1] + ("0" if good[0]["id"][-1] != "0" else "1"))
+    bad["time"] = "0000-01-01T00:00:00.000000Z"
+    events_file = tmp_path / "day.jsonl"
+    events_file.write_text("".join(json.dumps(e) + "\n" for e in good + [bad]))
+    for options in ([], ["--html", str(tmp_path / "day.html")]):
+        p = pilotlog("timeline", str(events_file), *options)
+        assert p.returncode == 0 and "internal error" not in p.stderr, p.stderr
+        assert "pilots: 3, events: 9 (0 duplicate(s) dropped, 1 message(s) not pilotlog events)" in p.stdout
+    page = (tmp_path / "day.html").read_text(encoding="utf-8")
+    assert "1 message(s) not pilotlog events" in page and page.count('class="pilot-row"') == 3
