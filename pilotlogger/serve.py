@@ -25,7 +25,8 @@ DIRAC fails with HTTP 500 serve answers 400.  The VO: DIRAC takes the client gro
 else the pilot's; serve has no registry, so it takes ``vo_for_cn[client CN]``, else the
 pilot's, else ``default_vo`` -- a log is never dropped for want of a VO.  One rule for both
 protocols (:func:`choose_vo`): a client certified for a VO writes there whatever its form or
-its ``X-Pilotlog-VO`` header asks.
+its ``X-Pilotlog-VO`` header asks.  The client CN is its certificate's owner's
+(:func:`client_cn`): for a grid proxy, the user certificate that signed it.
 A second ``finaliseLogs`` after more lines came appends them to the ``.log`` (DIRAC renames
 over it and loses the first part); one with nothing open is refused, as DIRAC does.
 
@@ -248,6 +249,41 @@ def choose_vo(certified, asked, default_vo: str = DEFAULT_VO) -> str:
     return certified or asked or default_vo
 
 
+def client_cn(conn) -> "str | None":
+    """The CN ``--allowed-cn`` and ``--vo-for-cn`` match: the first CN of the client certificate's
+    *owner*, from the chain OpenSSL verified; None without a client certificate.
+
+    A grid proxy's owner is the end-entity certificate that signed it, through every level
+    (``x509.owner``), never the proxy's own CNs, which its holder chose.  The chain comes from
+    OpenSSL's verification (``tls.verified_chain``, Python >= 3.10), which checked each signature
+    up to the CA and each proxy's subject against its issuer's, so no client can claim another
+    owner.  Before 3.10 Python gives a server the peer's certificate alone: a proxy's owner cannot
+    be known there, and the request is refused (403) saying so.
+    """
+    from .tls import verified_chain
+    from .x509 import owner
+
+    getpeercert = getattr(conn, "getpeercert", None)
+    leaf = getpeercert(binary_form=True) if getpeercert else None
+    if not leaf:
+        return None
+    chain = verified_chain(conn)
+    if chain and chain[0] != leaf:  # never mix two handshakes' certificates
+        chain = []
+    try:
+        return owner(chain or [leaf])["cn"] or None
+    except ValueError as exc:
+        if chain is None:
+            import sys
+
+            raise Reject(
+                403,
+                "serve on Python %d.%d cannot find a grid proxy's owner: it needs the chain OpenSSL verified,"
+                " which Python gives a server from 3.10 on" % sys.version_info[:2],
+            ) from None
+        raise Reject(403, "cannot tell whose client certificate this is: %s" % exc) from None
+
+
 def handle_form(store: Store, body: bytes, client_vo=None, default_vo: str = DEFAULT_VO) -> str:
     """DIRAC's form protocol, decoded and accepted as TornadoPilotLoggingHandler + FileCacheLoggingPlugin do.
 
@@ -387,11 +423,7 @@ def make_handler(
             self._answer(405, {"OK": False, "Message": "POST pilot logs here"})
 
         def _client_cn(self):
-            from .tls import common_name
-
-            getpeercert = getattr(self.connection, "getpeercert", None)
-            cert = getpeercert() if getpeercert else None
-            return common_name((cert or {}).get("subject")) or None
+            return client_cn(self.connection)
 
         def _body(self) -> bytes:
             if "Transfer-Encoding" in self.headers:
@@ -645,6 +677,18 @@ def serve(
     server = Server(
         listen, directory, context, max_body, allowed_cns, request_timeout, max_connections, default_vo, vo_for_cn
     )
+    from .tls import can_read_verified_chain
+
+    if context is not None and (allowed_cns or vo_for_cn) and not can_read_verified_chain():
+        import sys
+
+        from .console import warn
+
+        warn(
+            "Python %d.%d cannot show a server the chain it verified, so a grid proxy's owner cannot be found:"
+            " clients with proxies will be refused (403) by --allowed-cn/--vo-for-cn; run serve with Python"
+            " 3.10 or later to accept them" % sys.version_info[:2]
+        )
     if ready:
         ready(server.server_address)
     try:

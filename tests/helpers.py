@@ -234,10 +234,11 @@ SERVE_PATH = "/WorkloadManagement/TornadoPilotLogging"
 class Serve:
     """`pilotlog serve` from the bundle, as a site would run it (TLS, client certificates required)."""
 
-    def __init__(self, bundle, pki, directory, *extra, cert="server"):
+    def __init__(self, bundle, pki, directory, *extra, cert="server", python=sys.executable, log=None):
         from brokers import free_port
 
         self.bundle, self.pki, self.dir, self.extra, self.cert = bundle, pki, directory, list(extra), cert
+        self.python, self.log = python, log  # log: a file for serve's stderr (else it is dropped)
         self.port = free_port()
         self.proc = None
         AGENT_DIRS.add(str(directory))  # the stored logs are scanned for secrets
@@ -252,7 +253,7 @@ class Serve:
 
         p = self.pki.path
         cmd = [
-            sys.executable,
+            self.python,
             "-I",
             "-S",
             str(self.bundle),
@@ -269,7 +270,11 @@ class Serve:
             p("ca.pem"),
             "--require-client-cert",
         ] + self.extra
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        if not self.log:
+            self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        else:
+            with open(str(self.log), "a") as log:
+                self.proc = subprocess.Popen(cmd, stderr=log)
         end = time.monotonic() + 20
         while time.monotonic() < end:
             try:
