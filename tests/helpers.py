@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +230,26 @@ class Page:
 
 
 SERVE_PATH = "/WorkloadManagement/TornadoPilotLogging"
+
+
+@contextmanager
+def serving(directory, context=None, **options):
+    """serve's receiver in-process (pilotlogger.serve.Server, what `pilotlog serve` runs) on a free
+    loopback port, serving from a thread until the block ends."""
+    import threading
+
+    from pilotlogger.serve import Server
+
+    AGENT_DIRS.add(str(directory))
+    server = Server("127.0.0.1:0", str(directory), context, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(10)
 
 
 class Serve:

@@ -20,16 +20,15 @@ import ssl
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 
 import pytest
 
 import ledger
 from brokers import CLIENT_CN
-from helpers import AGENT_DIRS, Pilotlog, Serve, pyenv_python
+from helpers import Pilotlog, Serve, pyenv_python, serving
 from pilotlogger.events import make_event, to_json
 from pilotlogger.https import dirac_form
-from pilotlogger.serve import Server, client_cn
+from pilotlogger.serve import client_cn
 from pilotlogger.stompcodec import FrameParser, encode_frame
 from pilotlogger.tls import client_context, server_context
 from pilotlogger.x509 import first_certificate, owner
@@ -76,20 +75,10 @@ def test_the_certificate_reader_knows_a_proxy_its_policy_and_its_owner(pki, prox
 # -- serve in-process (this venv's Python: the chain from _sslobj, 3.10-3.12) ----------------------
 
 
-@contextmanager
 def running(directory, pki, **options):
     """serve's receiver with `pilotlog serve --require-client-cert`'s TLS context, on a free port."""
-    AGENT_DIRS.add(str(directory))
     context = server_context(pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"), True)
-    server = Server("127.0.0.1:0", str(directory), context, request_timeout=5.0, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.close()
-        thread.join(10)
+    return serving(directory, context, request_timeout=5.0, **options)
 
 
 def post(server, pki, x509up, body: bytes, content_type: str, headers=None, key=None):

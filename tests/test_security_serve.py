@@ -17,7 +17,6 @@ import ssl
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
@@ -26,10 +25,11 @@ from hypothesis import strategies as st
 
 import ledger
 from brokers import CLIENT_CN
-from helpers import AGENT_DIRS, URL_SECRET, stderr_lines
+from helpers import URL_SECRET, stderr_lines
+from helpers import serving as running
 from pilotlogger.events import make_event, to_json
 from pilotlogger.https import dirac_form
-from pilotlogger.serve import BACKLOG, Server
+from pilotlogger.serve import BACKLOG
 from pilotlogger.tls import server_context
 
 FORM = "application/x-www-form-urlencoded"
@@ -42,21 +42,6 @@ STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) [^\r\n]*\r\n")
 def held(attack: str, ok, what: str) -> bool:
     """One trial of an attack on serve, for the security table (docs/reliability.md)."""
     return ledger.attack("serve", attack, bool(ok), what)
-
-
-@contextmanager
-def running(directory, context=None, **options):
-    """A receiver on a free loopback port, serving from a thread until the block ends."""
-    AGENT_DIRS.add(str(directory))
-    server = Server("127.0.0.1:0", str(directory), context, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.close()
-        thread.join(10)
 
 
 @pytest.fixture
@@ -296,29 +281,23 @@ def certified_for_lhcb(tmp_path, pki):
         yield server, client
 
 
-def test_a_client_certified_for_one_vo_cannot_write_into_another_by_header(certified_for_lhcb, tmp_path):
+@pytest.mark.parametrize("protocol", ["JSON lines, X-Pilotlog-VO header", "DIRAC form, VO field"])
+def test_a_client_certified_for_one_vo_cannot_write_into_another(certified_for_lhcb, tmp_path, protocol):
     server, client = certified_for_lhcb
-    events = [make_event(phase, "m", pilot=PILOT, seq=i, epoch=1.0) for i, phase in enumerate(("boot", "shutdown"), 1)]
-    body = "".join(to_json(e) + "\n" for e in events).encode()
-    answers, _, _ = exchange(
-        server, request(body=body, content_type=NDJSON, headers={"X-Pilotlog-VO": "atlas"}), tls=client
-    )
+    if protocol.startswith("JSON"):
+        events = [
+            make_event(phase, "m", pilot=PILOT, seq=i, epoch=1.0) for i, phase in enumerate(("boot", "shutdown"), 1)
+        ]
+        body = "".join(to_json(e) + "\n" for e in events).encode()
+        requests = [request(body=body, content_type=NDJSON, headers={"X-Pilotlog-VO": "atlas"})]
+    else:
+        requests = [request(body=form(vo="atlas")), request(body=form(vo="atlas", method="finaliseLogs"))]
+    statuses = [exchange(server, data, tls=client)[0][0][0] for data in requests]
     assert held(
         "a client certified for lhcb asks for atlas (X-Pilotlog-VO header; the form's VO field)",
-        [a[0] for a in answers] == [200] and files_under(tmp_path / "store") == ["lhcb/%s.log" % PILOT],
+        set(statuses) == {200} and files_under(tmp_path / "store") == ["lhcb/%s.log" % PILOT],
         "stored under the certificate's VO, as the README's order says; nothing under atlas",
-    ), (answers, files_under(tmp_path / "store"))
-
-
-def test_a_client_certified_for_one_vo_cannot_write_into_another_by_form_field(certified_for_lhcb, tmp_path):
-    server, client = certified_for_lhcb
-    exchange(server, request(body=form(vo="atlas")), tls=client)
-    answers, _, _ = exchange(server, request(body=form(vo="atlas", method="finaliseLogs")), tls=client)
-    assert held(
-        "a client certified for lhcb asks for atlas (X-Pilotlog-VO header; the form's VO field)",
-        [a[0] for a in answers] == [200] and files_under(tmp_path / "store") == ["lhcb/%s.log" % PILOT],
-        "stored under the certificate's VO, as the README's order says; nothing under atlas",
-    ), (answers, files_under(tmp_path / "store"))
+    ), (statuses, files_under(tmp_path / "store"))
 
 
 def test_a_client_certified_for_no_vo_gets_the_vo_it_asks_then_the_default(tmp_path, pki):
