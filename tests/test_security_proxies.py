@@ -1,4 +1,4 @@
-"""Real grid proxies, the credential every pilot has (issue 23, deliverable 6).
+"""Real grid proxies, the credential every pilot has (issue 23, deliverable 6), good and hostile.
 
 The proxies are made with openssl at run time (tests/proxies.py): RFC 3820 proxyCertInfo,
 signed by the client's certificate, one and two levels deep, limited, independent, expired,
@@ -35,6 +35,7 @@ from pilotlogger.x509 import first_certificate, owner
 from proxies import BAD_CHAIN, GOOD, ROBOT_SUBJECT
 
 OLD, NEW = "3.6.15", "3.13.0"
+FORM = "application/x-www-form-urlencoded"
 PROXY_CNS = ("1001", "proxy", "limited proxy")  # the proxies' own last CNs, chosen by their holder
 
 
@@ -72,7 +73,7 @@ def test_the_certificate_reader_knows_a_proxy_its_policy_and_its_owner(pki, prox
         owner(ders(proxies.x509up("independent")))
 
 
-# -- serve in-process (this venv's Python: the chain from _sslobj, 3.10-3.12) ----------------------
+# -- serve in-process (on this venv's Python) ------------------------------------------------------
 
 
 def running(directory, pki, **options):
@@ -112,9 +113,6 @@ def both_protocols(server, pki, x509up, asked_vo="lhcb"):
     ndjson = post(server, pki, x509up, events_body(pilot), "application/x-ndjson", {"X-Pilotlog-VO": asked_vo})
     form = post(server, pki, x509up, dirac_form("sendMessage", ["l"], pilot, asked_vo, False), FORM)
     return pilot, ndjson, form
-
-
-FORM = "application/x-www-form-urlencoded"
 
 
 def test_serve_maps_a_proxy_to_its_owner_never_to_its_own_cn(tmp_path, pki, proxies):
@@ -231,9 +229,8 @@ def test_a_pilot_with_a_real_proxy_logs_to_serve(bundle, pki, proxies, tmp_path,
             if server_version != OLD:  # the owner found from the verified chain: its VO, not the pilot's
                 assert left == 0 and (serve.dir / "dteam" / (pilot + ".log")).exists(), (name, p.stderr)
             else:  # no verified chain before 3.10: refused with what to do; every event kept
-                assert (
-                    left == 2 and "HTTP 403" in p.stderr and "Python 3.6 cannot find a grid proxy's owner" in (p.stderr)
-                ), (name, p.stderr)
+                said = "HTTP 403" in p.stderr and "Python 3.6 cannot find a grid proxy's owner" in p.stderr
+                assert left == 2 and said, (name, p.stderr)
         for name in BAD_CHAIN:
             p, left = pilot_run(pilotlog, serve, proxies.x509up(name), str(uuid.uuid4()))
             assert left == 2 and "the server refused our client certificate" in p.stderr, (name, p.stderr)
