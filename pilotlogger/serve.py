@@ -23,7 +23,10 @@ Acceptance mirrors DIRAC 9.1.22 (tests/test_dirac.py runs both on the same reque
 VO names ``[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*``, ``extraCredentials`` JSON (``"hosts"``); where
 DIRAC fails with HTTP 500 serve answers 400.  The VO: DIRAC takes the client group's VO,
 else the pilot's; serve has no registry, so it takes ``vo_for_cn[client CN]``, else the
-pilot's, else ``default_vo`` -- a log is never dropped for want of a VO.
+pilot's, else ``default_vo`` -- a log is never dropped for want of a VO.  One rule for both
+protocols (:func:`choose_vo`): a client certified for a VO writes there whatever its form or
+its ``X-Pilotlog-VO`` header asks.  The client CN is its certificate's owner's
+(:func:`client_cn`): for a grid proxy, the user certificate that signed it.
 A second ``finaliseLogs`` after more lines came appends them to the ``.log`` (DIRAC renames
 over it and loses the first part); one with nothing open is refused, as DIRAC does.
 
@@ -235,6 +238,52 @@ def _json(text: str, what: str):
         raise Reject(400, "%s is not valid JSON (%s)" % (what, reason)) from None
 
 
+def choose_vo(certified, asked, default_vo: str = DEFAULT_VO) -> str:
+    """The VO a request is stored under, the one rule of both protocols (README, *pilotlog serve*).
+
+    ``certified``: the VO the client's certificate is mapped to (``--vo-for-cn``; DIRAC: the VO of
+    the credentials' group), which wins; ``asked``: what the request says (the form's third
+    ``args``, the ``X-Pilotlog-VO`` header) when the certificate names none; else ``default_vo``.
+    So a client certified for one VO can never write into another's store.
+    """
+    return certified or asked or default_vo
+
+
+def client_cn(conn) -> "str | None":
+    """The CN ``--allowed-cn`` and ``--vo-for-cn`` match: the first CN of the client certificate's
+    *owner*, from the chain OpenSSL verified; None without a client certificate.
+
+    A grid proxy's owner is the end-entity certificate that signed it, through every level
+    (``x509.owner``), never the proxy's own CNs, which its holder chose.  The chain comes from
+    OpenSSL's verification (``tls.verified_chain``, Python >= 3.10), which checked each signature
+    up to the CA and each proxy's subject against its issuer's, so no client can claim another
+    owner.  Before 3.10 Python gives a server the peer's certificate alone: a proxy's owner cannot
+    be known there, and the request is refused (403) saying so.
+    """
+    from .tls import verified_chain
+    from .x509 import owner
+
+    getpeercert = getattr(conn, "getpeercert", None)
+    leaf = getpeercert(binary_form=True) if getpeercert else None
+    if not leaf:
+        return None
+    chain = verified_chain(conn)
+    if chain and chain[0] != leaf:  # never mix two handshakes' certificates
+        chain = []
+    try:
+        return owner(chain or [leaf])["cn"] or None
+    except ValueError as exc:
+        if chain is None:
+            import sys
+
+            raise Reject(
+                403,
+                "serve on Python %d.%d cannot find a grid proxy's owner: it needs the chain OpenSSL verified,"
+                " which Python gives a server from 3.10 on" % sys.version_info[:2],
+            ) from None
+        raise Reject(403, "cannot tell whose client certificate this is: %s" % exc) from None
+
+
 def handle_form(store: Store, body: bytes, client_vo=None, default_vo: str = DEFAULT_VO) -> str:
     """DIRAC's form protocol, decoded and accepted as TornadoPilotLoggingHandler + FileCacheLoggingPlugin do.
 
@@ -256,7 +305,7 @@ def handle_form(store: Store, body: bytes, client_vo=None, default_vo: str = DEF
     if not isinstance(args, list) or len(args) != 3 or not all(isinstance(a, str) for a in args):
         raise Reject(400, 'args must be a JSON list of three strings [payload, pilot id, vo or ""]')
     payload, pilot, vo = args
-    vo = client_vo or vo or default_vo
+    vo = choose_vo(client_vo, vo, default_vo)
     store.check(vo, pilot)
     if method == "sendMessage":
         store.append(vo, pilot, message_bytes(_json(payload, "message")))
@@ -374,11 +423,7 @@ def make_handler(
             self._answer(405, {"OK": False, "Message": "POST pilot logs here"})
 
         def _client_cn(self):
-            from .tls import common_name
-
-            getpeercert = getattr(self.connection, "getpeercert", None)
-            cert = getpeercert() if getpeercert else None
-            return common_name((cert or {}).get("subject")) or None
+            return client_cn(self.connection)
 
         def _body(self) -> bytes:
             if "Transfer-Encoding" in self.headers:
@@ -423,12 +468,14 @@ def make_handler(
                     cn = self._client_cn() if (allowed_cns or vo_for_cn) else None
                     if allowed_cns and cn not in allowed_cns:
                         raise Reject(403, "client certificate CN %r is not allowed" % cn)
+                    certified_vo = (vo_for_cn or {}).get(cn)
                     body = self._body()
                     kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
                     if kind == "application/x-www-form-urlencoded":
-                        value = handle_form(store, body, (vo_for_cn or {}).get(cn), default_vo)
+                        value = handle_form(store, body, certified_vo, default_vo)
                     elif kind in ("application/x-ndjson", "application/json"):
-                        value = handle_events(store, body, self.headers.get("X-Pilotlog-VO") or default_vo)
+                        asked = self.headers.get("X-Pilotlog-VO")
+                        value = handle_events(store, body, choose_vo(certified_vo, asked, default_vo))
                     else:
                         raise Reject(415, "Content-Type %r is neither a form nor JSON lines" % kind[:80])
                 except (Reject, OSError):
@@ -630,6 +677,18 @@ def serve(
     server = Server(
         listen, directory, context, max_body, allowed_cns, request_timeout, max_connections, default_vo, vo_for_cn
     )
+    from .tls import can_read_verified_chain
+
+    if context is not None and (allowed_cns or vo_for_cn) and not can_read_verified_chain():
+        import sys
+
+        from .console import warn
+
+        warn(
+            "Python %d.%d cannot show a server the chain it verified, so a grid proxy's owner cannot be found:"
+            " clients with proxies will be refused (403) by --allowed-cn/--vo-for-cn; run serve with Python"
+            " 3.10 or later to accept them" % sys.version_info[:2]
+        )
     if ready:
         ready(server.server_address)
     try:

@@ -136,8 +136,11 @@ class StompConnection:
                 data = self.transport.recv(wait)
             except socket.timeout:
                 continue
-            except ssl.SSLError as exc:  # e.g. the broker rejected our certificate after the handshake
-                raise StompError("%s: TLS error (%s)" % (self.where, exc.reason or exc), retryable=False) from None
+            except ssl.SSLError as exc:  # e.g. the broker rejected our certificate after the handshake (TLS 1.3)
+                from .tls import describe_verify_error, is_verify_error
+
+                said = describe_verify_error(exc) if is_verify_error(exc) else "TLS error (%s)" % (exc.reason or exc)
+                raise StompError("%s: %s" % (self.where, said), retryable=False) from None
             except OSError as exc:
                 raise StompError("%s: connection lost (%s)" % (self.where, exc)) from None
             events = session.receive_data(data, time.monotonic())

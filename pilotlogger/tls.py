@@ -6,7 +6,10 @@
   convention), or — when neither is configured — ``/etc/grid-security/certificates`` if it
   exists, else the system's default CAs.
 * Client identity: a certificate and key, or a grid proxy (``X509_USER_PROXY``: the
-  certificate, its key and the chain in one PEM file, so no separate key).
+  certificate, its key and the chain in one PEM file, so no separate key; ``load_cert_chain``
+  sends every certificate after the first as the chain, which a server needs to reach its CA).
+* Servers accept grid proxies (RFC 3820) from clients, with OpenSSL's own proxy rules; which
+  certificate a proxy speaks for is read from the chain OpenSSL verified (``verified_chain``).
 * Errors name the file and say what to do; key contents never appear in a message.
 """
 
@@ -93,9 +96,22 @@ def server_hostname(host: str):
         return host
 
 
+#: X509_V_FLAG_ALLOW_PROXY_CERTS: ``ssl.VERIFY_ALLOW_PROXY_CERTS`` from Python 3.10; the same bit
+#: set through ``verify_flags`` works on 3.6-3.9 too (measured with OpenSSL 3.0).  OpenSSL 3 no
+#: longer reads the old OPENSSL_ALLOW_PROXY_CERTS environment variable: the flag is the only switch.
+ALLOW_PROXY_CERTS = 0x40
+
+
 def server_context(cert: str, key: str, client_ca=None, require_client_cert: bool = False):
     """A server context for ``pilotlog serve``: our certificate; client certificates checked
-    against ``client_ca`` when given (and required with ``require_client_cert``)."""
+    against ``client_ca`` when given (and required with ``require_client_cert``).
+
+    Grid proxies are accepted from clients: with the allow-proxy flag OpenSSL verifies an RFC 3820
+    proxy chain (proxy ← … ← the user's certificate ← the CA) -- every signature, every validity
+    period, each proxy's subject being its issuer's plus one CN, path-length constraints -- instead
+    of refusing it ("proxy certificates not allowed").  Nothing else changes: the CA chain, expiry
+    and the rest are checked as before, and client contexts never get the flag.
+    """
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -109,11 +125,38 @@ def server_context(cert: str, key: str, client_ca=None, require_client_cert: boo
         if client_ca:
             context.load_verify_locations(cafile=client_ca)
             context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+            context.verify_flags |= getattr(ssl, "VERIFY_ALLOW_PROXY_CERTS", ALLOW_PROXY_CERTS)
     except ssl.SSLError as exc:
         raise TLSConfigError("cannot use server certificate %s / key %s (%s)" % (cert, key, _reason(exc))) from None
     if require_client_cert and not client_ca:
         raise TLSConfigError("requiring client certificates needs --client-ca to verify them")
     return context
+
+
+def verified_chain(sock) -> "list | None":
+    """The peer's chain as OpenSSL verified it: DER certificates, the peer's own first, the CA last.
+
+    None where this Python cannot say: ``get_verified_chain`` is public from Python 3.13; 3.10 to
+    3.12 have the same C function on the private ``_sslobj`` (what 3.13's public one calls);
+    before 3.10 only the peer's own certificate can be read (``getpeercert``).  An empty list when
+    nothing was verified (no certificate; a resumed session).
+    """
+    get = getattr(sock, "get_verified_chain", None) or getattr(
+        getattr(sock, "_sslobj", None), "get_verified_chain", None
+    )
+    if get is None:
+        return None
+    from _ssl import ENCODING_DER  # 3.10-3.12 give _ssl.Certificate objects, 3.13 DER bytes
+
+    return [c if isinstance(c, bytes) else c.public_bytes(ENCODING_DER) for c in get() or []]
+
+
+def can_read_verified_chain() -> bool:
+    """Can this Python tell a server which certificates OpenSSL verified (see ``verified_chain``)?"""
+    import _ssl
+    import ssl
+
+    return any(hasattr(cls, "get_verified_chain") for cls in (ssl.SSLSocket, getattr(_ssl, "_SSLSocket", None)))
 
 
 def common_name(name) -> str:

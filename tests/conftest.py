@@ -31,6 +31,14 @@ def pki(tmp_path_factory) -> PKI:
     return pki
 
 
+@pytest.fixture(scope="session")
+def proxies(pki):
+    """Real grid proxies (RFC 3820) of the test PKI's client and a few bad ones (tests/proxies.py)."""
+    from proxies import Proxies
+
+    return Proxies(pki)
+
+
 #: The PKI made in this session (under PYTEST_DEBUG_TEMPROOT too): its keys are secrets to look for.
 PKI_DIRS = []
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,13 +232,34 @@ class Page:
 SERVE_PATH = "/WorkloadManagement/TornadoPilotLogging"
 
 
+@contextmanager
+def serving(directory, context=None, **options):
+    """serve's receiver in-process (pilotlogger.serve.Server, what `pilotlog serve` runs) on a free
+    loopback port, serving from a thread until the block ends."""
+    import threading
+
+    from pilotlogger.serve import Server
+
+    AGENT_DIRS.add(str(directory))
+    server = Server("127.0.0.1:0", str(directory), context, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(10)
+
+
 class Serve:
     """`pilotlog serve` from the bundle, as a site would run it (TLS, client certificates required)."""
 
-    def __init__(self, bundle, pki, directory, *extra, cert="server"):
+    def __init__(self, bundle, pki, directory, *extra, cert="server", python=sys.executable, log=None):
         from brokers import free_port
 
         self.bundle, self.pki, self.dir, self.extra, self.cert = bundle, pki, directory, list(extra), cert
+        self.python, self.log = python, log  # log: a file for serve's stderr (else it is dropped)
         self.port = free_port()
         self.proc = None
         AGENT_DIRS.add(str(directory))  # the stored logs are scanned for secrets
@@ -252,7 +274,7 @@ class Serve:
 
         p = self.pki.path
         cmd = [
-            sys.executable,
+            self.python,
             "-I",
             "-S",
             str(self.bundle),
@@ -269,7 +291,11 @@ class Serve:
             p("ca.pem"),
             "--require-client-cert",
         ] + self.extra
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        if not self.log:
+            self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        else:
+            with open(str(self.log), "a") as log:
+                self.proc = subprocess.Popen(cmd, stderr=log)
         end = time.monotonic() + 20
         while time.monotonic() < end:
             try:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from brokers import CLIENT_CN, HOST_CN, free_port
 from helpers import Pilotlog, Serve, https_env, stderr_lines, unavailable
 from pilotlogger.events import readable_line
+from proxies import GOOD
 
 HERE = Path(__file__).resolve().parent / "dirac"
 PATH = "/WorkloadManagement/TornadoPilotLogging"
@@ -234,6 +235,38 @@ def test_sink_delivers_to_diracs_handler_and_dirac_stores_what_was_emitted(dirac
     assert p.returncode == 0 and "replayed 5 event(s)" in p.stderr, p.stderr
     assert (dirac.store / where / (pilot + ".log")).read_bytes() == "".join(line + "\n" for line in lines).encode()
     assert pilotlog.events() == [] and delivered_total(pilotlog, **env) == 5
+
+
+@pytest.mark.parametrize("proxy", GOOD + ("independent",))
+def test_sink_delivers_to_diracs_handler_with_a_real_proxy(dirac, pilotlog, proxies, proxy):
+    """X509_USER_PROXY holding an RFC 3820 proxy (one or two levels, limited) and its chain: DIRAC's
+    own X509Chain reads the chain the client sent and files the log under its owner's group VO."""
+    pilot = str(uuid.uuid4())
+    env = {
+        "PILOTLOG_SINK": dirac.url,
+        "PILOTLOG_CERT": "",
+        "PILOTLOG_KEY": "",
+        "X509_USER_PROXY": proxies.x509up(proxy),
+    }
+    lines = emit_run(pilotlog, pilot, 3, **env)
+    p = pilotlog("replay", env=env)
+    assert p.returncode == 0 and "replayed 3 event(s)" in p.stderr, p.stderr
+    assert (dirac.store / "dteam" / (pilot + ".log")).read_bytes() == "".join(line + "\n" for line in lines).encode()
+
+
+def test_diracs_handler_refuses_a_proxy_that_claims_another_owner(dirac, pilotlog, proxies):
+    """The impostor's own CN is the registered user's, its owner is not: DIRAC refuses it too."""
+    pilot = str(uuid.uuid4())
+    env = {
+        "PILOTLOG_SINK": dirac.url,
+        "PILOTLOG_CERT": "",
+        "PILOTLOG_KEY": "",
+        "X509_USER_PROXY": proxies.x509up("impostor"),
+    }
+    before = tree(dirac.store)
+    emit_run(pilotlog, pilot, 2, **env)
+    p = pilotlog("replay", env=env)
+    assert p.returncode == 0 and len(pilotlog.events()) == 2 and tree(dirac.store) == before, p.stderr
 
 
 def test_dirac_stamp_ids_and_open_logs(dirac, pilotlog):

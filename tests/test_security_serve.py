@@ -17,7 +17,6 @@ import ssl
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
@@ -26,36 +25,23 @@ from hypothesis import strategies as st
 
 import ledger
 from brokers import CLIENT_CN
-from helpers import AGENT_DIRS, URL_SECRET, stderr_lines
+from helpers import URL_SECRET, stderr_lines
+from helpers import serving as running
 from pilotlogger.events import make_event, to_json
 from pilotlogger.https import dirac_form
-from pilotlogger.serve import BACKLOG, Server
+from pilotlogger.serve import BACKLOG
 from pilotlogger.tls import server_context
 
 FORM = "application/x-www-form-urlencoded"
 NDJSON = "application/x-ndjson"
 PILOT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+STAMP = "0123456789abcdefghijklmnopqrstuv"
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) [^\r\n]*\r\n")
 
 
 def held(attack: str, ok, what: str) -> bool:
     """One trial of an attack on serve, for the security table (docs/reliability.md)."""
     return ledger.attack("serve", attack, bool(ok), what)
-
-
-@contextmanager
-def running(directory, context=None, **options):
-    """A receiver on a free loopback port, serving from a thread until the block ends."""
-    AGENT_DIRS.add(str(directory))
-    server = Server("127.0.0.1:0", str(directory), context, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.close()
-        thread.join(10)
 
 
 @pytest.fixture
@@ -280,6 +266,56 @@ def test_a_refused_client_certificate_closes_the_connection(tmp_path, pki):
         answers, _, _ = exchange(server, request(body=form()) + SMUGGLED, tls=client)
         assert [a[0] for a in answers] == [200, 200]  # keep-alive still works for good requests
     assert files_under(tmp_path / "store") == ["lhcb/0123456789abcdef0123456789abcdef", "lhcb/" + PILOT]
+
+
+# -- the VO: one rule for both protocols (issue 24, defect 4) -------------------------------------
+
+
+@pytest.fixture
+def certified_for_lhcb(tmp_path, pki):
+    """serve with the client certificate's CN mapped to lhcb, and a client holding that certificate."""
+    context = server_context(pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"), True)
+    client = ssl.create_default_context(cafile=pki.path("ca.pem"))
+    client.load_cert_chain(pki.path("client.pem"), pki.path("client.key"))
+    with running(tmp_path / "store", context, vo_for_cn={CLIENT_CN: "lhcb"}, request_timeout=2.0) as server:
+        yield server, client
+
+
+@pytest.mark.parametrize("protocol", ["JSON lines, X-Pilotlog-VO header", "DIRAC form, VO field"])
+def test_a_client_certified_for_one_vo_cannot_write_into_another(certified_for_lhcb, tmp_path, protocol):
+    server, client = certified_for_lhcb
+    if protocol.startswith("JSON"):
+        events = [
+            make_event(phase, "m", pilot=PILOT, seq=i, epoch=1.0) for i, phase in enumerate(("boot", "shutdown"), 1)
+        ]
+        body = "".join(to_json(e) + "\n" for e in events).encode()
+        requests = [request(body=body, content_type=NDJSON, headers={"X-Pilotlog-VO": "atlas"})]
+    else:
+        requests = [request(body=form(vo="atlas")), request(body=form(vo="atlas", method="finaliseLogs"))]
+    statuses = [exchange(server, data, tls=client)[0][0][0] for data in requests]
+    assert held(
+        "a client certified for lhcb asks for atlas (X-Pilotlog-VO header; the form's VO field)",
+        set(statuses) == {200} and files_under(tmp_path / "store") == ["lhcb/%s.log" % PILOT],
+        "stored under the certificate's VO, as the README's order says; nothing under atlas",
+    ), (statuses, files_under(tmp_path / "store"))
+
+
+def test_a_client_certified_for_no_vo_gets_the_vo_it_asks_then_the_default(tmp_path, pki):
+    """The README's order past the certificate: the pilot's VO, else --default-vo (both protocols)."""
+    context = server_context(pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"), True)
+    client = ssl.create_default_context(cafile=pki.path("ca.pem"))
+    client.load_cert_chain(pki.path("client.pem"), pki.path("client.key"))
+    mapping = {"somebody-else": "lhcb"}
+    with running(tmp_path / "s", context, vo_for_cn=mapping, default_vo="dteam", request_timeout=2.0) as server:
+        event = to_json(make_event("boot", "m", pilot=PILOT, seq=1, epoch=1.0)).encode() + b"\n"
+        for headers, vo in (({"X-Pilotlog-VO": "atlas"}, "atlas"), ({}, "dteam")):
+            assert (
+                exchange(server, request(body=event, content_type=NDJSON, headers=headers), tls=client)[0][0][0] == 200
+            )
+            assert (
+                exchange(server, request(body=form(pilot=STAMP, vo=vo if headers else "")), tls=client)[0][0][0] == 200
+            )
+            assert sorted(files_under(tmp_path / "s" / vo)) == sorted([PILOT, STAMP])
 
 
 # -- 6. malformed input gets a 4xx with a reason ----------------------------------------------------
