@@ -186,7 +186,7 @@ class ScriptedBroker(ScriptedTLSServer):
     """A TLS STOMP server playing ``script`` on every connection, keeping the books a test checks.
 
     ``script(frame)`` answers each frame the client sends: the bytes to send, None (nothing, the
-    connection stays open) or HANGUP.  A script with a ``connection()`` method is asked for a
+    connection stays open), HANGUP, or a list of those, played in order.  A script with a ``connection()`` method is asked for a
     fresh player per connection (a stateful script); a player with an ``idle()`` method is asked
     what to send after each 0.2 s of quiet (heart-beats, receipts that come late).
 
@@ -196,11 +196,15 @@ class ScriptedBroker(ScriptedTLSServer):
     connection) and ``confirmed``/``covered``: the event ids a RECEIPT of ours confirmed as the
     client asked — its own receipt, or (cumulative, ``receipt_every`` > 1) a later receipt asked for
     on the same connection after a frame that asked for none.  What we send is read back with the
-    client's parser: after bytes it cannot parse, nothing we send counts.
+    client's parser: after bytes it cannot parse, or an ERROR (the session is over), nothing counts.
+
+    ``watch()``, when given, is called after each frame received and each quiet moment, books
+    updated: a test checks there what must hold at every instant, not only at the end.
     """
 
-    def __init__(self, pki, script, **kw):
+    def __init__(self, pki, script, watch=None, **kw):
         super().__init__(pki, script, **kw)
+        self.watch = watch or (lambda: None)
         self.lock = threading.Lock()
         self.connections, self.accepted, self.hung_up = 0, [], []
         self.sends = collections.Counter()
@@ -223,6 +227,7 @@ class ScriptedBroker(ScriptedTLSServer):
                 try:
                     data = conn.recv(65536)
                 except socket.timeout:
+                    self.watch()
                     idle = getattr(play, "idle", None)
                     if idle is None or self._answer(conn, books, idle()):
                         continue
@@ -235,12 +240,15 @@ class ScriptedBroker(ScriptedTLSServer):
                 frame = books.parser.next_frame()
                 while frame is not None:
                     books.received(frame)
+                    self.watch()
                     if not self._answer(conn, books, play(frame)):
                         return
                     frame = books.parser.next_frame()
 
     def _answer(self, conn, books, reply) -> bool:
         """Send ``reply``; False when the connection is over (HANGUP, or the client gone)."""
+        if isinstance(reply, list):
+            return all(self._answer(conn, books, part) for part in reply)
         if reply is HANGUP:
             with self.lock:
                 self.hung_up.append(time.monotonic())
@@ -277,9 +285,10 @@ class _ConnectionBooks:
         self.ours.feed(data)
         try:
             frame = self.ours.next_frame()
-            while frame is not None:
+            while frame is not None and self.readable:
                 if frame.command == "RECEIPT":
                     self._confirm(frame.headers.get("receipt-id"))
+                self.readable = frame.command != "ERROR"
                 frame = self.ours.next_frame()
         except ProtocolError:
             self.readable = False
