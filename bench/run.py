@@ -188,6 +188,7 @@ def pilotlog_replay(broker, pki, dest, n, env_extra, cpu: list) -> float:
         PILOTLOG_CA_FILE=pki.path("ca.pem"),
         PILOTLOG_USER=USER,
         PILOTLOG_PASSCODE=PASSWORD,
+        PILOTLOG_DEADLINE="600",  # deadline bounds a whole replay: a measured one must not be cut
         **env_extra,
     )
     started, cpu_before = time.monotonic(), children_cpu()

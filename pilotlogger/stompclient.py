@@ -586,8 +586,9 @@ class StompSink:
             except StompError as exc:
                 self.conn.abort()
                 self.conn = None
-                if not exc.retryable:
-                    raise SinkError(str(exc) + advice(str(exc))) from None
+                if not exc.retryable:  # (after a lost session, the line says that too: why it reconnected)
+                    said = str(exc) if lost is None else "%s; then %s" % (lost, exc)
+                    raise SinkError(said + advice(str(exc))) from None
                 lost = str(exc)
                 if settled:  # that session confirmed something: the next pause starts short again
                     backoff.reset()

@@ -430,12 +430,12 @@ PEERS = {
     "refuses connections": ("closed", "Connection refused"),
     "accepts TCP, never speaks": ("silent", "timed out"),
     "trickles its TLS handshake": ("trickling", "timed out"),
-    "stalls after CONNECTED": (connected_then(None), "stopped at the deadline (3 s)"),
+    "stalls after CONNECTED": (connected_then(None), "at the deadline (3 s)"),
     "answers garbage": (
         lambda frame: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n\x00",
         "broke the protocol",
     ),
-    "hangs up at every SEND": (connected_then(HANGUP), "closed the connection; gave up"),
+    "hangs up at every SEND": (connected_then(HANGUP), "closed the connection"),
     "sends an ERROR frame": (connected_then(error("disk alarm", b"no space")), "sent an ERROR: disk alarm"),
     "sends a frame over the size limit": (
         connected_then(b"MESSAGE\ndestination:/queue/x\n\n" + b"x" * (DEFAULT_MAX_BODY_BYTES + 1) + b"\x00"),
@@ -457,11 +457,11 @@ PEERS = {
         ),
         "sent an ERROR: queue full",
     ),
-    "reads the SENDs, then hangs up": (HangUpWhenQuiet(), "closed the connection; gave up"),
-    "heart-beats, never receipts": (HeartBeating(), "stopped at the deadline (3 s)"),
+    "reads the SENDs, then hangs up": (HangUpWhenQuiet(), "closed the connection"),
+    "heart-beats, never receipts": (HeartBeating(), "at the deadline (3 s)"),
     "receipts only the frames that asked for none": (
         unasked_receipts,
-        "stopped at the deadline (3 s)",
+        "at the deadline (3 s)",
         {"PILOTLOG_RECEIPT_EVERY": 5},
     ),
 }
