@@ -198,6 +198,7 @@ def broker_env(broker, pki, dest, **extra) -> dict:
         PILOTLOG_PASSCODE=PASSWORD,
         PILOTLOG_PILOT_UUID=PILOT,
         PILOTLOG_SITE="LCG.Bench.org",
+        PILOTLOG_DEADLINE="600",  # deadline bounds a whole replay: a measured one must not be cut
         **extra,
     )
 

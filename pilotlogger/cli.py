@@ -791,7 +791,7 @@ def main(argv=None) -> int:
     if argv is None:  # the process's own entry: its standard streams are ours to guard (not a caller's)
         _guard_std_streams()
     argv = message_is_data(sys.argv[1:] if argv is None else argv)
-    command = None
+    command = args = config = None
     try:
         args = parse_emit_quickly(argv) or _parser().parse_args(argv)
         command = args.command
@@ -818,10 +818,32 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `pilotlog timeline | head`: the reader has what it wanted (the rest is not lost:
         return EXIT_OK  # replay counts only what was flushed, and keeps the rest spooled)
     except Exception as exc:  # the last line of defence: never a traceback into a pilot log
-        warn("internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc))
+        text = "internal error in %s: %s: %s (please report this)" % (command or PROG, type(exc).__name__, exc)
+        warn(text)
+        if command == "replay" and config is not None:
+            return _replay_failed(config, getattr(args, "strict", False), text)
         return EXIT_OK if command in PILOT_SAFE else EXIT_FAILED
     finally:
         _settle_streams()
+
+
+def _replay_failed(config, strict: bool, text: str) -> int:
+    """After an internal error in replay: record it for ``status`` (as a failed delivery is) and let
+    ``--strict`` still say whether events are left (3 also when the spool cannot even be read)."""
+    import time
+
+    from .redact import mask_text
+
+    left = None  # unknown: the spool itself may be what failed
+    try:
+        spool = open_spool(config)
+        if not spool.exists():
+            return EXIT_OK
+        left = spool.stats()["depth"]
+        spool.update_state(last_error=mask_text(text), last_error_time=time.time())
+    except Exception:
+        pass
+    return EXIT_UNDELIVERED if strict and left != 0 else EXIT_OK
 
 
 def _guard_std_streams() -> None:

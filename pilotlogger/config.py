@@ -137,7 +137,13 @@ SETTINGS = (
         5.0,
         "seconds allowed for each network step: connect, TLS, CONNECTED, each receipt (a whole HTTPS POST: twice this)",
     ),
-    Setting("deadline", float, 20.0, "seconds allowed for reaching a broker (all addresses, retries) or reconnecting"),
+    Setting(
+        "deadline",
+        float,
+        20.0,
+        "seconds a delivery to a broker may take in all: connecting (all addresses, retries), sending,"
+        " receipts, reconnecting",
+    ),
     Setting("window", int, 1000, "SEND frames in flight awaiting their receipts"),
     Setting("receipt_every", int, 1, "opt-in: a RECEIPT every K frames, cumulative (default 1: one per event)"),
     Setting(

@@ -92,6 +92,8 @@ def _ship_held(spool, sink, fmt: str, progress=None) -> ShipResult:
                 progress(result.delivered)
     except (SinkError, SpoolError) as exc:
         result.error = str(exc)
+    except Exception as exc:  # a bug of ours: the run stops as for a failing sink, said and recorded the same way
+        result.error = "internal error while shipping: %s: %s (please report this)" % (type(exc).__name__, exc)
     result.broken = spool.quarantined_here - quarantined_before - result.refused  # unreadable, foreign, links
     result.seconds = time.monotonic() - started
     result.remaining = spool.stats()["depth"]

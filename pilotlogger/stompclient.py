@@ -9,12 +9,20 @@ Layers, bottom up:
     StompSink        the sink surface (deliver(events) yields settled ids) for ship.py
 
 Deadlines: ``timeout`` bounds each step (TCP connect, TLS handshake, CONNECTED, the wait
-for the next RECEIPT); ``deadline`` bounds the whole failover loop, and the reconnection
-after a connection is lost mid-stream.  Nothing here can hang.
+for the next RECEIPT); ``deadline`` bounds the whole of a delivery — connecting, failover,
+sending, receipts, reconnecting — every step's wait is cut at its end (:class:`Deadline`), and
+the message then says that the deadline ended it.  Nothing here can hang, and a broker that
+heart-beats, or confirms one frame now and then, cannot hold a replay past it.
+
+Reconnecting: between two attempts, whatever failed (every address, or a session lost
+mid-stream), the one :class:`sink.Backoff` of the delivery waits, with jitter; and an event
+goes out at most ``stompsession.MAX_SENDS`` times, so a broker that drops every session
+before confirming is neither hammered nor fed the same window forever.
 """
 
 import collections
 import itertools
+import math
 import random
 import socket
 import ssl
@@ -22,7 +30,17 @@ import time
 
 from .sink import Backoff, SinkError
 from .stompcodec import SendFrames
-from .stompsession import Closed, Failed, Message, Receipt, Settled, StompError, StompSession
+from .stompsession import (
+    MAX_SENDS,
+    Closed,
+    Failed,
+    Message,
+    Receipt,
+    Settled,
+    StompError,
+    StompSession,
+    worn_out,
+)
 from .tls import server_hostname
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +94,23 @@ class Transport:
             pass
 
 
+class Deadline:
+    """The end of a whole delivery: every wait of every step is cut there (``seconds`` for messages)."""
+
+    __slots__ = ("seconds", "end")
+
+    def __init__(self, seconds: float):
+        self.seconds, self.end = seconds, time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def __str__(self) -> str:
+        return "the deadline (%g s)" % self.seconds
+
+
+NO_DEADLINE = Deadline(math.inf)  # for what only its steps' timeouts bound (doctor, tail)
+
 # ---------------------------------------------------------------------------------------------
 # Connection
 
@@ -83,9 +118,10 @@ class Transport:
 class StompConnection:
     """A STOMP session on a transport.  Use :func:`connect` to get one (or :meth:`on_socket`)."""
 
-    def __init__(self, transport: Transport, where: str, timeout: float):
+    def __init__(self, transport: Transport, where: str, timeout: float, deadline: Deadline = NO_DEADLINE):
         self.transport = transport
         self.timeout = timeout
+        self.deadline = deadline
         self.session = StompSession(where)
 
     @classmethod
@@ -107,10 +143,24 @@ class StompConnection:
 
     # -- low level --------------------------------------------------------------------------
 
+    def _at_deadline(self) -> StompError:
+        """The error that ends a delivery at its deadline: nothing more can be tried."""
+        unconfirmed = len(self.session.inflight)
+        return StompError(
+            "%s: stopped at %s%s"
+            % (self.where, self.deadline, ", %d frame(s) unconfirmed" % unconfirmed if unconfirmed else ""),
+            retryable=False,
+        )
+
     def _send(self, data: bytes) -> None:
+        wait = min(self.timeout, self.deadline.left())
+        if wait <= 0:
+            raise self._at_deadline()
         try:
-            self.transport.send_all(data, self.timeout)
+            self.transport.send_all(data, wait)
         except socket.timeout:
+            if wait < self.timeout:
+                raise self._at_deadline() from None
             raise StompError("%s: write timed out after %g s" % (self.where, self.timeout)) from None
         except OSError as exc:
             raise StompError("%s: connection lost while sending (%s)" % (self.where, exc)) from None
@@ -119,9 +169,10 @@ class StompConnection:
         """Session events from bytes available now, or (``block``) the first to arrive before ``until``.
 
         While waiting, sends the heart-beats the session says are due, and lets it give up
-        on a server that stays silent.
+        on a server that stays silent.  ``until`` is cut at the deadline.
         """
         session = self.session
+        until = min(until, self.deadline.end)
         while True:
             if not block and not self.transport.readable_now():
                 return []
@@ -153,19 +204,25 @@ class StompConnection:
         self._send(self.session.connect(vhost, login, passcode, time.monotonic()))
         events = self._receive(time.monotonic() + self.timeout, block=True)
         if not events:
+            if self.deadline.left() <= 0:
+                raise self._at_deadline()
             raise StompError("%s: no CONNECTED frame within %g s" % (self.where, self.timeout))
-        if events[0].__class__ is Failed:
-            raise events[0].error
-        # (the session turns anything but CONNECTED, in CONNECTING, into Failed: Connected is what is left)
+        # The session turns anything but CONNECTED, in CONNECTING, into Failed; and what came in the
+        # same read after CONNECTED (an ERROR, garbage) may already have ended the session.
+        for event in events:
+            if event.__class__ is Failed:
+                raise event.error
 
     def stream(self, source, build, window: int, every: int = 1, inflight=None):
         """Send SEND frames for ``source`` and yield event ids as the broker confirms them.
 
         ``source`` is an iterator of ``(event_id, payload)``; ``build(payload, receipt)``
-        makes the frame.  ``inflight`` (event id -> (frame, has_receipt)), when given, is
+        makes the frame.  ``inflight`` (event id -> (frame, has_receipt, sends)), when given, is
         the caller's: after a lost connection it still holds what must be re-sent, and
         this method sends it first on the next connection.  The window rules (size,
-        refill, receipts every K frames) are the session's (see stompsession.py).
+        refill, receipts every K frames) are the session's (see stompsession.py).  At the
+        deadline it stops, whatever is left: a broker confirming a frame now and then cannot
+        hold it longer.
         """
         session = self.session
         session.open_window(window, every, inflight)
@@ -173,6 +230,8 @@ class StompConnection:
             self._send(session.resend(time.monotonic()))
         exhausted = False
         while True:
+            if self.deadline.left() <= 0 and (session.inflight or not exhausted):
+                raise self._at_deadline()
             room = session.room()
             if not exhausted and room:
                 chunk = list(itertools.islice(source, room))
@@ -229,11 +288,16 @@ class StompConnection:
         self._await_receipt(PROBE + "-done", destination)  # no message of the probe can follow
 
     def _await_receipt(self, receipt: str, destination: str) -> None:
-        """Wait for ``receipt`` while checking ``destination`` (a message for the check is left unacknowledged)."""
+        """Wait for ``receipt`` while checking ``destination`` (a message for the check is left unacknowledged).
+
+        Every event of a read is looked at: an ERROR in the same bytes as the receipt ends the check.
+        """
         until = time.monotonic() + self.timeout
         while True:
             events = self._receive(until, block=True)
             if not events:
+                if self.deadline.left() <= 0:
+                    raise self._at_deadline()
                 raise StompError("%s: no answer within %g s about %s" % (self.where, self.timeout, destination))
             for event in events:
                 if event.__class__ is Failed:
@@ -250,8 +314,8 @@ class StompConnection:
                             retryable=False,
                         )
                     raise event.error
-                if event.__class__ is Receipt and event.receipt_id == receipt:
-                    return
+            if any(event.__class__ is Receipt and event.receipt_id == receipt for event in events):
+                return
 
     def abort(self) -> None:
         """Drop the connection without a word (after a failure: the session is over)."""
@@ -262,7 +326,7 @@ class StompConnection:
         try:
             if self.session.state == "CONNECTED":
                 self._send(self.session.disconnect(time.monotonic()))
-                until = time.monotonic() + min(self.timeout, 2.0)
+                until = min(time.monotonic() + min(self.timeout, 2.0), self.deadline.end)
                 while time.monotonic() < until:  # MESSAGE frames may still arrive first: skip them
                     events = self._receive(until, block=True)
                     if any(e.__class__ in (Closed, Failed) for e in events):
@@ -373,25 +437,27 @@ def _resolve(hosts, rng):
     return found, errors
 
 
-def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, deadline=20.0, rng=None):
+def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, deadline=20.0, rng=None, backoff=None):
     """A connected, CONNECTED session to one of ``hosts`` ([(host, port)…]).
 
-    Addresses are tried in shuffled order; between rounds we back off (sink.Backoff)
-    while ``deadline`` lasts.  Errors that another try cannot fix
-    (authentication, certificate) end the loop at once.
+    Addresses are tried in shuffled order; between rounds we back off (``backoff``, the
+    caller's when it reconnects, so one schedule spans every attempt) while ``deadline``
+    lasts: seconds from now, or the :class:`Deadline` of the whole delivery, which the
+    connection keeps.  Errors that another try cannot fix (authentication, certificate)
+    end the loop at once.
     """
     from .tls import describe_verify_error, is_verify_error
 
     rng = rng or random.Random()
-    end = time.monotonic() + deadline
-    backoff, last = Backoff(rng), "no address to try"
+    deadline = deadline if isinstance(deadline, Deadline) else Deadline(deadline)
+    backoff, last = backoff or Backoff(rng), "no address to try"
     names = ",".join("%s:%d" % hp for hp in hosts)
     while True:
         addresses, errors = _resolve(hosts, rng)
         if errors:
             last = errors[-1]
         for host, port, family, sockaddr in addresses:
-            remaining = end - time.monotonic()
+            remaining = deadline.left()
             if remaining <= 0:
                 break
             step = min(timeout, remaining)
@@ -409,7 +475,7 @@ def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, d
             except OSError as exc:
                 last = "%s: %s" % (where, exc.strerror or exc)
                 continue
-            conn = StompConnection(transport, where, timeout)
+            conn = StompConnection(transport, where, timeout, deadline)
             try:
                 conn.handshake(vhost, login, passcode)
                 return conn
@@ -418,9 +484,9 @@ def connect(hosts, context, vhost="/", login=None, passcode=None, timeout=5.0, d
                 if not exc.retryable:
                     raise
                 last = str(exc)
-        remaining = end - time.monotonic()
+        remaining = deadline.left()
         if remaining <= 0:
-            raise StompError("cannot reach broker %s within %g s (last: %s)" % (names, deadline, last))
+            raise StompError("cannot reach broker %s within %g s (last: %s)" % (names, deadline.seconds, last))
         time.sleep(min(remaining, backoff.next_delay()))
 
 
@@ -437,7 +503,8 @@ class StompSink:
     Every message is ``persistent`` JSON and carries headers consumers can filter on
     with selectors: ``pilot_id``, ``event_id``, ``phase``, ``status`` (JMS selector
     identifiers, hence underscores).  A connection lost mid-stream is re-established
-    (failover again, within ``deadline``) and only unconfirmed events are re-sent.
+    (failover again, after the backoff's pause) and only unconfirmed events are re-sent, each
+    at most MAX_SENDS times in all.  ``deadline`` bounds the whole of :meth:`deliver`.
     """
 
     def __init__(self, config, target):
@@ -470,13 +537,12 @@ class StompSink:
             event["id"] if receipt else None,
         )
 
-    def connect(self, deadline: float) -> StompConnection:
+    def connect(self, deadline: Deadline, backoff: Backoff) -> StompConnection:
         """A CONNECTED session; on RabbitMQ an ``/amq/queue/`` destination is checked to exist first
         (ActiveMQ keeps whatever is sent to a queue: it creates it)."""
         c = self.config
-        end, budget = time.monotonic() + deadline, deadline
         while True:
-            conn = connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, budget)
+            conn = connect(self.hosts, self.context, c.vhost, c.user, c.passcode, c.timeout, deadline, backoff=backoff)
             if not (self.destination.startswith("/amq/queue/") and conn.server.startswith("RabbitMQ")):
                 return conn
             try:
@@ -484,41 +550,51 @@ class StompSink:
                 return conn
             except StompError as exc:
                 conn.abort()
-                if not exc.retryable or time.monotonic() + 0.5 >= end:
+                if not exc.retryable or deadline.left() <= 0.5:
                     raise
                 time.sleep(0.5)  # a cluster moving the queue: try again, within the deadline
-                budget = end - time.monotonic()
 
     def deliver(self, events):
         source = ((event["id"], (event, body)) for event, body in events)
         inflight = collections.OrderedDict()  # survives reconnections: what must be re-sent
-        lost, end = None, None  # why the last connection was lost; when reconnecting must stop
+        deadline, backoff = Deadline(self.config.deadline), Backoff()
+        lost = None  # why the last connection was lost
         while True:
             if self.conn is None:
-                budget = self.config.deadline if end is None else end - time.monotonic()
-                gave_up = "%s; gave up reconnecting after %g s" % (lost, self.config.deadline)
-                if budget <= 0:
-                    raise SinkError(gave_up)
+                if lost is not None:
+                    worn = worn_out(inflight)
+                    if worn:
+                        raise SinkError(
+                            "%s; gave up: %d event(s) sent %d times without a RECEIPT" % (lost, worn, MAX_SENDS)
+                        )
+                    time.sleep(min(backoff.next_delay(), max(deadline.left(), 0)))
+                    if deadline.left() <= 0:
+                        raise SinkError("%s; gave up reconnecting at %s" % (lost, deadline))
                 try:
-                    self.conn = self.connect(budget)
-                except StompError as exc:  # failover spent its deadline, or another try cannot help
+                    self.conn = self.connect(deadline, backoff)
+                except StompError as exc:  # failover spent the deadline, or another try cannot help
                     if lost is None:
                         raise SinkError(str(exc)) from None
-                    raise SinkError(gave_up if exc.retryable else "%s; reconnecting failed: %s" % (lost, exc)) from None
+                    if exc.retryable:
+                        raise SinkError("%s; gave up reconnecting at %s" % (lost, deadline)) from None
+                    raise SinkError("%s; reconnecting failed: %s" % (lost, exc)) from None
+            settled = 0
             try:
                 for event_id in self.conn.stream(
                     source, self.encode, self.config.window, self.config.receipt_every, inflight
                 ):
+                    settled += 1
                     yield event_id, None
                 return
             except StompError as exc:
                 self.conn.abort()
                 self.conn = None
-                if not exc.retryable:
-                    raise SinkError(str(exc) + advice(str(exc))) from None
+                if not exc.retryable:  # (after a lost session, the line says that too: why it reconnected)
+                    said = str(exc) if lost is None else "%s; then %s" % (lost, exc)
+                    raise SinkError(said + advice(str(exc))) from None
                 lost = str(exc)
-                if end is None:
-                    end = time.monotonic() + self.config.deadline
+                if settled:  # that session confirmed something: the next pause starts short again
+                    backoff.reset()
 
     def close(self) -> None:
         if self.conn is not None:

@@ -17,13 +17,16 @@ DISCONNECTING → (RECEIPT) → CLOSED; any → FAILED.  Sending in the wrong st
 bug of ours and raises RuntimeError.
 
 The window: SEND frames awaiting their receipt, in sending order (``inflight``: event id
-→ (frame, has_receipt)).  It is refilled once half of it is free, so the broker always
+→ (frame, has_receipt, sends)).  It is refilled once half of it is free, so the broker always
 has frames to work on while receipts come back.  A frame with its own receipt is
 confirmed only by *that* RECEIPT; with ``every`` = K > 1 (opt-in) a receipt is asked
 every K frames and on the last frame of each write, and the frames between are confirmed
-by the next RECEIPT, which STOMP 1.2 makes a cumulative acknowledgment.  ``inflight``
-may outlive the session: after a lost connection it holds what the next session must
-send again first (:meth:`StompSession.resend`).
+by the next RECEIPT, which STOMP 1.2 makes a cumulative acknowledgment.  Only a RECEIPT
+for a receipt we asked for settles anything: one naming a frame that asked for none, an
+unknown id or a repeat is no confirmation (a broker's mistake must not remove events).
+``inflight`` may outlive the session: after a lost connection it holds what the next
+session must send again first (:meth:`StompSession.resend`), and counts how often each
+frame went (``sends``): past MAX_SENDS the caller stops (:func:`worn_out`).
 
 Time comes in as ``now`` (monotonic seconds): heart-beats due, a silent peer, receipts
 overdue are all decided from it, so tests can drive hours in microseconds.
@@ -44,6 +47,14 @@ IDLE, CONNECTING, CONNECTED, DISCONNECTING, CLOSED, FAILED = (
     "FAILED",
 )
 BYE = "bye"  # the receipt asked for on DISCONNECT
+#: The most times one SEND goes out (first send and re-sends after lost connections).  A broker
+#: that drops every session before confirming must not be fed the same window forever, at the
+#: rate connections can be made (issue 24: 8,579 connections in one replay).
+MAX_SENDS = 5
+#: A heart-beat interval is at most this many ASCII digits of milliseconds (11 days); a longer
+#: one, like any other malformed header, means no heart-beats.
+HEARTBEAT_DIGITS = 9
+_ASCII_DIGITS = frozenset("0123456789")
 
 
 class StompError(Exception):
@@ -99,11 +110,15 @@ class Failed:
 
 
 def heartbeats(offered: str, ours_ms: int = HEARTBEAT_MS):
-    """(send every, expect every) in seconds from the server's heart-beat header; 0 = none."""
-    try:
-        sx, sy = (int(x) for x in offered.split(","))
-    except ValueError:
-        sx = sy = 0
+    """(send every, expect every) in seconds from the server's heart-beat header; 0 = none.
+
+    The header is two numbers of ASCII digits; anything else (``a,b,c``, ``-1,5``, 400 digits
+    that no float holds) means no heart-beats: a broker's header never makes us fail.
+    """
+    parts = [part.strip() for part in offered.split(",")]
+    if len(parts) != 2 or not all(0 < len(p) <= HEARTBEAT_DIGITS and _ASCII_DIGITS.issuperset(p) for p in parts):
+        return 0.0, 0.0
+    sx, sy = int(parts[0]), int(parts[1])
     send = max(ours_ms, sy) / 1000.0 if sy else 0.0
     expect = max(ours_ms, sx) / 1000.0 if sx else 0.0
     return send, expect
@@ -144,7 +159,7 @@ def settle(inflight, receipt: str) -> list:
     """
     done = []
     while inflight:
-        event_id, (_, has_receipt) = next(iter(inflight.items()))
+        event_id, (_, has_receipt, _) = next(iter(inflight.items()))
         if event_id != receipt and has_receipt:
             break
         del inflight[event_id]
@@ -158,6 +173,14 @@ def settle(inflight, receipt: str) -> list:
         if event_id == receipt:
             break
     return done
+
+
+def worn_out(inflight) -> int:
+    """How many frames in ``inflight`` went out MAX_SENDS times already: none of them may go again."""
+    return sum(1 for _, _, sends in inflight.values() if sends >= MAX_SENDS)
+
+
+NOT_ASKED = (None, False, 0)  # what ``inflight`` holds for an id it does not hold
 
 
 class StompSession:
@@ -211,11 +234,14 @@ class StompSession:
         return self.window - n if n <= self.window // 2 else 0
 
     def resend(self, now: float) -> bytes:
-        """The frames a previous session left unconfirmed, to go first (same receipts)."""
+        """The frames a previous session left unconfirmed, to go first (same receipts), each counted."""
         self._need(CONNECTED)
-        if self.inflight:
+        inflight = self.inflight
+        for event_id, (frame, has_receipt, sends) in inflight.items():
+            inflight[event_id] = (frame, has_receipt, sends + 1)
+        if inflight:
             self.progress = now
-        return self._sent(b"".join(frame for frame, _ in self.inflight.values()), now)
+        return self._sent(b"".join(frame for frame, _, _ in inflight.values()), now)
 
     def send(self, chunk, build, now: float) -> bytes:
         """SEND frames for ``chunk`` [(event_id, payload)…], one write; ``build(payload, receipt)``
@@ -226,7 +252,7 @@ class StompSession:
             self._counted += 1
             receipt = every == 1 or self._counted % every == 0 or i == last
             frame = build(payload, receipt)
-            inflight[event_id] = (frame, receipt)
+            inflight[event_id] = (frame, receipt, 1)
             frames.append(frame)
         self.progress = now
         return self._sent(b"".join(frames), now)
@@ -304,7 +330,7 @@ class StompSession:
                 if frame is None:
                     break
                 receipt = frame.headers.get("receipt-id") if frame.command == "RECEIPT" else None
-                if receipt is not None and receipt in inflight and self.state != CONNECTING:
+                if receipt is not None and inflight.get(receipt, NOT_ASKED)[1] and self.state != CONNECTING:
                     self.progress = now
                     events.append(Settled(settle(inflight, receipt)))
                     continue
@@ -338,7 +364,8 @@ class StompSession:
             if frame.headers.get("receipt-id") == BYE and self.state == DISCONNECTING:
                 self.state = CLOSED
                 return Closed()
-            return Receipt(frame.headers.get("receipt-id"))  # a SUBSCRIBE's, or one a lost session asked for
+            # A SUBSCRIBE's, or one we did not ask for on a SEND (a repeat, an unknown id): settles nothing.
+            return Receipt(frame.headers.get("receipt-id"))
         if command == "ERROR":
             if late_delivery(frame, self.unsubscribed):
                 return None

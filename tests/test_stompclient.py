@@ -10,20 +10,23 @@ Everything a real broker can do is tested in tests/interop/.
 import collections
 import socket
 import threading
+import time
+
+import pytest
 
 from pilotlogger.sinks import parse
-from pilotlogger.stompclient import StompConnection, StompError, Transport
+from pilotlogger.stompclient import NO_DEADLINE, Deadline, StompConnection, StompError, Transport
 from pilotlogger.stompcodec import CLIENT_COMMANDS, FrameParser, encode_frame
 
 
 class ScriptedPeer:
     """Accepts one connection, answers CONNECT, then plays ``on_send(n, frame) -> bytes``."""
 
-    def __init__(self, on_send, heartbeat="0,0"):
+    def __init__(self, on_send, heartbeat="0,0", after_connected=b""):
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(1)
-        self.on_send, self.heartbeat = on_send, heartbeat
+        self.on_send, self.heartbeat, self.after_connected = on_send, heartbeat, after_connected
         self.max_in_flight = 0
         self.frames = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -52,7 +55,8 @@ class ScriptedPeer:
                         break
                     self.frames.append(frame)
                     if frame.command == "CONNECT":
-                        conn.sendall(encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", self.heartbeat)]))
+                        connected = encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", self.heartbeat)])
+                        conn.sendall(connected + self.after_connected)  # one write: one read, most likely
                     elif frame.command == "SEND":
                         sends += 1
                         reply = self.on_send(sends, frame)
@@ -60,9 +64,9 @@ class ScriptedPeer:
                             return
                         conn.sendall(reply)
 
-    def connect(self, timeout=2.0) -> StompConnection:
+    def connect(self, timeout=2.0, deadline=NO_DEADLINE) -> StompConnection:
         sock = socket.create_connection(("127.0.0.1", self.port))
-        conn = StompConnection(Transport(sock), "broker test", timeout)
+        conn = StompConnection(Transport(sock), "broker test", timeout, deadline)
         conn.handshake("/")
         return conn
 
@@ -153,3 +157,31 @@ def test_sink_frames_equal_what_the_codec_builds():
         parser.feed(frame)
         frame = parser.next_frame()
         assert frame.headers["pilot_id"] == "https://ce:9000/a\\b" and frame.body == body
+
+
+@pytest.mark.parametrize(
+    "after,needle",
+    [
+        (encode_frame("ERROR", [("message", "vhost closing")]), "sent an ERROR: vhost closing"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n\x00", "broke the protocol"),
+    ],
+    ids=["error", "garbage"],
+)
+def test_what_follows_connected_in_the_same_read_ends_the_handshake(after, needle):
+    """The handshake looked at the first event only: the session was FAILED behind a CONNECTED, and the
+    first SEND was a RuntimeError, the broker's words lost (issue 24, 8)."""
+    peer = ScriptedPeer(lambda n, f: b"", after_connected=after)
+    with pytest.raises(StompError, match=needle) as raised:
+        peer.connect()
+    assert not raised.value.retryable
+
+
+def test_the_deadline_cuts_the_wait_for_receipts_and_says_so():
+    """A broker that heart-beats and never confirms: the timeout (30 s) would never end the wait; the
+    deadline of the whole delivery does (issue 24, 12)."""
+    peer = ScriptedPeer(lambda n, f: b"\n")  # an EOL for each SEND: alive, never a receipt
+    conn = peer.connect(timeout=30, deadline=Deadline(0.5))
+    started = time.monotonic()
+    confirmed, error = stream(conn, 3, 10)
+    assert confirmed == [] and time.monotonic() - started < 10
+    assert "stopped at the deadline (0.5 s), 3 frame(s) unconfirmed" in str(error) and not error.retryable

@@ -15,6 +15,7 @@ from pilotlogger.stompsession import (
     CLOSED,
     CONNECTED,
     FAILED,
+    MAX_SENDS,
     Closed,
     Connected,
     Failed,
@@ -24,6 +25,7 @@ from pilotlogger.stompsession import (
     StompError,
     StompSession,
     heartbeats,
+    worn_out,
 )
 
 
@@ -396,3 +398,107 @@ def test_the_same_bytes_give_the_same_events_however_they_are_split(frames, data
 
     assert describe(whole) == describe(split)
     assert list(session_a.inflight) == list(session_b.inflight)
+
+
+# -- what hostile brokers taught (issue 24) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "after,needle",
+    [
+        (
+            encode_frame("ERROR", [("message", "vhost closing")], b"maintenance"),
+            "sent an ERROR: vhost closing (maintenance)",
+        ),
+        (b"GARBAGE\n\n\x00", "broke the protocol: unexpected frame command 'GARBAGE'"),
+    ],
+    ids=["error", "garbage"],
+)
+def test_an_error_in_the_same_bytes_as_connected_follows_it(after, needle):
+    """Connected, then Failed with the broker's words: the client must look at every event of the
+    read, not the first (issue 24, 8; the handshake's side is in test_stompclient.py)."""
+    session = StompSession("broker test")
+    session.connect("/", None, None, 0.0)
+    events = session.receive_data(encode_frame("CONNECTED", [("version", "1.2")]) + after, 0.0)
+    assert [e.__class__ for e in events] == [Connected, Failed] and session.state == FAILED
+    assert needle in str(events[1].error) and not events[1].error.retryable
+
+
+@pytest.mark.parametrize(
+    "offered",
+    ["9" * 400 + ",0", "0," + "9" * 400, "9" * 400 + "," + "9" * 400, "a,b,c", "1,2,3", "-1,-1", "1e3,5", "٣,٣", ","],
+)
+def test_a_malformed_heartbeat_header_means_no_heartbeats(offered):
+    """400 digits made an OverflowError inside the handshake (issue 24, 9): malformed is none, as ``a,b,c``."""
+    assert heartbeats(offered) == (0.0, 0.0)
+    session = StompSession("broker test")
+    session.connect("/", None, None, 0.0)
+    (event,) = session.receive_data(encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", offered)]), 0.0)
+    assert event.__class__ is Connected and (event.send_every, event.expect_every) == (0.0, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30) | st.from_regex(r"\A[0-9 ]{0,30},[0-9 ]{0,30}\Z"))
+def test_any_heartbeat_header_gives_finite_intervals(offered):
+    send, expect = heartbeats(offered)
+    assert 0.0 <= send < 1e10 and 0.0 <= expect < 1e10
+
+
+def test_a_receipt_nobody_asked_for_settles_nothing():
+    """With receipt_every > 1 a frame without its own receipt is confirmed only by a later receipt the
+    client asked for, never by a RECEIPT naming it (issue 24, 11); unknown and repeated ids settle nothing."""
+    session = connected()
+    session.open_window(10, every=4)
+    asked = [f.headers.get("receipt") for f in send(session, range(6))]
+    assert asked == [None, None, None, "id-3", None, "id-5"]
+    for never_asked in (receipt(1), receipt(4), receipt(9), encode_frame("RECEIPT", [("receipt-id", "")])):
+        events = session.receive_data(never_asked, 0.0)
+        assert settled(events) == [] and [e.__class__ for e in events] == [Receipt]
+    assert list(session.inflight) == ["id-%d" % i for i in range(6)]
+    assert settled(session.receive_data(receipt(3) + receipt(3), 0.0)) == ["id-0", "id-1", "id-2", "id-3"]
+    assert settled(session.receive_data(receipt(5), 0.0)) == ["id-4", "id-5"]
+
+
+def test_each_frame_counts_its_sends_and_wears_out_after_max_sends():
+    """A broker that drops every session before confirming is not fed the same window forever (issue 24, 10)."""
+    session = connected()
+    session.open_window(10)
+    send(session, range(3))
+    inflight = session.inflight
+    for sends in range(1, MAX_SENDS + 1):
+        assert worn_out(inflight) == (3 if sends == MAX_SENDS else 0)
+        if sends == MAX_SENDS:
+            break
+        session.receive_data(b"", 0.0)  # the broker hangs up
+        session = connected()
+        session.open_window(10, inflight=inflight)
+        assert len(frames_of(session.resend(0.0))) == 3
+    session.receive_data(receipt(0), 0.0)
+    assert worn_out(inflight) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 30), every=st.sampled_from([1, 1, 2, 3, 5]), data=st.data())
+def test_only_receipts_asked_for_settle_whatever_the_broker_sends(n, every, data):
+    """Receipts out of order, repeated, for frames that asked for none, for ids never sent: an event
+    is settled once, only by its own receipt or (receipt_every > 1) a later one asked for."""
+    session = connected()
+    session.open_window(n, every)
+    frames = send(session, range(n))
+    sent = [f.headers["event"] for f in frames]
+    asked = [f.headers["receipt"] for f in frames if "receipt" in f.headers]
+    ids = st.sampled_from(sent + ["id-%d" % (n + 1), "nobody", ""])
+    chosen = data.draw(st.lists(ids, max_size=3 * n))
+    stream = b"".join(encode_frame("RECEIPT", [("receipt-id", r)]) for r in chosen)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
+    got = settled(feed_in_chunks(session, stream, cuts)) if stream else []
+    expected, pending = [], list(sent)
+    for r in chosen:  # the model: only an asked-for receipt of a frame still pending settles anything
+        if r in asked and r in pending:
+            done = [e for e in pending[: pending.index(r) + 1] if e == r or e not in asked]
+            expected += done
+            pending = [e for e in pending if e not in done]
+    assert got == expected and len(set(got)) == len(got)
+    if every == 1:
+        assert set(got) <= set(chosen)  # the promise kept by default: each event by its own RECEIPT
+    assert list(session.inflight) == pending and session.state == CONNECTED

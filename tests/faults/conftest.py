@@ -1,5 +1,6 @@
 """Fixtures of the fault tests: a `pilotlog serve` per test, and each hostile broker of the table."""
 
+import collections
 import time
 import uuid
 
@@ -46,17 +47,23 @@ def case_pilot(bundle, pki, server, tmp_path):
     return start
 
 
+#: A hostile broker of fault_tables.PEERS, started: its ``broker`` (a ScriptedBroker, with its books) is
+#: None for the special kinds; ``env`` is what the pilot must set for it beside the sink.
+Peer = collections.namedtuple("Peer", "name port expected env broker")
+
+
 @pytest.fixture(params=sorted(PEERS))
 def peer(request, pki):
-    kind, expected = PEERS[request.param]
+    kind, expected = PEERS[request.param][:2]
+    env = PEERS[request.param][2] if len(PEERS[request.param]) > 2 else {}
     if kind == "closed":
-        yield request.param, free_port(), expected
+        yield Peer(request.param, free_port(), expected, env, None)
     elif kind == "silent":
         with SilentListener() as listener:
-            yield request.param, listener.port, expected
+            yield Peer(request.param, listener.port, expected, env, None)
     elif kind == "trickling":
         with TricklingHandshake(pki, None) as server:
-            yield request.param, server.port, expected
+            yield Peer(request.param, server.port, expected, env, None)
     else:
         with ScriptedBroker(pki, kind) as broker:
-            yield request.param, broker.port, expected
+            yield Peer(request.param, broker.port, expected, env, broker)

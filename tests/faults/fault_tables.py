@@ -5,13 +5,14 @@ pilotlog to them; ``test_doctor_agrees`` holds ``pilotlog doctor``'s verdict to 
 replay then does.  One table each, so a case added is tried by all of them.
 """
 
+import collections
 import json
 import socket
 import ssl
 import threading
 import time
 
-from pilotlogger.stompcodec import DEFAULT_MAX_BODY_BYTES, FrameParser, encode_frame
+from pilotlogger.stompcodec import DEFAULT_MAX_BODY_BYTES, FrameParser, ProtocolError, encode_frame
 
 # name: (serve certificate — or (certificate, serve's extra arguments…) —, environment (a callable of pki, tmp_path), exit code of replay and of emit --send,
 #        needle).  A broken configuration file is a usage error (2, nothing written); a credential
@@ -182,41 +183,123 @@ class ScriptedTLSServer:
 
 
 class ScriptedBroker(ScriptedTLSServer):
-    """A TLS STOMP server whose answers come from ``script(command) -> bytes | None``.
+    """A TLS STOMP server playing ``script`` on every connection, keeping the books a test checks.
 
-    ``None`` means: say nothing (and keep the connection open); HANGUP: close the connection.
+    ``script(frame)`` answers each frame the client sends: the bytes to send, None (nothing, the
+    connection stays open), HANGUP, or a list of those, played in order.  A script with a ``connection()`` method is asked for a
+    fresh player per connection (a stateful script); a player with an ``idle()`` method is asked
+    what to send after each 0.2 s of quiet (heart-beats, receipts that come late).
+
+    The books: ``connections`` (their number), ``accepted`` and ``hung_up`` (monotonic times, taken
+    after the client connected and before the server closes, so a pause between them is the
+    client's whatever the load), ``sends`` (event id -> SEND frames that carried it, on every
+    connection) and ``confirmed``/``covered``: the event ids a RECEIPT of ours confirmed as the
+    client asked — its own receipt, or (cumulative, ``receipt_every`` > 1) a later receipt asked for
+    on the same connection after a frame that asked for none.  What we send is read back with the
+    client's parser: after bytes it cannot parse, or an ERROR (the session is over), nothing counts.
+
+    ``watch()``, when given, is called after each frame received and each quiet moment, books
+    updated: a test checks there what must hold at every instant, not only at the end.
     """
 
+    def __init__(self, pki, script, watch=None, **kw):
+        super().__init__(pki, script, **kw)
+        self.watch = watch or (lambda: None)
+        self.lock = threading.Lock()
+        self.connections, self.accepted, self.hung_up = 0, [], []
+        self.sends = collections.Counter()
+        self.confirmed, self.covered = set(), set()
+
     def _serve(self, raw):
+        with self.lock:
+            self.connections += 1
+            self.accepted.append(time.monotonic())
         try:
             conn = self.context.wrap_socket(raw, server_side=True)
             conn.settimeout(0.2)
         except (OSError, ssl.SSLError):
             raw.close()
             return
-        parser = FrameParser(commands={"CONNECT", "STOMP", "SEND", "DISCONNECT"})
+        play = self.script.connection() if hasattr(self.script, "connection") else self.script
+        books = _ConnectionBooks(self)
         with conn:
             while not self._stop.is_set():
                 try:
                     data = conn.recv(65536)
                 except socket.timeout:
-                    continue
+                    self.watch()
+                    idle = getattr(play, "idle", None)
+                    if idle is None or self._answer(conn, books, idle()):
+                        continue
+                    return
                 except (OSError, ssl.SSLError):
                     return
                 if not data:
                     return
-                parser.feed(data)
-                frame = parser.next_frame()
+                books.parser.feed(data)
+                frame = books.parser.next_frame()
                 while frame is not None:
-                    reply = self.script(frame.command)
-                    if reply is HANGUP:
+                    books.received(frame)
+                    self.watch()
+                    if not self._answer(conn, books, play(frame)):
                         return
-                    if reply:
-                        try:
-                            conn.sendall(reply)
-                        except (OSError, ssl.SSLError):
-                            return
-                    frame = parser.next_frame()
+                    frame = books.parser.next_frame()
+
+    def _answer(self, conn, books, reply) -> bool:
+        """Send ``reply``; False when the connection is over (HANGUP, or the client gone)."""
+        if isinstance(reply, list):
+            return all(self._answer(conn, books, part) for part in reply)
+        if reply is HANGUP:
+            with self.lock:
+                self.hung_up.append(time.monotonic())
+            return False
+        if reply:
+            books.sent(reply)
+            try:
+                conn.sendall(reply)
+            except (OSError, ssl.SSLError):
+                return False
+        return True
+
+
+class _ConnectionBooks:
+    """What one connection of a ScriptedBroker received and confirmed (see its docstring)."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.parser = FrameParser(commands={"CONNECT", "STOMP", "SEND", "DISCONNECT"})
+        self.ours = FrameParser()  # our own bytes, as the client reads them
+        self.readable = True
+        self.frames = []  # (event id, receipt asked or None) of each SEND, in order
+
+    def received(self, frame):
+        if frame.command == "SEND":
+            event_id = frame.headers.get("event_id")
+            self.frames.append((event_id, frame.headers.get("receipt")))
+            with self.broker.lock:
+                self.broker.sends[event_id] += 1
+
+    def sent(self, data: bytes):
+        if not self.readable:
+            return
+        self.ours.feed(data)
+        try:
+            frame = self.ours.next_frame()
+            while frame is not None and self.readable:
+                if frame.command == "RECEIPT":
+                    self._confirm(frame.headers.get("receipt-id"))
+                self.readable = frame.command != "ERROR"
+                frame = self.ours.next_frame()
+        except ProtocolError:
+            self.readable = False
+
+    def _confirm(self, receipt):
+        asked = [i for i, (_, r) in enumerate(self.frames) if r == receipt]
+        if not asked:
+            return  # a receipt nobody asked for confirms nothing
+        with self.broker.lock:
+            self.broker.confirmed.add(self.frames[asked[0]][0])
+            self.broker.covered.update(e for e, r in self.frames[: asked[0]] if r is None)
 
 
 class TricklingHandshake(ScriptedTLSServer):
@@ -253,27 +336,132 @@ class TricklingHandshake(ScriptedTLSServer):
 
 
 HANGUP = object()
+CONNECTS = ("CONNECT", "STOMP")
 CONNECTED = encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", "0,0")])
 
 
-def connected_then(on_send):
-    return lambda command: CONNECTED if command in ("CONNECT", "STOMP") else on_send if command == "SEND" else None
+def connected_then(on_send, connected=CONNECTED):
+    """Answer CONNECT with ``connected`` and every SEND with ``on_send``; nothing else."""
+    return lambda frame: connected if frame.command in CONNECTS else on_send if frame.command == "SEND" else None
 
 
+def receipt(receipt_id: str) -> bytes:
+    return encode_frame("RECEIPT", [("receipt-id", receipt_id)])
+
+
+def error(message: str, body: bytes = b"") -> bytes:
+    return encode_frame("ERROR", [("message", message)], body)
+
+
+class HangUpWhenQuiet:
+    """Reads the SENDs of each connection in silence, and hangs up at the first quiet moment after them."""
+
+    def connection(self):
+        return _HangingUp()
+
+
+class _HangingUp:
+    def __init__(self):
+        self.sends = 0
+
+    def __call__(self, frame):
+        if frame.command in CONNECTS:
+            return CONNECTED
+        self.sends += frame.command == "SEND"
+        return None
+
+    def idle(self):
+        return HANGUP if self.sends else None
+
+
+class HeartBeating:
+    """CONNECTED offering heart-beats, an EOL every 0.2 s of quiet, and never a RECEIPT: alive, useless."""
+
+    def __call__(self, frame):
+        if frame.command in CONNECTS:
+            return encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", "200,0")])
+        return None
+
+    def idle(self):
+        return b"\n"
+
+
+class Trickle:
+    """Every receipt asked for, in order, but at most one RECEIPT per ``every`` seconds: never silent for
+    long (each wait for a receipt ends well within the timeout), never done."""
+
+    def __init__(self, every: float):
+        self.every = every
+
+    def connection(self):
+        return _Trickling(self.every)
+
+
+class _Trickling:
+    def __init__(self, every: float):
+        self.every, self.held, self.last = every, collections.deque(), time.monotonic()
+
+    def __call__(self, frame):
+        if frame.command in CONNECTS:
+            return CONNECTED
+        if "receipt" in frame.headers:
+            self.held.append(receipt(frame.headers["receipt"]))
+        return self.idle()
+
+    def idle(self):
+        if self.held and time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            return self.held.popleft()
+        return None
+
+
+def unasked_receipts(frame):
+    """A RECEIPT naming each SEND that asked for none (by its event id), and silence for those that asked."""
+    if frame.command in CONNECTS:
+        return CONNECTED
+    if frame.command == "SEND" and "receipt" not in frame.headers:
+        return receipt(frame.headers["event_id"])
+    return None
+
+
+#: Every hostile broker below must fail the delivery; doctor must then agree (test_doctor_agrees.py).
 PEERS = {
-    # name: (script or a special kind, what the operator's line must say)
+    # name: (script or a special kind, what the operator's line must say[, environment of the pilot])
     "refuses connections": ("closed", "Connection refused"),
     "accepts TCP, never speaks": ("silent", "timed out"),
     "trickles its TLS handshake": ("trickling", "timed out"),
-    "stalls after CONNECTED": (connected_then(None), "no RECEIPT within 1 s"),
-    "answers garbage": (lambda c: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n\x00", "broke the protocol"),
-    "hangs up at every SEND": (connected_then(HANGUP), "closed the connection; gave up reconnecting after 3 s"),
-    "sends an ERROR frame": (
-        connected_then(encode_frame("ERROR", [("message", "disk alarm")], b"no space")),
-        "sent an ERROR: disk alarm",
+    "stalls after CONNECTED": (connected_then(None), "at the deadline (3 s)"),
+    "answers garbage": (
+        lambda frame: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n\x00",
+        "broke the protocol",
     ),
+    "hangs up at every SEND": (connected_then(HANGUP), "closed the connection"),
+    "sends an ERROR frame": (connected_then(error("disk alarm", b"no space")), "sent an ERROR: disk alarm"),
     "sends a frame over the size limit": (
         connected_then(b"MESSAGE\ndestination:/queue/x\n\n" + b"x" * (DEFAULT_MAX_BODY_BYTES + 1) + b"\x00"),
         "frame body exceeds",
+    ),
+    # issue 24: found by scripted hostile brokers
+    "sends an ERROR in the read of its CONNECTED": (
+        connected_then(None, connected=CONNECTED + error("vhost closing", b"maintenance")),
+        "sent an ERROR: vhost closing (maintenance)",
+    ),
+    "sends garbage in the read of its CONNECTED": (
+        connected_then(None, connected=CONNECTED + b"HTTP/1.1 400 Bad Request\r\n\r\n\x00"),
+        "broke the protocol: unexpected frame command 'HTTP/1.1 400 Bad Request'",
+    ),
+    "offers heart-beats of 400 digits": (
+        connected_then(
+            error("queue full"),
+            connected=encode_frame("CONNECTED", [("version", "1.2"), ("heart-beat", "9" * 400 + "," + "9" * 400)]),
+        ),
+        "sent an ERROR: queue full",
+    ),
+    "reads the SENDs, then hangs up": (HangUpWhenQuiet(), "closed the connection"),
+    "heart-beats, never receipts": (HeartBeating(), "at the deadline (3 s)"),
+    "receipts only the frames that asked for none": (
+        unasked_receipts,
+        "at the deadline (3 s)",
+        {"PILOTLOG_RECEIPT_EVERY": 5},
     ),
 }

@@ -56,10 +56,17 @@ PEER_STEPS = {
     "accepts TCP, never speaks": ("tls", None),
     "trickles its TLS handshake": ("tls", None),
     "answers garbage": ("stomp", None),
-    "stalls after CONNECTED": ("send", None),
+    # doctor waits for one receipt (timeout); replay retries until its deadline and says so
+    "stalls after CONNECTED": ("send", "no RECEIPT within 1 s"),
     "hangs up at every SEND": ("send", "closed the connection"),  # replay adds that it gave up reconnecting
     "sends an ERROR frame": ("send", None),
     "sends a frame over the size limit": ("send", None),
+    "sends an ERROR in the read of its CONNECTED": ("stomp", None),
+    "sends garbage in the read of its CONNECTED": ("stomp", None),
+    "offers heart-beats of 400 digits": ("send", None),
+    "reads the SENDs, then hangs up": ("send", "closed the connection"),
+    "heart-beats, never receipts": ("send", "no RECEIPT within 1 s"),
+    "receipts only the frames that asked for none": ("send", "no RECEIPT within 1 s"),  # doctor's SEND asks one
 }
 SEEN_ONLY_BY_SENDING = {name for name, (step, _) in PEER_STEPS.items() if step == "send"}
 CONFIG_STEPS = {"config", "credentials", "sink"}  # where a configuration error shows
@@ -138,7 +145,7 @@ def test_doctor_and_replay_agree_when_the_service_works(send_test, bundle, pki, 
 
 @pytest.mark.parametrize("send_test", [False, True], ids=["check", "send-test"])
 def test_doctor_agrees_with_replay_on_a_hostile_broker(peer, send_test, pilotlog, pki):
-    name, port, replay_words = peer
+    name, port, replay_words = peer.name, peer.port, peer.expected
     step, doctor_words = PEER_STEPS[name]
     env = {
         "PILOTLOG_SINK": "stomp+ssl://localhost:%d/queue/pilots" % port,
@@ -146,6 +153,7 @@ def test_doctor_agrees_with_replay_on_a_hostile_broker(peer, send_test, pilotlog
         "PILOTLOG_TIMEOUT": 1,
         "PILOTLOG_DEADLINE": 3,
     }
+    env.update(peer.env)
     assert pilotlog("emit", "boot").returncode == 0
     verdict = doctor(pilotlog, env, send_test)
     replay = pilotlog("replay", "--strict", env=env)

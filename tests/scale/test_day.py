@@ -146,6 +146,7 @@ def test_competing_tail_consumers_share_one_queue(rabbitmq, pki, bundle, tmp_pat
         PILOTLOG_CA_FILE=pki.path("ca.pem"),
         PILOTLOG_USER=USER,
         PILOTLOG_PASSCODE=PASSWORD,
+        PILOTLOG_DEADLINE="600",  # deadline bounds a whole replay: 30,000 events on a loaded machine take long
     )
     tails = [
         subprocess.Popen(
