@@ -575,7 +575,8 @@ def cmd_run(args, config) -> int:
 
 def cmd_serve(args, config) -> int:
     """Every argument is checked before anything listens: a mistake is a usage error (exit 2)."""
-    from .serve import StoreError, parse_listen, serve
+    from .httpd import parse_listen
+    from .serve import StoreError, serve
     from .tls import TLSConfigError, server_context
 
     try:
@@ -618,7 +619,7 @@ def cmd_serve(args, config) -> int:
             context = server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
         except TLSConfigError as exc:
             raise UsageError(str(exc)) from None
-    from .serve import VO_RE
+    from .diracform import VO_RE
 
     vo_for_cn = dict(item.rpartition("=")[::2] for item in args.vo_for_cn)
     for vo in [args.default_vo] + list(vo_for_cn.values()):

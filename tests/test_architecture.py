@@ -18,7 +18,8 @@ PACKAGE = ROOT / "pilotlogger"
 LAYERS = (
     ("secrets", {"redact"}),
     ("foundations", {"version", "console", "events", "x509", "power", "stompcodec", "tls", "dedup", "cli_help"}),
-    ("state machines and storage", {"stompsession", "spool", "sink", "timeline"}),
+    ("state machines and storage", {"stompsession", "spool", "sink", "timeline", "httpd"}),
+    ("receiving rules", {"diracform"}),
     ("views", {"timeline_html"}),
     ("configuration", {"config"}),
     ("sinks and node facts", {"stdoutsink", "stompclient", "https", "probes", "serve"}),
