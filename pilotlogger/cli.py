@@ -227,7 +227,28 @@ def _parser():
         metavar="SECONDS",
         help="with a network sink, ship in the background this often (default 10)",
     )
+    run.add_argument(
+        "--relay",
+        action="store_true",
+        help="host a relay for the DIRAC Pilot's remote logger while CMD runs: its URL in $PILOTLOG_RELAY_URL "
+        "and in place of an argument {relay}",
+    )
     run.add_argument("child", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
+
+    relay = command("relay", "receive the DIRAC Pilot's remote logger here: spool each post, forward it to the sink")
+    relay.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:0, a free loopback port); the URL is the first line printed",
+    )
+    relay.add_argument(
+        "--ship-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with a network sink, forward in the background this often (default 10)",
+    )
 
     srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
     srv.add_argument("--listen", default="127.0.0.1:8444", metavar="HOST:PORT", help="default: 127.0.0.1:8444")
@@ -505,11 +526,15 @@ def cmd_status(args, config) -> int:
     state = spool.read_state()
     for key in ("delivered_total", "dropped_total"):
         report[key] = state.get(key, 0)
-    for key in ("last_delivery", "last_error", "last_error_time"):
+    for key in ("last_delivery", "last_error", "last_error_time", "last_refusal", "last_refusal_time"):
         report[key] = state.get(key)
     report["last_error"] = mask_text(report["last_error"])  # a state.json of an older version may hold a token
     report["sink"] = config.masked()["sink"]
-    for key in ("last_delivery", "last_error_time"):  # RFC 3339 UTC, as the events and stats() have it
+    for key in (
+        "last_delivery",
+        "last_error_time",
+        "last_refusal_time",
+    ):  # RFC 3339 UTC, as the events and stats() have it
         if report[key]:
             report[key] = rfc3339(report[key])
     if args.json:
@@ -568,9 +593,49 @@ def cmd_run(args, config) -> int:
         patterns = parse_patterns(args.pattern)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    _check_ship_every(args)
+    return Wrapper(config, child, args.capture, patterns, args.ship_every, args.relay).run()
+
+
+def _check_ship_every(args) -> None:
     if not 0 <= args.ship_every <= 86400:  # NaN and inf too; 0: no background shipping, a drain at the end
         raise UsageError("--ship-every must be from 0 to 86400 seconds, not %s" % args.ship_every)
-    return Wrapper(config, child, args.capture, patterns, args.ship_every).run()
+
+
+def cmd_relay(args, config) -> int:
+    """Serve in the foreground until SIGTERM, SIGINT or SIGHUP, then forward what is left."""
+    import signal
+    import threading
+
+    from .httpd import parse_listen
+    from .recorder import Recorder
+    from .relay import Relay
+    from .ship import Shipper
+
+    try:
+        parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _check_ship_every(args)
+    stopped = threading.Event()
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        signal.signal(getattr(signal, name), lambda signum, frame: stopped.set())
+    try:
+        relay = Relay(config, args.listen).start()
+    except OSError as exc:
+        warn("cannot relay on %s (%s)" % (args.listen, exc.strerror or exc))
+        return EXIT_FAILED
+    print(relay.url, flush=True)  # the first line: what the Pilot is given (-z -g URL)
+    recorder = Recorder(config)
+    warn("relaying %s into spool %s, forwarding to %s" % (relay.url, recorder.spool.path, config.masked()["sink"]))
+    shipper = Shipper(lambda: recorder, args.ship_every)
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        relay.stop()
+        shipper.stop(drain=True)
+    return EXIT_OK
 
 
 def cmd_serve(args, config) -> int:
@@ -772,6 +837,7 @@ COMMANDS = {
     "emit": cmd_emit,
     "replay": cmd_replay,
     "run": cmd_run,
+    "relay": cmd_relay,
     "probe": cmd_probe,
     "power": cmd_power,
     "status": cmd_status,
