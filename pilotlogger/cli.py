@@ -220,13 +220,7 @@ def _parser():
         "becomes a PHASE event, with or without --capture; repeatable, the first match wins; "
         "e.g. 'matched a job=match'",
     )
-    run.add_argument(
-        "--ship-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="with a network sink, ship in the background this often (default 10)",
-    )
+    _add_ship_every(run, "ship")
     run.add_argument(
         "--relay",
         action="store_true",
@@ -242,13 +236,7 @@ def _parser():
         metavar="HOST:PORT",
         help="where to listen (default 127.0.0.1:0, a free loopback port); the URL is the first line printed",
     )
-    relay.add_argument(
-        "--ship-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="with a network sink, forward in the background this often (default 10)",
-    )
+    _add_ship_every(relay, "forward")
 
     srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
     srv.add_argument("--listen", default="127.0.0.1:8444", metavar="HOST:PORT", help="default: 127.0.0.1:8444")
@@ -339,6 +327,16 @@ def unknown_arguments(unknown, prog: str) -> str:
     if len(unknown) > len(names):
         parts.append("%d unexpected argument(s), not shown in case one is a secret" % (len(unknown) - len(names)))
     return "%s (see '%s --help')" % ("; ".join(parts), prog)
+
+
+def _add_ship_every(parser, verb: str) -> None:
+    parser.add_argument(
+        "--ship-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with a network sink, %s in the background this often (default 10)" % verb,
+    )
 
 
 def _add_stop_options(parser, idle) -> None:

@@ -87,9 +87,8 @@ EXAMPLES = {
   pilotlog run --relay -- python3 dirac-pilot.py -z -g {relay} --pilotUUID "$DIRAC_PILOT_STAMP" …"""
     % MQ,
     "relay": """\
-  pilotlog relay --sink https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging
-      # prints http://127.0.0.1:PORT/ first: give it to the Pilot (-z -g http://127.0.0.1:PORT/)
-  pilotlog relay --listen 127.0.0.1:8555 --spool /scratch/pilot/.pilotlog-spool""",
+  pilotlog relay --sink https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging   # prints its URL
+  pilotlog relay --listen 127.0.0.1:8555 --spool /scratch/pilot/.pilotlog-spool   # the Pilot: -z -g <URL>""",
     "status": """\
   pilotlog status
   pilotlog status --json --spool /scratch/pilot/.pilotlog-spool""",

@@ -296,6 +296,7 @@ class Intake:
 
         self._warn("relay refused %s" % reason)
         try:
+            self.spool.ensure()  # the first request may be the refused one
             self.spool.update_state(last_refusal="relay: " + reason, last_refusal_time=time.time())
         except SpoolError:
             pass
