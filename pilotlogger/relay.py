@@ -321,8 +321,11 @@ class Relay:
             if self.intake is not None:
                 self.intake.close()
             raise
+        import ipaddress
+
         host, port = str(self.server.server_address[0]), int(self.server.server_address[1])
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        if ipaddress.ip_address(host).is_unspecified:  # listening on every address: loopback is one of them
+            host = "::1" if ":" in host else "127.0.0.1"
         self.url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
 
     def start(self) -> "Relay":

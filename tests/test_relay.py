@@ -742,3 +742,37 @@ def test_any_request_is_answered_200_and_reaches_dirac_as_the_pilots_would(
     p = run("replay", env=https_to(dirac, pki))
     assert p.returncode == 0 and run.events() == [], p.stderr
     assert (dirac.store / "dteam" / relayed).read_bytes() == (dirac.store / "dteam" / direct).read_bytes()
+
+
+# -- a message larger than one event -------------------------------------------------------------
+
+#: The characters that cost most once JSON-encoded three times over: quotes, backslashes,
+#: controls, non-ASCII and characters outside the BMP (up to 16 bytes each).
+COSTLY = st.sampled_from(['"', "\\", "\x01", "\n", "\r", "é", "\u2028", "😀", "\U0010fffd", "x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    piece=st.lists(COSTLY | st.characters(blacklist_categories=("Cs",)), max_size=300).map("".join),
+    repeat=st.sampled_from([1, 20, 300]),
+)
+def test_a_message_over_max_event_bytes_is_stored_in_parts_that_make_it_up_exactly(tmp_path_factory, piece, repeat):
+    """In process, with a 2 KiB event bound: every part is stored (the spool refuses an event
+    over the bound), the parts' texts put together are the message, and a part ends at a line
+    end unless its line alone is over the bound."""
+    from pilotlogger.config import load
+    from pilotlogger.relay import Intake
+
+    text = piece * repeat
+    spool = tmp_path_factory.mktemp("spool")
+    intake = Intake(load({"spool": str(spool), "max_event_bytes": "2048", "log_fsync": "each"}, environ={}))
+    body = urlencode({"method": "sendMessage", "args": pilot_args(text, PILOT)}).encode()
+    assert intake.take(body).startswith("Message logged successfully")
+    run = Pilotlog(None, spool.parent)
+    run.spool = spool
+    parts = [json.loads(json.loads(e["data"]["dirac_form"]["args"])[0]) for e in run.events()]
+    assert "".join(parts) == text
+    event("one record" if len(parts) == 1 else "in parts")
+    lines = text.split("\n")
+    if len(parts) > 1 and all(len(line) < 20 for line in lines):  # every line fits: cut at line ends only
+        assert all(part.endswith("\n") for part in parts[:-1])
