@@ -17,7 +17,11 @@ raises :class:`Reject`), and gives the class to :class:`Server`.  Defences every
   seconds or its connection is shut; at most ``max_connections`` are served at once, up to
   as many more get a quick 503, beyond that a connection is closed at once; the listen
   backlog takes a burst of pilots;
-* an unexpected failure is a 500 with a reason, never an empty reply.
+* an unexpected failure is a 500 with a reason, never an empty reply;
+* ``admit`` (optional): asked once per connection as it is accepted, it may refuse it with a
+  reason (the relay: a peer that is not its own user); a refused connection has its own
+  small lane (REFUSED_AT_ONCE, the short deadline, a 403) and never takes a place of the
+  ``max_connections`` others.
 
 ``always_200``: a receiver whose client crashes on any other status (the DIRAC Pilot's
 ``urlopen`` raises on a non-2xx answer) answers every request it read with 200, the
@@ -38,6 +42,7 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 15.0  # seconds for one whole request, handshake to last body byte
 DEFAULT_MAX_CONNECTIONS = 100
 BACKLOG = 1024  # pending connections the kernel keeps (capped by net.core.somaxconn)
+REFUSED_AT_ONCE = 4  # connections ``admit`` refused, answered at once (within 2 s); past that closed at once
 
 
 class Reject(Exception):
@@ -82,6 +87,15 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
                     self.send_error(414, "request line over 64 KiB")
                     return
                 if not self.parse_request():  # it answered (through send_error) and closes
+                    return
+                refusal = self.server.refusal()
+                if refusal:
+                    self.log_message("%s", refusal)
+                    try:
+                        self._body()  # read (within the short deadline) so the answer is not lost to a reset
+                    except Reject:
+                        pass
+                    self.send_error(403, refusal)
                     return
                 if self.server.overloaded():
                     self.send_error(503, "too many connections (over %d): retry later" % self.server.max_connections)
@@ -202,15 +216,17 @@ class Server:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         name: str = "serve",
+        admit=None,
     ):
         from http.server import HTTPServer
 
         host, port = parse_listen(listen)
-        self.name = name
+        self.name, self.admit = name, admit
+        self.refusing = 0  # refused connections being answered
         self.context, self.request_timeout, self.max_connections = context, request_timeout, max_connections
         self.lock = threading.Lock()
         self.active = 0
-        self.connections: dict = {}  # connection thread id -> [socket, deadline, overloaded, seconds allowed]
+        self.connections: dict = {}  # thread id -> [socket, deadline, overloaded, seconds allowed, refusal]
         self.stopping = threading.Event()
         owner = self
 
@@ -229,6 +245,9 @@ class Server:
             def overloaded(self):
                 return owner.overloaded()
 
+            def refusal(self):
+                return owner.refusal()
+
         self.listener = Listener((host, port), handler)
         self.listener.max_connections = max_connections
         self.server_address = self.listener.server_address
@@ -238,26 +257,47 @@ class Server:
     # -- connections -------------------------------------------------------------------------
 
     def accepted(self, sock, client_address) -> None:
+        refusal = self._admit(sock)
         with self.lock:
-            full = self.active >= 2 * self.max_connections
-            if not full:
-                self.active += 1
-                overloaded = self.active > self.max_connections
+            if refusal is not None:  # its own lane, answered within the short deadline
+                full, overloaded = self.refusing >= REFUSED_AT_ONCE, True
+                self.refusing += not full
+            else:
+                full = self.active >= 2 * self.max_connections
+                if not full:
+                    self.active += 1
+                    overloaded = self.active > self.max_connections
         if full:  # not even a 503: the client's retry comes back later
             sock.close()
             return
         try:
-            threading.Thread(target=self._connection, args=(sock, client_address, overloaded), daemon=True).start()
+            threading.Thread(
+                target=self._connection, args=(sock, client_address, overloaded, refusal), daemon=True
+            ).start()
         except RuntimeError:  # no thread to be had (process limits): as if full
-            with self.lock:
-                self.active -= 1
+            self._count_out(refusal)
             sock.close()
 
-    def _connection(self, sock, client_address, overloaded: bool) -> None:
+    def _admit(self, sock) -> "str | None":
+        if self.admit is None:
+            return None
+        try:
+            return self.admit(sock)
+        except Exception as exc:  # a check that fails refuses: a door is not opened by an error
+            return "refused: cannot tell who connected (%s: %s)" % (type(exc).__name__, exc)
+
+    def _count_out(self, refusal) -> None:
+        with self.lock:
+            if refusal is not None:
+                self.refusing -= 1
+            else:
+                self.active -= 1
+
+    def _connection(self, sock, client_address, overloaded: bool, refusal=None) -> None:
         seconds = min(2.0, self.request_timeout) if overloaded else self.request_timeout
         me, conn = threading.get_ident(), sock
         with self.lock:
-            self.connections[me] = [sock, time.monotonic() + seconds, overloaded, seconds]
+            self.connections[me] = [sock, time.monotonic() + seconds, overloaded, seconds, refusal]
         try:
             sock.settimeout(seconds)
             if self.context is not None:
@@ -272,7 +312,7 @@ class Server:
             _linger(conn)
             with self.lock:
                 del self.connections[me]
-                self.active -= 1
+            self._count_out(refusal)
 
     def arm(self, conn) -> None:
         """A new request starts on this thread's connection: its deadline runs from now."""
@@ -285,6 +325,12 @@ class Server:
         with self.lock:
             entry = self.connections.get(threading.get_ident())
             return bool(entry and entry[2])
+
+    def refusal(self) -> "str | None":
+        """Why ``admit`` refused this thread's connection (None: it did not)."""
+        with self.lock:
+            entry = self.connections.get(threading.get_ident())
+            return entry[4] if entry else None
 
     def _watch(self) -> None:
         while not self.stopping.wait(0.2):

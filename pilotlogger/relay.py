@@ -16,7 +16,9 @@ stored to the configured sink, and the HTTPS sink posts each stored form unchang
   the spool's lock wait (5 s) — a Pilot waiting on a silent DIRAC is what this replaces.
 * Only the Pilot may post: a connection that does not come from the relay's own Unix user
   (peeruid.py; on systems without Linux's socket table, one that is not from loopback) is
-  answered ``{"OK": false}`` and nothing of it is stored.
+  answered ``{"OK": false}`` and nothing of it is stored.  It is judged as it is accepted and
+  served in a small lane of its own (httpd's ``admit``), so other users cannot take the
+  Pilot's connections by opening many.
 * What one pilot can make it store is bounded by the spool's bounds: relayed records are
   not ``log`` events, so they are never evicted; once the spool is full the answer is
   ``{"OK": false}`` (the Pilot reads none of its answers and goes on).
@@ -52,7 +54,7 @@ from .httpd import Reject
 DEFAULT_LISTEN = "127.0.0.1:0"
 #: Largest request taken: a 1000-line buffer is well under 1 MiB; a request is held in memory
 #: a few times over while it is decoded, in the pilot's own memory when ``run --relay`` hosts it.
-MAX_BODY = 16 * 1024 * 1024
+MAX_BODY = 8 * 1024 * 1024
 MAX_CONNECTIONS = 20  # one Pilot posts one request at a time (two with its flush timer)
 SOURCE = "relay"
 OTHER_PHASE = "relay"  # the phase of lines with no [CommandClass] (or one that is not a phase name)
@@ -315,7 +317,13 @@ class Relay:
         self._thread: "threading.Thread | None" = None
         try:
             self.server = httpd.Server(
-                listen, _make_handler(self), None, httpd.DEFAULT_REQUEST_TIMEOUT, MAX_CONNECTIONS, "relay"
+                listen,
+                _make_handler(self),
+                None,
+                httpd.DEFAULT_REQUEST_TIMEOUT,
+                MAX_CONNECTIONS,
+                "relay",
+                admit=self.refusal_of,
             )
         except BaseException:
             if self.intake is not None:
@@ -383,19 +391,11 @@ class Relay:
 
 def _make_handler(relay: Relay):
     class Handler(httpd.handler_base("relay", MAX_BODY, always_200=True)):  # type: ignore[misc]  # made at run time
-        refusal = False  # not yet asked: once per connection, whose peer cannot change
-
         def do_POST(self):
             self._respond(self._post)
 
         def _post(self):
             body = self._body()  # read whole before any answer: a reset would crash the Pilot
-            if self.refusal is False:
-                self.refusal = relay.refusal_of(self.connection)
-                if self.refusal:
-                    self.log_message("%s", self.refusal)
-            if self.refusal:
-                raise Reject(403, self.refusal)
             kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if kind != FORM_TYPE:
                 raise Reject(415, "Content-Type %r is not DIRAC's form (%s)" % (kind[:80], FORM_TYPE))

@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from helpers import AGENT_DIRS, Pilotlog, broker_env, https_env, pyenv_python, unavailable
+from pilotlogger.relay import MAX_BODY
 from test_dirac import DiracService, dirac_python, pilot_form, post, tree
 
 FORM = "application/x-www-form-urlencoded"
@@ -201,7 +202,7 @@ def test_a_readable_request_is_always_answered_200(pilotlog, relays):
         assert code == 200 and answer["OK"] is False and reason in answer["Message"], (body[:60], answer)
     code, answer = raw_post(relay.url, b"", method="GET")
     assert code == 200 and answer["OK"] is False
-    big = b"x" * (16 * 1024 * 1024 + 1)  # over the relay's largest request: read to its end, then refused
+    big = b"x" * (MAX_BODY + 1)  # over the relay's largest request: read to its end, then refused
     code, answer = raw_post(relay.url, big)
     assert code == 200 and answer["OK"] is False and "over the limit" in answer["Message"]
     with socket.create_connection(address(relay), timeout=60) as sock:  # chunked: 411 elsewhere
@@ -597,6 +598,44 @@ def test_a_post_from_another_user_is_refused_and_nothing_of_it_is_stored(pilotlo
     assert code == 200 and answer["OK"] is True
     assert [json.loads(json.loads(args)[0]) for _, args in forms(pilotlog)] == ["from uid 0\n"]
     assert relay.stop() == 0 and "not from uid %d" % NOBODY in "".join(relay.stderr)
+
+
+HOLDER = r"""
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[3])):
+    try:
+        sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        held.append(sock)
+    except OSError:
+        pass
+print("holding", flush=True)
+time.sleep(float(sys.argv[4]))
+"""
+
+
+def test_another_user_holding_many_connections_cannot_keep_the_pilot_out(pilotlog, relays, root_only):
+    """Refused connections have a small lane of their own: nobody's 60 half-sent requests take
+    none of the places the Pilot's posts need (without it, they filled both bounds and the
+    Pilot's connection was closed: urlopen raised)."""
+    relay = relays(pilotlog)
+    host, port = address(relay)
+    holder = subprocess.Popen(
+        ["/usr/bin/python3", "-I", "-c", HOLDER, host, str(port), "60", "20"],
+        preexec_fn=as_user(NOBODY),
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    )
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], 60)
+        assert ready and holder.stdout.readline().strip() == "holding"
+        for i in range(3):
+            assert pilot_post(relay.url, "sendMessage", "still heard %d\n" % i, PILOT)[1]["OK"] is True
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert len(pilotlog.events()) == 3
 
 
 def test_a_relay_run_by_another_user_takes_that_user_only(bundle, root_only):
