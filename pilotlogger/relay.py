@@ -70,7 +70,7 @@ RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3}
 def summary(text: str):
     """``(phase, status, message)`` of a block of the Pilot's lines: the first logger name that
     is a phase name, the worst level, and the first line at that level when it is a warning or
-    an error (else the last line), cut to MESSAGE_CHARS."""
+    an error (else the last line), shortened."""
     phase = worst = first_worst = None
     for match in re.finditer(HEADER, text, re.M):
         status = LEVELS.get(match.group(1), "info")
@@ -82,7 +82,16 @@ def summary(text: str):
         line = text[first_worst:].split("\n", 1)[0]
     else:
         line = next((x for x in reversed(text.split("\n")) if x.strip()), "")
-    return phase or OTHER_PHASE, worst or "info", line.rstrip("\r")[:MESSAGE_CHARS]
+    return phase or OTHER_PHASE, worst or "info", _shortened(line.rstrip("\r"))
+
+
+def _shortened(line: str) -> str:
+    """At most MESSAGE_CHARS characters, and twice as many bytes once in an event (a control
+    character takes six there), so that a message never crowds out the lines in a record."""
+    line = line[:MESSAGE_CHARS]
+    while len(to_json(line).encode("utf-8")) > 2 * MESSAGE_CHARS:
+        line = line[: len(line) // 2]
+    return line
 
 
 def _phase(name: str):
@@ -102,9 +111,7 @@ def exit_code(ret_code) -> int:
     if isinstance(ret_code, int) and not isinstance(ret_code, bool):
         return ret_code if abs(ret_code) < 1 << 31 else 1
     text = str(ret_code).strip()
-    if text.lstrip("-").isdigit() and len(text) <= 10:
-        return int(text)
-    return 1
+    return int(text) if re.match(r"-?[0-9]{1,9}\Z", text) else 1  # ASCII digits only: int("²") raises
 
 
 def record(form, phase: str, status: str, message: str, args: str, **data) -> tuple:
@@ -123,6 +130,10 @@ class Sizer:
     """What a sendMessage record costs in the spool: an event holds the text JSON-encoded three
     times over (the payload, ``args``, the event), each escape character by character, so the
     cost of a text is the sum of the costs of its pieces."""
+
+    #: The most one character costs: outside the BMP it is two ``\\udxxx`` escapes, whose backslash
+    #: doubles at each of the next two encodings (9 bytes each).
+    WORST = 18
 
     def __init__(self, limit: int, base: int):
         self.budget = limit - base  # bytes left for the text in one record
@@ -154,9 +165,9 @@ class Sizer:
         return parts
 
     def _cut(self, line: str) -> list:
-        """A line longer than the budget, cut where it fits (each character costs 1 to 16 bytes)."""
+        """A line longer than the budget, cut where it fits (each character costs 1 to WORST bytes)."""
         out = []
-        while len(line) > self.budget // 16 and (len(line) > self.budget or self.cost(line) > self.budget):
+        while len(line) > self.budget // self.WORST and (len(line) > self.budget or self.cost(line) > self.budget):
             low, high = 1, min(len(line), self.budget)  # the longest prefix that fits: at least one character
             while low < high:
                 middle = (low + high + 1) // 2
@@ -208,7 +219,7 @@ class Intake:
             return [(form.pilot,) + whole]
         empty = record(form, phase, status, message + " (part 99999 of 99999)", encode_args("", form.pilot, form.vo))
         sizer = Sizer(limit, self._size(form.pilot, empty))
-        if sizer.budget < 64:
+        if sizer.budget < 4 * Sizer.WORST:
             raise Reject(413, "max_event_bytes=%d leaves no room for the Pilot's lines: raise it" % limit)
         parts = sizer.parts(text)
         return [

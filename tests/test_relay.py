@@ -786,11 +786,11 @@ def test_any_request_is_answered_200_and_reaches_dirac_as_the_pilots_would(
 # -- a message larger than one event -------------------------------------------------------------
 
 #: The characters that cost most once JSON-encoded three times over: quotes, backslashes,
-#: controls, non-ASCII and characters outside the BMP (up to 16 bytes each).
+#: controls, non-ASCII and characters outside the BMP (up to 18 bytes each).
 COSTLY = st.sampled_from(['"', "\\", "\x01", "\n", "\r", "é", "\u2028", "😀", "\U0010fffd", "x"])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=int(os.environ.get("PILOTLOG_RELAY_EXAMPLES", "200")), deadline=None)
 @given(
     piece=st.lists(COSTLY | st.characters(blacklist_categories=("Cs",)), max_size=300).map("".join),
     repeat=st.sampled_from([1, 20, 300]),
@@ -815,3 +815,33 @@ def test_a_message_over_max_event_bytes_is_stored_in_parts_that_make_it_up_exact
     lines = text.split("\n")
     if len(parts) > 1 and all(len(line) < 20 for line in lines):  # every line fits: cut at line ends only
         assert all(part.endswith("\n") for part in parts[:-1])
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ret_code=JSON | st.sampled_from(["", "0", "3", "-1", "²", "١٢", " 7 ", "Killed"]))
+def test_any_retcode_of_a_finalise_is_stored_with_an_exit_code(tmp_path_factory, ret_code):
+    """The Pilot sends str(SystemExit): "" (0), a number, or sys.exit's text (1); anything else is kept too."""
+    from pilotlogger.config import load
+    from pilotlogger.relay import Intake
+
+    spool = tmp_path_factory.mktemp("spool")
+    intake = Intake(load({"spool": str(spool), "log_fsync": "each"}, environ={}))
+    assert (
+        intake.take(urlencode({"method": "finaliseLogs", "args": pilot_args({"retCode": ret_code}, PILOT)}).encode())
+        is None
+    )
+    run = Pilotlog(None, spool.parent)
+    run.spool = spool
+    (shutdown,) = run.events()
+    code = shutdown["data"]["exit_code"]
+    expected = {"": 0, None: 0, "0": 0, "3": 3, "-1": -1, " 7 ": 7}
+    if isinstance(ret_code, str) and ret_code in expected:
+        assert code == expected[ret_code]
+    assert isinstance(code, int) and (shutdown["status"] == "info") == (code == 0)
