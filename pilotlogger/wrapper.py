@@ -42,6 +42,7 @@ CAPTURE_LINE_BYTES = 4096
 SHIP_EVERY = 10.0
 RELAY_ARGUMENT = "{relay}"  # an argument of the child's replaced by the relay's URL
 RELAY_VARIABLE = "PILOTLOG_RELAY_URL"
+LOOPBACK_NAMES = "127.0.0.1,localhost,::1"  # added to the child's no_proxy with a relay
 #: After the child's end, its output is read to the end while it keeps coming (a loaded node
 #: records slowly), but not past OUTPUT_IDLE seconds without a line (a grandchild holding the
 #: pipe open, silent) nor past OUTPUT_CAP seconds in all (one that keeps writing).
@@ -148,11 +149,16 @@ class Wrapper:
             return None
 
     def child_argv_env(self):
-        """The child's argv and environment: with a relay, its URL in both (None: ours, inherited)."""
+        """The child's argv and environment: with a relay, its URL in both (None: ours, inherited),
+        and loopback in ``no_proxy``: with a site's ``http_proxy`` set, urllib would otherwise send
+        the Pilot's posts for 127.0.0.1 to the proxy, which cannot reach our loopback."""
         if self.relay is None:
             return self.argv, None
-        env = dict(os.environ)  # passed through to the child, with one variable added
+        env = dict(os.environ)  # passed through to the child, with what the relay needs added
         env[RELAY_VARIABLE] = self.relay.url
+        for name in ("no_proxy", "NO_PROXY"):
+            if name in env or name == "no_proxy":
+                env[name] = ",".join(filter(None, [env.get(name, "").strip(", "), LOOPBACK_NAMES]))
         return [self.relay.url if a == RELAY_ARGUMENT else a for a in self.argv], env
 
     def record(self, phase, message, status="info", **data):

@@ -457,6 +457,20 @@ def test_run_relay_gives_the_child_its_url_in_the_environment_and_for_the_relay_
     assert shutdown["phase"] == "shutdown" and shutdown["data"]["exit_code"] == 3
 
 
+def test_a_sites_http_proxy_does_not_take_the_pilots_posts_away_from_the_relay(pilotlog, tmp_path):
+    """urllib sends a request for 127.0.0.1 to $http_proxy unless $no_proxy names it: the wrapper
+    adds loopback to the child's no_proxy (here the proxy is a port nothing listens on)."""
+    child = tmp_path / "stand_in.py"
+    child.write_text(STAND_IN)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        proxy = "http://127.0.0.1:%d" % unused.getsockname()[1]
+    env = {"http_proxy": proxy, "HTTP_PROXY": proxy, "NO_PROXY": "example.org"}
+    p = pilotlog("run", "--relay", "--", sys.executable, child, "{relay}", "proxied", PILOT, env=env)
+    assert p.returncode == 3 and p.stdout.endswith("True\n"), p.stderr
+    assert [e["phase"] for e in pilotlog.events()] == ["boot", "CheckWorkerNode", "shutdown"]
+
+
 def test_run_relay_and_capture_together_record_each_road_once(pilotlog, tmp_path):
     child = tmp_path / "stand_in.py"
     child.write_text(STAND_IN)
