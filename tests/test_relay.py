@@ -652,6 +652,40 @@ def test_another_user_holding_many_connections_cannot_keep_the_pilot_out(pilotlo
     assert len(pilotlog.events()) == 3
 
 
+@pytest.mark.parametrize(
+    "family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"), (socket.AF_INET6, "::")]
+)
+def test_both_ways_of_asking_who_connected_agree(root_only, family, host):
+    """netlink sock_diag (the fast way) and /proc/net/tcp{,6} (the fallback) name the same owner,
+    for a client of ours and one of nobody's, over IPv4, IPv6 and IPv4 to a dual-stack listener."""
+    from pilotlogger import peeruid
+
+    with socket.socket(family) as listener:
+        if host == "::":
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind((host, 0))
+        listener.listen(4)
+        target = "127.0.0.1" if host == "::" else host
+        for uid in (os.getuid(), NOBODY):
+            holder = subprocess.Popen(
+                ["/usr/bin/python3", "-I", "-c", HOLDER, target, str(listener.getsockname()[1]), "1", "30"],
+                preexec_fn=as_user(uid) if uid != os.getuid() else None,
+                stdout=subprocess.PIPE,
+                universal_newlines=True,
+            )
+            try:
+                listener.settimeout(60)
+                conn, _ = listener.accept()
+                with conn:
+                    own, peer = conn.getsockname(), conn.getpeername()
+                    ends = (peeruid._ipv6_bytes(peer[0]), peer[1], peeruid._ipv6_bytes(own[0]), own[1])
+                    assert peeruid._ask_netlink(*ends) == peeruid._read_tables(*ends) == peeruid.peer_uid(conn) == uid
+                    assert peeruid._ask_netlink(ends[0], ends[1] ^ 1, ends[2], ends[3]) is None  # no such socket
+            finally:
+                holder.kill()
+                holder.wait(30)
+
+
 def test_a_relay_run_by_another_user_takes_that_user_only(bundle, root_only):
     """The rule both ways: a relay of `nobody` refuses root and takes nobody."""
     home = Path(tempfile.mkdtemp(prefix="pilotlog-nobody-"))
