@@ -893,3 +893,37 @@ def test_any_retcode_of_a_finalise_is_stored_with_an_exit_code(tmp_path_factory,
     if isinstance(ret_code, str) and ret_code in expected:
         assert code == expected[ret_code]
     assert isinstance(code, int) and (shutdown["status"] == "info") == (code == 0)
+
+
+def outward_address() -> str:
+    """An address of this host that is not loopback (a UDP "connect" sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.connect(("192.0.2.1", 9))
+            address = udp.getsockname()[0]
+    except OSError as exc:
+        unavailable("this host has no route off loopback (%s)" % exc)
+    if address.startswith("127."):
+        unavailable("this host has no address but loopback")
+    return address
+
+
+def test_without_a_socket_table_the_weaker_rule_is_loopback_only(monkeypatch):
+    """What other systems get (documented): no owner to ask, so loopback peers of any user are
+    taken and others refused.  Here Linux's answer is hidden; both peers are this host's."""
+    from pilotlogger import peeruid
+    from pilotlogger.relay import Relay
+
+    outward = outward_address()
+    with socket.socket() as listener:
+        listener.bind(("", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        assert peeruid.available()  # Linux: what is hidden next is really there
+        monkeypatch.setattr(peeruid, "available", lambda: False)
+        for address, refused in (("127.0.0.1", False), (outward, True)):
+            with socket.create_connection((address, port), timeout=10):
+                conn, _ = listener.accept()
+                with conn:
+                    refusal = Relay.refusal_of(conn)
+                    assert (refusal is not None) == refused and (not refused or address in refusal), refusal
