@@ -7,12 +7,13 @@ then answers as DIRAC's ``TornadoPilotLoggingHandler`` would; ``ship.py`` forwar
 stored to the configured sink, and the HTTPS sink posts each stored form unchanged.
 
 * One HTTP server, one reading of the form, one acceptance rule, shared with ``pilotlog
-  serve`` (httpd.py, diracform.py).  DIRAC's pilot-id rule is applied here (DIRAC refuses
-  other ids whatever the credentials); the VO is not, since DIRAC chooses it from the
-  forwarding credentials (their group's VO first), so only DIRAC can refuse one.
+  serve`` (httpd.py, diracform.py).  DIRAC's pilot-id rule decides the answer here (DIRAC
+  refuses other ids whatever the credentials), yet such a post is kept and forwarded (see
+  :meth:`Intake.take`); the VO is not checked, since DIRAC chooses it from the forwarding
+  credentials (their group's VO first), so only DIRAC can refuse one.
 * Never harms the Pilot: every request it can read is answered with HTTP 200, and
-  ``{"OK": false, "Message": …}`` where it cannot store (full spool, malformed, oversized,
-  a refused pilot id); each request is answered within ``request_timeout`` (reading) plus
+  ``{"OK": false, "Message": …}`` where it cannot store (full spool, malformed, oversized)
+  or DIRAC would refuse (a pilot id); each request is answered within ``request_timeout`` (reading) plus
   the spool's lock wait (5 s) — a Pilot waiting on a silent DIRAC is what this replaces.
 * Only the Pilot may post: a connection that does not come from the relay's own Unix user
   (peeruid.py; on systems without Linux's socket table, one that is not from loopback) is
@@ -46,6 +47,7 @@ from .events import (
     RELAYED,
     EventError,
     check_name,
+    check_pilot,
     make_event,
     to_json,
 )
@@ -191,23 +193,43 @@ class Intake:
         self.group = SyncGroup(self.spool, on_error=self._warn) if config.log_fsync == "grouped" else None
 
     def take(self, body: bytes):
-        """Read, check and store one request; DIRAC's ``Value`` once it is stored, else Reject."""
+        """Read, check and store one request; DIRAC's ``Value`` once it is stored, else Reject.
+
+        A pilot id DIRAC refuses is answered with DIRAC's refusal, as DIRAC would, yet kept
+        and forwarded as it came when it can be an event's pilot (the Pilot's default
+        ``unknown`` can): a broker takes it, and DIRAC's own refusal is then quarantined with
+        the lines and said by ``status`` -- the Pilot alone would have lost them.
+        """
         form = read_form(body)
         try:
             check_ids(form.pilot)
+            refusal = None
         except Reject as exc:
+            refusal = exc
             self._note_refusal("pilot %r: %s" % (form.pilot[:80], exc))
+            try:
+                check_pilot(form.pilot)
+            except EventError as why:
+                raise Reject(400, "%s; not kept (%s)" % (exc, why)) from None
+        try:
+            content = form.content()
+        except Reject:
+            if refusal is not None:
+                raise refusal from None  # DIRAC's plugin checks the id before it reads the message
             raise
-        content = form.content()
         if form.method == "sendMessage":
             text = message_bytes(content).decode("utf-8")  # refuses what cannot be stored (a lone surrogate)
             self._store(self._message_records(form, text), sync=self.group is None)
-            return "Message logged successfully for pilot: %s and %s" % (form.pilot, form.vo)
-        code = exit_code(content.get("retCode"))
-        message = "finaliseLogs: retCode %s" % json.dumps(content.get("retCode"))[:MESSAGE_CHARS]
-        finalise = record(form, "shutdown", "info" if code == 0 else "error", message, form.args, exit_code=code)
-        self._store([(form.pilot,) + finalise], sync=True)
-        return None  # DIRAC's S_OK() for finaliseLogs
+            value = "Message logged successfully for pilot: %s and %s" % (form.pilot, form.vo)
+        else:
+            code = exit_code(content.get("retCode"))
+            message = "finaliseLogs: retCode %s" % json.dumps(content.get("retCode"))[:MESSAGE_CHARS]
+            finalise = record(form, "shutdown", "info" if code == 0 else "error", message, form.args, exit_code=code)
+            self._store([(form.pilot,) + finalise], sync=True)
+            value = None  # DIRAC's S_OK() for finaliseLogs
+        if refusal is not None:
+            raise Reject(400, "%s; kept, and forwarded as it came" % refusal)
+        return value
 
     def _message_records(self, form, text: str) -> list:
         """The records of a sendMessage: one holding ``args`` as it came when it fits an event,
@@ -302,7 +324,7 @@ class Intake:
             pass
 
     def _note_refusal(self, reason: str) -> None:
-        """A request refused by DIRAC's rules is not stored: `pilotlog status` says why."""
+        """A request DIRAC's rules refuse: `pilotlog status` says so (whether or not it was kept)."""
         import time
 
         from .spool import SpoolError
@@ -416,14 +438,3 @@ def _make_handler(relay: Relay):
             pass
 
     return Handler
-
-
-def serve(config, listen: str, ready, stopped: threading.Event) -> None:
-    """``pilotlog relay``: serve until ``stopped`` is set (by a signal); ``ready(url)`` once listening."""
-    relay = Relay(config, listen).start()
-    try:
-        ready(relay.url)
-        while not stopped.wait(0.5):
-            pass
-    finally:
-        relay.stop()

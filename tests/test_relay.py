@@ -136,6 +136,7 @@ def forms(pilotlog) -> list:
 
 
 PILOT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+PATH_OF_DIRAC = "/WorkloadManagement/TornadoPilotLogging"
 
 
 # -- what the Pilot is answered ----------------------------------------------------------------
@@ -163,7 +164,8 @@ def test_relay_answers_the_pilot_as_diracs_own_handler_does(dirac, pilotlog, pki
     assert post(dirac.port, two_args, pki)[0] == 500
     status_, answer = raw_post(relay.url, urlencode(two_args).encode())
     assert status_ == 200 and answer["OK"] is False and "three strings" in answer["Message"]
-    assert [m for m, _ in forms(pilotlog)] == ["sendMessage", "sendMessage", "finaliseLogs"]
+    assert [m for m, _ in forms(pilotlog)] == ["sendMessage", "sendMessage", "finaliseLogs", "sendMessage"]
+    assert pilotlog.events()[-1]["pilot"] == "unknown"  # refused as DIRAC would, yet kept (see the refusal tests)
 
 
 def test_what_the_relay_answered_is_in_the_spool_even_after_kill_9(pilotlog, relays):
@@ -196,6 +198,7 @@ def test_a_readable_request_is_always_answered_200(pilotlog, relays):
         (good + b"&extraCredentials=hosts", FORM, "extraCredentials must be JSON"),  # DIRAC: HTTP 401
         (b"method=sendMessage&args=%ff", FORM, "not a urlencoded form"),  # not UTF-8: Tornado refuses it
         (good, "application/json", "not DIRAC's form"),
+        (urlencode({"method": "sendMessage", "args": pilot_args("x", "a b")}).encode(), FORM, "; not kept"),
     ]
     for body, kind, reason in cases:
         code, answer = raw_post(relay.url, body, kind)
@@ -341,7 +344,7 @@ class RecordingDirac:
         from http.server import BaseHTTPRequestHandler, HTTPServer
 
         owner = self
-        self.received, self.failing = [], lambda method, text: False
+        self.received, self.failing, self.refusing = [], lambda method, text: False, lambda method, text: False
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
@@ -352,7 +355,10 @@ class RecordingDirac:
                 text = json.loads(args[0])
                 failed = owner.failing(method, text)
                 owner.received.append((method, args[1], text, failed))
-                body = json.dumps({"OK": True, "Value": None}).encode()
+                answer = (
+                    {"OK": False, "Message": "no room for this one"} if owner.refusing(method, text) else {"OK": True}
+                )
+                body = json.dumps(answer).encode()
                 self.send_response(503 if failed else 200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -401,14 +407,30 @@ def test_per_pilot_order_and_finalise_only_after_every_earlier_message_was_confi
     assert pilotlog.events() == []
 
 
-def test_refusals_are_said_by_status_and_never_counted_delivered(dirac, pilotlog, pki, relays):
-    """A pilot id DIRAC refuses is refused by the relay itself; a VO DIRAC refuses (a host
-    certificate and no VO) is refused by DIRAC when forwarded: quarantined with its words."""
+def test_a_pilot_id_dirac_refuses_is_answered_so_kept_and_quarantined_with_diracs_words(dirac, pilotlog, pki, relays):
+    """The Pilot's default id `unknown`: the relay answers DIRAC's refusal, as DIRAC would, yet keeps
+    the lines; forwarded, DIRAC refuses them: quarantined with its words, never counted delivered."""
+    env = https_to(dirac, pki)
+    relay = relays(pilotlog, "--ship-every", "0", **env)
+    _, answer = pilot_post(relay.url, "sendMessage", "kept though DIRAC refuses\n", "unknown")
+    assert answer["OK"] is False and "Pilot UUID is invalid" in answer["Message"] and "kept" in answer["Message"]
+    (kept,) = pilotlog.events()
+    assert kept["pilot"] == "unknown" and "Pilot UUID is invalid" in status(pilotlog, **env)["last_refusal"]
+    before = tree(dirac.store)
+    assert relay.stop() == 0
+    state = status(pilotlog, **env)
+    assert state["delivered_total"] == 0 and state["quarantined"] == 1 and state["depth"] == 0
+    assert re.match(r"https://localhost:\d+%s refused it: Pilot UUID is invalid" % PATH_OF_DIRAC, state["last_refusal"])
+    assert tree(dirac.store) == before
+    (reason,) = (pilotlog.spool / "quarantine").glob("*.reason")
+    assert "Pilot UUID is invalid" in reason.read_text()
+
+
+def test_a_vo_dirac_refuses_is_quarantined_with_diracs_words_and_said_by_status(dirac, pilotlog, pki, relays):
+    """The VO is DIRAC's to choose (from the forwarding credentials): a host certificate and no
+    wnVO are refused by DIRAC when forwarded, not by the relay."""
     env = https_to(dirac, pki, PILOTLOG_CERT=pki.path("hostcreds"), PILOTLOG_KEY="")
     relay = relays(pilotlog, "--ship-every", "0", **env)
-    _, answer = pilot_post(relay.url, "sendMessage", "lost to DIRAC\n", "unknown")
-    assert answer["OK"] is False and "Pilot UUID is invalid" in answer["Message"] and pilotlog.events() == []
-    assert "Pilot UUID is invalid" in status(pilotlog, **env)["last_refusal"]
     pilot = str(uuid.uuid4())
     for method, raw in (("sendMessage", "needs a VO\n"), ("finaliseLogs", {"retCode": "0"})):
         assert pilot_post(relay.url, method, raw, pilot)[1]["OK"] is True
@@ -422,6 +444,29 @@ def test_refusals_are_said_by_status_and_never_counted_delivered(dirac, pilotlog
     assert re.search(
         r"last_refusal: +https://localhost:\d+/WorkloadManagement/TornadoPilotLogging refused it: VO", shown
     )
+
+
+def test_a_finalise_after_a_refused_message_is_still_sent(pilotlog, relays):
+    """The decision (README): DIRAC's log is made final with everything it took; the refused part
+    waits in the quarantine.  Held back, the log would stay open and never be uploaded."""
+    relay = relays(pilotlog, "--ship-every", "0")
+    for method, raw in (("sendMessage", "taken\n"), ("sendMessage", "refused\n"), ("finaliseLogs", {"retCode": "0"})):
+        assert pilot_post(relay.url, method, raw, PILOT)[1]["OK"] is True
+    relay.kill()
+    service = RecordingDirac()
+    service.refusing = lambda method, text: text == "refused\n"
+    try:
+        assert pilotlog("replay", env={"PILOTLOG_SINK": service.url}).returncode == 0
+    finally:
+        service.close()
+    assert [(m, t) for m, _, t, _ in service.received] == [
+        ("sendMessage", "taken\n"),
+        ("sendMessage", "refused\n"),
+        ("finaliseLogs", {"retCode": "0"}),
+    ]
+    state = status(pilotlog)
+    assert (state["delivered_total"], state["quarantined"], state["depth"]) == (2, 1, 0)
+    assert state["last_refusal"].endswith("refused it: no room for this one")
 
 
 # -- hosted by the wrapper ----------------------------------------------------------------------
