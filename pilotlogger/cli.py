@@ -220,14 +220,23 @@ def _parser():
         "becomes a PHASE event, with or without --capture; repeatable, the first match wins; "
         "e.g. 'matched a job=match'",
     )
+    _add_ship_every(run, "ship")
     run.add_argument(
-        "--ship-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="with a network sink, ship in the background this often (default 10)",
+        "--relay",
+        action="store_true",
+        help="host a relay for the DIRAC Pilot's remote logger while CMD runs: its URL in $PILOTLOG_RELAY_URL "
+        "and in place of an argument {relay}",
     )
     run.add_argument("child", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
+
+    relay = command("relay", "receive the DIRAC Pilot's remote logger here: spool each post, forward it to the sink")
+    relay.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:0, a free loopback port); the URL is the first line printed",
+    )
+    _add_ship_every(relay, "forward")
 
     srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
     srv.add_argument("--listen", default="127.0.0.1:8444", metavar="HOST:PORT", help="default: 127.0.0.1:8444")
@@ -318,6 +327,16 @@ def unknown_arguments(unknown, prog: str) -> str:
     if len(unknown) > len(names):
         parts.append("%d unexpected argument(s), not shown in case one is a secret" % (len(unknown) - len(names)))
     return "%s (see '%s --help')" % ("; ".join(parts), prog)
+
+
+def _add_ship_every(parser, verb: str) -> None:
+    parser.add_argument(
+        "--ship-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with a network sink, %s in the background this often (default 10)" % verb,
+    )
 
 
 def _add_stop_options(parser, idle) -> None:
@@ -505,11 +524,15 @@ def cmd_status(args, config) -> int:
     state = spool.read_state()
     for key in ("delivered_total", "dropped_total"):
         report[key] = state.get(key, 0)
-    for key in ("last_delivery", "last_error", "last_error_time"):
+    for key in ("last_delivery", "last_error", "last_error_time", "last_refusal", "last_refusal_time"):
         report[key] = state.get(key)
     report["last_error"] = mask_text(report["last_error"])  # a state.json of an older version may hold a token
     report["sink"] = config.masked()["sink"]
-    for key in ("last_delivery", "last_error_time"):  # RFC 3339 UTC, as the events and stats() have it
+    for key in (
+        "last_delivery",
+        "last_error_time",
+        "last_refusal_time",
+    ):  # RFC 3339 UTC, as the events and stats() have it
         if report[key]:
             report[key] = rfc3339(report[key])
     if args.json:
@@ -568,14 +591,55 @@ def cmd_run(args, config) -> int:
         patterns = parse_patterns(args.pattern)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    _check_ship_every(args)
+    return Wrapper(config, child, args.capture, patterns, args.ship_every, args.relay).run()
+
+
+def _check_ship_every(args) -> None:
     if not 0 <= args.ship_every <= 86400:  # NaN and inf too; 0: no background shipping, a drain at the end
         raise UsageError("--ship-every must be from 0 to 86400 seconds, not %s" % args.ship_every)
-    return Wrapper(config, child, args.capture, patterns, args.ship_every).run()
+
+
+def cmd_relay(args, config) -> int:
+    """Serve in the foreground until SIGTERM, SIGINT or SIGHUP, then forward what is left."""
+    import signal
+    import threading
+
+    from .httpd import parse_listen
+    from .recorder import Recorder
+    from .relay import Relay
+    from .ship import Shipper
+
+    try:
+        parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _check_ship_every(args)
+    stopped = threading.Event()
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        signal.signal(getattr(signal, name), lambda signum, frame: stopped.set())
+    try:
+        relay = Relay(config, args.listen).start()
+    except OSError as exc:
+        warn("cannot relay on %s (%s)" % (args.listen, exc.strerror or exc))
+        return EXIT_FAILED
+    print(relay.url, flush=True)  # the first line: what the Pilot is given (-z -g URL)
+    recorder = Recorder(config)
+    warn("relaying %s into spool %s, forwarding to %s" % (relay.url, recorder.spool.path, config.masked()["sink"]))
+    shipper = Shipper(lambda: recorder, args.ship_every)
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        relay.stop()
+        shipper.stop(drain=True)
+    return EXIT_OK
 
 
 def cmd_serve(args, config) -> int:
     """Every argument is checked before anything listens: a mistake is a usage error (exit 2)."""
-    from .serve import StoreError, parse_listen, serve
+    from .httpd import parse_listen
+    from .serve import StoreError, serve
     from .tls import TLSConfigError, server_context
 
     try:
@@ -618,7 +682,7 @@ def cmd_serve(args, config) -> int:
             context = server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
         except TLSConfigError as exc:
             raise UsageError(str(exc)) from None
-    from .serve import VO_RE
+    from .diracform import VO_RE
 
     vo_for_cn = dict(item.rpartition("=")[::2] for item in args.vo_for_cn)
     for vo in [args.default_vo] + list(vo_for_cn.values()):
@@ -771,6 +835,7 @@ COMMANDS = {
     "emit": cmd_emit,
     "replay": cmd_replay,
     "run": cmd_run,
+    "relay": cmd_relay,
     "probe": cmd_probe,
     "power": cmd_power,
     "status": cmd_status,

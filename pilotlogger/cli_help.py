@@ -49,6 +49,7 @@ EVERYTHING = RECORDING + DELIVERY
 SETTINGS_READ = {
     "emit": EVERYTHING,  # --send ships at once
     "run": EVERYTHING,  # records, and ships in the background
+    "relay": EVERYTHING,  # records what the Pilot posts, and forwards it in the background
     "replay": WHICH_FILE + SPOOL + DELIVERY,
     "status": WHICH_FILE + SPOOL + ("pilot_uuid", "sink"),
     "probe": RECORDING,  # --emit records
@@ -82,8 +83,12 @@ EXAMPLES = {
     "run": """\
   pilotlog run -- python3 dirac-pilot.py -S LHCb-Production
   pilotlog run --capture --pattern 'matched a job=match' --pattern 'failed to match=nomatch' -- ./pilot.sh
-  pilotlog run --ship-every 30 --sink %s -- ./pilot.sh"""
+  pilotlog run --ship-every 30 --sink %s -- ./pilot.sh
+  pilotlog run --relay -- python3 dirac-pilot.py -z -g {relay} --pilotUUID "$DIRAC_PILOT_STAMP" …"""
     % MQ,
+    "relay": """\
+  pilotlog relay --sink https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging   # prints its URL
+  pilotlog relay --listen 127.0.0.1:8555 --spool /scratch/pilot/.pilotlog-spool   # the Pilot: -z -g <URL>""",
     "status": """\
   pilotlog status
   pilotlog status --json --spool /scratch/pilot/.pilotlog-spool""",

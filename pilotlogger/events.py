@@ -487,6 +487,19 @@ def to_dirac(event: dict) -> dict:
     }
 
 
+#: ``data`` key of a relayed record (``pilotlog relay``): the DIRAC form a Pilot posted,
+#: ``{"method": …, "args": …}`` as strings, which the HTTPS sink posts again unchanged.
+RELAYED = "dirac_form"
+
+
+def relayed_form(event: dict):
+    """``(method, args)`` of a relayed record, or None for any other event."""
+    form = event["data"].get(RELAYED)
+    if isinstance(form, dict) and isinstance(form.get("method"), str) and isinstance(form.get("args"), str):
+        return form["method"], form["args"]
+    return None
+
+
 FORMATS = ("native", "dirac")
 
 

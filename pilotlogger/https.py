@@ -28,7 +28,7 @@ One connection is kept alive for the whole replay.
 import json
 import time
 
-from .events import escape_controls, readable_line
+from .events import escape_controls, readable_line, relayed_form
 from .redact import hidden_parts, mask_parts, mask_url
 from .sink import Backoff, SinkError, in_batches
 from .version import __version__
@@ -102,15 +102,22 @@ class Request:
 def dirac_form(method: str, payload, pilot: str, vo, host_credentials: bool) -> bytes:
     """The urlencoded form DIRAC's pilot sends: ``method``, ``args`` (and ``extraCredentials``).
 
-    ``args`` is the JSON of ``[JSON of payload, pilot, vo or ""]``: DIRAC's handler
-    JSON-decodes ``args`` into its method's three arguments, and its plugin JSON-decodes
-    the payload again (the list of lines for ``sendMessage``, ``{"retCode": n}`` for
-    ``finaliseLogs``).  ``extraCredentials`` is JSON too: ``"hosts"`` with the quotes.
+    ``args`` is the JSON of ``[JSON of payload, pilot, vo or ""]`` (diracform.encode_args):
+    DIRAC's handler JSON-decodes ``args`` into its method's three arguments, and its plugin
+    JSON-decodes the payload again (the list of lines for ``sendMessage``, ``{"retCode": n}``
+    for ``finaliseLogs``).
     """
+    from .diracform import encode_args
+
+    return form_body(method, encode_args(payload, pilot, vo), host_credentials)
+
+
+def form_body(method: str, args: str, host_credentials: bool) -> bytes:
+    """The urlencoded body of one request: ``method``, ``args``, and with host credentials
+    ``extraCredentials``, JSON as DIRAC decodes it: ``"hosts"`` with the quotes."""
     from urllib.parse import urlencode
 
-    args = [json.dumps(payload), pilot, vo or ""]
-    fields = [("method", method), ("args", json.dumps(args))]
+    fields = [("method", method), ("args", args)]
     if host_credentials:
         fields.append(("extraCredentials", json.dumps("hosts")))
     return urlencode(fields).encode("ascii")
@@ -146,6 +153,13 @@ class HttpsSink:
             return
         run = []
         for event, _ in batch:
+            form = relayed_form(event)
+            if form is not None:  # what a Pilot posted to `pilotlog relay`: posted again as it came
+                if run:
+                    yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], run)
+                    run = []
+                yield self._relayed(event, *form)
+                continue
             if run and run[0]["pilot"] != event["pilot"]:
                 yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], run)
                 run = []
@@ -160,6 +174,11 @@ class HttpsSink:
     def _form(self, method, payload, pilot, events, then=None):
         body = dirac_form(method, payload, pilot, self.config.vo, self.hosts_credentials)
         return Request(events, body, "application/x-www-form-urlencoded", then=then)
+
+    def _relayed(self, event, method: str, args: str):
+        """A relayed record's form: the Pilot's ``method`` and ``args`` unchanged, our credentials."""
+        body = form_body(method, args, self.hosts_credentials)
+        return Request([event], body, "application/x-www-form-urlencoded")
 
     # -- sending -----------------------------------------------------------------------------
 

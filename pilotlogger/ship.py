@@ -32,14 +32,16 @@ PROGRESS_EVERY = 1000
 class ShipResult:
     """Counts of one shipping run, and the error that stopped it (None when it finished).
 
-    ``refused``: events the destination will never take; ``broken``: files in the spool that
-    were not valid events (damaged, foreign, links).  Both were moved to the quarantine.
+    ``refused``: events the destination will never take (``refusal``: its words for the last
+    one); ``broken``: files in the spool that were not valid events (damaged, foreign,
+    links).  Both were moved to the quarantine.
     """
 
-    __slots__ = ("delivered", "refused", "broken", "remaining", "error", "seconds")
+    __slots__ = ("delivered", "refused", "refusal", "broken", "remaining", "error", "seconds")
 
     def __init__(self):
         self.delivered, self.refused, self.broken, self.remaining, self.error, self.seconds = 0, 0, 0, 0, None, 0.0
+        self.refusal = None
 
 
 def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
@@ -87,7 +89,7 @@ def _ship_held(spool, sink, fmt: str, progress=None) -> ShipResult:
                 result.delivered += 1
             else:
                 spool.quarantine(names.pop(event_id), refusal)
-                result.refused += 1
+                result.refused, result.refusal = result.refused + 1, refusal
             if progress and (result.delivered + result.refused) % PROGRESS_EVERY == 0:
                 progress(result.delivered)
     except (SinkError, SpoolError) as exc:
@@ -109,6 +111,8 @@ def _record(spool, result: ShipResult) -> None:
         changes.update(last_error=mask_text(result.error), last_error_time=now)
     elif result.delivered:
         changes.update(last_delivery=now)
+    if result.refusal:  # the destination's own words, for `pilotlog status`
+        changes.update(last_refusal=mask_text(result.refusal), last_refusal_time=now)
     try:
         spool.update_state(**changes)
     except SpoolError:

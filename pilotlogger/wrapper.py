@@ -19,6 +19,9 @@
   never in its way.
 * With a network sink, a background thread ships while the child runs, and the spool is
   drained at the end (bounded by the configured deadline).
+* With ``relay`` a relay (relay.py) listens on a free loopback port for the child's life,
+  storing into the same spool: its URL is given to the child as ``PILOTLOG_RELAY_URL`` and
+  in place of an argument ``{relay}``, so several pilots on one node never share one.
 """
 
 import os
@@ -41,6 +44,9 @@ CAPTURE_LINE_COST = 400
 #: Past the budget, the last this many lines are held and recorded at the end (the error is there).
 CAPTURE_TAIL_LINES = 500
 SHIP_EVERY = 10.0
+RELAY_ARGUMENT = "{relay}"  # an argument of the child's replaced by the relay's URL
+RELAY_VARIABLE = "PILOTLOG_RELAY_URL"
+LOOPBACK_NAMES = "127.0.0.1,localhost,::1"  # added to the child's no_proxy with a relay
 #: After the child's end, its output is read to the end while it keeps coming (a loaded node
 #: records slowly), but not past OUTPUT_IDLE seconds without a line (a grandchild holding the
 #: pipe open, silent) nor past OUTPUT_CAP seconds in all (one that keeps writing).
@@ -170,8 +176,9 @@ def parse_patterns(specs) -> list:
 
 
 class Wrapper:
-    def __init__(self, config, argv, capture=False, patterns=(), ship_every=SHIP_EVERY):
+    def __init__(self, config, argv, capture=False, patterns=(), ship_every=SHIP_EVERY, relay=False):
         self.argv, self.capture, self.patterns, self.ship_every = argv, capture, patterns, ship_every
+        self.relay = self._relay(config) if relay else None
         self.recorder = None
         try:
             self.recorder = Recorder(config, group_log_fsyncs=True) if config is not None else None
@@ -185,6 +192,33 @@ class Wrapper:
         self.lines_lock = threading.Lock()  # held while a line is recorded, and to close recording
         self.recording_lines = True  # False once the shutdown is recorded: later lines only pass through
         self.interrupted = threading.Event()  # a signal came after the child's end
+
+    @staticmethod
+    def _relay(config):
+        """The relay for the child's life, listening already (None, said in one line, if it cannot)."""
+        from .relay import Relay
+
+        try:
+            return Relay(config, problem="the configuration could not be read, nothing is recorded").start()
+        except Exception as exc:  # no loopback, no port, no thread: the child still runs
+            warn(
+                "cannot start the relay (%s): %s is left as it is"
+                % (getattr(exc, "strerror", None) or exc, RELAY_ARGUMENT)
+            )
+            return None
+
+    def child_argv_env(self):
+        """The child's argv and environment: with a relay, its URL in both (None: ours, inherited),
+        and loopback in ``no_proxy``: with a site's ``http_proxy`` set, urllib would otherwise send
+        the Pilot's posts for 127.0.0.1 to the proxy, which cannot reach our loopback."""
+        if self.relay is None:
+            return self.argv, None
+        env = dict(os.environ)  # passed through to the child, with what the relay needs added
+        env[RELAY_VARIABLE] = self.relay.url
+        for name in ("no_proxy", "NO_PROXY"):
+            if name in env or name == "no_proxy":
+                env[name] = ",".join(filter(None, [env.get(name, "").strip(", "), LOOPBACK_NAMES]))
+        return [self.relay.url if a == RELAY_ARGUMENT else a for a in self.argv], env
 
     def record(self, phase, message, status="info", **data):
         if self.recorder is not None:
@@ -318,16 +352,19 @@ class Wrapper:
             cwd = os.getcwd()
         except OSError as exc:  # deleted under the pilot: the child still runs there
             cwd = "(%s)" % (exc.strerror or exc)
+        argv, env = self.child_argv_env()
+        extra = {"relay": self.relay.url} if self.relay is not None else {}
         self.record(
-            "boot", "starting %s" % " ".join(self.argv), command=self.argv, cwd=cwd, pid=os.getpid(), probes=facts
+            "boot", "starting %s" % " ".join(argv), command=argv, cwd=cwd, pid=os.getpid(), probes=facts, **extra
         )
         try:
             child = subprocess.Popen(
-                self.argv, stdout=subprocess.PIPE if self.capture or self.patterns else None, stderr=subprocess.PIPE
+                argv, stdout=subprocess.PIPE if self.capture or self.patterns else None, stderr=subprocess.PIPE, env=env
             )
         except OSError as exc:
             code = 126 if isinstance(exc, PermissionError) else 127  # as a shell would
             warn("cannot run %s: %s" % (self.argv[0], exc.strerror or exc))
+            self._stop_relay()
             self.record("shutdown", "could not start: %s" % (exc.strerror or exc), "error", exit_code=code)
             self._finish()
             return code
@@ -357,6 +394,7 @@ class Wrapper:
                     continue
         except BaseException:
             self._restore(previous)
+            self._stop_relay()
             raise
         duration = time.monotonic() - started
         for sig in previous:  # the child is gone: a signal now only cuts short what is left to do
@@ -378,6 +416,7 @@ class Wrapper:
         output and skips the final drain (the events stay spooled for a replay): the wrapper
         must end, and with the child's code, not with the signal's.
         """
+        self._stop_relay()  # the child is gone: what it posted is stored, before its shutdown
         output_ended = self._wait_for_output(pumps)
         self._record_held_tail()
         signum = -returncode if returncode < 0 else None
@@ -399,6 +438,14 @@ class Wrapper:
         self.record("shutdown", message, status, **data)
         self._finish()
         return code
+
+    def _stop_relay(self) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            try:
+                relay.stop()
+            except Exception as exc:
+                warn("stopping the relay: %s: %s" % (type(exc).__name__, exc))
 
     def _finish(self):
         """fsync the captured lines still waiting, drain the spool (the sink's deadline bounds it)

@@ -111,14 +111,16 @@ class Pilotlog:
         AGENT_DIRS.add(str(full_env.get("PILOTLOG_SPOOL", self.spool)))
         return full_env
 
-    def start(self, *args, env=None) -> subprocess.Popen:
-        """The command running in the background (its stderr a text pipe), for a fault made meanwhile."""
+    def start(self, *args, env=None, **kw) -> subprocess.Popen:
+        """The command running in the background (its stderr a text pipe), for a fault made meanwhile;
+        ``kw`` for Popen (e.g. ``stdout=subprocess.PIPE``)."""
         return subprocess.Popen(
             [self.python, "-I", "-S", str(self.bundle)] + [str(a) for a in args],
             cwd=str(self.cwd),
             env=self._env(env),
             stderr=subprocess.PIPE,
             universal_newlines=True,
+            **kw,
         )
 
     def __call__(self, *args, env=None, input=None, timeout=60, **kw) -> subprocess.CompletedProcess:

@@ -17,11 +17,15 @@ PACKAGE = ROOT / "pilotlogger"
 #: Lowest first.  Keep docs/architecture.md ("Layers") in step.
 LAYERS = (
     ("secrets", {"redact"}),
-    ("foundations", {"version", "console", "events", "x509", "power", "stompcodec", "tls", "dedup", "cli_help"}),
-    ("state machines and storage", {"stompsession", "spool", "sink", "timeline"}),
+    (
+        "foundations",
+        {"version", "console", "events", "x509", "power", "stompcodec", "tls", "dedup", "cli_help", "peeruid"},
+    ),
+    ("state machines and storage", {"stompsession", "spool", "sink", "timeline", "httpd"}),
+    ("receiving rules", {"diracform"}),
     ("views", {"timeline_html"}),
     ("configuration", {"config"}),
-    ("sinks and node facts", {"stdoutsink", "stompclient", "https", "probes", "serve"}),
+    ("sinks and node facts", {"stdoutsink", "stompclient", "https", "probes", "serve", "relay"}),
     ("sink factory", {"sinks"}),
     ("shipping", {"ship"}),
     ("recording", {"recorder"}),

@@ -1,0 +1,387 @@
+"""The HTTP server both receivers share (``pilotlog serve`` and ``pilotlog relay``), stdlib only.
+
+What ``http.server`` leaves out, in one place: a deadline per request (a watchdog, so a
+client dribbling bytes cannot stretch it), a bound on connections, a lingering close, and
+answers that are always DIRAC-style JSON (``{"OK": true, "Value": …}`` /
+``{"OK": false, "Message": …}``) with a status line, even to garbage.
+
+A receiver subclasses :func:`handler_base` with its ``do_POST``, which reads the body with
+``_body()`` and answers through ``_respond(produce)`` (``produce`` returns the ``Value`` or
+raises :class:`Reject`), and gives the class to :class:`Server`.  Defences every receiver gets:
+
+* smuggling: after any refusal or parse error the answer says ``Connection: close`` and
+  the connection is closed, so a body the server did not accept is never read as the next
+  request; chunked bodies (411), several or malformed Content-Lengths (400) are refused;
+* resources: bodies over ``max_body`` (also after gunzip) → 413; each request (TLS
+  handshake, request line, headers and body) must be complete within ``request_timeout``
+  seconds or its connection is shut; at most ``max_connections`` are served at once, up to
+  as many more get a quick 503, beyond that a connection is closed at once; the listen
+  backlog takes a burst of pilots;
+* an unexpected failure is a 500 with a reason, never an empty reply;
+* ``admit`` (optional): asked once per connection as it is accepted, it may refuse it with a
+  reason (the relay: a peer that is not its own user); a refused connection has its own
+  small lane (REFUSED_AT_ONCE, the short deadline, a 403) and never takes a place of the
+  ``max_connections`` others.
+
+``always_200``: a receiver whose client crashes on any other status (the DIRAC Pilot's
+``urlopen`` raises on a non-2xx answer) answers every request it read with 200, the
+refusal said in ``{"OK": false, "Message": …}`` only; the connection still closes after it.
+"""
+
+import json
+import re
+import socket
+import threading
+import time
+
+from .events import escape_controls
+from .redact import mask_url
+
+LENGTH_RE = re.compile(r"[0-9]{1,15}\Z")
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT = 15.0  # seconds for one whole request, handshake to last body byte
+DEFAULT_MAX_CONNECTIONS = 100
+BACKLOG = 1024  # pending connections the kernel keeps (capped by net.core.somaxconn)
+REFUSED_AT_ONCE = 4  # connections ``admit`` refused, answered at once (within 2 s); past that closed at once
+
+
+class Reject(Exception):
+    """Refuse a request: HTTP ``status`` with ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_listen(listen: str):
+    """``HOST:PORT`` (``[v6]:PORT``, or ``:PORT`` for loopback) → (host, port); ValueError names the problem."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not LENGTH_RE.match(port) or not 0 <= int(port) <= 65535:
+        raise ValueError("--listen %r must be HOST:PORT with a port from 0 to 65535" % listen[:80])
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if any(c.isspace() or c in "[]/" for c in host):
+        raise ValueError("--listen %r has a malformed host" % listen[:80])
+    return host or "127.0.0.1", int(port)
+
+
+def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, always_200=False):
+    """The request handler class a receiver called ``name`` (``serve``, ``relay``) subclasses."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "pilotlog-" + name
+        protocol_version = "HTTP/1.1"  # keep-alive, until anything goes wrong
+        default_request_version = "HTTP/1.0"  # so every answer, even to garbage, has a status line
+        timeout = request_timeout  # each read; the server's watchdog bounds the whole request
+
+        def handle_one_request(self):
+            """One request, read within the deadline the server's watchdog keeps; any refusal closes."""
+            self.server.arm(self.connection)
+            self.command, self.path, self.requestline = None, "", ""
+            try:
+                self.raw_requestline = self.rfile.readline(65537)
+                if not self.raw_requestline:
+                    self.close_connection = True
+                    return
+                if len(self.raw_requestline) > 65536:
+                    self.send_error(414, "request line over 64 KiB")
+                    return
+                if not self.parse_request():  # it answered (through send_error) and closes
+                    return
+                refusal = self.server.refusal()
+                if refusal:
+                    self.log_message("%s", refusal)
+                    try:
+                        self._body()  # read (within the short deadline) so the answer is not lost to a reset
+                    except Reject:
+                        pass
+                    self.send_error(403, refusal)
+                    return
+                if self.server.overloaded():
+                    self.send_error(503, "too many connections (over %d): retry later" % self.server.max_connections)
+                    return
+                method = {"GET": self.do_GET, "POST": self.do_POST}.get(self.command)
+                if method is None:
+                    self.send_error(405, "method %r is not allowed: POST pilot logs here" % self.command[:20])
+                    return
+                method()
+                self.wfile.flush()
+            except OSError as exc:  # timed out, reset, or shut by the watchdog: drop the connection
+                self.log_message("connection dropped (%s)", exc.strerror or type(exc).__name__)
+                self.close_connection = True
+
+        def send_error(self, code, message=None, explain=None):
+            """Every error, http.server's own included, as DIRAC-style JSON; the connection then closes."""
+            self._answer(code, {"OK": False, "Message": message or self.responses.get(code, ("error",))[0]})
+
+        def _answer(self, status: int, document: dict) -> None:
+            data = json.dumps(document).encode("utf-8")
+            if status != 200:
+                self.close_connection = True  # what follows a refused request is never read as a request
+                if always_200:
+                    status = 200
+            self.send_response(status)
+            if status == 503:
+                self.send_header("Retry-After", "5")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def log_request(self, code="-", size="-"):  # the path masked (a token in a query), nothing raw
+            what = "%s %s" % (self.command, self.path) if self.command else self.requestline or "-"
+            self.log_message('"%s" %s', mask_url(what)[:200], code)
+
+        def log_message(self, fmt, *args):  # one short line per request on stderr
+            import sys
+
+            sys.stderr.write("pilotlog %s: %s %s\n" % (name, self.address_string(), escape_controls(fmt % args)))
+            sys.stderr.flush()  # before 3.9 a piped stderr is block-buffered: lines lost when serve is killed
+
+        def _respond(self, produce) -> None:
+            """Answer with ``produce()``'s value, or the refusal it raised; a bug of ours is a 500
+            with a reason (and serving goes on), never an empty reply."""
+            try:
+                try:
+                    value = produce()
+                except (Reject, OSError):
+                    raise
+                except Exception as exc:
+                    self.log_message("internal error: %s: %s", type(exc).__name__, exc)
+                    raise Reject(500, "internal error of the receiver (%s): see its log" % type(exc).__name__) from None
+                self._answer(200, {"OK": True, "Value": value})
+            except Reject as exc:
+                self._answer(exc.status, {"OK": False, "Message": str(exc)})
+
+        def do_GET(self):  # events are POSTed; a GET (e.g. pilotlog doctor) learns that, and that we are up
+            self._answer(405, {"OK": False, "Message": "POST pilot logs here"})
+
+        def _body(self) -> bytes:
+            if "Transfer-Encoding" in self.headers:
+                raise Reject(411, "Transfer-Encoding (chunked) is not accepted: send a Content-Length")
+            lengths = self.headers.get_all("Content-Length") or []
+            if not lengths:
+                raise Reject(411, "Content-Length is required")
+            if len(lengths) > 1 or not LENGTH_RE.match(lengths[0].strip()):
+                raise Reject(400, "Content-Length must be given once, as a decimal number")
+            length = int(lengths[0])
+            if length > max_body:
+                # Read (and drop) a moderately oversized body so the client gets to see the
+                # 413 instead of a reset; beyond that, just close the connection.
+                if length <= 16 * max_body:
+                    remaining = length
+                    while remaining:
+                        remaining -= len(self.rfile.read(min(remaining, 65536)) or b"x" * remaining)
+                raise Reject(413, "body of %d bytes is over the limit of %d" % (length, max_body))
+            body = self.rfile.read(length)
+            if len(body) < length:
+                raise Reject(400, "body ended after %d of its %d bytes" % (len(body), length))
+            encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding == "gzip":
+                import zlib
+
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    body = inflater.decompress(body, max_body + 1)
+                except zlib.error:
+                    raise Reject(400, "body is not valid gzip") from None
+                if len(body) > max_body:
+                    raise Reject(413, "body is over the limit of %d once decompressed" % max_body)
+                if not inflater.eof:
+                    raise Reject(400, "gzip body is truncated")
+            elif encoding != "identity":
+                raise Reject(415, "Content-Encoding %r is not supported (gzip or none)" % encoding[:40])
+            return body
+
+    return Handler
+
+
+class Server:
+    """What ``http.server`` leaves out: a deadline per request, a bound on connections, lingering close.
+
+    One thread per connection, at most ``2 × max_connections`` of them: past
+    ``max_connections`` a connection only gets a 503 (within 2 s), past twice that it is
+    closed at once.  A watchdog thread shuts the socket of any request past its deadline,
+    which ends whatever read or handshake is blocked on it.
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        handler,
+        context=None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        name: str = "serve",
+        admit=None,
+    ):
+        from http.server import HTTPServer
+
+        host, port = parse_listen(listen)
+        self.name, self.admit = name, admit
+        self.refusing = 0  # refused connections being answered
+        self.context, self.request_timeout, self.max_connections = context, request_timeout, max_connections
+        self.lock = threading.Lock()
+        self.active = 0
+        self.connections: dict = {}  # thread id -> [socket, deadline, overloaded, seconds allowed, refusal]
+        self.stopping = threading.Event()
+        owner = self
+
+        class Listener(HTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            allow_reuse_address = True
+            request_queue_size = BACKLOG
+            max_connections = DEFAULT_MAX_CONNECTIONS
+
+            def process_request(self, request, client_address):
+                owner.accepted(request, client_address)
+
+            def arm(self, conn):
+                owner.arm(conn)
+
+            def overloaded(self):
+                return owner.overloaded()
+
+            def refusal(self):
+                return owner.refusal()
+
+        self.listener = Listener((host, port), handler)
+        self.listener.max_connections = max_connections
+        self.server_address = self.listener.server_address
+        self.watchdog = threading.Thread(target=self._watch, name="pilotlog-%s-watchdog" % name, daemon=True)
+        self.watchdog.start()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def accepted(self, sock, client_address) -> None:
+        refusal = self._admit(sock)
+        with self.lock:
+            if refusal is not None:  # its own lane, answered within the short deadline
+                full, overloaded = self.refusing >= REFUSED_AT_ONCE, True
+                self.refusing += not full
+            else:
+                full = self.active >= 2 * self.max_connections
+                if not full:
+                    self.active += 1
+                    overloaded = self.active > self.max_connections
+        if full:  # not even a 503: the client's retry comes back later
+            sock.close()
+            return
+        try:
+            threading.Thread(
+                target=self._connection, args=(sock, client_address, overloaded, refusal), daemon=True
+            ).start()
+        except RuntimeError:  # no thread to be had (process limits): as if full
+            self._count_out(refusal)
+            sock.close()
+
+    def _admit(self, sock) -> "str | None":
+        if self.admit is None:
+            return None
+        try:
+            return self.admit(sock)
+        except Exception as exc:  # a check that fails refuses: a door is not opened by an error
+            return "refused: cannot tell who connected (%s: %s)" % (type(exc).__name__, exc)
+
+    def _count_out(self, refusal) -> None:
+        with self.lock:
+            if refusal is not None:
+                self.refusing -= 1
+            else:
+                self.active -= 1
+
+    def _connection(self, sock, client_address, overloaded: bool, refusal=None) -> None:
+        seconds = min(2.0, self.request_timeout) if overloaded else self.request_timeout
+        me, conn = threading.get_ident(), sock
+        with self.lock:
+            self.connections[me] = [sock, time.monotonic() + seconds, overloaded, seconds, refusal]
+        try:
+            sock.settimeout(seconds)
+            if self.context is not None:
+                conn = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                with self.lock:
+                    self.connections[me][0] = conn  # the object that now owns the descriptor
+                conn.do_handshake()
+            self.listener.RequestHandlerClass(conn, client_address, self.listener)
+        except Exception:
+            self._error(client_address)
+        finally:
+            _linger(conn)
+            with self.lock:
+                del self.connections[me]
+            self._count_out(refusal)
+
+    def arm(self, conn) -> None:
+        """A new request starts on this thread's connection: its deadline runs from now."""
+        with self.lock:
+            entry = self.connections.get(threading.get_ident())
+            if entry:
+                entry[0], entry[1] = conn, time.monotonic() + entry[3]
+
+    def overloaded(self) -> bool:
+        with self.lock:
+            entry = self.connections.get(threading.get_ident())
+            return bool(entry and entry[2])
+
+    def refusal(self) -> "str | None":
+        """Why ``admit`` refused this thread's connection (None: it did not)."""
+        with self.lock:
+            entry = self.connections.get(threading.get_ident())
+            return entry[4] if entry else None
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(0.2):
+            now = time.monotonic()
+            with self.lock:
+                late = [entry[0] for entry in self.connections.values() if entry[1] <= now]
+            for sock in late:
+                try:  # the descriptor itself, below any TLS layer: a blocked read returns at once
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _error(self, client_address) -> None:  # failed handshakes and the like: one line, no traceback
+        import sys
+
+        sys.stderr.write(
+            "pilotlog %s: %s: %s\n" % (self.name, client_address[0], escape_controls(str(sys.exc_info()[1])))
+        )
+        sys.stderr.flush()
+
+    # -- running -----------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        self.listener.serve_forever()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever (from another thread)."""
+        self.listener.shutdown()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.watchdog.join(5)
+        self.listener.server_close()
+
+
+def _linger(conn) -> None:
+    """Close so the client reads our answer: stop sending, drain what it still sends (briefly), close.
+
+    Closing a socket with unread data makes the kernel send a reset, which can destroy an
+    answer the client has not read yet (a 413, a 411 after a refused body).
+    """
+    try:
+        socket.socket.shutdown(conn, socket.SHUT_WR)
+        conn.settimeout(0.5)
+        ends, drained = time.monotonic() + 1.0, 0
+        while time.monotonic() < ends and drained < 1 << 20:
+            data = socket.socket.recv(conn, 65536)  # raw bytes, below any TLS layer
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
