@@ -199,6 +199,9 @@ class Config:
         self._environ = environ
         #: Why a credential (passcode_file) could not be read; raised by open_sink for a STOMP sink.
         self.credential_error = credential_error
+        #: The DIRAC Pilot's own credential, taken by ``run --relay`` when none is configured
+        #: (pilotcred.Borrowed): the HTTPS sink forwards to DIRAC with it.  In memory only.
+        self.borrowed_credential = None
 
     @property
     def environ(self):

@@ -490,6 +490,9 @@ def to_dirac(event: dict) -> dict:
 #: ``data`` key of a relayed record (``pilotlog relay``): the DIRAC form a Pilot posted,
 #: ``{"method": …, "args": …}`` as strings, which the HTTPS sink posts again unchanged.
 RELAYED = "dirac_form"
+#: ``data`` key of a ``run --relay`` shutdown event: the payload of the Pilot's own ``finaliseLogs``
+#: (``{"retCode": "0"}``), folded into ours so that DIRAC finalises the pilot's log once, last.
+PILOT_FINALISE = "pilot_finalise"
 
 
 def relayed_form(event: dict):

@@ -28,7 +28,7 @@ One connection is kept alive for the whole replay.
 import json
 import time
 
-from .events import escape_controls, readable_line, relayed_form
+from .events import PILOT_FINALISE, escape_controls, readable_line, relayed_form
 from .redact import hidden_parts, mask_parts, mask_url
 from .sink import Backoff, SinkError, in_batches
 from .version import __version__
@@ -130,8 +130,12 @@ class HttpsSink:
         self.tls = target.tls
         ((self.host, self.port),) = target.hosts
         self.path = target.destination
-        self.context = client_context_for(config) if self.tls else None
-        self.hosts_credentials = bool(host_credentials(config.cert))
+        borrowed = getattr(config, "borrowed_credential", None) if config.http_protocol == "dirac" else None
+        if borrowed is not None:  # the DIRAC Pilot's own, taken by `run --relay` (pilotcred.py)
+            self.context, self.hosts_credentials = (borrowed.context if self.tls else None), borrowed.hosts
+        else:
+            self.context = client_context_for(config) if self.tls else None
+            self.hosts_credentials = bool(host_credentials(config.cert))
         self.config = config
         self.conn = None
         self.backoff = Backoff()
@@ -165,7 +169,10 @@ class HttpsSink:
                 run = []
             run.append(event)
             if event["phase"] == "shutdown":
-                finalise = self._form("finaliseLogs", {"retCode": _retcode(event)}, event["pilot"], run)
+                payload = event["data"].get(PILOT_FINALISE)  # the Pilot's own, folded into ours by `run --relay`
+                if not isinstance(payload, dict):
+                    payload = {"retCode": _retcode(event)}
+                finalise = self._form("finaliseLogs", payload, event["pilot"], run)
                 yield self._form("sendMessage", [readable_line(e) for e in run], run[0]["pilot"], run, then=finalise)
                 run = []
         if run:

@@ -16,7 +16,9 @@ that owns it.  Two ways to ask, the first tried first:
   them costs milliseconds on a busy node.  Addresses are written there as the kernel holds
   them: each 32-bit word in the machine's byte order as 8 hex digits, ``:``, the port as 4.
 
-A socket in TIME_WAIT has no owner left (the kernel says uid 0): it is never taken as one.
+Both also name the socket's inode, which ``run --relay`` looks for among the open files of its
+child's processes (pilotcred.py).  A socket in TIME_WAIT has no owner left (the kernel says
+uid 0): it is never taken as one.
 Elsewhere there is no way to ask: :func:`available` says so and the caller decides.
 """
 
@@ -36,7 +38,7 @@ NLM_F_REQUEST = 1
 NO_COOKIE = 0xFFFFFFFF
 #: nlmsghdr (16 bytes), then inet_diag_msg: family, state, timer, retrans, the 48-byte
 #: inet_diag_sockid, expires, rqueue, wqueue, uid, inode.
-REPLY_STATE, REPLY_UID, REPLY_BYTES = 16 + 1, 16 + 4 + 48 + 12, 16 + 72
+REPLY_STATE, REPLY_UID, REPLY_BYTES = 16 + 1, 16 + 4 + 48 + 12, 16 + 72  # the inode follows the uid
 
 
 def available() -> bool:
@@ -57,6 +59,12 @@ def peer_uid(sock) -> "int | None":
     """The uid owning the peer's end of ``sock`` (a connected TCP socket), or None when no socket
     of this host is that end (a remote peer, or one already gone).  OSError when the kernel
     cannot be asked at all."""
+    owner = peer_socket(sock)
+    return None if owner is None else owner[0]
+
+
+def peer_socket(sock) -> "tuple | None":
+    """``(uid, inode)`` of the peer's end of ``sock``, or None (see :func:`peer_uid`)."""
     own, peer = sock.getsockname(), sock.getpeername()
     ends = (_ipv6_bytes(peer[0]), peer[1], _ipv6_bytes(own[0]), own[1])
     try:
@@ -65,7 +73,7 @@ def peer_uid(sock) -> "int | None":
         return _read_tables(*ends)
 
 
-def _ask_netlink(src: bytes, sport: int, dst: bytes, dport: int) -> "int | None":
+def _ask_netlink(src: bytes, sport: int, dst: bytes, dport: int) -> "tuple | None":
     """sock_diag's answer for the socket (src:sport → dst:dport), as IPv4 when both ends are IPv4
     (a client's AF_INET socket), else as IPv6."""
     asks = [(socket.AF_INET6, src, dst)]
@@ -91,7 +99,7 @@ def _ask_netlink(src: bytes, sport: int, dst: bytes, dport: int) -> "int | None"
                 raise OSError("sock_diag: an answer of type %d" % kind)
             if reply[REPLY_STATE] == TIME_WAIT:
                 return None
-            return struct.unpack_from("=I", reply, REPLY_UID)[0]
+            return struct.unpack_from("=II", reply, REPLY_UID)
     return None
 
 
@@ -103,7 +111,7 @@ def _forms(address: bytes, port: int) -> set:
     return forms
 
 
-def _read_tables(src: bytes, sport: int, dst: bytes, dport: int) -> "int | None":
+def _read_tables(src: bytes, sport: int, dst: bytes, dport: int) -> "tuple | None":
     peer, own = _forms(src, sport), _forms(dst, dport)
     for table in TABLES:
         try:
@@ -113,6 +121,6 @@ def _read_tables(src: bytes, sport: int, dst: bytes, dport: int) -> "int | None"
             continue
         for row in rows:
             fields = row.split()
-            if len(fields) > 7 and fields[1] in peer and fields[2] in own and int(fields[3], 16) != TIME_WAIT:
-                return int(fields[7])
+            if len(fields) > 9 and fields[1] in peer and fields[2] in own and int(fields[3], 16) != TIME_WAIT:
+                return int(fields[7]), int(fields[9])
     return None

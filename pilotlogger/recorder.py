@@ -136,8 +136,8 @@ class Recorder:
         except SpoolError:
             pass
 
-    def ship(self):
-        """Ship what is spooled to the configured sink; return the ShipResult or None.
+    def ship(self, defer=None):
+        """Ship what is spooled to the configured sink; return the ShipResult or None (``defer``: see ship.ship).
 
         With the default ``stdout`` sink nothing is shipped: JSON lines must not appear in
         the host program's output (the wrapper's child, the handler's program); the events
@@ -151,7 +151,7 @@ class Recorder:
         if self.config.sink == "stdout" or not self.spool.holds_events():
             return None
         try:
-            return deliver(self.config, self.spool, sys.stdout)[0]
+            return deliver(self.config, self.spool, sys.stdout, defer=defer)[0]
         except ConfigError as exc:
             self._warn("not sent: %s" % exc)  # once: a wrapper ships every few seconds
             return None

@@ -191,6 +191,11 @@ class Intake:
         self.config, self.spool, self.context = config, open_spool(config), config.context()
         self._warned: set = set()
         self.group = SyncGroup(self.spool, on_error=self._warn) if config.log_fsync == "grouped" else None
+        #: ``observer(method, pilot, content, names)``, told of each request stored (``run --relay``:
+        #: relayrun.py): the message's text or the finaliseLogs payload, and the spool files.
+        self.observer = None
+        self._gate = threading.Lock()  # a store and its telling, or the close: never one within the other
+        self.closed = False
 
     def take(self, body: bytes):
         """Read, check and store one request; DIRAC's ``Value`` once it is stored, else Reject.
@@ -218,15 +223,22 @@ class Intake:
                 raise refusal from None  # DIRAC's plugin checks the id before it reads the message
             raise
         if form.method == "sendMessage":
-            text = message_bytes(content).decode("utf-8")  # refuses what cannot be stored (a lone surrogate)
-            self._store(self._message_records(form, text), sync=self.group is None)
+            content = message_bytes(content).decode("utf-8")  # refuses what cannot be stored (a lone surrogate)
+            records = self._message_records(form, content)
             value = "Message logged successfully for pilot: %s and %s" % (form.pilot, form.vo)
         else:
             code = exit_code(content.get("retCode"))
             message = "finaliseLogs: retCode %s" % json.dumps(content.get("retCode"))[:MESSAGE_CHARS]
-            finalise = record(form, "shutdown", "info" if code == 0 else "error", message, form.args, exit_code=code)
-            self._store([(form.pilot,) + finalise], sync=True)
+            records = [
+                (form.pilot,)
+                + record(form, "shutdown", "info" if code == 0 else "error", message, form.args, exit_code=code)
+            ]
             value = None  # DIRAC's S_OK() for finaliseLogs
+        with self._gate:
+            if self.closed:
+                raise Reject(503, "not stored: the relay is closing (its run ended)")
+            names = self._store(records, sync=form.method == "finaliseLogs" or self.group is None)
+            self._tell(form, content, names)
         if refusal is not None:
             raise Reject(400, "%s; kept, and forwarded as it came" % refusal)
         return value
@@ -268,8 +280,17 @@ class Intake:
         """Bytes of a record's event as the spool stores it (with room for its real seq)."""
         return len((to_json(self._event(pilot, *rec)) + "\n").encode("utf-8")) + DRAFT_ROOM
 
-    def _store(self, records: list, sync: bool) -> None:
-        """Put every record durably, or none: a part that does not fit removes the parts before it."""
+    def _tell(self, form, content, names: list) -> None:
+        """The observer hears of a stored request; what goes wrong there is said, never raised."""
+        if self.observer is not None:
+            try:
+                self.observer(form.method, form.pilot, content, names)
+            except Exception as exc:
+                self._warn("relay: %s: %s" % (type(exc).__name__, exc))
+
+    def _store(self, records: list, sync: bool) -> list:
+        """Put every record durably, or none: a part that does not fit removes the parts before it;
+        the names of the spool files."""
         from .spool import SpoolError
 
         stored: list = []
@@ -302,9 +323,12 @@ class Intake:
         if self.group is not None and not sync:
             for name in stored:
                 self.group.add(name)
+        return stored
 
     def close(self) -> None:
-        """fsync what waits (grouped fsyncs)."""
+        """Take no more requests (one being stored is finished first), fsync what waits (grouped fsyncs)."""
+        with self._gate:
+            self.closed = True
         if self.group is not None:
             self.group.close()
 
@@ -347,6 +371,9 @@ class Relay:
     def __init__(self, config, listen: str = DEFAULT_LISTEN, problem=None):
         self.problem = problem
         self.intake = Intake(config) if config is not None else None
+        #: ``on_post(sock)``, called with each connection before its request is taken (``run
+        #: --relay``: relayrun.py, to find the Pilot's credential while its socket is there).
+        self.on_post = None
         self._thread: "threading.Thread | None" = None
         try:
             self.server = httpd.Server(
@@ -388,6 +415,14 @@ class Relay:
             self._thread.join(5)
         if self.intake is not None:
             self.intake.close()
+
+    def heard_from(self, sock) -> None:
+        """Tell ``on_post`` of a connection whose request is about to be taken; never raises."""
+        if self.on_post is not None:
+            try:
+                self.on_post(sock)
+            except Exception as exc:
+                warn("relay: %s: %s" % (type(exc).__name__, exc))
 
     def take(self, body: bytes):
         if self.intake is None:
@@ -432,6 +467,7 @@ def _make_handler(relay: Relay):
             kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if kind != FORM_TYPE:
                 raise Reject(415, "Content-Type %r is not DIRAC's form (%s)" % (kind[:80], FORM_TYPE))
+            relay.heard_from(self.connection)
             return relay.take(body)
 
         def log_request(self, code="-", size="-"):  # not a line per post: the Pilot's stderr is its log

@@ -44,8 +44,9 @@ class ShipResult:
         self.refusal = None
 
 
-def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
-    """Send everything in ``spool`` through ``sink``, one shipper at a time (see Spool.lock_replay)."""
+def ship(spool, sink, fmt: str, progress=None, defer=None) -> ShipResult:
+    """Send everything in ``spool`` through ``sink``, one shipper at a time (see Spool.lock_replay);
+    ``defer(event)`` true: that event is left for a later run (``run --relay``: relayrun.py)."""
     try:
         held = spool.lock_replay()
     except SpoolError as exc:  # another replay is at work: this one leaves the events to it
@@ -53,12 +54,12 @@ def ship(spool, sink, fmt: str, progress=None) -> ShipResult:
         result.error, result.remaining = str(exc), spool.stats()["depth"]
         return result
     try:
-        return _ship_held(spool, sink, fmt, progress)
+        return _ship_held(spool, sink, fmt, progress, defer)
     finally:
         spool.unlock_replay(held)
 
 
-def _ship_held(spool, sink, fmt: str, progress=None) -> ShipResult:
+def _ship_held(spool, sink, fmt: str, progress=None, defer=None) -> ShipResult:
     """Send everything in ``spool`` through ``sink``; return what happened.
 
     ``progress(delivered)`` is called every PROGRESS_EVERY settled events when given (the
@@ -71,7 +72,7 @@ def _ship_held(spool, sink, fmt: str, progress=None) -> ShipResult:
     def spooled():
         for name in spool.entries():
             loaded = spool.read(name)  # None: unreadable, already quarantined by the spool
-            if loaded is not None:
+            if loaded is not None and not (defer is not None and defer(loaded[0])):
                 event, text = loaded
                 names[event["id"]] = name
                 yield event, (text if fmt == "native" else render(event, fmt))  # the file is the native form
@@ -119,7 +120,7 @@ def _record(spool, result: ShipResult) -> None:
         pass
 
 
-def deliver(config, spool, stdout, progress=None):
+def deliver(config, spool, stdout, progress=None, defer=None):
     """Open the configured sink, ship ``spool`` through it, close it: (ShipResult, the sink).
 
     The sink is returned for the caller's summary (its name, whether it fell back).
@@ -129,7 +130,7 @@ def deliver(config, spool, stdout, progress=None):
 
     sink = open_sink(config, stdout)
     try:
-        return ship(spool, sink, config.format, progress=progress), sink
+        return ship(spool, sink, config.format, progress=progress, defer=defer), sink
     finally:
         sink.close()
 
@@ -141,8 +142,9 @@ class Shipper:
     a failure in one stderr line; runs never overlap.  Nothing here raises.
     """
 
-    def __init__(self, recorder, every=None):
+    def __init__(self, recorder, every=None, defer=None):
         self._recorder = recorder  # a callable giving the Recorder: the handler makes its own on first use
+        self._defer = defer  # the background runs leave these events to the drain (see ship())
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -152,13 +154,13 @@ class Shipper:
 
     def _loop(self, every: float) -> None:
         while not self._stop.wait(every):
-            self.ship_once()
+            self.ship_once(self._defer)
 
-    def ship_once(self) -> None:
+    def ship_once(self, defer=None) -> None:
         with self._lock:
             try:
                 recorder = self._recorder()
-                result = recorder.ship()
+                result = recorder.ship(defer)
                 if result is not None and result.error:
                     warn("%s; %d event(s) kept in spool %s" % (result.error, result.remaining, recorder.spool.path))
             except Exception as exc:

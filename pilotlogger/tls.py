@@ -40,8 +40,12 @@ def host_credentials(cert):
     return None
 
 
-def client_context(ca_file=None, ca_dir=None, cert=None, key=None):
-    """A client context with verification on, trust and identity loaded from the given files."""
+def client_context(ca_file=None, ca_dir=None, cert=None, key=None, ca_dir_now=False):
+    """A client context with verification on, trust and identity loaded from the given files.
+
+    ``ca_dir_now``: read every hashed certificate of ``ca_dir`` now, rather than when a handshake
+    looks one up (for a directory that may be gone by then: the Pilot's, see pilotcred.py).
+    """
     import ssl
 
     if host_credentials(cert):
@@ -58,7 +62,11 @@ def client_context(ca_file=None, ca_dir=None, cert=None, key=None):
     if not ca_file and not ca_dir and os.path.isdir(GRID_CA_DIR):
         ca_dir = GRID_CA_DIR
     try:
-        if ca_file or ca_dir:
+        if ca_dir and ca_dir_now:
+            _load_hashed_now(context, ca_dir)
+            if ca_file:
+                context.load_verify_locations(cafile=ca_file)
+        elif ca_file or ca_dir:
             context.load_verify_locations(cafile=ca_file, capath=ca_dir)
         else:
             context.load_default_certs()
@@ -80,6 +88,24 @@ def client_context(ca_file=None, ca_dir=None, cert=None, key=None):
     elif key:
         raise TLSConfigError("a client key %s is configured without a certificate (set cert as well)" % key)
     return context
+
+
+def _load_hashed_now(context, ca_dir: str) -> None:
+    """Load the certificates of a hashed CA directory (``<8 hex>.<n>``, OpenSSL's layout) into
+    ``context`` now; a file that is not a certificate (a CRL, a policy) is passed over."""
+    import re
+    import ssl
+
+    loaded = 0
+    for name in sorted(os.listdir(ca_dir)):
+        if re.match(r"[0-9a-f]{8}\.[0-9]+\Z", name):
+            try:
+                context.load_verify_locations(cafile=os.path.join(ca_dir, name))
+                loaded += 1
+            except (ssl.SSLError, OSError):
+                continue
+    if not loaded:
+        raise OSError("no hashed CA certificate (<8 hex>.<n>) could be read there")
 
 
 def client_context_for(config):

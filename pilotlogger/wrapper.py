@@ -22,6 +22,9 @@
 * With ``relay`` a relay (relay.py) listens on a free loopback port for the child's life,
   storing into the same spool: its URL is given to the child as ``PILOTLOG_RELAY_URL`` and
   in place of an argument ``{relay}``, so several pilots on one node never share one.
+  relayrun.py's rules then make pilotlogger's events and the Pilot's posts one DIRAC log:
+  finalised once, last; each printed line once; forwarded with the Pilot's credential when
+  pilotlogger has none.
 """
 
 import os
@@ -44,6 +47,7 @@ CAPTURE_LINE_COST = 400
 #: Past the budget, the last this many lines are held and recorded at the end (the error is there).
 CAPTURE_TAIL_LINES = 500
 SHIP_EVERY = 10.0
+SOURCE = "pilot-wrapper"  # the source of the wrapper's events
 RELAY_ARGUMENT = "{relay}"  # an argument of the child's replaced by the relay's URL
 RELAY_VARIABLE = "PILOTLOG_RELAY_URL"
 LOOPBACK_NAMES = "127.0.0.1,localhost,::1"  # added to the child's no_proxy with a relay
@@ -184,6 +188,11 @@ class Wrapper:
             self.recorder = Recorder(config, group_log_fsyncs=True) if config is not None else None
         except Exception as exc:  # no recording at all; the child still runs
             warn("not recording this run: %s" % exc)
+        self.relayed = None  # relayrun.RelayedRun: the rules of a relay around the Pilot
+        if self.relay is not None and self.recorder is not None:
+            from .relayrun import RelayedRun
+
+            self.relayed = RelayedRun(self.recorder, self.relay, SOURCE, CAPTURE_LINE_BYTES if capture else 0)
         self.tail = []
         self.tail_lock = threading.Lock()
         self.budget = CaptureBudget(self.recorder.config.capture_budget if self.recorder is not None else 0)
@@ -221,11 +230,13 @@ class Wrapper:
         return [self.relay.url if a == RELAY_ARGUMENT else a for a in self.argv], env
 
     def record(self, phase, message, status="info", **data):
+        """The event recorded, or None."""
         if self.recorder is not None:
             try:
-                self.recorder.record(phase, message, status, "pilot-wrapper", data)
+                return self.recorder.record(phase, message, status, SOURCE, data)
             except Exception as exc:
                 warn("event not recorded: %s" % exc)
+        return None
 
     def _pump(self, source, sink, stream_name: str):
         """Copy the child's stream through unchanged as it comes (a prompt or a progress bar
@@ -293,7 +304,9 @@ class Wrapper:
 
     def _record_line(self, line: str, stream_name: str, phase: str) -> None:
         if phase == "log":
-            self.record("log", line, "warning" if stream_name == "stderr" else "info", stream=stream_name)
+            event = self.record("log", line, "warning" if stream_name == "stderr" else "info", stream=stream_name)
+            if event is not None and stream_name == "stdout" and self.relayed is not None:
+                self.relayed.printed(event, line)
         else:
             self.record(phase, line, stream=stream_name)
 
@@ -371,6 +384,8 @@ class Wrapper:
         for pipe in (child.stdout, child.stderr):
             _widen(pipe)
         previous = {}
+        if self.relayed is not None:
+            self.relayed.child_started(child.pid)
         for name in FORWARDED:
             sig = getattr(signal, name)
             previous[sig] = signal.signal(sig, lambda signum, frame: child.send_signal(signum))
@@ -384,7 +399,9 @@ class Wrapper:
         if self.recorder is not None:
             from .ship import Shipper
 
-            self.shipper = Shipper(lambda: self.recorder, self.ship_every)
+            self.shipper = Shipper(
+                lambda: self.recorder, self.ship_every, self.relayed.defer if self.relayed is not None else None
+            )
         try:
             while True:  # not a bare wait(): a signal the kernel gives another of our threads would only be
                 try:  # handled (forwarded) once the child ended; a timed wait wakes every 50 ms at most
@@ -424,6 +441,8 @@ class Wrapper:
         with self.tail_lock:
             tail = list(self.tail)
         data = {"exit_code": code, "duration_s": round(duration, 3), "stderr_tail": tail}
+        if self.relayed is not None:
+            data.update(self.relayed.settle())
         if signum:
             data["signal"] = signal.Signals(signum).name
         if self.budget.dropped_lines:

@@ -38,6 +38,7 @@ import io
 import json
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -71,9 +72,11 @@ class PilotFiles:
 
     ``bufsize`` is the pilot.json ``RemoteLoggerBufsize``; ``corrupt`` names a file whose
     checksum is served wrong (a checksum mismatch). ``fetched`` lists the paths asked for.
+    ``gate`` (a threading.Event): nothing is served before it is set (within 120 s), so the
+    Pilot starts only once the test has seen what it waits for.
     """
 
-    def __init__(self, pki, directory: Path, bufsize: int = 1000, corrupt: "str | None" = None):
+    def __init__(self, pki, directory: Path, bufsize: int = 1000, corrupt: "str | None" = None, gate=None):
         directory.mkdir(parents=True, exist_ok=True)
         standin = STANDIN.read_bytes()
         tar = io.BytesIO()
@@ -97,6 +100,11 @@ class PilotFiles:
         files_served = self.fetched
 
         class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):
+                if gate is not None:
+                    gate.wait(120)
+                super().do_GET()
+
             def log_message(self, *args):
                 files_served.append(self.path)
 
@@ -166,7 +174,8 @@ def worker_env(pki, workdir: Path, pilot: str, python: str = sys.executable, **e
 
 
 def start_wrapper(wrapper: Path, cwd: Path, env: dict) -> subprocess.Popen:
-    """``bash WRAPPER`` in ``cwd`` in the background (text pipes), as a batch system runs the job."""
+    """``bash WRAPPER`` in ``cwd`` in the background (text pipes), as a batch system runs the job:
+    in a session of its own, so that ``os.killpg(job.pid, …)`` ends all of it."""
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         ["bash", str(wrapper)],
@@ -175,6 +184,7 @@ def start_wrapper(wrapper: Path, cwd: Path, env: dict) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         universal_newlines=True,
+        start_new_session=True,
     )
 
 
@@ -200,6 +210,12 @@ def wait_for_pid(pidfile: Path, process: subprocess.Popen, timeout: float = 60) 
             raise AssertionError("the stand-in never reached its hang (exit %s)" % process.poll())
         time.sleep(0.05)
     return int(pidfile.read_text())
+
+
+def kill_in_its_hang(pidfile: Path, process: subprocess.Popen) -> None:
+    """SIGKILL the stand-in once it hangs (``PILOT_STANDIN_FAULT=<Command>:hang``), as a batch
+    system or the OOM killer ends a pilot in the middle of a command."""
+    os.kill(wait_for_pid(pidfile, process), signal.SIGKILL)
 
 
 def stored_log(dirac, pilot: str, vo: str = "dteam") -> str:
@@ -240,16 +256,30 @@ def masked(text: str, pilot: str) -> str:
     return "\n".join(lines)
 
 
-def direct_reference(dirac, pki, workdir: Path, bufsize: int = 1000, fault: "str | None" = None) -> str:
+def direct_reference(dirac, pki, workdir: Path, bufsize: int = 1000, fault: "str | None" = None, **env) -> str:
     """The Pilot posting directly to DIRAC: DIRAC's store for a normal run (or one with the
-    stand-in's ``fault``) of the generated wrapper with :data:`RELAY_OPTIONS` and
-    ``PILOTLOG_RELAY_URL`` set to DIRAC's own URL, masked. What a run through the relay must
-    leave in DIRAC's store, masked the same way."""
+    stand-in's ``fault``; with ``<Command>:hang`` it is killed there, :func:`kill_in_its_hang`)
+    of the generated wrapper with :data:`RELAY_OPTIONS` and ``PILOTLOG_RELAY_URL`` set to DIRAC's
+    own URL, masked. What a run through the relay must leave in DIRAC's store, masked the same
+    way. ``env``: more variables of the job, after those (the wrapper logs them in order)."""
     pilot = new_stamp()
     extra = {"PILOTLOG_RELAY_URL": dirac.url}
     if fault:
         extra["PILOT_STANDIN_FAULT"] = fault
+    if fault and fault.endswith(":hang"):
+        extra["PILOT_STANDIN_PIDFILE"] = str(workdir / "pilot.pid")
+    extra.update(env)
     with PilotFiles(pki, workdir / "files", bufsize=bufsize) as files:
         wrapper = generate_wrapper(workdir / "wrapper.sh", files.url, workdir)
-        run_wrapper(wrapper, workdir / "job", worker_env(pki, workdir, pilot, **extra))
+        if fault and fault.endswith(":hang"):
+            job = start_wrapper(wrapper, workdir / "job", worker_env(pki, workdir, pilot, **extra))
+            try:
+                kill_in_its_hang(workdir / "pilot.pid", job)
+                job.communicate(timeout=60)
+            finally:
+                if job.poll() is None:
+                    job.kill()
+                    job.wait()
+        else:
+            run_wrapper(wrapper, workdir / "job", worker_env(pki, workdir, pilot, **extra))
     return masked(stored_log(dirac, pilot), pilot)

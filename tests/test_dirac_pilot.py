@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
@@ -38,7 +39,7 @@ from dirac_pilot import (
     wait_for_pid,
     worker_env,
 )
-from helpers import AGENT_DIRS, https_env, pyenv_python
+from helpers import AGENT_DIRS, SilentListener, https_env, pyenv_python
 from test_dirac import PATH, tree
 
 dirac = test_dirac.dirac  # DIRAC's TornadoPilotLoggingHandler: tests/test_dirac.py's module fixture, reused
@@ -332,6 +333,28 @@ def test_dirac_down_the_pilot_exits_1_before_its_first_command(dirac, pki, tmp_p
     assert stored_log(dirac, pilot) == ""
     off, _ = normal_run(pki, tmp_path / "off", "--wnVO=dteam")
     assert off.returncode == 0 and "INFO [LaunchAgent] DiskSpace (MB) = 1000" in off.stdout, off.stderr
+
+
+def test_a_silent_dirac_holds_the_pilot_at_its_first_post_for_ever(pki, tmp_path):
+    """DIRAC accepts the connection and never answers: the Pilot's ``urlopen`` has no timeout, so
+    it waits at its first POST (the TLS handshake) and never runs a command. Once the silent
+    server holds its connection the Pilot cannot go on, so a few seconds more show it waiting."""
+    pilot = new_stamp()
+    with SilentListener() as silent, PilotFiles(pki, tmp_path / "files") as files:
+        wrapper = generate_wrapper(tmp_path / "wrapper.sh", files.url, tmp_path)
+        env = worker_env(pki, tmp_path, pilot, PILOTLOG_RELAY_URL="https://localhost:%d%s" % (silent.port, PATH))
+        job = start_wrapper(wrapper, tmp_path / "job", env)
+        try:
+            ends = time.monotonic() + 60
+            while not silent.held and job.poll() is None and time.monotonic() < ends:
+                time.sleep(0.05)
+            assert silent.held, "the Pilot never reached DIRAC"
+            time.sleep(3)
+            assert job.poll() is None  # still waiting for the answer
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)  # the whole job, as the batch system ends it
+            out, err = job.communicate(timeout=60)
+    assert "INFO [Pilot] Remote logger activated" in out and "instantiated" not in out, err
 
 
 def test_a_refused_pilot_id_loses_everything_silently(dirac, pki, tmp_path):

@@ -701,8 +701,8 @@ def test_another_user_holding_many_connections_cannot_keep_the_pilot_out(pilotlo
     "family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"), (socket.AF_INET6, "::")]
 )
 def test_both_ways_of_asking_who_connected_agree(root_only, family, host):
-    """netlink sock_diag (the fast way) and /proc/net/tcp{,6} (the fallback) name the same owner,
-    for a client of ours and one of nobody's, over IPv4, IPv6 and IPv4 to a dual-stack listener."""
+    """netlink sock_diag (the fast way) and /proc/net/tcp{,6} (the fallback) name the same owner
+    and socket inode, for a client of ours and one of nobody's, over IPv4, IPv6 and IPv4 to a dual-stack listener."""
     from pilotlogger import peeruid
 
     with socket.socket(family) as listener:
@@ -724,7 +724,9 @@ def test_both_ways_of_asking_who_connected_agree(root_only, family, host):
                 with conn:
                     own, peer = conn.getsockname(), conn.getpeername()
                     ends = (peeruid._ipv6_bytes(peer[0]), peer[1], peeruid._ipv6_bytes(own[0]), own[1])
-                    assert peeruid._ask_netlink(*ends) == peeruid._read_tables(*ends) == peeruid.peer_uid(conn) == uid
+                    owner = peeruid._ask_netlink(*ends)
+                    assert owner == peeruid._read_tables(*ends) == peeruid.peer_socket(conn)  # uid and inode
+                    assert owner[0] == peeruid.peer_uid(conn) == uid and owner[1] > 0
                     assert peeruid._ask_netlink(ends[0], ends[1] ^ 1, ends[2], ends[3]) is None  # no such socket
             finally:
                 holder.kill()
