@@ -14,6 +14,7 @@ DIRAC's file after the same pilot posted to DIRAC directly (``direct_reference``
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from dirac_pilot import (
     new_stamp,
     stored_log,
     unreachable_location,
+    wait_for_pid,
     worker_env,
 )
 from helpers import SEEN_OUTPUT, Pilotlog, SilentListener, https_env, pyenv_python
@@ -256,9 +258,15 @@ EARLY_DEATHS = {
 @pytest.mark.parametrize("how", sorted(EARLY_DEATHS))
 def test_every_line_of_a_wrapper_dying_before_the_pilot_reaches_dirac(dirac, pki, tmp_path, pilotlog, how):
     """No Pilot, so no post: every line the wrapper printed, stdout and stderr, is in DIRAC
-    (tests/test_dirac_pilot.py shows the same death leaving DIRAC's store empty without pilotlog)."""
+    (tests/test_dirac_pilot.py shows the same death leaving DIRAC's store empty without pilotlog).
+    The download death runs with 120 more variables in the job, as a worker node has them: the
+    wrapper logs one line each, all within a tenth of a second, and none is left out."""
     if how == "download":
-        run = run_pilot(pilotlog, pki, dirac, tmp_path, location=unreachable_location(), PILOTLOG_SINK=dirac.url)
+        node = {"NODE_VARIABLE_%03d" % i: "value %d of a worker node's environment" % i for i in range(120)}
+        run = run_pilot(
+            pilotlog, pki, dirac, tmp_path, location=unreachable_location(), PILOTLOG_SINK=dirac.url, **node
+        )
+        assert sum("NODE_VARIABLE_" in line for line in printed(run.stdout)) == 120
     else:
         with PilotFiles(pki, tmp_path / "files", corrupt="dirac-pilot.py") as files:
             run = run_pilot(pilotlog, pki, dirac, tmp_path, location=files.url, PILOTLOG_SINK=dirac.url)
@@ -641,3 +649,45 @@ def test_a_vo_template_runs_the_whole_wrapper_again_under_pilotlog(dirac, pki, t
     environment = re.compile(r"<TIME> DEBUG +\[pilotLogger\] [A-Za-z_]\w*=<value>\n")  # this job's differs
     assert environment.sub("", masked(pilots_part(log), pilot)) == environment.sub("", references(1000))
     assert shutdown_data(log)["relayed_posts"] == 6
+
+
+# -- the whole job killed, pilotlog too: a later replay ------------------------------------------
+
+
+def test_the_whole_job_killed_a_later_replay_loses_no_line(dirac, pki, tmp_path, pilotlog, references):
+    """The batch system kills the job, pilotlog included, while the Pilot hangs in LaunchAgent
+    with its buffer unsent. Nothing ran at the end (no pairing, no shutdown): a later replay
+    ships what the spool holds, oldest first — every line the Pilot posted as posted, every
+    printed line at least once (at-least-once: a printed line not yet paired arrives beside its
+    posted twin), never one lost."""
+    pidfile = tmp_path / "pilot.pid"
+
+    def kill_the_job_once_the_last_line_is_recorded(proc):
+        wait_for_pid(pidfile, proc)
+        ends = time.monotonic() + 60
+        while time.monotonic() < ends and not any("hanging until killed" in e["message"] for e in pilotlog.events()):
+            time.sleep(0.05)
+        from pilotlogger.pilotcred import descendants
+
+        for pid in [proc.pid] + descendants(proc.pid):  # the job's processes, as a batch system's kill
+            os.kill(pid, signal.SIGKILL)
+
+    run = run_pilot(
+        pilotlog,
+        pki,
+        dirac,
+        tmp_path,
+        meanwhile=kill_the_job_once_the_last_line_is_recorded,
+        PILOT_STANDIN_FAULT="LaunchAgent:hang",
+        PILOT_STANDIN_PIDFILE=pidfile,
+        PILOTLOG_SINK=dirac.url,
+    )
+    assert run.returncode == -signal.SIGKILL
+    p = pilotlog("replay", env={"PILOTLOG_SINK": dirac.url})
+    assert p.returncode == 0 and pilotlog.events() == [], p.stderr
+    log = stored_log(dirac, run.pilot)
+    assert masked(pilots_part(log), run.pilot) == references(1000, "LaunchAgent:hang")
+    every = masked(pilots_part(log) + "\n".join(captured(log, "stdout")), run.pilot).replace(" WARNING [", " WARN [")
+    for line in printed(run.stdout):
+        text = masked(line, run.pilot)
+        assert text in every or re.sub(r"^<TIME> [A-Z]+ \[\w+\] ", "", text) in every, line
