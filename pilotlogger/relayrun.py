@@ -9,7 +9,9 @@ pilotlogger's own events and the Pilot's posts to the relay carry one pilot id (
    when its ``LaunchAgent`` finalised and pilotlogger's shutdown finalised again.  So the
    Pilot's ``finaliseLogs`` of the run's own pilot is kept out of background shipping, removed
    from the spool at the end, and its payload goes with pilotlogger's shutdown event
-   (``data.pilot_finalise``), whose finaliseLogs DIRAC gets after every other line.
+   (``data.pilot_finalise``), whose finaliseLogs DIRAC gets after every other line.  Removed
+   before the shutdown is recorded: a kill in between leaves the log open, never finalised
+   twice; put back, last, when the shutdown cannot be recorded.
 2. **Each printed line once** (``--capture``).  The Pilot prints what it posts, so captured
    stdout lines are recorded as usual but not shipped while the run lasts; each one whose twin
    the relay stored for the run's pilot is removed (echoes.py decides which), and the others —
@@ -33,7 +35,7 @@ DIRAC then keeps in a new, open file) — never a loss.
 import threading
 
 from .console import warn
-from .events import LOG_PHASE, PILOT_FINALISE
+from .events import LOG_PHASE, PILOT_FINALISE, EventError
 from .spool import EventName, SpoolError
 
 #: Attempts at finding the Pilot's credential (each looks through the child's processes).
@@ -56,7 +58,8 @@ class RelayedRun:
         self.child: "int | None" = None  # the wrapper's child's pid, once started
         self.lock = threading.Lock()
         self.finalises: list = []  # spool files of the Pilot's finaliseLogs of the run's pilot
-        self.finalise_payload = None
+        self.finalise_payload: "dict | None" = None
+        self.removed_finalise: "dict | None" = None  # the last of them, as it was, until our shutdown is recorded
         self.posts = self.borrow_tries = 0
         self.ended = False
         self._warned: set = set()
@@ -102,12 +105,31 @@ class RelayedRun:
             self._remove(self.echoes.end())
             data["printed_lines_posted"] = self.echoes.paired
         if self.finalises:
+            self.removed_finalise = self.recorder.spool.load(self.finalises[-1])
             self._remove(self.finalises)  # before our shutdown is recorded: never two finalisations
             data[PILOT_FINALISE] = self.finalise_payload
         borrowed = self.recorder.config.borrowed_credential
         if borrowed is not None:
             data["forwarded_with"] = borrowed.origin
         return data
+
+    def shutdown_not_recorded(self) -> None:
+        """Our shutdown could not be recorded (a full disk, a spool full of events that are not
+        ``log``): the Pilot's finaliseLogs goes back into the spool, last, so the log is finalised."""
+        event, self.removed_finalise = self.removed_finalise, None
+        if event is None:
+            return
+        from .events import make_event
+
+        def build(seq, epoch):
+            fields = (event["phase"], event["message"], event["status"], event["source"], event["data"])
+            return make_event(*fields, pilot=event["pilot"], context=event["context"], seq=seq, epoch=epoch)
+
+        try:
+            if not self.recorder.spool.put(build, sync=True).stored:
+                self._warn("the Pilot's finaliseLogs could not be kept either (spool full): DIRAC's log stays open")
+        except (SpoolError, EventError) as exc:
+            self._warn("the Pilot's finaliseLogs could not be kept either (%s): DIRAC's log stays open" % exc)
 
     # -- told by the relay ---------------------------------------------------------------------
 
@@ -119,7 +141,7 @@ class RelayedRun:
             self.posts += 1
             if method == "finaliseLogs":
                 self.finalises += names
-                self.finalise_payload = content
+                self.finalise_payload = {"retCode": _ret_code(content.get("retCode"))}
         if method == "sendMessage" and self.echoes is not None:
             self._remove(self.echoes.posted(content))
 
@@ -150,3 +172,13 @@ class RelayedRun:
         if message not in self._warned:
             self._warned.add(message)
             warn(message)
+
+
+def _ret_code(value):
+    """The Pilot's retCode as it came when it is a short text or a number (DIRAC only logs it),
+    else the exit code it says: what our shutdown carries stays small whatever was posted."""
+    from .relay import exit_code
+
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) <= 64:
+        return value
+    return str(exit_code(value))

@@ -40,6 +40,9 @@ from .recorder import Recorder
 
 FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")
 STDERR_TAIL = 20
+#: Characters of a stderr line kept in shutdown's tail, and twice as many bytes once in the event
+#: (a control character takes six there): the tail can never make shutdown too large to record.
+STDERR_TAIL_CHARS = 500
 CAPTURE_LINE_BYTES = 4096
 #: What a recorded line costs the run's budget beyond its own bytes: about what its event adds
 #: (id, times, pilot, source, context), so that a flood of empty lines is bounded too.
@@ -286,7 +289,7 @@ class Wrapper:
                 return  # after the shutdown event: passed through, never recorded out of order
             if stream_name == "stderr":
                 with self.tail_lock:
-                    self.tail = (self.tail + [line])[-STDERR_TAIL:]
+                    self.tail = (self.tail + [_tail_line(line)])[-STDERR_TAIL:]
             phase = next((phase for regex, phase in self.patterns if regex.search(line)), None)
             if phase is None and self.capture and line:
                 phase = "log"
@@ -454,7 +457,8 @@ class Wrapper:
         ended = "killed by %s" % data["signal"] if signum else "exited with %d" % code
         dropped = "; %d output line(s) over the capture budget not recorded" % self.budget.dropped_lines
         message = "%s %s after %.1f s%s" % (self.argv[0], ended, duration, dropped if self.budget.dropped_lines else "")
-        self.record("shutdown", message, status, **data)
+        if self.record("shutdown", message, status, **data) is None and self.relayed is not None:
+            self.relayed.shutdown_not_recorded()
         self._finish()
         return code
 
@@ -500,3 +504,16 @@ def _widen(pipe) -> None:
 
 def _binary(stream):
     return getattr(stream, "buffer", stream)
+
+
+def _tail_line(line: str) -> str:
+    """A stderr line as shutdown's tail keeps it (STDERR_TAIL_CHARS): 20 lines of 4096 characters
+    made a shutdown over max_event_bytes, which was then not recorded at all."""
+    from .events import to_json
+
+    if len(line) <= STDERR_TAIL_CHARS and len(to_json(line).encode("utf-8")) <= 2 * STDERR_TAIL_CHARS:
+        return line
+    cut = line[:STDERR_TAIL_CHARS]
+    while len(to_json(cut).encode("utf-8")) > 2 * STDERR_TAIL_CHARS:
+        cut = cut[: len(cut) // 2]
+    return cut + " [truncated]"

@@ -551,7 +551,7 @@ def test_forwarding_to_a_silent_dirac_never_holds_the_pilot(dirac, pki, tmp_path
         assert silent.held, "pilotlog never tried the silent DIRAC"
     assert run.returncode == 0, run.stderr
     assert "INFO [LaunchAgent] DiskSpace (MB) = 1000" in run.stdout
-    assert "[Errno" not in run.stderr and "Traceback" not in run.stderr
+    assert "Traceback" not in run.stderr
     p = pilotlog("replay", env={"PILOTLOG_SINK": dirac.url})
     assert p.returncode == 0 and pilotlog.events() == [], p.stderr
     log = assert_one_log(dirac, run.pilot)
@@ -691,3 +691,65 @@ def test_the_whole_job_killed_a_later_replay_loses_no_line(dirac, pki, tmp_path,
     for line in printed(run.stdout):
         text = masked(line, run.pilot)
         assert text in every or re.sub(r"^<TIME> [A-Z]+ \[\w+\] ", "", text) in every, line
+
+
+FINALISING = r"""
+import json, os, sys, urllib.parse, urllib.request
+for i in range(20):  # a stderr tail as long as the shutdown event keeps
+    print("%d %s" % (i, "e" * 4000), file=sys.stderr, flush=True)
+def post(method, payload):
+    args = json.dumps((json.dumps(payload), os.environ["DIRAC_PILOT_STAMP"], ""))
+    body = urllib.parse.urlencode({"method": method, "args": args}).encode()
+    print(json.loads(urllib.request.urlopen(os.environ["PILOTLOG_RELAY_URL"], body).read())["OK"], flush=True)
+post("sendMessage", "2026-12-04T10:00:00.000000Z INFO [LaunchAgent] done\n")
+post("finaliseLogs", {"retCode": os.environ["RET_CODE"]})
+"""
+
+
+@pytest.mark.parametrize("ret_code", ["3", "x" * 50000])
+def test_the_pilots_finalise_is_carried_by_the_shutdown_and_never_makes_it_too_large(tmp_path, pilotlog, ret_code):
+    """The Pilot's finaliseLogs of the run's pilot leaves the spool at the end, its retCode in
+    the shutdown (``data.pilot_finalise``), as it came when short; a retCode of 50,000 characters
+    (the relay stored it: it fits one event) becomes the exit code it says, so the shutdown,
+    whose stderr tail is already long, is still recorded."""
+    child = tmp_path / "finalising.py"
+    child.write_text(FINALISING)
+    p = pilotlog(
+        "run", "--relay", "--", sys.executable, child, env={"DIRAC_PILOT_STAMP": new_stamp(), "RET_CODE": ret_code}
+    )
+    assert p.returncode == 0 and p.stdout == "True\nTrue\n", p.stderr
+    events = pilotlog.events()
+    assert [e["phase"] for e in events] == ["boot", "LaunchAgent", "shutdown"]
+    assert events[-1]["data"]["pilot_finalise"] == {"retCode": ret_code if len(ret_code) < 64 else "1"}
+    assert len(events[-1]["data"]["stderr_tail"]) == 20
+
+
+def test_when_our_shutdown_cannot_be_recorded_the_pilots_finalise_goes_back_last(tmp_path, monkeypatch):
+    """A fault no peer makes on cue: the wrapper's shutdown is not recorded (a disk full at that
+    instant). The Pilot's finaliseLogs, taken out of the spool for it, goes back in, last, so
+    that DIRAC's log is finalised all the same. In process: the recorder refuses the shutdown."""
+    from pilotlogger import recorder
+    from pilotlogger.config import load
+    from pilotlogger.wrapper import Wrapper
+
+    record = recorder.Recorder.record
+
+    def no_shutdown(self, phase, message, status="info", source=None, data=None, cut_long=True):
+        if phase == "shutdown" and source == "pilot-wrapper":
+            return None
+        return record(self, phase, message, status, source, data, cut_long)
+
+    monkeypatch.setattr(recorder.Recorder, "record", no_shutdown)
+    monkeypatch.setenv("DIRAC_PILOT_STAMP", new_stamp())
+    monkeypatch.setenv("RET_CODE", "0")
+    child = tmp_path / "finalising.py"
+    child.write_text(FINALISING)
+    config = load({"spool": str(tmp_path / "spool")})
+    assert Wrapper(config, [sys.executable, str(child)], relay=True).run() == 0
+    events = Pilotlog(None, tmp_path).events()
+    assert [(e["phase"], e["source"]) for e in events] == [
+        ("boot", "pilot-wrapper"),
+        ("LaunchAgent", "relay"),
+        ("shutdown", "relay"),
+    ]
+    assert events[-1]["data"]["dirac_form"]["method"] == "finaliseLogs" and events[-1]["seq"] > events[1]["seq"] + 1

@@ -64,6 +64,20 @@ def test_output_passes_through_unchanged_and_stderr_tail_is_kept(pilotlog):
     assert pilotlog.events()[-1]["data"]["stderr_tail"] == ["e1", "e2"]
 
 
+def test_long_stderr_lines_never_cost_the_shutdown_event(pilotlog):
+    """20 stderr lines of 4,000 characters (control characters among them, six bytes each in the
+    event) used to make the shutdown event 80 KB, over max_event_bytes: it was not recorded at
+    all. Each tail line is now cut, and says so."""
+    script = "import sys\nfor i in range(20): print('%d %s' % (i, '\\x01' * 4000), file=sys.stderr)\nsys.exit(4)"
+    p = run(pilotlog, sys.executable, "-c", script)
+    assert p.returncode == 4 and "not recorded" not in p.stderr, p.stderr
+    shutdown = pilotlog.events()[-1]
+    assert shutdown["phase"] == "shutdown" and shutdown["data"]["exit_code"] == 4
+    tail = shutdown["data"]["stderr_tail"]
+    assert [line.split()[0] for line in tail] == [str(i) for i in range(20)]
+    assert all(line.endswith(" [truncated]") for line in tail)
+
+
 def test_patterns_and_capture(pilotlog):
     script = "echo 'installed DIRAC v8r0'; echo 'JobAgent: matched a job 1234'; echo plain; echo 'failed to match' >&2"
     p = run(
