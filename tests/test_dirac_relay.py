@@ -403,9 +403,13 @@ def relay_url(pilotlog, proc, timeout: float = 60) -> str:
     raise AssertionError("no boot event recorded")
 
 
-@pytest.mark.parametrize("ca", ["job", "wrapper"], ids=["ca-of-the-job", "ca-set-by-the-wrapper"])
+@pytest.mark.parametrize(
+    "ca,version",
+    [("job", None), ("wrapper", None), ("job", "3.6.15")],
+    ids=["ca-of-the-job", "ca-set-by-the-wrapper", "ca-of-the-job-python-3.6"],
+)
 def test_with_no_credential_of_its_own_the_relay_forwards_with_the_pilots_bundled_proxy(
-    dirac, pki, proxies, tmp_path, pilotlog, references, ca
+    dirac, pki, proxies, tmp_path, bundle, pilotlog, references, ca, version
 ):
     """The SiteDirector bundled a real RFC 3820 proxy into the wrapper, which sets
     X509_USER_PROXY in its own Python only; pilotlogger has no certificate (and with
@@ -414,7 +418,11 @@ def test_with_no_credential_of_its_own_the_relay_forwards_with_the_pilots_bundle
     every forwarded post with it: the Pilot's part as posted directly, pilotlogger's own events
     too. A process of the same user that is not the Pilot's posts first with an expired proxy in
     its environment: its credential is not taken (with it nothing would reach DIRAC). The proxy
-    is never written to the spool."""
+    is never written to the spool. Also with the bundle, the wrapper and the Pilot on Python 3.6."""
+    python = pyenv_python(version) if version else None
+    if version:
+        pilotlog = Pilotlog(bundle, tmp_path, python=python)
+        pilotlog.env.update(https_env(pki), PILOTLOG_DEADLINE="20", PILOTLOG_TIMEOUT="3")
     gate = threading.Event()
     outsider = {}
 
@@ -446,18 +454,25 @@ def test_with_no_credential_of_its_own_the_relay_forwards_with_the_pilots_bundle
         gate=gate,
         meanwhile=post_from_outside,
         wrapper_args=wrapper_args,
+        python=python,
         PILOTLOG_SINK=dirac.url,
         **job,
     )
     assert run.returncode == 0 and outsider["answer"] == "True", run.stderr
     assert "not the Pilot's: the post comes from no process of this run's child" in run.stderr
     log = assert_one_log(dirac, run.pilot)
-    assert same_but_credentials(masked(pilots_part(log), run.pilot)) == same_but_credentials(references(1000))
+    part, expected = masked(pilots_part(log), run.pilot), references(1000)
+    assert same_but_credentials(any_python(part)) == same_but_credentials(any_python(expected))
     data = shutdown_data(log)
     assert re.match(r"X509_USER_PROXY of process \d+ \(the Pilot\)\Z", data["forwarded_with"]), data
     assert "PRIVATE KEY" not in log and "BEGIN CERTIFICATE" not in log  # what was spooled is all in DIRAC's file
     assert stored_log(dirac, outsider["pilot"]) == "a post from outside the pilot's processes\n"  # forwarded too
     assert json.loads(pilotlog("status", "--json").stdout)["delivered_total"] > 2 and pilotlog.events() == []
+
+
+def any_python(log: str) -> str:
+    """A log without the version of the wrapper's Python (``sys.version``, on one or two lines)."""
+    return re.sub(r"(<TIME> DEBUG +\[pilotLogger\] )3\.\d+\.\d+ \(.*\n(.*\n)*?(?=<TIME>)", r"\1<PYTHON>\n", log)
 
 
 def same_but_credentials(log: str) -> str:
@@ -570,9 +585,7 @@ def test_relay_and_capture_on_the_oldest_and_newest_python(dirac, pki, tmp_path,
     run = run_pilot(pilotlog, pki, dirac, tmp_path, bufsize=1, python=python, PILOTLOG_SINK=dirac.url)
     assert run.returncode == 0, run.stderr
     log = assert_one_log(dirac, run.pilot)
-    python_line = re.compile(r"(<TIME> DEBUG +\[pilotLogger\] )3\.\d+\.\d+ \(.*\n(.*\n)*?(?=<TIME>)")
-    expected = python_line.sub(r"\1<PYTHON>\n", references(1))
-    assert python_line.sub(r"\1<PYTHON>\n", masked(pilots_part(log), run.pilot)) == expected
+    assert any_python(masked(pilots_part(log), run.pilot)) == any_python(references(1))
     assert_each_printed_line_once(log, run, unposted(run))
 
 
