@@ -51,7 +51,7 @@ class RelayedRun:
         bytes of a line it keeps (0 without)."""
         from .echoes import Echoes
 
-        self.recorder, self.relay, self.source = recorder, relay, source
+        self.recorder, self.source = recorder, source
         config = recorder.config
         self.capture = capture_bytes > 0
         self.echoes = Echoes(config.max_events, capture_bytes) if self.capture else None
@@ -105,7 +105,10 @@ class RelayedRun:
             self._remove(self.echoes.end())
             data["printed_lines_posted"] = self.echoes.paired
         if self.finalises:
-            self.removed_finalise = self.recorder.spool.load(self.finalises[-1])
+            try:
+                self.removed_finalise = self.recorder.spool.load(self.finalises[-1])
+            except SpoolError as exc:
+                self._warn(str(exc))
             self._remove(self.finalises)  # before our shutdown is recorded: never two finalisations
             data[PILOT_FINALISE] = self.finalise_payload
         borrowed = self.recorder.config.borrowed_credential
