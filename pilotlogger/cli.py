@@ -11,7 +11,7 @@ import sys
 from .config import SETTINGS, ConfigError, CredentialError
 from .console import warn
 from .events import STATUSES, EventError
-from .spool import open_spool
+from .spool import SpoolError, open_spool
 from .version import __version__
 
 #: Exit codes — documented in README.md ("Exit codes").
@@ -906,7 +906,7 @@ def _replay_failed(config, strict: bool, text: str) -> int:
             return EXIT_OK
         left = spool.stats()["depth"]
         spool.update_state(last_error=mask_text(text), last_error_time=time.time())
-    except Exception:
+    except (SpoolError, OSError, ValueError):  # the spool itself may be what failed; --strict still answers
         pass
     return EXIT_UNDELIVERED if strict and left != 0 else EXIT_OK
 
