@@ -10,5 +10,5 @@ def warn(message: str) -> None:
     try:
         sys.stderr.write("pilotlog: %s\n" % mask_text(message))  # a URL's token never reaches a log
         sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # AttributeError: stderr was closed (None)
-        pass
+    except (OSError, ValueError, AttributeError, RuntimeError):
+        pass  # AttributeError: stderr was closed (None); RuntimeError: a signal handler's line while its thread wrote one

@@ -9,6 +9,7 @@ config file), resolved once.
 import logging
 import sys
 
+from .concurrency import ProcessLock
 from .console import warn
 from .events import EventError, check_name
 from .recorder import Recorder
@@ -72,7 +73,8 @@ class Handler(logging.Handler):
     fsyncs per record blocking the caller; other phases are fsynced before ``emit`` returns.
     With ``ship_every`` (seconds) a background thread ships the spool periodically;
     ``flush()`` and ``close()`` fsync what waits and ship too (bounded by the configured
-    deadline).  Nothing raises into the caller.
+    deadline).  Nothing raises into the caller.  Safe in threads, forked workers and signal
+    handlers (see the README).
     """
 
     def __init__(self, phase: str = "log", ship_every: "float | None" = None, config=None, level=logging.NOTSET):
@@ -81,6 +83,11 @@ class Handler(logging.Handler):
         self._recorder = None
         self._config = config
         self._shipper = Shipper(self._get_recorder, ship_every)
+
+    def createLock(self) -> None:
+        """A lock each process makes anew: Python 3.6's logging leaves a forked child the parent's
+        one, held for ever if another thread was logging at the fork (3.7+ remakes its own)."""
+        self.lock = ProcessLock(reentrant=True)  # type: ignore[assignment]  # an RLock's interface
 
     def _get_recorder(self):
         if self._recorder is None:

@@ -20,6 +20,7 @@ end (the drain), for the wrapper and the logging handler.
 import threading
 import time
 
+from .concurrency import ProcessLock
 from .console import warn
 from .events import render
 from .redact import mask_text
@@ -139,13 +140,14 @@ class Shipper:
     """Ship in the background every ``every`` seconds while a program runs, and drain at :meth:`stop`.
 
     ``ship_once()`` does one run (``Recorder.ship``, which owns the stdout rule) and says
-    a failure in one stderr line; runs never overlap.  Nothing here raises.
+    a failure in one stderr line; runs never overlap.  Nothing here raises.  In a forked
+    child the background thread (the parent's) is gone: the child ships on flush and close only.
     """
 
     def __init__(self, recorder, every=None, defer=None):
         self._recorder = recorder  # a callable giving the Recorder: the handler makes its own on first use
         self._defer = defer  # the background runs leave these events to the drain (see ship())
-        self._lock = threading.Lock()
+        self._lock = ProcessLock(reentrant=True)  # not the parent's, held by its thread at a fork
         self._stop = threading.Event()
         self._thread = None
         if every:

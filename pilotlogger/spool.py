@@ -2,8 +2,8 @@
 
 Layout of a spool directory (all 0700, files 0600)::
 
-    lock            flock(2) target: every writer holds it while it assigns a seq and writes
-    replay.lock     flock(2) target: held by whoever ships the spool, so replays take turns
+    lock            record lock (fcntl) target: every writer holds it while it assigns a seq and writes
+    replay.lock     record lock (fcntl) target: held by whoever ships the spool, so replays take turns
     seq             the writers' bookkeeping: last seq, count and bytes in events/... (see _Books)
     evict           the oldest log events (eviction victims), read one record at a time
     acked           present when replay or quarantine removed events since the last recount
@@ -21,7 +21,7 @@ Guarantees and how they are kept:
   either the whole event in ``events/`` or only debris in ``tmp/`` (removed by the next
   writer).  ``put(sync=False)`` skips both fsyncs for :class:`SyncGroup`.
 * *Unique, increasing seq with concurrent writers*: seq and time are assigned under an
-  exclusive ``flock`` held for the whole write, so seq order is acceptance order — and the
+  exclusive lock held for the whole write, so seq order is acceptance order — and the
   order of everything that reads the spool (replay, eviction, ``status``), whatever the
   wall clock does: a clock stepped back (chronyd's ``makestep`` on a fresh VM) changes the
   times events carry, never their order.  The ``seq`` file holds the last seq (written
@@ -38,6 +38,12 @@ Guarantees and how they are kept:
 * *Never follows links*: files are opened with ``O_NOFOLLOW``; anything that is not a
   regular file with a well-formed name is moved to ``quarantine/`` (the link itself,
   not its target).
+* *Forks and signal handlers*: the locks are POSIX record locks, which a forked child never
+  inherits (a flock is the open file's, which fork copies: a fork while a thread wrote handed
+  the lock to the child for its life), with the threads of one process taking turns first
+  (:class:`~pilotlogger.concurrency.ProcessLock`, made anew in a child).  A put or state update
+  called from the main thread runs in a helper thread, so a signal handler that records never
+  waits for the lock its own interrupted thread holds (:func:`beyond_signal_handlers`).
 * *Streams*: :meth:`Spool.entries` walks ``events/`` in name order a chunk at a time,
   so replaying 100,000 events never holds 100,000 names in memory.
 """
@@ -47,6 +53,7 @@ import os
 import stat
 import time
 
+from .concurrency import ProcessLock, beyond_signal_handlers
 from .events import LOG_PHASE, EventError, check_size, new_id, to_json, validate
 
 DEFAULT_MAX_EVENTS = 10000
@@ -218,23 +225,56 @@ def _not_json(constant: str):
     raise ValueError("%s is not a JSON number" % constant)
 
 
-def _flock_within(fd: int, timeout: float, pause: float) -> bool:
-    """Take an exclusive flock on ``fd``, retrying every ``pause`` s for up to ``timeout`` s.
+#: The threads of this process take turns before the record locks, which exclude processes only.
+_WRITERS = ProcessLock()
+_SHIPPERS = ProcessLock()
+_ADOPTING = ProcessLock()  # a forked child's first users of a SyncGroup make one state, not two
 
-    False (and ``fd`` closed) when another holder kept it, or flock failed otherwise.
+
+class _Kept(Exception):
+    """A lock stayed taken (or cannot be taken): the message says by whom."""
+
+
+def _hold(path: str, threads: ProcessLock, timeout: float, pause: float) -> int:
+    """Take ``threads``, then an exclusive POSIX record lock on ``path`` (retried every ``pause``
+    s), within ``timeout`` s in all; the open descriptor holding it (see :func:`_release`).
+
+    A record lock, not a flock: a flock belongs to the open file description, which fork()
+    copies, so a fork while one of our threads held it handed the lock to the child for its
+    whole life; a record lock belongs to the process and is never inherited.  It is also let
+    go when the process closes *any* descriptor of the file: hence the threads' turn first,
+    and this the only place the file is opened.  Raises OSError when ``path`` cannot be
+    opened or locked, :class:`_Kept` when the lock stays taken.
     """
     import fcntl
 
     deadline = time.monotonic() + timeout
+    if not threads.acquire(timeout=timeout):
+        raise _Kept("another thread of this process")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except BaseException:
+        threads.release()
+        raise
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
         except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                os.close(fd)
-                return False
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                _release(fd, threads)
+                raise  # no locks on this file system, for one
+            if time.monotonic() > deadline:
+                _release(fd, threads)
+                raise _Kept("another process") from None
             time.sleep(pause)
+
+
+def _release(fd: int, threads: ProcessLock) -> None:
+    try:
+        os.close(fd)  # lets the record lock go
+    finally:
+        threads.release()
 
 
 def _make_parents(path: str) -> None:
@@ -349,18 +389,17 @@ class Spool:
 
     def _lock(self) -> int:
         try:
-            fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            return _hold(os.path.join(self.path, "lock"), _WRITERS, self.lock_timeout, 0.002)
         except OSError as exc:
             raise SpoolError("cannot open spool lock in %s (%s)" % (self.path, _describe(exc))) from None
-        if not _flock_within(fd, self.lock_timeout, 0.002):
+        except _Kept as kept:
             raise SpoolError(
-                "spool %s is locked by another process for more than %g s" % (self.path, self.lock_timeout)
-            )
-        return fd
+                "spool %s is locked by %s for more than %g s" % (self.path, kept, self.lock_timeout)
+            ) from None
 
     @staticmethod
     def _unlock(fd: int) -> None:
-        os.close(fd)  # closing the descriptor releases the flock
+        _release(fd, _WRITERS)
 
     def lock_replay(self):
         """Hold the right to ship this spool (waiting up to ``lock_timeout``); release with
@@ -371,21 +410,20 @@ class Spool:
         lock: an emit never waits for a long replay.
         """
         try:
-            fd = os.open(os.path.join(self.path, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            return _hold(os.path.join(self.path, "replay.lock"), _SHIPPERS, self.lock_timeout, 0.05)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 return None  # nothing can be removed from this spool, so nothing is shipped (check_writable)
             raise SpoolError("cannot open the replay lock in %s (%s)" % (self.path, _describe(exc))) from None
-        if not _flock_within(fd, self.lock_timeout, 0.05):
+        except _Kept as kept:
             raise SpoolError(
-                "spool %s is being shipped by another process (waited %g s); its events are left to it"
-                % (self.path, self.lock_timeout)
-            )
-        return fd
+                "spool %s is being shipped by %s (waited %g s); its events are left to it"
+                % (self.path, kept, self.lock_timeout)
+            ) from None
 
     def unlock_replay(self, fd) -> None:
         if fd is not None:
-            os.close(fd)
+            _release(fd, _SHIPPERS)
 
     # -- pilot id --------------------------------------------------------------------------
 
@@ -426,6 +464,7 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @beyond_signal_handlers
     def put(self, build, sync: bool = True) -> PutResult:
         """Assign seq and time, build the event with ``build(seq, epoch)``, store it durably.
 
@@ -786,6 +825,7 @@ class Spool:
         except (OSError, ValueError):
             return {}
 
+    @beyond_signal_handlers
     def update_state(self, **changes) -> None:
         """Merge ``changes`` into state.json (atomically; counters named ``*_total`` are added)."""
         fd = self._lock()
@@ -844,22 +884,40 @@ class SyncGroup:
     and ``events/`` once: the disk sees one flush for many events instead of two per
     event.  A background thread keeps the time bound; past ``4 * most`` waiting events the
     caller syncs itself, so a writer faster than the disk cannot widen the window.
-    Nothing here raises into a caller: errors go to ``on_error``.
+    Nothing here raises into a caller: errors go to ``on_error``.  A forked child gets a
+    group of its own (see :meth:`_adopt`).
     """
 
     def __init__(self, spool: Spool, every: float = 0.1, most: int = 100, on_error=None):
+        self.spool, self.every, self.most, self.on_error = spool, every, most, on_error
+        self._closed = False
+        self._pid: "int | None" = None
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Start this process's state: at first, and again in a forked child, which has copies of
+        the parent's locks (held for ever if its fsync thread held one at the fork) but not that
+        thread.  The parent syncs what it added; the child starts empty."""
+        pid = os.getpid()
+        if pid == self._pid:
+            return
         import threading
 
-        self.spool, self.every, self.most, self.on_error = spool, every, most, on_error
-        self._pending: list = []
-        self._first = 0.0
-        self._cond = threading.Condition()
-        self._syncing = threading.Lock()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="pilotlog-fsync", daemon=True)
-        self._thread.start()
+        with _ADOPTING:
+            if pid == self._pid:
+                return
+            self._pending: list = []
+            self._first = 0.0
+            self._cond = threading.Condition()
+            self._syncing = threading.RLock()  # a signal handler's record may sync while its thread does
+            self._thread = None
+            if not self._closed:
+                self._thread = threading.Thread(target=self._run, name="pilotlog-fsync", daemon=True)
+                self._thread.start()
+            self._pid = pid
 
     def add(self, name: str) -> None:
+        self._adopt()
         if self._closed:
             self._pending.append(name)
             self.sync()
@@ -876,6 +934,7 @@ class SyncGroup:
 
     def sync(self) -> None:
         """fsync every event added so far (and ``events/``); returns when they are on disk."""
+        self._adopt()
         with self._syncing:
             with self._cond:
                 batch, self._pending = self._pending, []
@@ -925,10 +984,12 @@ class SyncGroup:
 
     def close(self) -> None:
         """Sync what is waiting and stop the thread."""
+        self._adopt()
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self.sync()
 
 

@@ -149,13 +149,16 @@ def test_full_spool_is_reported_and_counted_as_for_the_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("mode", ["grouped", "each"])
 def test_log_fsync_grouped_writes_before_returning_and_fsyncs_off_the_callers_path(tmp_path, monkeypatch, mode):
-    """grouped: each log record is in events/ when emit returns, but the caller's thread does
-    not fsync it (a background group does, within 0.1 s, and close() syncs what waits);
-    lifecycle records are fsynced by the caller in both modes."""
+    """grouped: each log record is in events/ when emit returns, but the caller does not wait
+    for its fsync (a background group does it, within 0.1 s, and close() syncs what waits);
+    lifecycle records are fsynced before emit returns in both modes.  (A put called from the
+    main thread runs in a helper thread the caller waits for: its fsyncs are the caller's.)"""
     import threading
 
-    caller, fsyncs, real = threading.current_thread(), [], os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(threading.current_thread() is caller), real(fd)))
+    fsyncs, real = [], os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (fsyncs.append(threading.current_thread().name != "pilotlog-fsync"), real(fd))
+    )
     handler = pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1", PILOTLOG_LOG_FSYNC=mode))
     log = logging.getLogger("test.grouped.%s" % mode)
     log.addHandler(handler)
@@ -198,3 +201,41 @@ def test_background_shipping_opens_nothing_when_nothing_waits(tmp_path):
     assert result is not None and result.error and result.remaining == 1
     recorder.spool.ack(next(recorder.spool.entries()))
     assert recorder.ship() is None  # empty again: nothing opened
+
+
+PYTHONS = [sys.executable, "3.6.15"]  # this one, and the oldest supported (no os.register_at_fork)
+
+
+def interpreter(python: str) -> str:
+    from helpers import pyenv_python
+
+    return python if os.path.isabs(python) else pyenv_python(python)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+@pytest.mark.parametrize("start", ["fork", "multiprocessing"])
+def test_workers_forked_while_a_thread_logs_keep_every_record_and_wait_for_no_lock(bundle, tmp_path, python, start):
+    """Issue 24, defect 1: a thread logs in a loop while the main thread forks 8 workers that each
+    log a line.  A fork while the thread was inside Spool.put handed the spool lock to the worker:
+    5 s stalls in both processes, records dropped, and (grouped fsyncs) a worker hung for ever in
+    logging.shutdown() on a lock of the parent's fsync thread."""
+    from helpers import ApiPilot
+
+    spec = {"api": "handler", "threads": 1, "workers": 8, "start": start, "worker_exit": "shutdown"}
+    run = ApiPilot(interpreter(python), bundle, spec, tmp_path)
+    assert run.broken() == ""
+    assert sum(m.startswith("W") for m in run.kept) == 8
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+@pytest.mark.parametrize("api", ["emit", "handler"])
+def test_a_signal_handler_records_at_once_while_the_main_thread_is_inside_put(bundle, tmp_path, python, api):
+    """Issue 24, defect 2: a SIGTERM-like handler records 'shutdown' while the main thread holds the
+    spool lock (the signal is sent from inside put, so it lands there every time).  It waited 5 s
+    for its own thread, then lost the event blaming 'another process'."""
+    from helpers import ApiPilot
+
+    spec = {"api": api, "main_records": 10, "inject": 3, "phase": "install"}
+    run = ApiPilot(interpreter(python), bundle, spec, tmp_path)
+    assert run.broken() == ""
+    assert [m for m in run.kept if m.startswith("S-")] == ["S-1", "S-2", "S-3"]

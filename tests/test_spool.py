@@ -79,14 +79,21 @@ def test_pilot_id_is_generated_once_and_reused(tmp_path):
 
 
 def test_lock_held_elsewhere_times_out_with_a_clear_error(tmp_path):
-    import fcntl
-
     spool = Spool(str(tmp_path / "s"), lock_timeout=0.2)
     spool.ensure()
-    fd = os.open(os.path.join(spool.path, "lock"), os.O_RDWR | os.O_CREAT)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], pass_fds=(fd,))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); fcntl.lockf(fd, fcntl.LOCK_EX);"
+            " print('held', flush=True); time.sleep(30)",
+            os.path.join(spool.path, "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    )
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert holder.stdout.readline() == "held\n"
         started = time.monotonic()
         with pytest.raises(SpoolError) as err:
             spool.put(builder())
@@ -94,7 +101,48 @@ def test_lock_held_elsewhere_times_out_with_a_clear_error(tmp_path):
         assert "locked by another process" in str(err.value)
     finally:
         holder.kill()
-        os.close(fd)
+        holder.wait()
+
+
+def test_a_fork_while_a_thread_writes_leaves_the_lock_to_no_one(tmp_path):
+    """Issue 24, defect 1, at its root: a thread is inside put (the lock held) when the process
+    forks.  A flock belonged to the open file, which the child's copy kept held for its whole
+    life: the child's own puts and the parent's next ones waited lock_timeout and failed."""
+    import threading
+
+    spool = Spool(str(tmp_path / "s"), lock_timeout=2)
+    inside, forked = threading.Event(), threading.Event()
+
+    def build_slowly(seq, epoch):
+        inside.set()
+        forked.wait(10)  # hold the lock until the fork is done
+        return builder("install", "parent thread")(seq, epoch)
+
+    writer = threading.Thread(target=spool.put, args=(build_slowly,))
+    writer.start()
+    assert inside.wait(10)
+    reader, writer_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write one event, say how it went, then stay alive a while
+        os.close(reader)
+        try:
+            spool.put(builder("install", "child"))
+            os.write(writer_end, b"ok\n")
+        except BaseException as exc:
+            os.write(writer_end, ("%s\n" % exc).encode())
+        finally:
+            time.sleep(3)  # alive, holding whatever it inherited, while the parent writes again
+            os._exit(0)
+    try:
+        os.close(writer_end)
+        forked.set()
+        writer.join(10)
+        with os.fdopen(reader) as said:
+            assert said.readline() == "ok\n"
+        assert spool.put(builder("install", "parent after the fork")).stored  # the child still lives
+        assert [spool.load(n)["message"] for n in names(spool)] == ["parent thread", "child", "parent after the fork"]
+    finally:
+        os.waitpid(pid, 0)
 
 
 # -- bounds ------------------------------------------------------------------------------------

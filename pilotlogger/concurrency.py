@@ -1,0 +1,98 @@
+"""Locks that stay right where a pilot calls pilotlogger from: threads, forked workers, signal handlers.
+
+* **Forks.**  A forked child has one thread but a copy of every lock: one that another thread
+  of the parent held at the fork stays held for ever in the child, where that thread does not
+  exist.  A :class:`ProcessLock` is made anew by each process on first use (keyed by pid, so
+  Python 3.6, which has no ``os.register_at_fork``, gets the same).
+* **Signal handlers.**  Python runs a handler in the main thread between two of its bytecodes,
+  possibly while that thread holds a lock: a handler that records would then wait for its own
+  thread.  :func:`beyond_signal_handlers` runs a method holding a lock in a helper thread when it
+  is called from the main thread: a handler then runs while the main thread only waits, and its
+  own call takes the lock after the first one released it — milliseconds, not a deadlock.
+"""
+
+import functools
+import os
+import threading
+
+
+class ProcessLock:
+    """A lock (``reentrant``: an RLock) of this process's threads, made anew in a forked child.
+
+    ``acquire`` of a non-reentrant one by the thread holding it returns False at once rather
+    than waiting for itself (a signal handler interrupting the holder)."""
+
+    __slots__ = ("_locks", "_make", "_owner")
+
+    def __init__(self, reentrant: bool = False):
+        self._make = threading.RLock if reentrant else threading.Lock
+        self._locks: dict = {}  # pid -> lock: a child never touches the copy of its parent's
+        self._owner: "tuple | None" = None  # (pid, thread) holding a non-reentrant one
+
+    def _lock(self):
+        pid = os.getpid()
+        lock = self._locks.get(pid)
+        if lock is None:
+            lock = self._locks.setdefault(pid, self._make())  # atomic: two threads get the same one
+        return lock
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = (os.getpid(), threading.get_ident())
+        if self._make is threading.Lock and self._owner == me:
+            return False
+        if not self._lock().acquire(blocking, timeout):
+            return False
+        if self._make is threading.Lock:
+            self._owner = me
+        return True
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock().release()
+
+    def __enter__(self):
+        if not self.acquire():
+            raise RuntimeError("a lock would wait for its own thread (a signal handler interrupted its holder)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def beyond_signal_handlers(method):
+    """Run ``method`` in a helper thread when it is called from the main thread, and wait for it.
+
+    The caller sees no difference (the result, or the exception, is its own).  A signal
+    handler running meanwhile (in the main thread, during the wait) can call it too.  When a
+    handler raises while the caller waits (KeyboardInterrupt, SystemExit), the method is let
+    finish first, so that an event is stored whole, then the exception goes on.
+    """
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return method(*args, **kwargs)
+        outcome = []
+
+        def work():
+            try:
+                outcome.append((True, method(*args, **kwargs)))
+            except BaseException as exc:  # handed to the caller as it is
+                outcome.append((False, exc))
+
+        helper = threading.Thread(target=work, name="pilotlog-write", daemon=True)
+        try:
+            helper.start()
+        except RuntimeError:  # no thread to be had (a process at its limit): do it here
+            return method(*args, **kwargs)
+        try:
+            helper.join()
+        except BaseException:
+            helper.join()
+            raise
+        done, value = outcome[0]
+        if done:
+            return value
+        raise value
+
+    return call
