@@ -12,7 +12,7 @@ import sys
 from .concurrency import ProcessLock
 from .console import warn
 from .events import EventError, check_name
-from .recorder import Recorder
+from .recorder import Recorder, text_of
 from .ship import Shipper
 
 
@@ -48,6 +48,18 @@ def _valid_phase(phase) -> bool:
         return False
 
 
+def _message(record: logging.LogRecord, data: dict) -> str:
+    """The record's message, %-formatted; when its arguments do not fit it (or its str() raises), the
+    raw message, with the arguments and the error in ``data``: a typo in a rarely taken branch of
+    the pilot must not cost the record."""
+    try:
+        return record.getMessage()
+    except Exception as exc:
+        data["message_args"] = record.args if isinstance(record.args, dict) else list(record.args or ())
+        data["message_error"] = "not formatted: %s: %s" % (type(exc).__name__, text_of(exc, str))
+        return text_of(record.msg, str)
+
+
 def emit(phase: str, message: str = "", status: str = "info", source: "str | None" = None, config=None, **data):
     """Record one event in the spool, like ``pilotlog emit``; return it, or None if it was not kept.
 
@@ -73,8 +85,9 @@ class Handler(logging.Handler):
     fsyncs per record blocking the caller; other phases are fsynced before ``emit`` returns.
     With ``ship_every`` (seconds) a background thread ships the spool periodically;
     ``flush()`` and ``close()`` fsync what waits and ship too (bounded by the configured
-    deadline).  Nothing raises into the caller.  Safe in threads, forked workers and signal
-    handlers (see the README).
+    deadline).  Nothing raises into the caller; a record is kept whatever its data (a value
+    whose repr() raises, %-arguments that do not fit the message: a marker in their place).
+    Safe in threads, forked workers and signal handlers (see the README).
     """
 
     def __init__(self, phase: str = "log", ship_every: "float | None" = None, config=None, level=logging.NOTSET):
@@ -99,10 +112,10 @@ class Handler(logging.Handler):
             data = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
             if record.exc_info:
                 data["exception"] = logging.Formatter().formatException(record.exc_info)
-            message = record.getMessage()
+            message = _message(record, data)
             phase = getattr(record, "phase", self.phase)
             if not _valid_phase(phase):  # a typo in extra= must not cost the record: keep it as a log line
-                data["invalid_phase"] = str(phase)[:100]
+                data["invalid_phase"] = text_of(phase, str)[:100]
                 phase = self.phase if _valid_phase(self.phase) else "log"
             self._get_recorder().record(
                 phase, message, status_for(record.levelno), _safe_name(record.name, "pilot"), data

@@ -14,10 +14,24 @@ from .events import LOG_PHASE, MAX_DEPTH, MAX_INT_DIGITS, EventError, clean_text
 from .spool import SpoolError, SyncGroup, open_spool
 
 
+def text_of(value, convert=repr) -> str:
+    """``convert(value)`` as text, or a marker naming what failed: a value whose repr() (or str())
+    raises costs that value, never the event it is part of."""
+    try:
+        return clean_text(convert(value))
+    except Exception as exc:
+        try:
+            why = "%s: %s" % (type(exc).__name__, exc)
+        except Exception:  # an exception whose own str() raises
+            why = type(exc).__name__
+        return "<unrepresentable %s: %s>" % (type(value).__name__, why)
+
+
 def jsonable(value, depth: int = 0):
     """``value`` as JSON can hold it: text that is not UTF-8 gets U+FFFD (see clean_text), NaN and
     Infinity become the strings "nan", "inf", "-inf", nesting deeper than MAX_DEPTH and other
-    objects their repr().  A caller of the Python API loses no event over its data."""
+    objects their repr() — or a marker when that raises (see text_of).  A caller of the Python
+    API loses no event over its data."""
     if isinstance(value, int) and value.bit_length() > MAX_INT_DIGITS * 3:  # 3 bits < 1 digit: a safe bound
         return "<an integer of %d bits>" % value.bit_length()  # a consumer on Python 3.11+ could not read it
     if value is None or isinstance(value, (int, bool)):
@@ -27,12 +41,15 @@ def jsonable(value, depth: int = 0):
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
     if depth >= MAX_DEPTH:
-        return clean_text(repr(value)[:200])
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {clean_text(str(k)): jsonable(v, depth + 1) for k, v in value.items()}
-    return clean_text(repr(value))
+        return text_of(value)[:200]
+    try:
+        if isinstance(value, (list, tuple)):
+            return [jsonable(v, depth + 1) for v in value]
+        if isinstance(value, dict):
+            return {text_of(k, str): jsonable(v, depth + 1) for k, v in value.items()}
+    except Exception:  # a container whose iteration raises: its repr() says what it was
+        pass
+    return text_of(value)
 
 
 class Recorder:

@@ -9,6 +9,9 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 import pilotlogger
 from helpers import ROOT, Serve
@@ -239,3 +242,123 @@ def test_a_signal_handler_records_at_once_while_the_main_thread_is_inside_put(bu
     run = ApiPilot(interpreter(python), bundle, spec, tmp_path)
     assert run.broken() == ""
     assert [m for m in run.kept if m.startswith("S-")] == ["S-1", "S-2", "S-3"]
+
+
+class Unprintable:
+    def __repr__(self):
+        raise ValueError("repr is broken")
+
+    __str__ = __repr__
+
+
+def test_a_field_whose_repr_raises_costs_the_field_not_the_record(tmp_path, capsys):
+    """Issue 24, defect 7: one extra= value whose repr() raises dropped the whole record (and an
+    emit() keyword the whole event); now the value is replaced by a marker naming the failure."""
+    log = logging.getLogger("bad-field-%s" % uuid.uuid4().hex[:6])
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler = pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1"))
+    log.addHandler(handler)
+    try:
+        log.info(
+            "installed",
+            extra={"phase": "install", "version": "v8r0", "obj": Unprintable(), "deep": [1, {"x": Unprintable()}]},
+        )
+    finally:
+        handler.close()
+    event = pilotlogger.emit("power", "power of 11 HS06", config=settings(tmp_path), hs06=11, probe=Unprintable())
+    assert capsys.readouterr().err == ""
+    first, second = spooled(tmp_path)
+    assert (first["phase"], first["message"], first["data"]["version"]) == ("install", "installed", "v8r0")
+    marker = "<unrepresentable Unprintable: ValueError: repr is broken>"
+    assert first["data"]["obj"] == marker and first["data"]["deep"] == [1, {"x": marker}]
+    assert event is not None and second == event and event["data"] == {"hs06": 11, "probe": marker}
+
+
+@pytest.mark.parametrize(
+    "msg, args, raw",
+    [
+        ("disk %s at %d%%", ("/scratch",), "disk %s at %d%%"),  # too few arguments
+        ("matched job", (1234,), "matched job"),  # an argument too many
+        ("power %d", ("high",), "power %d"),  # the wrong type
+        (Unprintable(), (), "<unrepresentable Unprintable: ValueError: repr is broken>"),  # str(msg) raises
+    ],
+)
+def test_a_message_whose_arguments_do_not_match_is_kept_raw_with_its_arguments(tmp_path, capsys, msg, args, raw):
+    """Issue 24, defect 7: logging's own %-formatting failed (a pilot's typo in a rarely taken branch),
+    and the record was lost; now the raw message is kept, its arguments beside it, with a marker."""
+    log = logging.getLogger("bad-args-%s" % uuid.uuid4().hex[:6])
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler = pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1"))
+    log.addHandler(handler)
+    try:
+        log.warning(msg, *args)
+    finally:
+        handler.close()
+    assert capsys.readouterr().err == ""
+    (event,) = spooled(tmp_path)
+    assert event["status"] == "warning" and event["message"] == raw
+    assert event["data"]["message_args"] == [a if isinstance(a, (int, str)) else repr(a) for a in args]
+    assert event["data"]["message_error"].startswith("not formatted: ")
+
+
+class Unhashable(list):
+    def __str__(self):
+        raise RuntimeError("str is broken")
+
+
+values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.integers(min_value=10**5000, max_value=10**5001),
+        st.floats(),
+        st.text(),
+        st.binary(max_size=8),
+        st.builds(Unprintable),
+        st.builds(object),
+        st.sets(st.integers(), max_size=3),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.builds(Unhashable, st.lists(inner, max_size=2))
+        | st.dictionaries(st.one_of(st.text(max_size=5), st.builds(Unprintable), st.integers()), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@examples(max_examples=200, deadline=None)
+@given(
+    message=st.one_of(
+        st.text(max_size=20), st.sampled_from(["%s", "%d %s", "%(k)s", "%", "100%"]), st.builds(Unprintable)
+    ),
+    args=st.lists(values, max_size=3),
+    extra=st.dictionaries(st.sampled_from(["a", "b", "version", "phase"]), values, max_size=3),
+)
+def test_the_handler_keeps_every_record_whatever_its_data(message, args, extra):
+    """Generated: messages, %-arguments that fit or not, and extra= values of every kind (repr() or
+    str() that raise, huge integers, NaN, bytes, sets, keys that are not text, nesting): each
+    record becomes exactly one valid event, with nothing said on stderr."""
+    import io
+    import tempfile
+    from contextlib import redirect_stderr
+
+    from pilotlogger.events import validate
+
+    with tempfile.TemporaryDirectory() as d:
+        handler = pilotlogger.Handler(
+            config=config.load({}, {"PILOTLOG_SPOOL": d + "/spool", "PILOTLOG_PILOT_UUID": "p1"})
+        )
+        record = logging.LogRecord("gen", logging.INFO, __file__, 1, message, tuple(args), None)
+        record.__dict__.update(extra)
+        said = io.StringIO()
+        with redirect_stderr(said):
+            handler.handle(record)
+            handler.close()
+        events = os.listdir(d + "/spool/events")
+        assert len(events) == 1 and said.getvalue() == ""
+        with open(os.path.join(d, "spool", "events", events[0])) as f:
+            validate(json.loads(f.read()))
