@@ -73,6 +73,7 @@ class Recorder:
         self._warned = set()
         grouped = group_log_fsyncs and getattr(config, "log_fsync", "each") == "grouped"
         self._group = SyncGroup(self.spool, on_error=self._warn) if grouped else None
+        self._group_every_phase = False
 
     def _warn(self, message: str) -> None:
         """Say each distinct problem once: a wrapper capturing output onto a full disk must not
@@ -100,7 +101,7 @@ class Recorder:
         try:
             if self.pilot is None:
                 self.pilot = self.spool.pilot_id()
-            grouped = self._group is not None and phase == LOG_PHASE
+            grouped = self._group is not None and (phase == LOG_PHASE or self._group_every_phase)
             result = self.spool.put(
                 lambda seq, epoch: make_event(
                     phase,
@@ -135,6 +136,14 @@ class Recorder:
             )
             self._count_drops(result.evicted)
         return result.event
+
+    def defer_fsyncs(self) -> None:
+        """From now on every event, of any phase, is written before :meth:`record` returns and fsynced
+        by the background group: for the wrapper once the batch system asked the job to end — a
+        kill loses nothing written, and a disk slow to flush must not hold the job past its grace."""
+        if self._group is None:
+            self._group = SyncGroup(self.spool, on_error=self._warn)
+        self._group_every_phase = True
 
     def sync(self) -> None:
         """Make every event recorded so far durable against power loss (grouped fsyncs)."""

@@ -13,7 +13,10 @@
   (docs/scale.md) found lines recorded after ``shutdown`` — after the final drain, so left
   spooled, and over HTTPS after DIRAC's ``finaliseLogs`` — when a loaded node recorded them
   more slowly than the child printed them.
-* SIGTERM, SIGINT, SIGHUP and SIGUSR1 are forwarded to the child.
+* SIGTERM, SIGINT, SIGHUP and SIGUSR1 are forwarded to the child, from the moment it exists.
+  After SIGTERM, SIGINT or SIGHUP (the batch system wants the job gone, and kills it when its
+  grace period is over) the wrapper returns promptly after the child's end, whatever the disk
+  or the network are doing: see ENDING_OUTPUT, ENDING_RECORD.
 * The wrapper returns the child's exit code — or 128 + signal — exactly, whatever
   happens to the spool or the network: recording is best effort around the child,
   never in its way.
@@ -39,6 +42,13 @@ from .console import warn
 from .recorder import Recorder
 
 FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")
+#: Forwarded signals that ask the job to end (SIGUSR1 only warns, as Slurm's --signal does).  Once one
+#: came, the child's output is read for at most ENDING_OUTPUT seconds after its end, and the wrapper
+#: waits at most ENDING_RECORD more for the shutdown event, written (a kill loses nothing written) with
+#: its fsync let run in the background; no drain: what is spooled waits for the next replay.
+ENDING = ("SIGTERM", "SIGINT", "SIGHUP")
+ENDING_OUTPUT = 1.0
+ENDING_RECORD = 1.0
 STDERR_TAIL = 20
 #: Characters of a stderr line kept in shutdown's tail, and twice as many bytes once in the event
 #: (a control character takes six there): the tail can never make shutdown too large to record.
@@ -204,6 +214,8 @@ class Wrapper:
         self.lines_lock = threading.Lock()  # held while a line is recorded, and to close recording
         self.recording_lines = True  # False once the shutdown is recorded: later lines only pass through
         self.interrupted = threading.Event()  # a signal came after the child's end
+        self.ending: "str | None" = None  # the signal that asked the job to end (see ENDING)
+        self.finishing = False
 
     @staticmethod
     def _relay(config):
@@ -349,7 +361,7 @@ class Wrapper:
                 seen, progress = (self.output_read, self.lines_seen), now
             elif now - progress >= OUTPUT_IDLE:
                 break
-            if now - started >= OUTPUT_CAP:
+            if now - started >= (OUTPUT_CAP if self.ending is None else ENDING_OUTPUT):
                 break
             for pump in pumps:
                 pump.join(timeout=0.1)
@@ -373,25 +385,35 @@ class Wrapper:
         self.record(
             "boot", "starting %s" % " ".join(argv), command=argv, cwd=cwd, pid=os.getpid(), probes=facts, **extra
         )
+        child, early = None, []  # a signal that came while the child was being started is forwarded next
+
+        def forward(signum, frame):
+            if signal.Signals(signum).name in ENDING:
+                self._asked_to_end(signum)
+            if child is None:
+                early.append(signum)
+            else:
+                child.send_signal(signum)
+
+        previous = {getattr(signal, name): signal.signal(getattr(signal, name), forward) for name in FORWARDED}
         try:
             child = subprocess.Popen(
                 argv, stdout=subprocess.PIPE if self.capture or self.patterns else None, stderr=subprocess.PIPE, env=env
             )
         except OSError as exc:
+            self._restore(previous)
             code = 126 if isinstance(exc, PermissionError) else 127  # as a shell would
             warn("cannot run %s: %s" % (self.argv[0], exc.strerror or exc))
             self._stop_relay()
             self.record("shutdown", "could not start: %s" % (exc.strerror or exc), "error", exit_code=code)
             self._finish()
             return code
+        for signum in early:
+            child.send_signal(signum)
         for pipe in (child.stdout, child.stderr):
             _widen(pipe)
-        previous = {}
         if self.relayed is not None:
             self.relayed.child_started(child.pid)
-        for name in FORWARDED:
-            sig = getattr(signal, name)
-            previous[sig] = signal.signal(sig, lambda signum, frame: child.send_signal(signum))
         pumps = [threading.Thread(target=self._pump, args=(child.stderr, _binary(sys.stderr), "stderr"), daemon=True)]
         if child.stdout is not None:
             pumps.append(
@@ -418,11 +440,59 @@ class Wrapper:
             raise
         duration = time.monotonic() - started
         for sig in previous:  # the child is gone: a signal now only cuts short what is left to do
-            signal.signal(sig, lambda signum, frame: self.interrupted.set())
+            signal.signal(sig, self._interrupt)
         try:
-            return self._after_child(pumps, returncode, duration)
+            self._after_child_until_asked_to_end(pumps, returncode, duration)
         finally:
             self._restore(previous)
+        return 128 - returncode if returncode < 0 else returncode
+
+    def _interrupt(self, signum, frame) -> None:
+        self._asked_to_end(signum)
+        self.interrupted.set()
+
+    def _asked_to_end(self, signum: int) -> None:
+        """From now on, events are written and their fsyncs left to the background (a kill loses
+        nothing written; a disk slow to flush must not hold the job past its grace period)."""
+        if self.ending is None:
+            self.ending = signal.Signals(signum).name
+            if self.recorder is not None:
+                self.recorder.defer_fsyncs()
+
+    def _after_child_until_asked_to_end(self, pumps, returncode: int, duration: float) -> None:
+        """Run :meth:`_after_child` in a thread and wait for it — but once a signal asked the job to
+        end (forwarded to the child, or come since its end), for at most ENDING_OUTPUT +
+        ENDING_RECORD seconds: events are then written before they are fsynced (in the
+        background, see _asked_to_end), so a slow disk's flushes cost no grace time, and nothing
+        is drained.  Only a disk that cannot even take a write by then costs the events still to
+        write (one line)."""
+        ender = threading.Thread(target=self._end, args=(pumps, returncode, duration), daemon=True)
+        ender.start()
+        limit = None
+        while limit is None or time.monotonic() < limit:
+            if limit is None and self.ending is not None:
+                limit = time.monotonic() + ENDING_OUTPUT + ENDING_RECORD
+            ender.join(0.05)  # a timed wait: the signal handlers run in this thread
+            if not ender.is_alive():
+                return
+        warn(
+            "%s asked the job to end, and %g s after that and the end of %s the spool %s (a slow disk?):"
+            " returning now"
+            % (
+                self.ending,
+                ENDING_OUTPUT + ENDING_RECORD,
+                self.argv[0],
+                "has not confirmed its last writes; they are kept unless the node loses power"
+                if self.finishing
+                else "is still busy: events it had not written by then are not recorded",
+            )
+        )
+
+    def _end(self, pumps, returncode: int, duration: float) -> None:
+        try:
+            self._after_child(pumps, returncode, duration)
+        except Exception as exc:  # the exit code is the child's all the same (see run)
+            warn("shutdown of %s not recorded: %s: %s" % (self.argv[0], type(exc).__name__, exc))
 
     @staticmethod
     def _restore(previous) -> None:
@@ -472,10 +542,11 @@ class Wrapper:
 
     def _finish(self):
         """fsync the captured lines still waiting, drain the spool (the sink's deadline bounds it)
-        unless a signal said to end now."""
+        unless a signal asked the job to end."""
+        self.finishing = True  # every event is written: what is left is fsyncs and shipping
         if self.recorder is not None:
             self.recorder.close()
-        drain = not self.interrupted.is_set()
+        drain = self.ending is None
         if self.shipper is not None:
             self.shipper.stop(drain)
         elif self.recorder is not None and drain:
