@@ -16,15 +16,25 @@ import types
 from .version import __version__  # noqa: F401
 
 
+def _api():
+    from . import handler
+
+    return handler
+
+
 class _LazyModule(types.ModuleType):
     """Resolve ``pilotlogger.emit`` / ``pilotlogger.Handler`` on first access (module
-    ``__getattr__`` is Python 3.7+; swapping the module's class works from 3.5)."""
+    ``__getattr__`` is Python 3.7+; swapping the module's class works from 3.5).
+
+    The import runs in a helper thread when asked from the main thread: a signal handler
+    calling ``pilotlogger.emit()`` while that thread imports it would otherwise find the module
+    half made (AttributeError); from another thread, it waits for the import to end."""
 
     def __getattr__(self, name):
         if name in ("emit", "Handler"):
-            from . import handler
+            from .concurrency import beyond_signal_handlers
 
-            return getattr(handler, name)
+            return getattr(beyond_signal_handlers(_api)(), name)
         raise AttributeError("module %r has no attribute %r" % (self.__name__, name))
 
 

@@ -11,9 +11,7 @@
   own call takes the lock after the first one released it — milliseconds, not a deadlock.
 """
 
-import functools
 import os
-import threading
 
 
 class ProcessLock:
@@ -22,10 +20,10 @@ class ProcessLock:
     ``acquire`` of a non-reentrant one by the thread holding it returns False at once rather
     than waiting for itself (a signal handler interrupting the holder)."""
 
-    __slots__ = ("_locks", "_make", "_owner")
+    __slots__ = ("_locks", "_reentrant", "_owner")
 
     def __init__(self, reentrant: bool = False):
-        self._make = threading.RLock if reentrant else threading.Lock
+        self._reentrant = reentrant
         self._locks: dict = {}  # pid -> lock: a child never touches the copy of its parent's
         self._owner: "tuple | None" = None  # (pid, thread) holding a non-reentrant one
 
@@ -33,16 +31,21 @@ class ProcessLock:
         pid = os.getpid()
         lock = self._locks.get(pid)
         if lock is None:
-            lock = self._locks.setdefault(pid, self._make())  # atomic: two threads get the same one
+            import threading  # on first use: a command that takes no lock does not pay for it
+
+            made = threading.RLock() if self._reentrant else threading.Lock()
+            lock = self._locks.setdefault(pid, made)  # atomic: two threads get the same one
         return lock
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        import threading
+
         me = (os.getpid(), threading.get_ident())
-        if self._make is threading.Lock and self._owner == me:
+        if not self._reentrant and self._owner == me:
             return False
         if not self._lock().acquire(blocking, timeout):
             return False
-        if self._make is threading.Lock:
+        if not self._reentrant:
             self._owner = me
         return True
 
@@ -68,8 +71,9 @@ def beyond_signal_handlers(method):
     finish first, so that an event is stored whole, then the exception goes on.
     """
 
-    @functools.wraps(method)
     def call(*args, **kwargs):
+        import threading
+
         if threading.current_thread() is not threading.main_thread():
             return method(*args, **kwargs)
         outcome = []
@@ -95,4 +99,5 @@ def beyond_signal_handlers(method):
             return value
         raise value
 
+    call.__name__, call.__qualname__, call.__doc__ = method.__name__, method.__qualname__, method.__doc__
     return call
