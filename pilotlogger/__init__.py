@@ -32,6 +32,8 @@ class _LazyModule(types.ModuleType):
 
     def __getattr__(self, name):
         if name in ("emit", "Handler"):
+            import threading  # noqa: F401  # the API's logging imports it anyway; the helper thread needs it
+
             from .concurrency import beyond_signal_handlers
 
             return getattr(beyond_signal_handlers(_api)(), name)
