@@ -17,8 +17,32 @@ from .version import __version__  # noqa: F401
 
 
 def _api():
-    from . import handler
+    from .concurrency import fenced_from_forks
 
+    return fenced_from_forks(_import_api)
+
+
+#: While a thread imports the API: its pid and the modules there were before.  A child forked meanwhile
+#: (Python 3.6: forks do not wait for it) finds it here, copied, with a pid not its own.
+_IMPORTING: dict = {}
+
+
+def _import_api():
+    """The module of ``emit`` and ``Handler``.  In a child forked while a thread of its parent was
+    importing it, that import never ends (no thread here runs it): the modules it had begun go,
+    and are made again here."""
+    import os
+
+    if _IMPORTING and _IMPORTING["pid"] != os.getpid():
+        locks = getattr(sys.modules.get("_frozen_importlib"), "_module_locks", {})  # CPython's, per module
+        for name in (set(sys.modules) | set(locks)) - _IMPORTING["before"]:
+            sys.modules.pop(name, None)
+            locks.pop(name, None)  # held for ever by the thread that is not here
+    _IMPORTING.update(pid=os.getpid(), before=set(sys.modules))
+    try:
+        from . import handler
+    finally:
+        _IMPORTING.clear()
     return handler
 
 
@@ -26,9 +50,10 @@ class _LazyModule(types.ModuleType):
     """Resolve ``pilotlogger.emit`` / ``pilotlogger.Handler`` on first access (module
     ``__getattr__`` is Python 3.7+; swapping the module's class works from 3.5).
 
-    The import runs in a helper thread when asked from the main thread: a signal handler
-    calling ``pilotlogger.emit()`` while that thread imports it would otherwise find the module
-    half made (AttributeError); from another thread, it waits for the import to end."""
+    The import runs in a helper thread when asked from the main thread (a signal handler calling
+    ``pilotlogger.emit()`` while that thread imports it would find the module half made; from
+    another thread it waits for the import to end), and forks wait for it (a child forked in
+    its middle would never see it end: see concurrency.fenced_from_forks)."""
 
     def __getattr__(self, name):
         if name in ("emit", "Handler"):
@@ -36,7 +61,9 @@ class _LazyModule(types.ModuleType):
 
             from .concurrency import beyond_signal_handlers
 
-            return getattr(beyond_signal_handlers(_api)(), name)
+            api = beyond_signal_handlers(_api)()
+            self.emit, self.Handler = api.emit, api.Handler  # found directly from now on
+            return getattr(api, name)
         raise AttributeError("module %r has no attribute %r" % (self.__name__, name))
 
 

@@ -10,6 +10,11 @@
   is called from the main thread: a handler then runs while the main thread only waits, and its
   own call takes the lock after the first one released it — milliseconds, not a deadlock.
 
+* **Imports.**  A child forked while another thread imports a module inherits it half made,
+  and no thread of the child finishes it (Python 3.13: an AttributeError; 3.6: a hang on the
+  module's import lock).  :func:`fenced_from_forks` runs an import that forks wait for
+  (``os.register_at_fork``, Python 3.7+, as :mod:`logging` does for its lock).
+
 Built on ``_thread`` (part of the interpreter): the one-shot ``pilotlog emit`` does not import
 :mod:`threading` (about 1 ms of a start on Python 3.13).
 """
@@ -61,6 +66,19 @@ class ProcessLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+_FENCE = ProcessLock()  # held while a fenced import runs; a fork waits for it (a child makes its own)
+
+
+if hasattr(os, "register_at_fork"):  # Python 3.7+
+    os.register_at_fork(before=_FENCE.acquire, after_in_parent=_FENCE.release)
+
+
+def fenced_from_forks(work):
+    """``work()`` (an import), with a fork of another thread waiting until it ends (Python 3.7+)."""
+    with _FENCE:
+        return work()
 
 
 def beyond_signal_handlers(method):

@@ -9,11 +9,14 @@ config file), resolved once.
 import logging
 import sys
 
-from .concurrency import ProcessLock
+from .concurrency import ProcessLock, beyond_signal_handlers
 from .console import warn
 from .events import EventError, check_name
 from .recorder import Recorder, text_of
 from .ship import Shipper
+from .spool import ready_to_write
+
+ready_to_write(states=True)  # now, with the API: forks wait for its import (see pilotlogger.__init__)
 
 
 def status_for(levelno: int) -> str:
@@ -93,7 +96,8 @@ class Handler(logging.Handler):
     def __init__(self, phase: str = "log", ship_every: "float | None" = None, config=None, level=logging.NOTSET):
         super().__init__(level)
         self.phase = phase
-        self._recorder = None
+        self._recorder: "Recorder | None" = None
+        self._making = ProcessLock()
         self._config = config
         self._shipper = Shipper(self._get_recorder, ship_every)
 
@@ -104,8 +108,16 @@ class Handler(logging.Handler):
 
     def _get_recorder(self):
         if self._recorder is None:
-            self._recorder = Recorder(self._config, group_log_fsyncs=True)
+            self._make_recorder()
         return self._recorder
+
+    @beyond_signal_handlers
+    def _make_recorder(self) -> None:
+        """One Recorder, made on first use (off the main thread: a signal handler logging while it
+        is made waits for it rather than making a second one)."""
+        with self._making:
+            if self._recorder is None:
+                self._recorder = Recorder(self._config, group_log_fsyncs=True)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -270,6 +270,23 @@ def _hold(path: str, threads: ProcessLock, timeout: float, pause: float) -> int:
             time.sleep(pause)
 
 
+def ready_to_write(states: bool = False, done=[]) -> None:  # noqa: B006  # the list remembers: once
+    """Import what a put (``states``: and a state update) uses under the spool's locks, before
+    they are taken.  A first import waits for the interpreter's import lock, which a thread
+    holds while a signal handler runs in the middle of its import (between two bytecodes of a
+    finder): were that handler recording, waiting for the writers' lock, each thread would wait
+    for the other.  The Python API calls it as it is imported, so that a worker forked later
+    finds nothing half imported (see pilotlogger.__init__)."""
+    if states:
+        import json  # noqa: F401  # read_state
+    if not done:
+        import fcntl  # noqa: F401  # _hold
+        import heapq  # noqa: F401  # _recount
+
+        to_json("")  # its string encoder's first import
+        done.append(True)
+
+
 def _release(fd: int, threads: ProcessLock) -> None:
     try:
         os.close(fd)  # lets the record lock go
@@ -478,6 +495,7 @@ class Spool:
         :class:`SyncGroup`.
         """
         self.ensure()
+        ready_to_write()
         fd = self._lock()
         try:
             books = self._books()
@@ -828,6 +846,7 @@ class Spool:
     @beyond_signal_handlers
     def update_state(self, **changes) -> None:
         """Merge ``changes`` into state.json (atomically; counters named ``*_total`` are added)."""
+        ready_to_write(states=True)
         fd = self._lock()
         try:
             state = self.read_state()
@@ -895,15 +914,20 @@ class SyncGroup:
         self._adopt()
 
     def _adopt(self) -> None:
+        if os.getpid() != self._pid:
+            self._start_here()
+
+    @beyond_signal_handlers
+    def _start_here(self) -> None:
         """Start this process's state: at first, and again in a forked child, which has copies of
         the parent's locks (held for ever if its fsync thread held one at the fork) but not that
-        thread.  The parent syncs what it added; the child starts empty."""
-        pid = os.getpid()
-        if pid == self._pid:
-            return
+        thread.  The parent syncs what it added; the child starts empty.  (Off the main thread:
+        a signal handler's record coming here meanwhile waits for the state, never finds it half
+        made.)"""
         import threading
 
         with _ADOPTING:
+            pid = os.getpid()
             if pid == self._pid:
                 return
             self._pending: list = []

@@ -9,7 +9,8 @@ IMPORT_PATH is the bundle (dist/pilotlog) or the checkout.  SPEC is a JSON objec
 * ``api``: ``handler`` (a logging.Handler on a logger) or ``emit`` (``pilotlogger.emit()``);
 * ``phase``: of the records the threads and workers make (``log`` or a lifecycle phase);
 * ``log_fsync``: the setting (``grouped`` or ``each``);
-* ``threads``: threads logging in a loop in the parent until the workers are done;
+* ``threads``: threads logging in a loop in the parent until the workers are forked (and the
+  main thread's records made), at most THREAD_RECORDS each;
 * ``workers``, ``start`` (``fork``: os.fork; ``multiprocessing``: its ``fork`` start method,
   Linux's default), ``worker_records`` (records each worker logs), ``worker_exit``
   (``os._exit`` as multiprocessing does, or ``shutdown``: ``logging.shutdown()`` first, as
@@ -18,6 +19,10 @@ IMPORT_PATH is the bundle (dist/pilotlog) or the checkout.  SPEC is a JSON objec
   ``main_records`` records; the handler records one event each (``shutdown`` phase);
   ``inject``: how many of them are sent from inside ``Spool.put`` with the spool lock held
   (the worst moment, made certain);
+* ``fork_in_import`` (with ``emit``: the Handler imports the API before anything runs): the
+  first worker is forked while a thread makes the API's first import (``pilotlogger.emit``),
+  held open until the fork (at most 2 s: on Python 3.7+ the fork waits for the import, which
+  is the fix);
 * ``seed``: for the pauses between forks and signals.
 
 A report: ``{"records": [messages of calls that returned (emit: with an event)], "calls": n,
@@ -45,6 +50,7 @@ STATS = {"records": [], "calls": 0, "longest_call": 0.0, "longest_lock_wait": 0.
 STATS_LOCK = threading.Lock()
 INJECT = [SPEC.get("inject", 0)]
 PARENT = os.getpid()
+THREAD_RECORDS = 1000  # at most, per thread: the spool's default bound (10,000) is never reached
 
 
 def _timed(method, key):
@@ -92,7 +98,8 @@ def record(message: str, phase: str) -> None:
     elapsed = time.monotonic() - started
     with STATS_LOCK:
         STATS["calls"] += 1
-        STATS["longest_call"] = max(STATS["longest_call"], elapsed)
+        if message != "first":  # that one's import is held open on purpose (fork_in_import)
+            STATS["longest_call"] = max(STATS["longest_call"], elapsed)
         if kept:
             STATS["records"].append(message)
 
@@ -112,6 +119,19 @@ def worker(index: int) -> None:
         logging.shutdown()
 
 
+class StalledImport:
+    """A finder that holds the import of ``name`` open until ``forked`` (at most 2 s)."""
+
+    def __init__(self, name, importing, forked):
+        self.name, self.importing, self.forked = name, importing, forked
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.name and os.getpid() == PARENT:
+            self.importing.set()
+            self.forked.wait(2)
+        return None  # the usual finders go on
+
+
 def main() -> None:
     rng = random.Random(SPEC.get("seed", 0))
     handled, closing = [0], threading.Event()
@@ -126,13 +146,20 @@ def main() -> None:
 
     def log_in_a_loop(index):
         n = 0
-        while not stop.is_set():
+        while not stop.is_set() and n < THREAD_RECORDS:
             record("T%d-%d" % (index, n), SPEC.get("phase", "log"))
             n += 1
 
     threads = [threading.Thread(target=log_in_a_loop, args=(i,)) for i in range(SPEC.get("threads", 0))]
+    importing, forked = threading.Event(), threading.Event()
+    fork_in_import = SPEC.get("fork_in_import") and SPEC.get("api", "handler") == "emit"
+    if fork_in_import:
+        sys.meta_path.insert(0, StalledImport("pilotlogger.recorder", importing, forked))
+        threads.append(threading.Thread(target=record, args=("first", SPEC.get("phase", "log"))))
     for t in threads:
         t.start()
+    if fork_in_import:
+        assert importing.wait(30)
     workers = []
     if SPEC.get("start", "fork") == "multiprocessing":
         import multiprocessing
@@ -148,9 +175,14 @@ def main() -> None:
             if pid == 0:
                 try:
                     worker(index)
+                except BaseException:  # said where the caller sees it (os._exit flushes nothing)
+                    import traceback
+
+                    os.write(2, traceback.format_exc().encode())
                 finally:
                     os._exit(0)
             workers.append(pid)
+        forked.set()
 
     def send_signals():
         for _ in range(SPEC.get("signals", 0)):
@@ -162,14 +194,14 @@ def main() -> None:
     for i in range(SPEC.get("main_records", 0)):
         record("M-%d" % i, SPEC.get("phase", "log"))
     signaller.join()
+    stop.set()  # the forks are made: the threads were logging through all of them
+    for t in threads:
+        t.join()
     for w in workers:
         if isinstance(w, int):
             os.waitpid(w, 0)
         else:
             w.join()
-    stop.set()
-    for t in threads:
-        t.join()
     closing.set()
     report()
     logging.shutdown()

@@ -13,23 +13,13 @@ Each example is one real process of ``dist/pilotlog`` on the oldest and the newe
   5,000 characters, missing parents, another account's;
 * the bytecode cache: cold, damaged, a file, unwritable.
 
-And the Python API in a pilot's processes (issue 24), on the same two Pythons: threads logging
-while the process forks workers (``os.fork``, and multiprocessing's ``fork`` start method,
-Linux's default), a signal handler that records while the main thread logs (some of the
-signals sent from inside ``Spool.put``, the lock held), the Handler or ``emit()``, log or
-lifecycle records, ``log_fsync`` grouped or each (tests/api_pilot.py).
-
 Invariants checked on every example (the issue's list):
 
 * ``run`` starts the child and returns its exact exit code;
 * ``emit`` exits 0 or 2, never prints a traceback, and an exit-0 emit either stored a valid
   JSON event or said in one line why not;
 * ``replay`` never removes an event it did not deliver (stdout sink: what reached stdout);
-* no process runs past its deadline (a hang fails by timeout);
-* the Python API: every record whose call returned is in the spool, once; no call waited more
-  than 0.5 s for the spool lock (``helpers.LOCK_WAIT_BOUND``: timed inside each process, so a
-  busy machine, which slows everything alike, does not move it — an inherited or self-held
-  lock costs the 5 s lock_timeout); every process ends; nothing said on stderr.
+* no process runs past its deadline (a hang fails by timeout).
 
 Counts: ``make test`` runs a few dozen examples per (Python, command), a couple of minutes
 in all; ``PILOTLOG_FAULTS=full`` (``make faults``) ten times as many.  Every fault class
@@ -45,14 +35,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger
-from helpers import LOCK_WAIT_BOUND, ApiPilot, build_bundle, pyenv_python
+from helpers import build_bundle, pyenv_python
 from pilotlogger.events import validate
 
 PYTHONS = ("3.6.15", "3.13.0")
@@ -62,8 +51,6 @@ NOBODY = pwd.getpwnam("nobody") if "nobody" in {p.pw_name for p in pwd.getpwall(
 
 #: fault class -> [trials, broken promises, example of what broke, longest process (s)]
 TALLY = collections.defaultdict(lambda: [0, 0, "", 0.0])
-#: Python API class -> [examples, broken, what broke, longest call (s), longest lock wait (s), records]
-API_TALLY = collections.defaultdict(lambda: [0, 0, "", 0.0, 0.0, 0])
 
 
 # -- the world ---------------------------------------------------------------------------------
@@ -392,19 +379,6 @@ def ledger_rows():
             what,
             extra="examples that broke an invariant are counted as lost; Python %s" % " and ".join(PYTHONS),
         )
-    for fault, (trials, broken, what, longest, waited, records) in sorted(API_TALLY.items()):
-        ledger.record(
-            "robustness",
-            fault,
-            trials,
-            broken,
-            broken == 0,
-            longest,
-            what,
-            extra="hypothesis; Python %s; %d records; longest call %.3f s, longest wait for the spool lock %.3f s"
-            " (bound %g s); lost = examples that broke an invariant"
-            % (" and ".join(PYTHONS), records, longest, waited, LOCK_WAIT_BOUND),
-        )
 
 
 FDS = {
@@ -543,56 +517,3 @@ def test_replay_never_removes_an_event_it_did_not_deliver(version, warm_caches, 
         elif p.returncode not in ((0, 2, 3) if strict else (0, 2)) or not no_traceback(p):
             broken = "exit %d: %s" % (p.returncode, p.stderr[-300:])
         verdict(w, "replay", broken, p)
-
-
-# -- the Python API in a pilot's processes: forks and signal handlers (issue 24) ----------------------
-
-api_world = st.fixed_dictionaries(
-    {
-        "api": st.sampled_from(["handler", "emit"]),
-        "phase": st.sampled_from(["log", "install"]),
-        "log_fsync": st.sampled_from(["grouped", "each"]),
-        "threads": st.integers(min_value=0, max_value=3),
-        "workers": st.integers(min_value=0, max_value=8),
-        "start": st.sampled_from(["fork", "multiprocessing"]),
-        "worker_records": st.integers(min_value=1, max_value=20),
-        "worker_exit": st.sampled_from(["os._exit", "shutdown"]),
-        "signals": st.integers(min_value=0, max_value=20),
-        "inject": st.integers(min_value=0, max_value=3),
-        "main_records": st.integers(min_value=0, max_value=40),
-        "seed": st.integers(min_value=0, max_value=2**32 - 1),
-    }
-)
-
-
-def api_classes(spec: dict) -> list:
-    """The fault classes an example of the Python API belongs to (rows of docs/reliability.md)."""
-    classes = ["python API: every example"]
-    if spec["workers"] and spec["start"] == "fork":
-        classes.append("forks: os.fork while %s" % ("threads log" if spec["threads"] else "only the workers log"))
-    if spec["workers"] and spec["start"] == "multiprocessing":
-        classes.append("forks: multiprocessing workers (fork start method)")
-    if spec["signals"] or spec["inject"]:
-        classes.append("signal handlers that record")
-    return classes
-
-
-@pytest.mark.parametrize("version", PYTHONS)
-@common
-@given(spec=api_world)
-def test_the_python_api_keeps_every_record_and_waits_for_no_lock_in_forks_and_signal_handlers(version, spec):
-    with tempfile.TemporaryDirectory(prefix="pilotlog-api-") as d:
-        run = ApiPilot(pyenv_python(version), build_bundle(), spec, Path(d), timeout=DEADLINE)
-    broken = run.broken()
-    for fault in api_classes(spec):
-        row = API_TALLY[fault]
-        row[0] += 1
-        row[3], row[4], row[5] = (
-            max(row[3], run.longest_call),
-            max(row[4], run.longest_lock_wait),
-            row[5] + len(run.made),
-        )
-        if broken:
-            row[1] += 1
-            row[2] = row[2] or broken[:140]
-    assert not broken, (spec, broken)
