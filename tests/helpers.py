@@ -165,6 +165,20 @@ def run_loops(tags, count, spool_dir, source, pilot="3f2504e0-4f89-41d3-9a0c-030
     ]
 
 
+def hampered(bundle, cwd, *options_and_args, env=None, **kw) -> subprocess.Popen:
+    """``pilotlog`` from the bundle in a process hampered on purpose (tests/hampered_run.py: every
+    fsync stalled on demand, a SIGTERM as the child starts), in its own session (so that the
+    child and what it leaves behind can be ended with it); its spool is ``cwd/spool``."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", str(ROOT / "tests" / "hampered_run.py"), str(bundle), *options_and_args],
+        cwd=str(cwd),
+        env=clean_env(PILOTLOG_SPOOL=Path(cwd) / "spool", **(env or {})),
+        universal_newlines=True,
+        start_new_session=True,
+        **kw,
+    )
+
+
 #: The promise on every call of the Python API (issue 24): it never waits this long for the spool lock.
 #: Far above a normal wait (another put's write and fsync: milliseconds, at most 31 ms measured beside
 #: a 6 GB writer), far below the 5 s lock_timeout that an inherited or self-held lock costs.

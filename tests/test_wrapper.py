@@ -1,7 +1,6 @@
 """`pilotlog run -- CMD`: the child's exit code exactly, its output unchanged, its life recorded."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -417,89 +416,11 @@ def test_lines_are_the_same_however_the_output_is_cut(pieces, data):
     assert got == [line[:8] for line in whole] + ([last[:8]] if last else [])
 
 
-#: An fsync-heavy writer: 1 MiB rewritten and fsynced in a loop until it is killed.
-FSYNC_HOG = (
-    "import os, sys\n"
-    "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600); block = os.urandom(1 << 20); i = 0\n"
-    "while True:\n"
-    "    os.pwrite(fd, block, (i % 64) << 20); os.fsync(fd); i += 1\n"
-)
-
-
-def hampered(bundle, tmp_path, *options_and_args, env=None, **kw) -> subprocess.Popen:
-    """``pilotlog`` from the bundle in a process hampered on purpose (tests/hampered_run.py)."""
-    from helpers import ROOT, clean_env
-
-    return subprocess.Popen(
-        [sys.executable, "-I", "-S", str(ROOT / "tests" / "hampered_run.py"), str(bundle), *options_and_args],
-        cwd=str(tmp_path),
-        env=clean_env(PILOTLOG_SPOOL=tmp_path / "spool", **(env or {})),
-        universal_newlines=True,
-        start_new_session=True,  # the child and what it leaves behind can be ended with it
-        **kw,
-    )
-
-
-@pytest.mark.parametrize("when", ["forwarded to the child", "after the child's end"])
-def test_after_sigterm_the_wrapper_returns_promptly_whatever_the_disk_and_the_network(bundle, tmp_path, when):
-    """Issue 24 (the flake of test_signals_are_forwarded_to_the_child[15]): after forwarding SIGTERM
-    the wrapper recorded shutdown with fsyncs and drained over the network before returning, while
-    the batch system that sent SIGTERM kills the job when its grace period is over.  Here every
-    fsync stalls until the test ends (an fsync-heavy writer works beside it too), the broker never
-    answers and a background process keeps writing to the child's stderr: the wrapper still
-    returns the child's code within a couple of seconds, shutdown written."""
-    from helpers import SilentListener
-
-    stall = tmp_path / "stall"
-    ticks = "(while :; do echo tick >&2; sleep 0.3; done) & "  # a background process writing to stderr for ever
-    if when == "forwarded to the child":
-        child, code = "trap 'exit 55' TERM; " + ticks + "echo ready; while :; do sleep 0.1; done", 55
-    else:
-        child, code = ticks + "echo $$; exit 9", 9
-    hog = subprocess.Popen([sys.executable, "-c", FSYNC_HOG, str(tmp_path / "hog")])
-    with SilentListener() as broker, open(str(tmp_path / "stderr"), "w") as stderr:
-        sink = "stomp://127.0.0.1:%d/queue/q" % broker.port
-        run = ["run", "--ship-every", "0.2", "--", "sh", "-c", child]
-        proc = hampered(
-            bundle,
-            tmp_path,
-            "--stall-fsync",
-            str(stall),
-            "--",
-            *run,
-            env={"PILOTLOG_SINK": sink},
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-        try:
-            said = proc.stdout.readline()
-            if code == 9:  # wait until the wrapper has reaped the child
-                end = time.monotonic() + 20
-                while os.path.exists("/proc/%d" % int(said)) and time.monotonic() < end:
-                    time.sleep(0.05)
-            stall.write_text("")  # from now on no fsync comes back
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(15) == code  # promised: 2 s; the stall lasts until the test ends
-            assert stall.exists()
-        finally:
-            if stall.exists():
-                stall.unlink()
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            hog.kill()
-            hog.wait()
-    events = [json.loads(p.read_text()) for p in sorted((tmp_path / "spool" / "events").iterdir())]
-    assert [e["phase"] for e in events] == ["boot", "shutdown"] and events[-1]["data"]["exit_code"] == code
-    said = (tmp_path / "stderr").read_text().splitlines()
-    assert [line for line in said if line.startswith("pilotlog:")] == [
-        "pilotlog: SIGTERM asked the job to end, and 2 s after that and the end of sh the spool has not confirmed"
-        " its last writes; they are kept unless the node loses power (a slow disk?): returning now"
-    ]
-
-
 def test_a_sigterm_that_comes_while_the_child_is_being_started_reaches_it_at_once(bundle, tmp_path):
     """The wrapper installed its forwarding after starting the child: a SIGTERM in between (the child
     already printing, the test reading it) killed the wrapper and left the child running."""
+    from helpers import hampered
+
     proc = hampered(bundle, tmp_path, "--signal-at-start", "--", "run", "--", "sleep", "30")
     assert proc.wait(20) == 128 + signal.SIGTERM
     events = [json.loads(p.read_text()) for p in sorted((tmp_path / "spool" / "events").iterdir())]
