@@ -15,6 +15,14 @@ import types
 
 from .version import __version__  # noqa: F401
 
+if sys.version_info < (3, 7):
+    # Forks cannot wait for the API's first import on Python 3.6 (see _import_api), so the C modules
+    # it would load are loaded now, with the package: a child forked while a thread loads one (dlopen)
+    # is aborted by the C loader at its own next load, and no Python code can mend that.
+    import _json  # noqa: F401
+    import fcntl  # noqa: F401
+    import heapq  # noqa: F401
+
 
 def _api():
     from .concurrency import fenced_from_forks

@@ -81,13 +81,69 @@ def fenced_from_forks(work):
         return work()
 
 
+class _Worker:
+    """The thread of one process that runs what its main thread asks, one call after another.
+
+    It lives as long as the process: a thread per call would end a thread per call, and on
+    Python 3.6-3.10 a thread's first end loads libgcc_s (glibc's unwinder, for pthread_exit) —
+    a child forked during that load is aborted by the C loader at its own next load.  The
+    queue's lock is reentrant: a signal handler may queue its call while the main thread, which
+    it interrupted, was queueing one.
+    """
+
+    def __init__(self, threading):
+        self.calls: list = []
+        self.ready = threading.Condition(threading.RLock())
+        threading.Thread(target=self._run, name="pilotlog-write", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self.ready:
+                while not self.calls:
+                    self.ready.wait()
+                call = self.calls.pop(0)
+            call()
+
+    def run(self, method, args, kwargs):
+        """``method(*args, **kwargs)`` in the worker; its result, or its exception raised here."""
+        outcome: list = []
+        done = _thread.allocate_lock()
+        done.acquire()
+
+        def call():
+            try:
+                outcome.append((True, method(*args, **kwargs)))
+            except BaseException as exc:  # handed to the caller as it is
+                outcome.append((False, exc))
+            finally:
+                done.release()
+
+        with self.ready:
+            self.calls.append(call)
+            self.ready.notify()
+        try:
+            done.acquire()  # a signal handler runs during this wait, in this thread
+        except BaseException:  # it raised (KeyboardInterrupt, SystemExit): let the call end whole first
+            done.acquire()
+            raise
+        finished, value = outcome[0]
+        if finished:
+            return value
+        raise value
+
+
+_WORKERS: dict = {}  # pid -> _Worker: a forked child starts its own
+
+
 def beyond_signal_handlers(method):
-    """Run ``method`` in a helper thread when it is called from the main thread, and wait for it.
+    """Run ``method`` in this process's worker thread when it is called from the main thread, and
+    wait for it.
 
     The caller sees no difference (the result, or the exception, is its own).  A signal
-    handler running meanwhile (in the main thread, during the wait) can call it too.  When a
-    handler raises while the caller waits (KeyboardInterrupt, SystemExit), the method is let
-    finish first, so that an event is stored whole, then the exception goes on.
+    handler running meanwhile (in the main thread, during the wait) can call it too: its call
+    runs after the first.  When a handler raises while the caller waits (KeyboardInterrupt,
+    SystemExit), the method is let finish first, so that an event is stored whole, then the
+    exception goes on.
 
     A process that has not imported :mod:`threading` runs ``method`` in place: it has not
     imported the Python API either (:mod:`logging` imports threading), so no signal handler of
@@ -98,28 +154,14 @@ def beyond_signal_handlers(method):
         threading = sys.modules.get("threading")
         if threading is None or threading.current_thread() is not threading.main_thread():
             return method(*args, **kwargs)
-        outcome = []
-
-        def work():
+        pid = os.getpid()
+        worker = _WORKERS.get(pid)
+        if worker is None:
             try:
-                outcome.append((True, method(*args, **kwargs)))
-            except BaseException as exc:  # handed to the caller as it is
-                outcome.append((False, exc))
-
-        helper = threading.Thread(target=work, name="pilotlog-write", daemon=True)
-        try:
-            helper.start()
-        except RuntimeError:  # no thread to be had (a process at its limit): do it here
-            return method(*args, **kwargs)
-        try:
-            helper.join()
-        except BaseException:
-            helper.join()
-            raise
-        done, value = outcome[0]
-        if done:
-            return value
-        raise value
+                worker = _WORKERS.setdefault(pid, _Worker(threading))
+            except RuntimeError:  # no thread to be had (a process at its limit): do it here
+                return method(*args, **kwargs)
+        return worker.run(method, args, kwargs)
 
     call.__name__, call.__qualname__, call.__doc__ = method.__name__, method.__qualname__, method.__doc__
     return call
