@@ -31,6 +31,21 @@ def trials(reduced: int, full: int) -> int:
     return full if FULL else reduced
 
 
+def generated(examples: int):
+    """The hypothesis settings of a generative fault test: ``examples`` examples, no deadline per
+    example (each runs real processes), fixed examples for CI and random ones under ``make faults``,
+    no example database, no health check (the examples are slow by nature)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=not FULL,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
 def record(
     area: str, fault: str, trials: int, lost: int, exit_ok: bool, seconds: float, line: str = "", extra: str = ""
 ) -> None:

@@ -251,14 +251,20 @@ class Unprintable:
     __str__ = __repr__
 
 
-def test_a_field_whose_repr_raises_costs_the_field_not_the_record(tmp_path, capsys):
-    """Issue 24, defect 7: one extra= value whose repr() raises dropped the whole record (and an
-    emit() keyword the whole event); now the value is replaced by a marker naming the failure."""
-    log = logging.getLogger("bad-field-%s" % uuid.uuid4().hex[:6])
+def logger_to_spool(tmp_path):
+    """A fresh INFO logger with a Handler writing into tmp_path's spool: (logger, handler)."""
+    log = logging.getLogger("data-%s" % uuid.uuid4().hex[:6])
     log.propagate = False
     log.setLevel(logging.INFO)
     handler = pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1"))
     log.addHandler(handler)
+    return log, handler
+
+
+def test_a_field_whose_repr_raises_costs_the_field_not_the_record(tmp_path, capsys):
+    """Issue 24, defect 7: one extra= value whose repr() raises dropped the whole record (and an
+    emit() keyword the whole event); now the value is replaced by a marker naming the failure."""
+    log, handler = logger_to_spool(tmp_path)
     try:
         log.info(
             "installed",
@@ -287,11 +293,7 @@ def test_a_field_whose_repr_raises_costs_the_field_not_the_record(tmp_path, caps
 def test_a_message_whose_arguments_do_not_match_is_kept_raw_with_its_arguments(tmp_path, capsys, msg, args, raw):
     """Issue 24, defect 7: logging's own %-formatting failed (a pilot's typo in a rarely taken branch),
     and the record was lost; now the raw message is kept, its arguments beside it, with a marker."""
-    log = logging.getLogger("bad-args-%s" % uuid.uuid4().hex[:6])
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    handler = pilotlogger.Handler(config=settings(tmp_path, PILOTLOG_PILOT_UUID="p1"))
-    log.addHandler(handler)
+    log, handler = logger_to_spool(tmp_path)
     try:
         log.warning(msg, *args)
     finally:

@@ -24,7 +24,7 @@ import unicodedata
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ledger
@@ -344,13 +344,7 @@ BUNDLE_TRIALS = ledger.trials(8, 60)
 
 
 @pytest.mark.parametrize("version", ["3.6.15", "3.13.0"])
-@settings(
-    max_examples=BUNDLE_TRIALS,
-    deadline=None,
-    derandomize=not ledger.FULL,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@ledger.generated(BUNDLE_TRIALS)
 @given(lines=st.lists(hostile_lines(), min_size=1, max_size=12))
 def test_the_bundle_reports_whatever_the_events_hold(bundle, tmp_path_factory, version, lines):
     python = pyenv_python(version)

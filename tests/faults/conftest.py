@@ -1,6 +1,9 @@
 """Fixtures of the fault tests: a `pilotlog serve` per test, and each hostile broker of the table."""
 
 import collections
+import os
+import shutil
+import tempfile
 import time
 import uuid
 
@@ -9,6 +12,15 @@ import pytest
 from brokers import free_port
 from fault_tables import CASES, PEERS, ScriptedBroker, TricklingHandshake, case_environment
 from helpers import Pilotlog, Serve, SilentListener, https_env
+
+
+@pytest.fixture(scope="module")
+def shm():
+    """A directory on tmpfs (where there is one) for a module's generated worlds: fsync costs nothing
+    there, so a slow call is the fault's doing, never the disk's."""
+    root = tempfile.mkdtemp(prefix="pilotlog-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

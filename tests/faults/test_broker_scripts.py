@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ledger
@@ -263,13 +263,7 @@ def broken_promises(world: dict, watch: Watch, kept: set, replay, seconds: float
 
 
 @pytest.mark.parametrize("version", PYTHONS)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not ledger.FULL,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@ledger.generated(EXAMPLES)
 @given(world=worlds)
 def test_a_scripted_broker_never_makes_replay_lose_lie_or_overrun(bundle, pki, version, world):
     python = pyenv_python(version)

@@ -37,7 +37,7 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ledger
@@ -434,13 +434,7 @@ def lines(data: bytes) -> list:
     return [line for line in data.splitlines() if line.strip()]
 
 
-common = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not ledger.FULL,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+common = ledger.generated(EXAMPLES)
 
 
 # -- the invariants ------------------------------------------------------------------------------

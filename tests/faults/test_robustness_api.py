@@ -21,13 +21,12 @@ so a holder's fsync costs nothing: a live holder keeps the lock for microseconds
 milliseconds, while an inherited or self-held lock keeps it for the whole 5 s lock_timeout.
 """
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ledger
@@ -72,14 +71,6 @@ def fault_classes(spec: dict) -> set:
     return faults
 
 
-@pytest.fixture(scope="module")
-def shm():
-    """Where the programs' spools live: tmpfs, so that a lock holder's fsync costs nothing."""
-    root = tempfile.mkdtemp(prefix="pilotlog-api-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def ledger_rows():
     yield
@@ -91,13 +82,7 @@ def ledger_rows():
 
 
 @pytest.mark.parametrize("version", PYTHONS)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not ledger.FULL,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@ledger.generated(EXAMPLES)
 @given(spec=program)
 def test_the_python_api_keeps_every_record_and_waits_for_no_lock_in_forks_and_signal_handlers(shm, version, spec):
     base = tempfile.mkdtemp(dir=shm)

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ledger
@@ -223,14 +223,6 @@ def drawn_offsets(life):
             yield from drawn[:1] if kind == "emit" else drawn
 
 
-@pytest.fixture(scope="module")
-def shm():
-    """Where the drawn pilots live: tmpfs, so that fsync costs nothing and a slow call is the clock's doing."""
-    root = tempfile.mkdtemp(prefix="pilotlog-clock-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def ledger_rows():
     yield
@@ -238,13 +230,7 @@ def ledger_rows():
 
 
 @pytest.mark.parametrize("version", PYTHONS)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not ledger.FULL,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@ledger.generated(EXAMPLES)
 @given(life=st.lists(action, min_size=1, max_size=6))
 def test_a_pilot_whose_clock_steps_loses_nothing_and_keeps_its_order(shm, version, life):
     base = tempfile.mkdtemp(prefix="life-", dir=shm)
