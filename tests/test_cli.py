@@ -22,8 +22,9 @@ def test_bundle_is_a_small_executable_zipapp(bundle):
     assert "__main__.py" in listed and "pilotlogger/cli.py" in listed
     assert not [n for n in listed if "test" in n or n.endswith(".pyc")]
     # ~130 KB with the sans-IO session, serve's defences, DIRAC's rules, the relay; ~155 KB with the
-    # relay around DIRAC's pilot wrapper (one log, each line once, the Pilot's credential): growth past this is a choice
-    assert bundle.stat().st_size < 160 * 1024
+    # relay around DIRAC's pilot wrapper (one log, each line once, the Pilot's credential); ~162 KB with fork
+    # and signal safety (concurrency.py, and the spool's, handler's, wrapper's parts): growth past this is a choice
+    assert bundle.stat().st_size < 168 * 1024
 
 
 def test_bundle_is_importable(bundle, tmp_path):
