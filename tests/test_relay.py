@@ -261,7 +261,7 @@ def test_answers_are_bounded_in_time_when_the_spool_stays_locked(pilotlog, relay
     relay = relays(pilotlog)
     assert pilot_post(relay.url, "sendMessage", "first\n", PILOT)[1]["OK"] is True
     fd = os.open(str(pilotlog.spool / "lock"), os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    fcntl.lockf(fd, fcntl.LOCK_EX)  # the spool's locks are POSIX record locks (fcntl), owned by this process
     try:
         started = time.monotonic()
         _, answer = pilot_post(relay.url, "sendMessage", "second\n", PILOT)
