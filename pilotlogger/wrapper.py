@@ -517,7 +517,7 @@ class Wrapper:
         if self.relayed is not None:
             data.update(self.relayed.settle())
         if signum:
-            data["signal"] = signal.Signals(signum).name
+            data["signal"] = signal_name(signum)
         if self.budget.dropped_lines:
             data["capture_dropped_lines"] = self.budget.dropped_lines
             data["capture_dropped_bytes"] = self.budget.dropped_bytes
@@ -571,6 +571,15 @@ def _widen(pipe) -> None:
         fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)  # 1031: Linux, Python < 3.10
     except (OSError, ImportError):
         pass
+
+
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9; a real-time signal, which has no name of its own, as ``SIGRTMIN+N``."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        low = getattr(signal, "SIGRTMIN", None)
+        return "SIGRTMIN+%d" % (signum - low) if low is not None and signum >= low else "signal %d" % signum
 
 
 def _binary(stream):

@@ -31,6 +31,22 @@ def test_killed_child_gives_128_plus_signal(pilotlog):
     assert pilotlog.events()[-1]["data"]["signal"] == "SIGKILL"
 
 
+def test_a_child_killed_by_a_real_time_signal_is_recorded_with_its_code(pilotlog):
+    """A real-time signal has no name in Python's signal.Signals: the shutdown still says which."""
+    rt = signal.SIGRTMIN + 6
+    p = run(
+        pilotlog,
+        "python3",
+        "-c",
+        "import os, signal; signal.signal(%d, signal.SIG_DFL); os.kill(os.getpid(), %d)" % (rt, rt),
+    )
+    assert p.returncode == 128 + rt, p.stderr
+    shutdown = pilotlog.events()[-1]
+    assert shutdown["phase"] == "shutdown"
+    assert shutdown["data"]["signal"] == "SIGRTMIN+6"
+    assert shutdown["data"]["exit_code"] == 128 + rt
+
+
 def test_missing_command_is_127_like_a_shell(pilotlog):
     p = run(pilotlog, "/no/such/pilot")
     assert p.returncode == 127 and "cannot run /no/such/pilot" in p.stderr
