@@ -522,7 +522,7 @@ def cmd_status(args, config) -> int:
     }
     report.update(spool.stats())
     state = spool.read_state()
-    for key in ("delivered_total", "dropped_total"):
+    for key in ("delivered_total", "dropped_total", "quarantine_dropped_total"):
         report[key] = state.get(key, 0)
     for key in ("last_delivery", "last_error", "last_error_time", "last_refusal", "last_refusal_time"):
         report[key] = state.get(key)

@@ -70,6 +70,9 @@ EVICT_BATCH = 256
 _COUNTER = 512  # bytes of the seq file: one write replaces it whole
 _VICTIM = 128  # bytes per record of the evict file
 
+#: The quarantine's bound is checked on the first and every this many quarantines of a process.
+QUARANTINE_CHECK_EVERY = 64
+
 _SUFFIX = ".json"
 _REASON = ".reason"
 
@@ -827,9 +830,51 @@ class Spool:
             self.quarantined_here += 1
             _write_file(target + _REASON, (reason + "\n").encode("utf-8"))
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
             raise SpoolError("cannot quarantine %s (%s)" % (name, _describe(exc))) from None
+        if self.quarantined_here % QUARANTINE_CHECK_EVERY == 1:
+            self._trim_quarantine()
+
+    def _trim_quarantine(self) -> None:
+        """Keep the quarantine within the spool's own bounds (``max_events`` files, ``max_bytes``
+        bytes): past them its oldest files go, counted in ``quarantine_dropped_total``.
+
+        Without a bound a destination that refuses everything (a pilot id DIRAC will never take,
+        relayed for hours) would fill the worker node's disk with what it refused.  Looked at on
+        the first and every QUARANTINE_CHECK_EVERY-th quarantine of this process, so a storm of
+        refusals costs one listing per that many files (the bound may be passed by as many).
+        """
+        files = []
+        try:
+            with os.scandir(self.quarantine_dir) as it:
+                for entry in it:
+                    if entry.name.endswith(_REASON):
+                        continue
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    files.append((info.st_mtime, entry.name, info.st_size))
+        except OSError:
+            return
+        count, size = len(files), sum(f[2] for f in files)
+        if count <= self.max_events and size <= self.max_bytes:
+            return
+        dropped = 0
+        for _, name, n in sorted(files):
+            if count <= self.max_events and size <= self.max_bytes:
+                break
+            for victim in (name, name + _REASON):
+                try:
+                    os.unlink(os.path.join(self.quarantine_dir, victim))
+                except OSError:
+                    pass
+            count, size, dropped = count - 1, size - n, dropped + 1
+        try:
+            self.update_state(quarantine_dropped_total=dropped)
+        except SpoolError:
+            pass
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -368,3 +368,25 @@ def test_event_names_give_back_the_events_time(tmp_path):
     event = spool.put(builder()).event
     assert EventName(EventName.for_event(event)).rfc3339 == event["time"]
     assert spool.stats()["oldest"] == spool.stats()["newest"] == event["time"]
+
+
+def test_the_quarantine_keeps_within_the_spools_bounds_dropping_its_oldest(tmp_path):
+    """A destination refusing everything for hours (a pilot id DIRAC never takes, relayed) must not
+    fill the node's disk with what it refused: the quarantine holds at most the spool's bounds."""
+    from pilotlogger.spool import QUARANTINE_CHECK_EVERY
+
+    spool = Spool(str(tmp_path / "s"), max_events=50)
+    refused = 3 * QUARANTINE_CHECK_EVERY + 1  # the last one makes this process look again
+    names_in_order = []
+    for i in range(refused):
+        name = spool.put(builder("log", "refused %d" % i)).name
+        names_in_order.append(name)
+        spool.quarantine(name, "the destination refused it")
+        os.utime(os.path.join(spool.quarantine_dir, name), (1000 + i, 1000 + i))  # the order they came in
+    kept = sorted(n for n in os.listdir(spool.quarantine_dir) if not n.endswith(".reason"))
+    assert len(kept) == 50
+    assert set(kept) == set(names_in_order[-50:])  # the newest refusals stay, with their reasons
+    assert all(os.path.exists(os.path.join(spool.quarantine_dir, n + ".reason")) for n in kept)
+    assert len(os.listdir(spool.quarantine_dir)) == 100  # no reason left without its file
+    assert spool.read_state()["quarantine_dropped_total"] == refused - 50
+    assert spool.stats()["quarantined"] == 50
