@@ -191,6 +191,19 @@ class Intake:
         self.config, self.spool, self.context = config, open_spool(config), config.context()
         self._warned: set = set()
         self.group = SyncGroup(self.spool, on_error=self._warn) if config.log_fsync == "grouped" else None
+        self._fits = self._sure_to_fit()
+
+    def _sure_to_fit(self) -> int:
+        """The longest ``args`` whose record is sure to fit one event, whatever its pilot id, phase
+        and message: so that a usual post (a few lines) is not built and encoded once more only to
+        learn its size.  In an event a character of ``args`` takes at most 6 bytes (a control
+        character's ``\\u00XX``; UTF-8 takes at most 4), of the pilot id too (at most MAX_PILOT_LEN
+        characters); a phase name is ASCII; a message at most 2 × MESSAGE_CHARS bytes."""
+        from .events import MAX_NAME_LEN, MAX_PILOT_LEN
+
+        empty = self._size("p", ("p", "warning", "", {RELAYED: {"method": "finaliseLogs", "args": ""}}))
+        worst = empty + 6 * MAX_PILOT_LEN + MAX_NAME_LEN + 2 * MESSAGE_CHARS
+        return max(0, (self.config.max_event_bytes - worst) // 6)
 
     def take(self, body: bytes):
         """Read, check and store one request; DIRAC's ``Value`` once it is stored, else Reject.
@@ -237,7 +250,7 @@ class Intake:
         phase, status, message = summary(text)
         whole = record(form, phase, status, message, form.args)
         limit = self.config.max_event_bytes
-        if self._size(form.pilot, whole) <= limit:
+        if len(form.args) <= self._fits or self._size(form.pilot, whole) <= limit:
             return [(form.pilot,) + whole]
         empty = record(form, phase, status, message + " (part 99999 of 99999)", encode_args("", form.pilot, form.vo))
         sizer = Sizer(limit, self._size(form.pilot, empty))

@@ -910,6 +910,39 @@ def test_a_message_over_max_event_bytes_is_stored_in_parts_that_make_it_up_exact
         assert all(part.endswith("\n") for part in parts[:-1])
 
 
+@settings(max_examples=int(os.environ.get("PILOTLOG_RELAY_EXAMPLES", "200")), deadline=None)
+@given(
+    args=st.lists(COSTLY | st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=50).map("".join),
+    pilot=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=256),
+    line=st.lists(COSTLY, max_size=400).map("".join),
+    phase=st.from_regex(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", fullmatch=True),
+    status=st.sampled_from(["debug", "info", "warning", "error"]),
+    method=st.sampled_from(["sendMessage", "finaliseLogs"]),
+)
+def test_a_post_short_enough_to_skip_its_sizing_always_fits_one_event(
+    tmp_path_factory, args, pilot, line, phase, status, method
+):
+    """The relay skips building a post's record a second time only to size it when its ``args`` is
+    short (``Intake._fits`` characters): whatever those characters, the pilot id, the phase, the
+    status and the message, such a record fits ``max_event_bytes`` (4 KiB here)."""
+    from pilotlogger.config import load
+    from pilotlogger.events import RELAYED, EventError, check_pilot
+    from pilotlogger.relay import Intake, _shortened
+
+    try:
+        check_pilot(pilot)
+    except EventError:
+        return
+    intake = Intake(load({"spool": str(tmp_path_factory.mktemp("spool")), "max_event_bytes": "4096"}, environ={}))
+    try:
+        assert intake._fits > 100  # room for a Pilot's line or two
+        args = (args * (intake._fits // len(args) + 1))[: intake._fits]
+        record = (phase, status, _shortened(line), {RELAYED: {"method": method, "args": args}})
+        assert intake._size(pilot, record) <= 4096
+    finally:
+        intake.close()
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
