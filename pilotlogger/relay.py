@@ -357,15 +357,16 @@ class Relay:
     ``{"OK": false}`` with ``problem``, so a Pilot pointed at the relay still runs.
     """
 
-    def __init__(self, config, listen: str = DEFAULT_LISTEN, problem=None):
+    def __init__(self, config, listen: str = DEFAULT_LISTEN, problem=None, context=None, allowed_cns=()):
         self.problem = problem
+        self.allowed_cns = frozenset(allowed_cns)
         self.intake = Intake(config) if config is not None else None
         self._thread: "threading.Thread | None" = None
         try:
             self.server = httpd.Server(
                 listen,
                 _make_handler(self),
-                None,
+                context,
                 httpd.DEFAULT_REQUEST_TIMEOUT,
                 MAX_CONNECTIONS,
                 "relay",
@@ -375,12 +376,7 @@ class Relay:
             if self.intake is not None:
                 self.intake.close()
             raise
-        import ipaddress
-
-        host, port = str(self.server.server_address[0]), int(self.server.server_address[1])
-        if ipaddress.ip_address(host).is_unspecified:  # listening on every address: loopback is one of them
-            host = "::1" if ":" in host else "127.0.0.1"
-        self.url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
+        self.url = _url(listen, self.server.server_address, context is not None)
 
     def start(self) -> "Relay":
         """Serve from a background thread (``run --relay``); :meth:`stop` ends it."""
@@ -435,6 +431,23 @@ class Relay:
         return None
 
 
+def _url(listen: str, address, tls: bool) -> str:
+    """The URL the Pilot is given: the host as ``--listen`` names it when it is a name (a TLS
+    client checks it against the relay's certificate), else the address listened on (loopback
+    for every address)."""
+    import ipaddress
+
+    named, port = httpd.parse_listen(listen)[0], int(address[1])
+    try:
+        ipaddress.ip_address(named.split("%", 1)[0])
+        host = str(address[0])
+        if ipaddress.ip_address(host).is_unspecified:  # listening on every address: loopback is one of them
+            host = "::1" if ":" in host else "127.0.0.1"
+    except ValueError:  # a name
+        host = named
+    return "%s://%s:%d/" % ("https" if tls else "http", "[%s]" % host if ":" in host else host, port)
+
+
 def _make_handler(relay: Relay):
     class Handler(httpd.handler_base("relay", MAX_BODY, always_200=True)):  # type: ignore[misc]  # made at run time
         def do_POST(self):
@@ -442,6 +455,10 @@ def _make_handler(relay: Relay):
 
         def _post(self):
             body = self._body()  # read whole before any answer: a reset would crash the Pilot
+            if relay.allowed_cns:
+                cn = httpd.client_cn(self.connection, "relay")
+                if cn not in relay.allowed_cns:
+                    raise Reject(403, "client certificate CN %r is not allowed: nothing stored" % cn)
             kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if kind != FORM_TYPE:
                 raise Reject(415, "Content-Type %r is not DIRAC's form (%s)" % (kind[:80], FORM_TYPE))

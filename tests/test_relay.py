@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dirac_pilot import STANDIN, masked, new_stamp, stored_log
 from helpers import AGENT_DIRS, Pilotlog, broker_env, https_env, pyenv_python, unavailable
 from pilotlogger.relay import MAX_BODY
 from test_dirac import DiracService, dirac_python, pilot_form, post, tree
@@ -76,10 +77,14 @@ def address(relay):
     return parts.hostname, parts.port
 
 
+PLAIN_URL = r"http://127\.0\.0\.1:\d+/\Z"
+TLS_URL = r"https://localhost:\d+/\Z"  # --listen localhost:0, the name the test PKI's server certificate holds
+
+
 class RelayRun:
     """`pilotlog relay` from the bundle, in the background: its URL is the first line it prints."""
 
-    def __init__(self, pilotlog, *args, env=None):
+    def __init__(self, pilotlog, *args, env=None, expect=PLAIN_URL):
         self.proc = pilotlog.start("relay", *args, env=env, stdout=subprocess.PIPE)
         self.stderr: list = []
         self.reader = threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True)
@@ -87,7 +92,7 @@ class RelayRun:
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         assert ready, "no URL printed within 60 s: %s" % "".join(self.stderr)
         self.url = self.proc.stdout.readline().strip()
-        assert re.match(r"http://127\.0\.0\.1:\d+/\Z", self.url), (self.url, self.stderr)
+        assert re.match(expect, self.url), (self.url, self.stderr)
 
     def stop(self) -> int:
         """SIGTERM, as a batch system ends it: what is left is forwarded, then it exits."""
@@ -107,8 +112,8 @@ class RelayRun:
 def relays():
     started = []
 
-    def start(pilotlog, *args, **env):
-        relay = RelayRun(pilotlog, *args, env=env)
+    def start(pilotlog, *args, expect=PLAIN_URL, **env):
+        relay = RelayRun(pilotlog, *args, env=env, expect=expect)
         started.append(relay)
         return relay
 
@@ -334,6 +339,46 @@ def test_records_small_enough_are_posted_with_the_pilots_own_bytes(dirac, pilotl
     assert forms(pilotlog) == [("sendMessage", args)]
     assert pilotlog("replay", env=https_to(dirac, pki)).returncode == 0
     assert (dirac.store / "dteam" / pilot).read_bytes() == "été\nsecond\n".encode()
+
+
+def relay_tls(pki, *extra) -> tuple:
+    """`pilotlog relay`'s TLS listener with the test PKI's server certificate (DNS:localhost),
+    client certificates (grid proxies too) required from the test CA."""
+    return ("--listen", "localhost:0", "--server-cert", pki.path("server.pem"), "--server-key", pki.path("server.key"),
+            "--client-ca", pki.path("ca.pem"), "--require-client-cert") + extra  # fmt: skip
+
+
+def run_standin(url: str, pilot: str, workdir: Path, pki, x509up: str) -> subprocess.CompletedProcess:
+    """DIRAC's Pilot (its stand-in, tests/dirac/standin_pilot.py) logging remotely to ``url``, one post
+    per line, with ``x509up`` as X509_USER_PROXY and the test CA's directory as X509_CERT_DIR."""
+    workdir.mkdir(parents=True)
+    (workdir / "pilot.json").write_text(json.dumps({"Defaults": {"Pilot": {"RemoteLoggerBufsize": 1}}}))
+    env = dict(PATH=os.environ["PATH"], LANG="C.UTF-8", X509_CERT_DIR=pki.path("certificates"), X509_USER_PROXY=x509up)
+    return subprocess.run(
+        [sys.executable, str(STANDIN), "-z", "-g", url, "--pilotUUID", pilot, "--wnVO=dteam"],
+        cwd=str(workdir), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_pilot_posts_to_a_relay_over_https_as_to_dirac(dirac, pilotlog, pki, proxies, relays, tmp_path):
+    """The Pilot given an https:// relay: it trusts the relay's CA through X509_CERT_DIR and posts with its
+    real proxy (the relay takes its owner, --allowed-cn); DIRAC ends with what the Pilot posting to it
+    directly leaves there."""
+    from brokers import CLIENT_CN
+
+    env = https_to(dirac, pki)
+    relay = relays(pilotlog, "--ship-every", "0", *relay_tls(pki, "--allowed-cn", CLIENT_CN), expect=TLS_URL, **env)
+    direct, relayed = new_stamp(), new_stamp()
+    for url, pilot in ((dirac.url, direct), (relay.url, relayed)):
+        p = run_standin(url, pilot, tmp_path / pilot, pki, proxies.x509up("first"))
+        assert p.returncode == 0, p.stderr
+    posted = len(pilotlog.events())
+    assert posted > 10  # a post per line
+    assert relay.stop() == 0, relay.stderr
+    assert stored_log(dirac, direct).endswith("exit code:0)\n")  # finalised, the Pilot's last line in
+    assert masked(stored_log(dirac, relayed), relayed) == masked(stored_log(dirac, direct), direct)
+    assert pilotlog.events() == [] and status(pilotlog, **env)["delivered_total"] == posted
 
 
 class RecordingDirac:
