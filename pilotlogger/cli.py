@@ -237,7 +237,7 @@ def _parser():
         help="where to listen (default 127.0.0.1:0, a free loopback port); the URL is the first line printed",
     )
     _add_ship_every(relay, "forward")
-    _add_tls_listener(relay, "optional: then it takes https only; what it forwards with is --cert/--key")
+    _add_tls_listener(relay, "optional: https then; it forwards with --cert/--key")
 
     srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
     srv.add_argument("--listen", default="127.0.0.1:8444", metavar="HOST:PORT", help="default: 127.0.0.1:8444")
@@ -328,12 +328,11 @@ def unknown_arguments(unknown, prog: str) -> str:
 
 def _add_tls_listener(parser, when: str) -> None:
     """The TLS listener's options, the same for serve and relay (tls.server_context, httpd.client_cn)."""
-    group = parser.add_argument_group("TLS listener (%s)" % when)
-    group.add_argument("--server-cert", help="server certificate (PEM)")
-    group.add_argument("--server-key", help="server key (PEM)")
-    group.add_argument("--client-ca", help="CA file to verify client certificates (and grid proxies) with")
-    group.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
-    group.add_argument(
+    parser.add_argument("--server-cert", help="server certificate (PEM) of the TLS listener (%s)" % when)
+    parser.add_argument("--server-key", help="server key (PEM)")
+    parser.add_argument("--client-ca", help="CA file to verify client certificates (and grid proxies) with")
+    parser.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
+    parser.add_argument(
         "--allowed-cn",
         action="append",
         default=[],

@@ -22,8 +22,8 @@ def test_bundle_is_a_small_executable_zipapp(bundle):
     assert "__main__.py" in listed and "pilotlogger/cli.py" in listed
     assert not [n for n in listed if "test" in n or n.endswith(".pyc")]
     assert (
-        bundle.stat().st_size < 144 * 1024
-    )  # ~130 KB with the sans-IO session, serve's defences, DIRAC's rules, the relay; growth past this is a choice
+        bundle.stat().st_size < 152 * 1024
+    )  # ~148 KB with the sans-IO session, serve's defences, DIRAC's rules, the relay (TLS too); growth past this is a choice
 
 
 def test_bundle_is_importable(bundle, tmp_path):

@@ -847,6 +847,21 @@ def test_a_flood_from_the_pilots_own_user_fills_the_spool_bounds_and_never_block
 # -- the Python versions the bundle runs on ------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("--allowed-cn", "pilot-client"), "--allowed-cn needs --client-ca"),
+        (("--server-cert", "server.pem"), "TLS needs both --server-cert and --server-key"),
+        (("--client-ca", "ca.pem", "--require-client-cert"), "TLS needs both --server-cert and --server-key"),
+        (("--server-cert", "no.pem", "--server-key", "no.key"), "server certificate no.pem does not exist"),
+    ],
+)
+def test_bad_tls_options_of_the_relay_are_usage_errors(pilotlog, args, says):
+    """Said before anything listens (exit 2, no URL printed), as serve's."""
+    p = pilotlog("relay", *args, timeout=30)
+    assert p.returncode == 2 and says in p.stderr and p.stdout == "", (p.returncode, p.stdout, p.stderr)
+
+
 @pytest.mark.parametrize("version", ["3.6.15", "3.13.0"])
 def test_relay_on_the_oldest_and_newest_python(bundle, tmp_path, version):
     run = Pilotlog(bundle, tmp_path, python=pyenv_python(version))
