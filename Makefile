@@ -71,8 +71,9 @@ test: venv packages dirac dist/pilotlog
 	@$(VPY) -m pytest tests
 
 ## make bench: throughput vs stomp.py and raw bounds on real brokers (spools made through the emit path, beside
-## the file-per-event floor and the TLS share), start-up cost, what run --capture keeps, memory; updates docs/performance.md.
-bench: venv packages dist/pilotlog
+## the file-per-event floor and the TLS share), start-up cost, what run --capture keeps, memory, what the DIRAC
+## Pilot's posts cost through pilotlog relay against DIRAC's own handler; updates docs/performance.md.
+bench: venv packages dirac dist/pilotlog
 	@$(VPY) bench/run.py --write docs/performance.md
 
 ## make faults: the fault suite at full counts (>= 200 kill -9 trials each, 60 s load) and the security

@@ -23,7 +23,11 @@ Figures (see docs/performance.md for the latest results and what they mean):
      range of --rounds; `--code` measures another checkout, e.g. main, with the same bench);
   7. what pilots print (DIRAC's own pilot wrapper, a DIRAC-install-like burst) and what
      `run --capture` keeps of it, a runaway child, and the pass-through: each child alone and
-     under `run --capture` (bench/capture.py).
+     under `run --capture` (bench/capture.py);
+  8. what the DIRAC Pilot's remote logging costs the Pilot: one sendMessage POST to `pilotlog
+     relay` (log_fsync grouped and each, and over TLS), to two no-op HTTP servers and to DIRAC's
+     own handler over TLS; a Pilot logging --pilot-lines lines through the relay and directly to
+     DIRAC (bench/relay_cost.py, bench/relay_probe.py).
 Never run as a test: numbers depend on the machine; compare ratios within one run.
 """
 
@@ -675,8 +679,10 @@ def main():
     ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--write", help="replace the results section of this Markdown file")
     ap.add_argument(
-        "--only", default="replay,startup,capture,memory,spool,emit", help="sections to run (comma-separated)"
+        "--only", default="replay,startup,capture,memory,spool,emit,relay", help="sections to run (comma-separated)"
     )
+    ap.add_argument("--relay-posts", type=int, default=1000, help="timed sendMessage POSTs to each receiver")
+    ap.add_argument("--pilot-lines", type=int, default=10000, help="lines a Pilot logs through each receiver")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the emit figures (median and range)")
     ap.add_argument("--emits", type=int, default=300, help="in-process emits per figure and round")
     ap.add_argument("--burst", type=int, default=10000, help="records per logging.Handler burst")
@@ -811,6 +817,15 @@ def main():
                 passthrough,
             )
         )
+    if "relay" in only:
+        import relay_cost
+
+        figures = relay_cost.measure(BUNDLE, pki, args.relay_posts, args.pilot_lines)
+        out.append(
+            "Python %s (relays, no-op servers and the Pilot's posts); DIRAC's handler on its venv's Python.\n"
+            % platform.python_version()
+        )
+        out += [table(title, header, rows) for title, header, rows in relay_cost.tables(figures)]
     if "memory" in only:
         small, large = peak_rss_mb(1000), peak_rss_mb(100000)
         out.append(

@@ -237,15 +237,12 @@ def _parser():
         help="where to listen (default 127.0.0.1:0, a free loopback port); the URL is the first line printed",
     )
     _add_ship_every(relay, "forward")
+    _add_tls_listener(relay, "optional: https then; it forwards with --cert/--key")
 
     srv = command("serve", "run an HTTPS receiver storing per-pilot logs (DIRAC file-cache layout)")
     srv.add_argument("--listen", default="127.0.0.1:8444", metavar="HOST:PORT", help="default: 127.0.0.1:8444")
     srv.add_argument("--dir", default="pilotlogs", help="storage directory (default: ./pilotlogs)")
-    srv.add_argument("--server-cert", help="server certificate (PEM)")
-    srv.add_argument("--server-key", help="server key (PEM)")
-    srv.add_argument("--client-ca", help="CA file to verify client certificates with")
-    srv.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
-    srv.add_argument("--allowed-cn", action="append", default=[], metavar="CN", help="accept only these client CNs")
+    _add_tls_listener(srv, "needed unless --plain")
     srv.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
     srv.add_argument(
         "--default-vo",
@@ -327,6 +324,39 @@ def unknown_arguments(unknown, prog: str) -> str:
     if len(unknown) > len(names):
         parts.append("%d unexpected argument(s), not shown in case one is a secret" % (len(unknown) - len(names)))
     return "%s (see '%s --help')" % ("; ".join(parts), prog)
+
+
+def _add_tls_listener(parser, when: str) -> None:
+    """The TLS listener's options, the same for serve and relay (tls.server_context, httpd.client_cn)."""
+    parser.add_argument("--server-cert", help="server certificate (PEM) of the TLS listener (%s)" % when)
+    parser.add_argument("--server-key", help="server key (PEM)")
+    parser.add_argument("--client-ca", help="CA file to verify client certificates (and grid proxies) with")
+    parser.add_argument("--require-client-cert", action="store_true", help="refuse clients without a valid certificate")
+    parser.add_argument(
+        "--allowed-cn",
+        action="append",
+        default=[],
+        metavar="CN",
+        help="accept only these client CNs (a proxy's: its owner's)",
+    )
+
+
+def _server_context(args, required: bool):
+    """The listener's SSLContext from --server-cert/--server-key/--client-ca/--require-client-cert
+    (None when not ``required`` and none is given); a mistake is a usage error."""
+    from .tls import TLSConfigError, server_context
+
+    if args.allowed_cn and not args.client_ca:
+        raise UsageError("--allowed-cn needs --client-ca (and TLS) to learn the client's CN")
+    given = args.server_cert or args.server_key or args.client_ca or args.require_client_cert
+    if not (required or given):
+        return None
+    if not (args.server_cert and args.server_key):
+        raise UsageError("TLS needs both --server-cert and --server-key")
+    try:
+        return server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
+    except TLSConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _add_ship_every(parser, verb: str) -> None:
@@ -615,11 +645,16 @@ def cmd_relay(args, config) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _check_ship_every(args)
+    context = _server_context(args, required=False)
+    if args.allowed_cn:
+        from .httpd import warn_if_owners_unknown
+
+        warn_if_owners_unknown("relay", "--allowed-cn")
     stopped = threading.Event()
     for name in ("SIGTERM", "SIGINT", "SIGHUP"):
         signal.signal(getattr(signal, name), lambda signum, frame: stopped.set())
     try:
-        relay = Relay(config, args.listen).start()
+        relay = Relay(config, args.listen, context=context, allowed_cns=args.allowed_cn).start()
     except OSError as exc:
         warn("cannot relay on %s (%s)" % (args.listen, exc.strerror or exc))
         return EXIT_FAILED
@@ -640,7 +675,6 @@ def cmd_serve(args, config) -> int:
     """Every argument is checked before anything listens: a mistake is a usage error (exit 2)."""
     from .httpd import parse_listen
     from .serve import StoreError, serve
-    from .tls import TLSConfigError, server_context
 
     try:
         parse_listen(args.listen)
@@ -678,10 +712,7 @@ def cmd_serve(args, config) -> int:
     if not args.plain:
         if not (args.server_cert and args.server_key):
             raise UsageError("serve needs --server-cert and --server-key (or --plain for plain HTTP)")
-        try:
-            context = server_context(args.server_cert, args.server_key, args.client_ca, args.require_client_cert)
-        except TLSConfigError as exc:
-            raise UsageError(str(exc)) from None
+        context = _server_context(args, required=True)
     from .diracform import VO_RE
 
     vo_for_cn = dict(item.rpartition("=")[::2] for item in args.vo_for_cn)

@@ -88,7 +88,9 @@ EXAMPLES = {
     % MQ,
     "relay": """\
   pilotlog relay --sink https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging   # prints its URL
-  pilotlog relay --listen 127.0.0.1:8555 --spool /scratch/pilot/.pilotlog-spool   # the Pilot: -z -g <URL>""",
+  pilotlog relay --listen 127.0.0.1:8555 --spool /scratch/pilot/.pilotlog-spool   # the Pilot: -z -g <URL>
+  pilotlog relay --listen localhost:0 --server-cert host.pem --server-key host.key --client-ca ca.pem \\
+      --require-client-cert --allowed-cn pilot.example.org   # https://localhost:PORT/, the Pilot's proxy only""",
     "status": """\
   pilotlog status
   pilotlog status --json --spool /scratch/pilot/.pilotlog-spool""",

@@ -12,6 +12,7 @@ raises :class:`Reject`), and gives the class to :class:`Server`.  Defences every
 * smuggling: after any refusal or parse error the answer says ``Connection: close`` and
   the connection is closed, so a body the server did not accept is never read as the next
   request; chunked bodies (411), several or malformed Content-Lengths (400) are refused;
+  headers are read strictly (``Name: value`` lines; a folded or colon-less line is a 400);
 * resources: bodies over ``max_body`` (also after gunzip) → 413; each request (TLS
   handshake, request line, headers and body) must be complete within ``request_timeout``
   seconds or its connection is shut; at most ``max_connections`` are served at once, up to
@@ -26,6 +27,14 @@ raises :class:`Reject`), and gives the class to :class:`Server`.  Defences every
 ``always_200``: a receiver whose client crashes on any other status (the DIRAC Pilot's
 ``urlopen`` raises on a non-2xx answer) answers every request it read with 200, the
 refusal said in ``{"OK": false, "Message": …}`` only; the connection still closes after it.
+
+Who the client is, over TLS, is one rule for both receivers: :func:`client_cn`, the owner of
+the certificate chain OpenSSL verified (a grid proxy's user certificate).
+
+Cost (the relay answers the Pilot's every post; docs/performance.md): no thread is started
+and no connection handed between threads per request (threads accept for themselves), the
+request is read without the email package, the answer is one write, and a connection whose
+request was read whole is closed at once instead of lingering.
 """
 
 import json
@@ -38,11 +47,42 @@ from .events import escape_controls
 from .redact import mask_url
 
 LENGTH_RE = re.compile(r"[0-9]{1,15}\Z")
+VERSION_RE = re.compile(r"HTTP/([0-9]{1,9})\.([0-9]{1,9})\Z")
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # a header name (RFC 9110's token)
+MAX_HEADERS = 100  # as http.client reads them
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 15.0  # seconds for one whole request, handshake to last body byte
 DEFAULT_MAX_CONNECTIONS = 100
 BACKLOG = 1024  # pending connections the kernel keeps (capped by net.core.somaxconn)
 REFUSED_AT_ONCE = 4  # connections ``admit`` refused, answered at once (within 2 s); past that closed at once
+PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # (an int: the flags are an enum, slow to combine)
+IDLE_ACCEPTORS = 2  # connection threads kept waiting in accept for the next connection
+
+
+class Headers:
+    """A request's headers: names without case, every value of a name kept in order."""
+
+    __slots__ = ("_values", "_count")
+
+    def __init__(self) -> None:
+        self._values: dict = {}
+        self._count = 0
+
+    def add(self, name: str, value: str) -> bool:
+        """Add one header; False past MAX_HEADERS."""
+        self._count += 1
+        self._values.setdefault(name.lower(), []).append(value)
+        return self._count <= MAX_HEADERS
+
+    def get(self, name: str, default=None):
+        values = self._values.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str):
+        return self._values.get(name.lower())
+
+    def __contains__(self, name) -> bool:
+        return name.lower() in self._values
 
 
 class Reject(Exception):
@@ -51,6 +91,57 @@ class Reject(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def client_cn(conn, receiver: str = "serve") -> "str | None":
+    """The CN ``--allowed-cn`` (and serve's ``--vo-for-cn``) match: the first CN of the client
+    certificate's *owner*, from the chain OpenSSL verified; None without a client certificate.
+
+    A grid proxy's owner is the end-entity certificate that signed it, through every level
+    (``x509.owner``), never the proxy's own CNs, which its holder chose.  The chain comes from
+    OpenSSL's verification (``tls.verified_chain``, Python >= 3.10), which checked each signature
+    up to the CA and each proxy's subject against its issuer's, so no client can claim another
+    owner.  Before 3.10 Python gives a server the peer's certificate alone: a proxy's owner cannot
+    be known there, and the request is refused (403) saying so.
+    """
+    from .tls import verified_chain
+    from .x509 import owner
+
+    getpeercert = getattr(conn, "getpeercert", None)
+    leaf = getpeercert(binary_form=True) if getpeercert else None
+    if not leaf:
+        return None
+    chain = verified_chain(conn)
+    if chain and chain[0] != leaf:  # never mix two handshakes' certificates
+        chain = []
+    try:
+        return owner(chain or [leaf])["cn"] or None
+    except ValueError as exc:
+        if chain is None:
+            import sys
+
+            raise Reject(
+                403,
+                "%s on Python %d.%d cannot find a grid proxy's owner: it needs the chain OpenSSL verified,"
+                " which Python gives a server from 3.10 on" % ((receiver,) + sys.version_info[:2]),
+            ) from None
+        raise Reject(403, "cannot tell whose client certificate this is: %s" % exc) from None
+
+
+def warn_if_owners_unknown(receiver: str, options: str) -> None:
+    """Say at start when this Python cannot find a proxy's owner (see :func:`client_cn`)."""
+    from .tls import can_read_verified_chain
+
+    if not can_read_verified_chain():
+        import sys
+
+        from .console import warn
+
+        warn(
+            "Python %d.%d cannot show a server the chain it verified, so a grid proxy's owner cannot be found:"
+            " clients with proxies will be refused (403) by %s; run %s with Python 3.10 or later to accept them"
+            % (sys.version_info[:2] + (options, receiver))
+        )
 
 
 def parse_listen(listen: str):
@@ -73,6 +164,8 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
         protocol_version = "HTTP/1.1"  # keep-alive, until anything goes wrong
         default_request_version = "HTTP/1.0"  # so every answer, even to garbage, has a status line
         timeout = request_timeout  # each read; the server's watchdog bounds the whole request
+        refused = False  # a request of this connection was refused: it closes, maybe with bytes unread
+        clean_end = False  # the connection ends with every byte the client sent read: no lingering
 
         def handle_one_request(self):
             """One request, read within the deadline the server's watchdog keeps; any refusal closes."""
@@ -80,8 +173,8 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
             self.command, self.path, self.requestline = None, "", ""
             try:
                 self.raw_requestline = self.rfile.readline(65537)
-                if not self.raw_requestline:
-                    self.close_connection = True
+                if not self.raw_requestline:  # the client closed between requests: nothing of it is unread
+                    self.close_connection = self.clean_end = True
                     return
                 if len(self.raw_requestline) > 65536:
                     self.send_error(414, "request line over 64 KiB")
@@ -106,9 +199,55 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
                     return
                 method()
                 self.wfile.flush()
+                self.clean_end = self.close_connection and not self.refused  # the whole request read, answered
             except OSError as exc:  # timed out, reset, or shut by the watchdog: drop the connection
                 self.log_message("connection dropped (%s)", exc.strerror or type(exc).__name__)
                 self.close_connection = True
+
+        def parse_request(self):
+            """The request line and headers, read strictly: a request line of three words, headers
+            ``Name: value`` (at most MAX_HEADERS lines of 64 KiB), anything else a 400 (431 for the
+            sizes) with a reason.  http.server's own reading goes through the email package, which
+            costs more than the relay's whole answer without the spool, and takes what a receiver
+            should not: a folded line, or a line without a colon that silently ends the headers."""
+            self.command, self.request_version, self.close_connection = None, self.default_request_version, True
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            words = self.requestline.split()
+            if not words:
+                return False
+            version = VERSION_RE.match(words[-1]) if len(words) == 3 else None
+            if version is None:
+                self.send_error(400, "Bad request syntax (%r): METHOD PATH HTTP/1.x" % self.requestline[:200])
+                return False
+            number = int(version.group(1)), int(version.group(2))
+            if number >= (2, 0):
+                self.send_error(505, "Invalid HTTP version (%s)" % words[2][5:45])
+                return False
+            self.command, self.path, self.request_version = words
+            self.close_connection = number < (1, 1)
+            self.headers = Headers()
+            while True:
+                line = self.rfile.readline(65537)
+                if len(line) > 65536:
+                    self.send_error(431, "Line too long: a header line over 64 KiB")
+                    return False
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                name, colon, value = str(line, "iso-8859-1").partition(":")
+                if not colon or not TOKEN_RE.match(name):
+                    self.send_error(400, "malformed header line %r (folded, or not Name: value)" % line[:80])
+                    return False
+                if not self.headers.add(name, value.strip(" \t\r\n")):
+                    self.send_error(431, "Too many headers (over %d)" % MAX_HEADERS)
+                    return False
+            connection = self.headers.get("Connection", "").lower()
+            if connection == "close":
+                self.close_connection = True
+            elif connection == "keep-alive":
+                self.close_connection = False
+            if self.headers.get("Expect", "").lower() == "100-continue" and number >= (1, 1):
+                return self.handle_expect_100()
+            return True
 
         def send_error(self, code, message=None, explain=None):
             """Every error, http.server's own included, as DIRAC-style JSON; the connection then closes."""
@@ -117,7 +256,7 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
         def _answer(self, status: int, document: dict) -> None:
             data = json.dumps(document).encode("utf-8")
             if status != 200:
-                self.close_connection = True  # what follows a refused request is never read as a request
+                self.close_connection = self.refused = True  # what follows is never read as a request
                 if always_200:
                     status = 200
             self.send_response(status)
@@ -127,9 +266,12 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            # end_headers() and a write of the body would be two sends: the client woken twice
+            head: list = getattr(self, "_headers_buffer", [])
+            if self.request_version != "HTTP/0.9":
+                head.append(b"\r\n")
+            self._headers_buffer: list = []
+            self.wfile.write(b"".join(head) + (data if self.command != "HEAD" else b""))
 
         def log_request(self, code="-", size="-"):  # the path masked (a token in a query), nothing raw
             what = "%s %s" % (self.command, self.path) if self.command else self.requestline or "-"
@@ -206,6 +348,14 @@ class Server:
     ``max_connections`` a connection only gets a 503 (within 2 s), past twice that it is
     closed at once.  A watchdog thread shuts the socket of any request past its deadline,
     which ends whatever read or handshake is blocked on it.
+
+    Each connection thread accepts its connection itself: a few threads wait in ``accept``
+    (the kernel wakes one per connection), and one that takes a connection starts another
+    only when no other is left waiting, so a connection is always accepted and judged at
+    once.  A thread that served its connection waits in ``accept`` again (up to
+    IDLE_ACCEPTORS of them; the others end).  So a request costs no thread start (≈ 90 µs)
+    and no hand-over between threads, which is most of what a small request costs the
+    relay's Pilot beyond the spool's own writes.
     """
 
     def __init__(
@@ -226,7 +376,11 @@ class Server:
         self.context, self.request_timeout, self.max_connections = context, request_timeout, max_connections
         self.lock = threading.Lock()
         self.active = 0
+        self.accepting = 0  # threads waiting in accept (or about to)
         self.connections: dict = {}  # thread id -> [socket, deadline, overloaded, seconds allowed, refusal]
+        self.ending = threading.Event()  # shutdown(): no more accepts
+        self.ended = threading.Event()  # serve_forever returned
+        self.serving = threading.Event()  # serve_forever's threads wait in accept
         self.stopping = threading.Event()
         owner = self
 
@@ -235,9 +389,6 @@ class Server:
             allow_reuse_address = True
             request_queue_size = BACKLOG
             max_connections = DEFAULT_MAX_CONNECTIONS
-
-            def process_request(self, request, client_address):
-                owner.accepted(request, client_address)
 
             def arm(self, conn):
                 owner.arm(conn)
@@ -256,7 +407,46 @@ class Server:
 
     # -- connections -------------------------------------------------------------------------
 
-    def accepted(self, sock, client_address) -> None:
+    def _accept_and_serve(self) -> None:
+        """A connection thread (counted in ``accepting`` when started): accept, judge, serve;
+        again while fewer than IDLE_ACCEPTORS others wait in accept."""
+        while True:
+            try:
+                sock, client_address = self.listener.socket.accept()
+            except OSError:
+                if not self.ending.is_set():
+                    time.sleep(0.05)  # out of descriptors, or an aborted connection: not a busy loop
+                    continue
+                sock = None
+            with self.lock:
+                self.accepting -= 1
+                more = self.accepting == 0 and sock is not None and not self.ending.is_set()
+                self.accepting += more
+            if sock is None:
+                return
+            if more and not self._start_thread():  # none left to accept: one more, before serving
+                with self.lock:
+                    self.accepting -= 1
+            if self.ending.is_set():
+                sock.close()
+            else:
+                job = self._judge(sock, client_address)
+                if job is not None:
+                    self._connection(*job)
+            with self.lock:
+                if self.ending.is_set() or self.accepting >= IDLE_ACCEPTORS:
+                    return
+                self.accepting += 1
+
+    def _start_thread(self) -> bool:
+        try:
+            threading.Thread(target=self._accept_and_serve, name="pilotlog-%s" % self.name, daemon=True).start()
+            return True
+        except RuntimeError:  # no thread to be had (process limits): the threads there accept in turn
+            return False
+
+    def _judge(self, sock, client_address):
+        """The connection's lane: ``(sock, address, overloaded, refusal)`` to serve, or None (closed at once)."""
         refusal = self._admit(sock)
         with self.lock:
             if refusal is not None:  # its own lane, answered within the short deadline
@@ -269,14 +459,8 @@ class Server:
                     overloaded = self.active > self.max_connections
         if full:  # not even a 503: the client's retry comes back later
             sock.close()
-            return
-        try:
-            threading.Thread(
-                target=self._connection, args=(sock, client_address, overloaded, refusal), daemon=True
-            ).start()
-        except RuntimeError:  # no thread to be had (process limits): as if full
-            self._count_out(refusal)
-            sock.close()
+            return None
+        return sock, client_address, overloaded, refusal
 
     def _admit(self, sock) -> "str | None":
         if self.admit is None:
@@ -295,21 +479,25 @@ class Server:
 
     def _connection(self, sock, client_address, overloaded: bool, refusal=None) -> None:
         seconds = min(2.0, self.request_timeout) if overloaded else self.request_timeout
-        me, conn = threading.get_ident(), sock
+        me, conn, clean = threading.get_ident(), sock, False
         with self.lock:
             self.connections[me] = [sock, time.monotonic() + seconds, overloaded, seconds, refusal]
         try:
             sock.settimeout(seconds)
+            # An answer is one small write: Nagle would hold it back until the client acknowledged what
+            # was sent before (a TLS handshake's tickets), which a client delays by 40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.context is not None:
                 conn = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 with self.lock:
                     self.connections[me][0] = conn  # the object that now owns the descriptor
                 conn.do_handshake()
-            self.listener.RequestHandlerClass(conn, client_address, self.listener)
+            handler = self.listener.RequestHandlerClass(conn, client_address, self.listener)
+            clean = getattr(handler, "clean_end", False)
         except Exception:
             self._error(client_address)
         finally:
-            _linger(conn)
+            _linger(conn, wait=not clean)
             with self.lock:
                 del self.connections[me]
             self._count_out(refusal)
@@ -354,25 +542,70 @@ class Server:
     # -- running -----------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        self.listener.serve_forever()
+        """Accept and serve (in connection threads) until :meth:`shutdown`; ``serving`` is set once
+        the first IDLE_ACCEPTORS threads wait in accept."""
+        try:
+            for _ in range(IDLE_ACCEPTORS):
+                with self.lock:
+                    self.accepting += 1
+                if not self._start_thread():
+                    with self.lock:
+                        self.accepting -= 1
+            if not self.accepting:
+                raise RuntimeError("cannot start a thread to accept connections")
+            self.serving.set()
+            self.ending.wait()
+        finally:
+            self.ended.set()
 
     def shutdown(self) -> None:
-        """Stop serve_forever (from another thread)."""
-        self.listener.shutdown()
+        """Stop accepting (from another thread); returns once serve_forever has (if it ran)."""
+        self.ending.set()
+        self._wake_acceptors()
+        if self.accepting or not self.ended.is_set():
+            self.ended.wait(5)
+
+    def _wake_acceptors(self) -> None:
+        """End the waits in accept: Linux ends them when the listening socket is shut; elsewhere
+        each waiting thread is handed a connection of our own, which it closes."""
+        try:
+            self.listener.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        for _ in range(IDLE_ACCEPTORS + 1):
+            if not self.accepting:
+                return
+            try:
+                socket.create_connection((host, port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.01)
 
     def close(self) -> None:
+        if not self.ending.is_set():
+            self.ending.set()
+            self._wake_acceptors()
         self.stopping.set()
         self.watchdog.join(5)
         self.listener.server_close()
 
 
-def _linger(conn) -> None:
+def _linger(conn, wait: bool = True) -> None:
     """Close so the client reads our answer: stop sending, drain what it still sends (briefly), close.
 
     Closing a socket with unread data makes the kernel send a reset, which can destroy an
-    answer the client has not read yet (a 413, a 411 after a refused body).
+    answer the client has not read yet (a 413, a 411 after a refused body).  Without ``wait``
+    (the client's whole request was read and answered) it closes at once, unless bytes wait
+    unread after all.
     """
     try:
+        if not wait:
+            try:
+                if not socket.socket.recv(conn, 1, PEEK_NOW):  # raw: below any TLS layer
+                    return  # the client closed, and nothing is unread
+            except BlockingIOError:  # nothing unread: a close sends no reset
+                return
         socket.socket.shutdown(conn, socket.SHUT_WR)
         conn.settimeout(0.5)
         ends, drained = time.monotonic() + 1.0, 0

@@ -196,6 +196,19 @@ class Intake:
         self.observer = None
         self._gate = threading.Lock()  # a store and its telling, or the close: never one within the other
         self.closed = False
+        self._fits = self._sure_to_fit()
+
+    def _sure_to_fit(self) -> int:
+        """The longest ``args`` whose record is sure to fit one event, whatever its pilot id, phase
+        and message: so that a usual post (a few lines) is not built and encoded once more only to
+        learn its size.  In an event a character of ``args`` takes at most 6 bytes (a control
+        character's ``\\u00XX``; UTF-8 takes at most 4), of the pilot id too (at most MAX_PILOT_LEN
+        characters); a phase name is ASCII; a message at most 2 × MESSAGE_CHARS bytes."""
+        from .events import MAX_NAME_LEN, MAX_PILOT_LEN
+
+        empty = self._size("p", ("p", "warning", "", {RELAYED: {"method": "finaliseLogs", "args": ""}}))
+        worst = empty + 6 * MAX_PILOT_LEN + MAX_NAME_LEN + 2 * MESSAGE_CHARS
+        return max(0, (self.config.max_event_bytes - worst) // 6)
 
     def take(self, body: bytes):
         """Read, check and store one request; DIRAC's ``Value`` once it is stored, else Reject.
@@ -249,7 +262,7 @@ class Intake:
         phase, status, message = summary(text)
         whole = record(form, phase, status, message, form.args)
         limit = self.config.max_event_bytes
-        if self._size(form.pilot, whole) <= limit:
+        if len(form.args) <= self._fits or self._size(form.pilot, whole) <= limit:
             return [(form.pilot,) + whole]
         empty = record(form, phase, status, message + " (part 99999 of 99999)", encode_args("", form.pilot, form.vo))
         sizer = Sizer(limit, self._size(form.pilot, empty))
@@ -368,8 +381,9 @@ class Relay:
     ``{"OK": false}`` with ``problem``, so a Pilot pointed at the relay still runs.
     """
 
-    def __init__(self, config, listen: str = DEFAULT_LISTEN, problem=None):
+    def __init__(self, config, listen: str = DEFAULT_LISTEN, problem=None, context=None, allowed_cns=()):
         self.problem = problem
+        self.allowed_cns = frozenset(allowed_cns)
         self.intake = Intake(config) if config is not None else None
         #: ``on_post(sock)``, called with each connection before its request is taken (``run
         #: --relay``: relayrun.py, to find the Pilot's credential while its socket is there).
@@ -379,7 +393,7 @@ class Relay:
             self.server = httpd.Server(
                 listen,
                 _make_handler(self),
-                None,
+                context,
                 httpd.DEFAULT_REQUEST_TIMEOUT,
                 MAX_CONNECTIONS,
                 "relay",
@@ -389,12 +403,7 @@ class Relay:
             if self.intake is not None:
                 self.intake.close()
             raise
-        import ipaddress
-
-        host, port = str(self.server.server_address[0]), int(self.server.server_address[1])
-        if ipaddress.ip_address(host).is_unspecified:  # listening on every address: loopback is one of them
-            host = "::1" if ":" in host else "127.0.0.1"
-        self.url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
+        self.url = _url(listen, self.server.server_address, context is not None)
 
     def start(self) -> "Relay":
         """Serve from a background thread (``run --relay``); :meth:`stop` ends it."""
@@ -457,6 +466,23 @@ class Relay:
         return None
 
 
+def _url(listen: str, address, tls: bool) -> str:
+    """The URL the Pilot is given: the host as ``--listen`` names it when it is a name (a TLS
+    client checks it against the relay's certificate), else the address listened on (loopback
+    for every address)."""
+    import ipaddress
+
+    named, port = httpd.parse_listen(listen)[0], int(address[1])
+    try:
+        ipaddress.ip_address(named.split("%", 1)[0])
+        host = str(address[0])
+        if ipaddress.ip_address(host).is_unspecified:  # listening on every address: loopback is one of them
+            host = "::1" if ":" in host else "127.0.0.1"
+    except ValueError:  # a name
+        host = named
+    return "%s://%s:%d/" % ("https" if tls else "http", "[%s]" % host if ":" in host else host, port)
+
+
 def _make_handler(relay: Relay):
     class Handler(httpd.handler_base("relay", MAX_BODY, always_200=True)):  # type: ignore[misc]  # made at run time
         def do_POST(self):
@@ -464,6 +490,10 @@ def _make_handler(relay: Relay):
 
         def _post(self):
             body = self._body()  # read whole before any answer: a reset would crash the Pilot
+            if relay.allowed_cns:
+                cn = httpd.client_cn(self.connection, "relay")
+                if cn not in relay.allowed_cns:
+                    raise Reject(403, "client certificate CN %r is not allowed: nothing stored" % cn)
             kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if kind != FORM_TYPE:
                 raise Reject(415, "Content-Type %r is not DIRAC's form (%s)" % (kind[:80], FORM_TYPE))

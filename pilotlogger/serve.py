@@ -26,11 +26,12 @@ else the pilot's; serve has no registry, so it takes ``vo_for_cn[client CN]``, e
 pilot's, else ``default_vo`` -- a log is never dropped for want of a VO.  One rule for both
 protocols (:func:`choose_vo`): a client certified for a VO writes there whatever its form or
 its ``X-Pilotlog-VO`` header asks.  The client CN is its certificate's owner's
-(:func:`client_cn`): for a grid proxy, the user certificate that signed it.
+(:func:`~pilotlogger.httpd.client_cn`): for a grid proxy, the user certificate that signed it.
 A second ``finaliseLogs`` after more lines came appends them to the ``.log`` (DIRAC renames
 over it and loses the first part); one with nothing open is refused, as DIRAC does.
-Shared with ``pilotlog relay``: the HTTP server and its defences (httpd.py), and the reading
-and acceptance of DIRAC's form (diracform.py); the store and the VO choice are serve's.
+Shared with ``pilotlog relay``: the HTTP server and its defences, the client's identity
+(httpd.py), and the reading and acceptance of DIRAC's form (diracform.py); the store and the
+VO choice are serve's.
 
 Defences, since anyone who can reach the port can send anything:
 
@@ -58,7 +59,7 @@ import threading
 from . import httpd
 from .diracform import FORM_TYPE, check_ids, decode_json, message_bytes, read_form
 from .events import EventError, readable_line, validate
-from .httpd import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, Reject
+from .httpd import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, Reject, client_cn
 
 DEFAULT_VO = "unknown"
 BACKLOG = httpd.BACKLOG
@@ -196,41 +197,6 @@ def choose_vo(certified, asked, default_vo: str = DEFAULT_VO) -> str:
     return certified or asked or default_vo
 
 
-def client_cn(conn) -> "str | None":
-    """The CN ``--allowed-cn`` and ``--vo-for-cn`` match: the first CN of the client certificate's
-    *owner*, from the chain OpenSSL verified; None without a client certificate.
-
-    A grid proxy's owner is the end-entity certificate that signed it, through every level
-    (``x509.owner``), never the proxy's own CNs, which its holder chose.  The chain comes from
-    OpenSSL's verification (``tls.verified_chain``, Python >= 3.10), which checked each signature
-    up to the CA and each proxy's subject against its issuer's, so no client can claim another
-    owner.  Before 3.10 Python gives a server the peer's certificate alone: a proxy's owner cannot
-    be known there, and the request is refused (403) saying so.
-    """
-    from .tls import verified_chain
-    from .x509 import owner
-
-    getpeercert = getattr(conn, "getpeercert", None)
-    leaf = getpeercert(binary_form=True) if getpeercert else None
-    if not leaf:
-        return None
-    chain = verified_chain(conn)
-    if chain and chain[0] != leaf:  # never mix two handshakes' certificates
-        chain = []
-    try:
-        return owner(chain or [leaf])["cn"] or None
-    except ValueError as exc:
-        if chain is None:
-            import sys
-
-            raise Reject(
-                403,
-                "serve on Python %d.%d cannot find a grid proxy's owner: it needs the chain OpenSSL verified,"
-                " which Python gives a server from 3.10 on" % sys.version_info[:2],
-            ) from None
-        raise Reject(403, "cannot tell whose client certificate this is: %s" % exc) from None
-
-
 def handle_form(store: Store, body: bytes, client_vo=None, default_vo: str = DEFAULT_VO) -> str:
     """DIRAC's form protocol, decoded and accepted as TornadoPilotLoggingHandler + FileCacheLoggingPlugin do.
 
@@ -285,7 +251,7 @@ def make_handler(
 ):
     class Handler(httpd.handler_base("serve", max_body, request_timeout)):  # type: ignore[misc]  # made at run time
         def _client_cn(self):
-            return client_cn(self.connection)
+            return client_cn(self.connection, "serve")
 
         def do_POST(self):
             self._respond(self._post)
@@ -359,18 +325,8 @@ def serve(
     server = Server(
         listen, directory, context, max_body, allowed_cns, request_timeout, max_connections, default_vo, vo_for_cn
     )
-    from .tls import can_read_verified_chain
-
-    if context is not None and (allowed_cns or vo_for_cn) and not can_read_verified_chain():
-        import sys
-
-        from .console import warn
-
-        warn(
-            "Python %d.%d cannot show a server the chain it verified, so a grid proxy's owner cannot be found:"
-            " clients with proxies will be refused (403) by --allowed-cn/--vo-for-cn; run serve with Python"
-            " 3.10 or later to accept them" % sys.version_info[:2]
-        )
+    if context is not None and (allowed_cns or vo_for_cn):
+        httpd.warn_if_owners_unknown("serve", "--allowed-cn/--vo-for-cn")
     if ready:
         ready(server.server_address)
     try:

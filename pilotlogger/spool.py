@@ -345,6 +345,7 @@ class Spool:
         self.quarantined_here = 0  # files this object moved to quarantine (for replay's summary)
         self._acked = os.path.join(self.path, "acked")
         self._boot: "str | None" = None  # this boot's id, read once
+        self._made = False  # ensure() made (or found) every directory once
 
     # -- setup and locking ---------------------------------------------------------------
 
@@ -352,8 +353,12 @@ class Spool:
         """Create the spool directories (0700) if they are missing; refuse ones that are not ours.
 
         A spool directory owned by another account is refused: that account could read the
-        events or plant files and links in them (the rule ssh applies to ``~/.ssh``).
+        events or plant files and links in them (the rule ssh applies to ``~/.ssh``).  Once
+        made, a later call (every put) checks only the two a put writes into, ``events/`` and
+        ``tmp/``: two ``lstat`` instead of four ``mkdir`` and their checks.
         """
+        if self._made and self._still_made():
+            return
         if not os.path.isabs(self.path):
             raise SpoolError(
                 "cannot use spool %s: the working directory no longer exists; give an absolute"
@@ -372,6 +377,17 @@ class Spool:
                     os.mkdir(d, 0o700)
         except OSError as exc:
             raise SpoolError("cannot create spool %s (%s)" % (d, _describe(exc))) from None
+        self._made = True
+
+    def _still_made(self) -> bool:
+        uid = os.geteuid()
+        try:
+            return all(
+                stat.S_ISDIR(info.st_mode) and info.st_uid == uid
+                for info in (os.lstat(self.events_dir), os.lstat(self.tmp_dir))
+            )
+        except OSError:
+            return False
 
     def exists(self) -> bool:
         return os.path.isdir(self.events_dir)

@@ -329,6 +329,7 @@ def serving(directory, context=None, **options):
     server = Server("127.0.0.1:0", str(directory), context, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    server.serving.wait(10)  # its threads wait in accept: a test counting threads counts them all
     try:
         yield server
     finally:

@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dirac_pilot import STANDIN, masked, new_stamp, stored_log
 from helpers import AGENT_DIRS, Pilotlog, broker_env, https_env, pyenv_python, unavailable
 from pilotlogger.relay import MAX_BODY
 from test_dirac import DiracService, dirac_python, pilot_form, post, tree
@@ -76,10 +77,14 @@ def address(relay):
     return parts.hostname, parts.port
 
 
+PLAIN_URL = r"http://127\.0\.0\.1:\d+/\Z"
+TLS_URL = r"https://localhost:\d+/\Z"  # --listen localhost:0, the name the test PKI's server certificate holds
+
+
 class RelayRun:
     """`pilotlog relay` from the bundle, in the background: its URL is the first line it prints."""
 
-    def __init__(self, pilotlog, *args, env=None):
+    def __init__(self, pilotlog, *args, env=None, expect=PLAIN_URL):
         self.proc = pilotlog.start("relay", *args, env=env, stdout=subprocess.PIPE)
         self.stderr: list = []
         self.reader = threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True)
@@ -87,7 +92,7 @@ class RelayRun:
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         assert ready, "no URL printed within 60 s: %s" % "".join(self.stderr)
         self.url = self.proc.stdout.readline().strip()
-        assert re.match(r"http://127\.0\.0\.1:\d+/\Z", self.url), (self.url, self.stderr)
+        assert re.match(expect, self.url), (self.url, self.stderr)
 
     def stop(self) -> int:
         """SIGTERM, as a batch system ends it: what is left is forwarded, then it exits."""
@@ -107,8 +112,8 @@ class RelayRun:
 def relays():
     started = []
 
-    def start(pilotlog, *args, **env):
-        relay = RelayRun(pilotlog, *args, env=env)
+    def start(pilotlog, *args, expect=PLAIN_URL, **env):
+        relay = RelayRun(pilotlog, *args, env=env, expect=expect)
         started.append(relay)
         return relay
 
@@ -334,6 +339,46 @@ def test_records_small_enough_are_posted_with_the_pilots_own_bytes(dirac, pilotl
     assert forms(pilotlog) == [("sendMessage", args)]
     assert pilotlog("replay", env=https_to(dirac, pki)).returncode == 0
     assert (dirac.store / "dteam" / pilot).read_bytes() == "été\nsecond\n".encode()
+
+
+def relay_tls(pki, *extra) -> tuple:
+    """`pilotlog relay`'s TLS listener with the test PKI's server certificate (DNS:localhost),
+    client certificates (grid proxies too) required from the test CA."""
+    return ("--listen", "localhost:0", "--server-cert", pki.path("server.pem"), "--server-key", pki.path("server.key"),
+            "--client-ca", pki.path("ca.pem"), "--require-client-cert") + extra  # fmt: skip
+
+
+def run_standin(url: str, pilot: str, workdir: Path, pki, x509up: str) -> subprocess.CompletedProcess:
+    """DIRAC's Pilot (its stand-in, tests/dirac/standin_pilot.py) logging remotely to ``url``, one post
+    per line, with ``x509up`` as X509_USER_PROXY and the test CA's directory as X509_CERT_DIR."""
+    workdir.mkdir(parents=True)
+    (workdir / "pilot.json").write_text(json.dumps({"Defaults": {"Pilot": {"RemoteLoggerBufsize": 1}}}))
+    env = dict(PATH=os.environ["PATH"], LANG="C.UTF-8", X509_CERT_DIR=pki.path("certificates"), X509_USER_PROXY=x509up)
+    return subprocess.run(
+        [sys.executable, str(STANDIN), "-z", "-g", url, "--pilotUUID", pilot, "--wnVO=dteam"],
+        cwd=str(workdir), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_pilot_posts_to_a_relay_over_https_as_to_dirac(dirac, pilotlog, pki, proxies, relays, tmp_path):
+    """The Pilot given an https:// relay: it trusts the relay's CA through X509_CERT_DIR and posts with its
+    real proxy (the relay takes its owner, --allowed-cn); DIRAC ends with what the Pilot posting to it
+    directly leaves there."""
+    from brokers import CLIENT_CN
+
+    env = https_to(dirac, pki)
+    relay = relays(pilotlog, "--ship-every", "0", *relay_tls(pki, "--allowed-cn", CLIENT_CN), expect=TLS_URL, **env)
+    direct, relayed = new_stamp(), new_stamp()
+    for url, pilot in ((dirac.url, direct), (relay.url, relayed)):
+        p = run_standin(url, pilot, tmp_path / pilot, pki, proxies.x509up("first"))
+        assert p.returncode == 0, p.stderr
+    posted = len(pilotlog.events())
+    assert posted > 10  # a post per line
+    assert relay.stop() == 0, relay.stderr
+    assert stored_log(dirac, direct).endswith("exit code:0)\n")  # finalised, the Pilot's last line in
+    assert masked(stored_log(dirac, relayed), relayed) == masked(stored_log(dirac, direct), direct)
+    assert pilotlog.events() == [] and status(pilotlog, **env)["delivered_total"] == posted
 
 
 class RecordingDirac:
@@ -804,6 +849,21 @@ def test_a_flood_from_the_pilots_own_user_fills_the_spool_bounds_and_never_block
 # -- the Python versions the bundle runs on ------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("--allowed-cn", "pilot-client"), "--allowed-cn needs --client-ca"),
+        (("--server-cert", "server.pem"), "TLS needs both --server-cert and --server-key"),
+        (("--client-ca", "ca.pem", "--require-client-cert"), "TLS needs both --server-cert and --server-key"),
+        (("--server-cert", "no.pem", "--server-key", "no.key"), "server certificate no.pem does not exist"),
+    ],
+)
+def test_bad_tls_options_of_the_relay_are_usage_errors(pilotlog, args, says):
+    """Said before anything listens (exit 2, no URL printed), as serve's."""
+    p = pilotlog("relay", *args, timeout=30)
+    assert p.returncode == 2 and says in p.stderr and p.stdout == "", (p.returncode, p.stdout, p.stderr)
+
+
 @pytest.mark.parametrize("version", ["3.6.15", "3.13.0"])
 def test_relay_on_the_oldest_and_newest_python(bundle, tmp_path, version):
     run = Pilotlog(bundle, tmp_path, python=pyenv_python(version))
@@ -910,6 +970,39 @@ def test_a_message_over_max_event_bytes_is_stored_in_parts_that_make_it_up_exact
     lines = text.split("\n")
     if len(parts) > 1 and all(len(line) < 20 for line in lines):  # every line fits: cut at line ends only
         assert all(part.endswith("\n") for part in parts[:-1])
+
+
+@settings(max_examples=int(os.environ.get("PILOTLOG_RELAY_EXAMPLES", "200")), deadline=None)
+@given(
+    args=st.lists(COSTLY | st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=50).map("".join),
+    pilot=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=256),
+    line=st.lists(COSTLY, max_size=400).map("".join),
+    phase=st.from_regex(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", fullmatch=True),
+    status=st.sampled_from(["debug", "info", "warning", "error"]),
+    method=st.sampled_from(["sendMessage", "finaliseLogs"]),
+)
+def test_a_post_short_enough_to_skip_its_sizing_always_fits_one_event(
+    tmp_path_factory, args, pilot, line, phase, status, method
+):
+    """The relay skips building a post's record a second time only to size it when its ``args`` is
+    short (``Intake._fits`` characters): whatever those characters, the pilot id, the phase, the
+    status and the message, such a record fits ``max_event_bytes`` (4 KiB here)."""
+    from pilotlogger.config import load
+    from pilotlogger.events import RELAYED, EventError, check_pilot
+    from pilotlogger.relay import Intake, _shortened
+
+    try:
+        check_pilot(pilot)
+    except EventError:
+        return
+    intake = Intake(load({"spool": str(tmp_path_factory.mktemp("spool")), "max_event_bytes": "4096"}, environ={}))
+    try:
+        assert intake._fits > 100  # room for a Pilot's line or two
+        args = (args * (intake._fits // len(args) + 1))[: intake._fits]
+        record = (phase, status, _shortened(line), {RELAYED: {"method": method, "args": args}})
+        assert intake._size(pilot, record) <= 4096
+    finally:
+        intake.close()
 
 
 JSON = st.recursive(

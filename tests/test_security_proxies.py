@@ -8,6 +8,10 @@ signed by another user, forged, from another CA, and an impostor whose own CN na
   finds their owner -- the user certificate -- for ``--allowed-cn`` and ``--vo-for-cn`` from the
   chain OpenSSL verified, and refuses the rest: in-process here (this venv's Python), and as the
   bundle on Python 3.6, 3.10 and 3.13 with the pilot's bundle on 3.6 and 3.13.
+* ``pilotlog relay`` on TLS (``--server-cert``, ``--client-ca``, ``--require-client-cert``) takes the
+  Pilot's own proxy by the same rules (its owner for ``--allowed-cn``), on Python 3.6 and 3.13, and
+  answers what it refuses with HTTP 200 ``{"OK": false}`` (the Pilot goes on); a bad chain is refused
+  in the handshake.
 * The HTTPS sink and the STOMP client send the chain held in ``X509_USER_PROXY``.
 DIRAC's own handler with real proxies: tests/test_dirac.py.
 """
@@ -19,7 +23,9 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 import uuid
+from urllib.parse import urlencode
 
 import pytest
 
@@ -33,6 +39,7 @@ from pilotlogger.stompcodec import FrameParser, encode_frame
 from pilotlogger.tls import client_context, server_context
 from pilotlogger.x509 import first_certificate, owner
 from proxies import BAD_CHAIN, GOOD, ROBOT_SUBJECT
+from test_relay import TLS_URL, RelayRun, relay_tls
 
 OLD, NEW = "3.6.15", "3.13.0"
 FORM = "application/x-www-form-urlencoded"
@@ -245,6 +252,85 @@ def test_a_pilot_with_a_real_proxy_logs_to_serve(bundle, pki, proxies, tmp_path,
             assert left == 0 and (serve.dir / "lhcb" / (pilot + ".log")).exists(), p.stderr
         finally:
             serve.stop()
+
+
+# -- the relay over TLS: the Pilot's own proxy -------------------------------------------------------
+
+
+def relay_held(attack: str, ok, what: str) -> bool:
+    return ledger.attack("relay", attack, bool(ok), what)
+
+
+def pilot_post_tls(url: str, pki, x509up: str, pilot: str) -> tuple:
+    """A sendMessage as the DIRAC Pilot posts one over https (its context: ``X509_CERT_DIR``, the test
+    CA's directory; ``X509_USER_PROXY``; then urlopen): (status, answer)."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(capath=pki.path("certificates"))
+    context.load_cert_chain(x509up)
+    data = urlencode({"method": "sendMessage", "args": json.dumps((json.dumps("a line\n"), pilot, "dteam"))})
+    with urllib.request.urlopen(url, data.encode(), context=context, timeout=30) as answer:
+        return answer.status, json.loads(answer.read().decode("utf-8"))
+
+
+@pytest.mark.parametrize("version", [OLD, NEW])
+def test_the_relay_over_tls_takes_the_pilots_proxy_as_its_owner(bundle, pki, proxies, tmp_path, version):
+    pilotlog = Pilotlog(bundle, tmp_path, pyenv_python(version))
+    relay = RelayRun(pilotlog, *relay_tls(pki, "--allowed-cn", CLIENT_CN), expect=TLS_URL)
+    try:
+        for name in GOOD:
+            status, answer = pilot_post_tls(relay.url, pki, proxies.x509up(name), uuid.uuid4().hex)
+            if version == NEW:  # the owner found from the chain OpenSSL verified
+                assert status == 200 and answer["OK"] is True, (name, answer)
+            else:  # Python gives a server no verified chain before 3.10: refused, saying so (HTTP 200: the Pilot goes on)
+                assert status == 200 and answer["OK"] is False, (name, answer)
+                assert "relay on Python 3.6 cannot find a grid proxy's owner" in answer["Message"], answer
+        assert pilotlog.depth() == (len(GOOD) if version == NEW else 0)
+    finally:
+        relay.stop()
+    if version == OLD:
+        assert "Python 3.6 cannot show a server the chain it verified" in "".join(relay.stderr)
+        return
+    spool = tmp_path / "own-cns"
+    relay = RelayRun(pilotlog, *relay_tls(pki, *("--allowed-cn=" + cn for cn in PROXY_CNS)), expect=TLS_URL,
+                     env={"PILOTLOG_SPOOL": spool})  # fmt: skip
+    try:
+        answers = [pilot_post_tls(relay.url, pki, proxies.x509up(name), uuid.uuid4().hex) for name in GOOD]
+    finally:
+        relay.stop()
+    assert relay_held(
+        "a proxy whose own CN is the one allowed (--allowed-cn 1001, proxy, limited proxy), relay on TLS",
+        all(s == 200 and a["OK"] is False and "not allowed" in a["Message"] for s, a in answers)
+        and not list((spool / "events").glob("*")),
+        "answered {OK: false} (HTTP 200: the Pilot goes on): a proxy is its owner, never its own CN; nothing stored",
+    ), answers
+
+
+def test_the_relay_over_tls_refuses_bad_proxies_and_stores_nothing(bundle, pki, proxies, tmp_path):
+    pilotlog = Pilotlog(bundle, tmp_path, pyenv_python(NEW))
+    relay = RelayRun(pilotlog, *relay_tls(pki, "--allowed-cn", CLIENT_CN), expect=TLS_URL)
+    try:
+        for name, reason in BAD_CHAIN.items():
+            with pytest.raises((ssl.SSLError, OSError)):  # urllib.error.URLError is an OSError
+                pilot_post_tls(relay.url, pki, proxies.x509up(name), uuid.uuid4().hex)
+            deadline = time.monotonic() + 10
+            while reason not in "".join(relay.stderr) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert relay_held(
+                "a proxy expired, signed by another user, forged with another user's key, of another CA; relay on TLS",
+                reason in "".join(relay.stderr) and pilotlog.depth() == 0,
+                "refused in the handshake, with OpenSSL's reason in the relay's log; nothing stored",
+            ), (name, relay.stderr)
+        for name in ("impostor", "independent"):
+            status, answer = pilot_post_tls(relay.url, pki, proxies.x509up(name), uuid.uuid4().hex)
+            assert relay_held(
+                "a valid proxy whose own CN names the allowed client (owner with no CN; independent); relay on TLS",
+                status == 200 and answer["OK"] is False and pilotlog.depth() == 0,
+                "answered {OK: false}: not that client; nothing stored",
+            ), (name, answer)
+        status, answer = pilot_post_tls(relay.url, pki, proxies.x509up("second"), uuid.uuid4().hex)
+        assert status == 200 and answer["OK"] is True and pilotlog.depth() == 1  # still serving the Pilot
+    finally:
+        relay.stop()
 
 
 # -- the STOMP client sends the chain too -----------------------------------------------------------

@@ -239,6 +239,9 @@ def test_a_chunked_body_is_refused_and_never_read_as_a_request(server, tmp_path)
         (request(method="GET", body=b"abc"), 405),
         (b"GARBAGE\r\n\r\n", 400),
         (b"POST / HTTP/9.9\r\n\r\n", 505),
+        (request(body=form(), headers={"X-Folded": "a\r\n Content-Length: 0"}), 400),  # an obsolete folded line
+        (request(body=form(), headers={"X-Then": "b\r\nNo colon, which once ended the headers"}), 400),
+        (request(body=b"abc", length=False, headers={"Content-Length ": "3"}), 400),  # a space before the colon
     ],
 )
 def test_after_any_refusal_the_connection_closes_and_nothing_else_runs(tmp_path, bad, status):

@@ -47,6 +47,26 @@ def test_permissions_are_private(tmp_path):
             assert stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode) == 0o600, f
 
 
+def test_a_long_lived_writer_makes_the_spool_once_and_again_when_it_is_removed(tmp_path, monkeypatch):
+    """A relay or a Handler puts for hours through one Spool: its directories are made (four mkdir)
+    once, then only checked; removed under it (a pilot cleaning its working directory), they are
+    made again by the next put, private, and that put is stored."""
+    import shutil
+
+    spool = Spool(str(tmp_path / "s"))
+    spool.put(builder())
+    made = []
+    real = os.mkdir
+    monkeypatch.setattr(os, "mkdir", lambda path, mode=0o777, **kw: (made.append(path), real(path, mode, **kw))[1])
+    for _ in range(5):
+        spool.put(builder())
+    assert made == [] and len(names(spool)) == 6
+    shutil.rmtree(spool.path)
+    assert spool.put(builder()).stored
+    assert spool.events_dir in made and len(names(spool)) == 1
+    assert stat.S_IMODE(os.stat(spool.tmp_dir).st_mode) == 0o700
+
+
 def test_seq_continues_above_queued_events_when_the_counter_is_lost(tmp_path):
     spool = Spool(str(tmp_path / "s"))
     for _ in range(3):
