@@ -144,6 +144,16 @@ def warn_if_owners_unknown(receiver: str, options: str) -> None:
         )
 
 
+def reachable(address: str) -> str:
+    """An address a local client connects to: the address listened on, or loopback when that
+    is every address (``0.0.0.0``, ``::``), of which loopback is one."""
+    import ipaddress
+
+    if ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified:
+        return "::1" if ":" in address else "127.0.0.1"
+    return address
+
+
 def parse_listen(listen: str):
     """``HOST:PORT`` (``[v6]:PORT``, or ``:PORT`` for loopback) → (host, port); ValueError names the problem."""
     host, colon, port = listen.rpartition(":")
@@ -572,8 +582,7 @@ class Server:
             self.listener.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        host, port = str(self.server_address[0]), int(self.server_address[1])
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        host, port = reachable(str(self.server_address[0])), int(self.server_address[1])
         for _ in range(IDLE_ACCEPTORS + 1):
             if not self.accepting:
                 return

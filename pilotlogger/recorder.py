@@ -48,7 +48,7 @@ def jsonable(value, depth: int = 0):
         if isinstance(value, dict):
             return {text_of(k, str): jsonable(v, depth + 1) for k, v in value.items()}
     except Exception:  # a container whose iteration raises: its repr() says what it was
-        pass
+        return text_of(value)
     return text_of(value)
 
 

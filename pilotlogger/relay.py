@@ -475,9 +475,7 @@ def _url(listen: str, address, tls: bool) -> str:
     named, port = httpd.parse_listen(listen)[0], int(address[1])
     try:
         ipaddress.ip_address(named.split("%", 1)[0])
-        host = str(address[0])
-        if ipaddress.ip_address(host).is_unspecified:  # listening on every address: loopback is one of them
-            host = "::1" if ":" in host else "127.0.0.1"
+        host = httpd.reachable(str(address[0]))
     except ValueError:  # a name
         host = named
     return "%s://%s:%d/" % ("https" if tls else "http", "[%s]" % host if ":" in host else host, port)
