@@ -68,7 +68,7 @@ dirac: packages
 
 ## make test: everything the tests need, then the whole suite (unit, bundle, brokers, DIRAC, browser, version matrix).
 test: venv packages dirac dist/pilotlog
-	@$(VPY) -m pytest tests
+	@$(VPY) -m pytest --durations=30 tests
 
 ## make bench: throughput vs stomp.py and raw bounds on real brokers (spools made through the emit path, beside
 ## the file-per-event floor and the TLS share), start-up cost, what run --capture keeps, memory, what the DIRAC
