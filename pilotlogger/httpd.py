@@ -27,6 +27,10 @@ raises :class:`Reject`), and gives the class to :class:`Server`.  Defences every
 ``always_200``: a receiver whose client crashes on any other status (the DIRAC Pilot's
 ``urlopen`` raises on a non-2xx answer) answers every request it read with 200, the
 refusal said in ``{"OK": false, "Message": …}`` only; the connection still closes after it.
+Such a request, once read whole, is answered even when its work outlives the deadline (a
+spool on a stalled disk): the watchdog then answers it ``{"OK": false}`` itself, instead of
+shutting the connection (a reset, which crashes the Pilot), and the late work's own answer is
+never written.
 
 Who the client is, over TLS, is one rule for both receivers: :func:`client_cn`, the owner of
 the certificate chain OpenSSL verified (a grid proxy's user certificate).
@@ -52,6 +56,7 @@ TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # a header name (RFC 91
 MAX_HEADERS = 100  # as http.client reads them
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 15.0  # seconds for one whole request, handshake to last body byte
+ANSWERED = True  # a connection's late answer, once the watchdog sent it
 DEFAULT_MAX_CONNECTIONS = 100
 BACKLOG = 1024  # pending connections the kernel keeps (capped by net.core.somaxconn)
 REFUSED_AT_ONCE = 4  # connections ``admit`` refused, answered at once (within 2 s); past that closed at once
@@ -264,6 +269,9 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
             self._answer(code, {"OK": False, "Message": message or self.responses.get(code, ("error",))[0]})
 
         def _answer(self, status: int, document: dict) -> None:
+            if not self.server.claim_answer():  # type: ignore[attr-defined]  # the watchdog answered: ours is late
+                self.close_connection = True
+                return
             data = json.dumps(document).encode("utf-8")
             if status != 200:
                 self.close_connection = self.refused = True  # what follows is never read as a request
@@ -346,7 +354,19 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
                     raise Reject(400, "gzip body is truncated")
             elif encoding != "identity":
                 raise Reject(415, "Content-Encoding %r is not supported (gzip or none)" % encoding[:40])
+            if always_200:
+                self.server.answer_late_with(self._late_answer())  # type: ignore[attr-defined]  # Server.Listener
             return body
+
+        def _late_answer(self) -> bytes:
+            """What the watchdog answers when the work on this request outlives its deadline."""
+            message = "not answered in time (the receiver's disk or spool lock is slow): this request may not be kept"
+            data = json.dumps({"OK": False, "Message": message}).encode("utf-8")
+            head = "HTTP/1.1 200 OK\r\nServer: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
+                self.server_version,
+                len(data),
+            )
+            return head.encode("ascii") + b"Connection: close\r\n\r\n" + data
 
     return Handler
 
@@ -387,7 +407,9 @@ class Server:
         self.lock = threading.Lock()
         self.active = 0
         self.accepting = 0  # threads waiting in accept (or about to)
-        self.connections: dict = {}  # thread id -> [socket, deadline, overloaded, seconds allowed, refusal]
+        # thread id -> [socket, deadline, overloaded, seconds allowed, refusal, late answer]; the late
+        # answer: None, the bytes the watchdog sends when the deadline passes, or ANSWERED once sent
+        self.connections: dict = {}
         self.ending = threading.Event()  # shutdown(): no more accepts
         self.ended = threading.Event()  # serve_forever returned
         self.serving = threading.Event()  # serve_forever's threads wait in accept
@@ -408,6 +430,12 @@ class Server:
 
             def refusal(self):
                 return owner.refusal()
+
+            def answer_late_with(self, answer):
+                owner.answer_late_with(answer)
+
+            def claim_answer(self):
+                return owner.claim_answer()
 
         self.listener = Listener((host, port), handler)
         self.listener.max_connections = max_connections
@@ -491,7 +519,7 @@ class Server:
         seconds = min(2.0, self.request_timeout) if overloaded else self.request_timeout
         me, conn, clean = threading.get_ident(), sock, False
         with self.lock:
-            self.connections[me] = [sock, time.monotonic() + seconds, overloaded, seconds, refusal]
+            self.connections[me] = [sock, time.monotonic() + seconds, overloaded, seconds, refusal, None]
         try:
             sock.settimeout(seconds)
             # An answer is one small write: Nagle would hold it back until the client acknowledged what
@@ -517,7 +545,7 @@ class Server:
         with self.lock:
             entry = self.connections.get(threading.get_ident())
             if entry:
-                entry[0], entry[1] = conn, time.monotonic() + entry[3]
+                entry[0], entry[1], entry[5] = conn, time.monotonic() + entry[3], None
 
     def overloaded(self) -> bool:
         with self.lock:
@@ -530,12 +558,42 @@ class Server:
             entry = self.connections.get(threading.get_ident())
             return entry[4] if entry else None
 
+    def answer_late_with(self, answer: bytes) -> None:
+        """This thread's request was read whole: past its deadline, the watchdog sends ``answer``
+        (a whole HTTP response) before it shuts the connection."""
+        with self.lock:
+            entry = self.connections.get(threading.get_ident())
+            if entry:
+                entry[5] = answer
+
+    def claim_answer(self) -> bool:
+        """Whether this thread may still answer its request (False: the watchdog already did)."""
+        with self.lock:
+            entry = self.connections.get(threading.get_ident())
+            if entry is None:
+                return True
+            if entry[5] is ANSWERED:
+                return False
+            entry[5] = None
+            return True
+
     def _watch(self) -> None:
         while not self.stopping.wait(0.2):
             now = time.monotonic()
+            late = []
             with self.lock:
-                late = [entry[0] for entry in self.connections.values() if entry[1] <= now]
-            for sock in late:
+                for entry in self.connections.values():
+                    if entry[1] <= now:
+                        answer = entry[5] if isinstance(entry[5], bytes) else None
+                        if answer is not None:
+                            entry[5] = ANSWERED
+                        late.append((entry[0], answer))
+            for sock, answer in late:
+                if answer is not None:  # small: it fits the socket's buffer, the watchdog never waits on it
+                    try:
+                        sock.sendall(answer)
+                    except (OSError, ValueError):
+                        pass
                 try:  # the descriptor itself, below any TLS layer: a blocked read returns at once
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
                 except OSError:

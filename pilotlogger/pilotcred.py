@@ -10,14 +10,18 @@ relay hosted by ``run --relay`` takes the one the Pilot posts with:
 
 1. the Pilot's end of the connection it posts on: the socket's owner and inode, from the kernel
    (peeruid.py, the question that already checks who posts);
-2. the process holding that socket, looked for only among the descendants of the wrapper's
-   child that run as the relay's own user (``/proc/<pid>/stat`` for the parents, then
+2. the process holding that socket, looked for only in the wrapper's child and those of its
+   descendants that run as the relay's own user (``/proc/<pid>/stat`` for the parents, then
    ``/proc/<pid>/fd``) — another process of the same user is never asked;
 3. its ``X509_USER_PROXY`` (and ``X509_CERT_DIR``, when pilotlogger trusts no CA of its own),
    from ``/proc/<pid>/environ``;
 4. loaded into a client TLS context at once, while the files exist (the wrapper deletes its
    directory when it ends): the proxy is never copied, never written to the spool or a log;
    the context lives in the wrapper's memory until its final drain.
+
+Steps 1–3 read only ``/proc`` and run inside the Pilot's request (:func:`poster`); step 4 reads
+files that may sit on a slow file system and runs beside it (:func:`borrow`): the Pilot's post
+is answered whatever the CA directory makes it wait.
 
 A later ``pilotlog replay`` has no Pilot to borrow from: it needs a credential of the node's.
 Systems without ``/proc`` get nothing borrowed (:func:`borrow` says so).
@@ -46,12 +50,20 @@ class Borrowed:
         self.context, self.hosts, self.origin = context, hosts, origin
 
 
-def borrow(sock, root: int, ca_file=None, ca_dir=None) -> Borrowed:
-    """The credential of the process below ``root`` that holds the other end of ``sock``.
+class Poster:
+    """The process that posted, and what its environment names: found while its socket is open."""
 
-    ``ca_file``/``ca_dir``: pilotlogger's own trust; when neither is set, the Pilot's
-    ``X509_CERT_DIR`` is read (at once).  Raises :class:`BorrowError`.
-    """
+    __slots__ = ("pid", "proxy", "ca_dir")
+
+    def __init__(self, pid: int, proxy: str, ca_dir: "str | None"):
+        self.pid, self.proxy, self.ca_dir = pid, proxy, ca_dir
+
+
+def poster(sock, root: int) -> Poster:
+    """The process (``root`` or one below it) that holds the other end of ``sock``, with its
+    ``X509_USER_PROXY`` and ``X509_CERT_DIR``.  Only ``/proc`` is read, so this is quick and can
+    run inside the Pilot's request; the files themselves are read by :func:`borrow`, which may
+    wait on a slow file system.  Raises :class:`BorrowError`."""
     if not os.path.isdir("/proc/self/fd"):
         raise BorrowError("this system has no /proc in which to find the posting process")
     try:
@@ -60,7 +72,7 @@ def borrow(sock, root: int, ca_file=None, ca_dir=None) -> Borrowed:
         raise BorrowError("cannot ask the kernel who posted (%s)" % (exc.strerror or exc)) from None
     if owner is None or owner[0] != os.geteuid():
         raise BorrowError("the post comes from no process of this user")
-    pid = holder_of(owner[1], descendants(root))
+    pid = holder_of(owner[1], [root] + descendants(root))  # the child itself may be the Pilot
     if pid is None:
         raise BorrowError("the post comes from no process of this run's child (pid %d)" % root)
     try:
@@ -70,12 +82,25 @@ def borrow(sock, root: int, ca_file=None, ca_dir=None) -> Borrowed:
     proxy = env.get("X509_USER_PROXY")
     if not proxy:
         raise BorrowError("the posting process %d has no X509_USER_PROXY" % pid)
-    pilots_ca = env.get("X509_CERT_DIR") if not (ca_file or ca_dir) else None
+    return Poster(pid, proxy, env.get("X509_CERT_DIR"))
+
+
+def borrow(found: Poster, ca_file=None, ca_dir=None) -> Borrowed:
+    """``found``'s credential in a client context.
+
+    ``ca_file``/``ca_dir``: pilotlogger's own trust; when neither is set, the Pilot's
+    ``X509_CERT_DIR`` is read (at once, whole: a cold CVMFS cache or a stalled NFS can make
+    that take long, which is why the relay calls this outside the Pilot's request).
+    Raises :class:`BorrowError`.
+    """
+    pilots_ca = found.ca_dir if not (ca_file or ca_dir) else None
     try:
-        context = client_context(ca_file, ca_dir or pilots_ca, proxy, None, ca_dir_now=bool(pilots_ca))
+        context = client_context(ca_file, ca_dir or pilots_ca, found.proxy, None, ca_dir_now=bool(pilots_ca))
     except TLSConfigError as exc:
-        raise BorrowError("cannot use the X509_USER_PROXY of process %d: %s" % (pid, exc)) from None
-    return Borrowed(context, bool(host_credentials(proxy)), "X509_USER_PROXY of process %d (the Pilot)" % pid)
+        raise BorrowError("cannot use the X509_USER_PROXY of process %d: %s" % (found.pid, exc)) from None
+    return Borrowed(
+        context, bool(host_credentials(found.proxy)), "X509_USER_PROXY of process %d (the Pilot)" % found.pid
+    )
 
 
 def descendants(root: int) -> list:

@@ -312,11 +312,16 @@ class Intake:
                 result = self.spool.put(self._builder(rec), sync=sync)
                 if not result.stored:
                     self._count_drops(1)
-                    raise Reject(
-                        507,
-                        "not stored: spool %s is full (max_events=%d, max_bytes=%d) and holds no log events to evict"
-                        % (self.spool.path, self.config.max_events, self.config.max_bytes),
+                    full = "spool %s is full (max_events=%d, max_bytes=%d) and holds no log events to evict" % (
+                        self.spool.path,
+                        self.config.max_events,
+                        self.config.max_bytes,
                     )
+                    # the Pilot reads no {"OK": false}: the node's log is the only place this is said
+                    self._warn(
+                        "relay: %s: the Pilot's posts are not kept; run 'pilotlog replay' or raise the bounds" % full
+                    )
+                    raise Reject(507, "not stored: " + full)
                 stored.append(result.name)
                 if result.evicted:
                     self._warn(

@@ -61,6 +61,7 @@ class RelayedRun:
         self.finalise_payload: "dict | None" = None
         self.removed_finalise: "dict | None" = None  # the last of them, as it was, until our shutdown is recorded
         self.posts = self.borrow_tries = 0
+        self.loading: "threading.Thread | None" = None  # reading the Pilot's credential (heard_from)
         self.ended = False
         self._warned: set = set()
         urls = (config.sink or "", config.fallback_sink or "")
@@ -149,18 +150,54 @@ class RelayedRun:
             self._remove(self.echoes.posted(content))
 
     def heard_from(self, sock) -> None:
-        """A post is about to be taken: while no credential is ours, the poster's, if it is the Pilot."""
-        from .pilotcred import BorrowError, borrow
+        """A post is about to be taken: while no credential is ours, the poster's, if it is the
+        Pilot.  Who posted is found now (quick, ``/proc`` only); the files are read by a thread of
+        their own, so a slow CA directory never holds the Pilot's answer."""
+        from .pilotcred import BorrowError, poster
 
         config = self.recorder.config
         with self.lock:
-            if config.borrowed_credential is not None or self.child is None or self.borrow_tries >= MOST_BORROWS:
+            if config.borrowed_credential is not None or self.loading is not None or self.child is None:
+                return
+            if self.borrow_tries >= MOST_BORROWS:
                 return
             self.borrow_tries += 1
             try:
-                config.borrowed_credential = borrow(sock, self.child, config.ca_file, config.ca_dir)
+                found = poster(sock, self.child)
             except BorrowError as exc:
                 self._warn("no credential of its own to forward to DIRAC, and not the Pilot's: %s" % exc)
+                return
+            self.loading = threading.Thread(target=self._load, args=(found,), name="pilotlog-borrow", daemon=True)
+            self.loading.start()
+
+    def _load(self, found) -> None:
+        from .pilotcred import BorrowError, borrow
+
+        config = self.recorder.config
+        try:
+            config.borrowed_credential = borrow(found, config.ca_file, config.ca_dir)
+        except BorrowError as exc:
+            self._warn("no credential of its own to forward to DIRAC, and not the Pilot's: %s" % exc)
+        except Exception as exc:  # never a traceback from a thread of ours
+            self._warn("taking the Pilot's credential: %s: %s" % (type(exc).__name__, exc))
+        finally:
+            with self.lock:
+                self.loading = None
+
+    def await_credential(self, seconds: float) -> bool:
+        """Before the final drain: let a credential being read finish (at most ``seconds``);
+        False when it is still being read (then nothing is forwarded: without it DIRAC would refuse)."""
+        loading = self.loading
+        if loading is None:
+            return True
+        loading.join(seconds)
+        if not loading.is_alive():
+            return True
+        self._warn(
+            "the Pilot's credential was still being read after %g s (a slow X509_CERT_DIR?): nothing forwarded,"
+            " everything kept in the spool for pilotlog replay" % seconds
+        )
+        return False
 
     # -- spool ---------------------------------------------------------------------------------
 

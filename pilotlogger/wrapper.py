@@ -63,7 +63,7 @@ SHIP_EVERY = 10.0
 SOURCE = "pilot-wrapper"  # the source of the wrapper's events
 RELAY_ARGUMENT = "{relay}"  # an argument of the child's replaced by the relay's URL
 RELAY_VARIABLE = "PILOTLOG_RELAY_URL"
-LOOPBACK_NAMES = "127.0.0.1,localhost,::1"  # added to the child's no_proxy with a relay
+LOOPBACK_NAMES = "127.0.0.1,localhost,::1,[::1]"  # added to the child's no_proxy with a relay (urllib reads [::1])
 #: After the child's end, its output is read to the end while it keeps coming (a loaded node
 #: records slowly), but not past OUTPUT_IDLE seconds without a line (a grandchild holding the
 #: pipe open, silent) nor past OUTPUT_CAP seconds in all (one that keeps writing).
@@ -239,9 +239,9 @@ class Wrapper:
             return self.argv, None
         env = dict(os.environ)  # passed through to the child, with what the relay needs added
         env[RELAY_VARIABLE] = self.relay.url
-        for name in ("no_proxy", "NO_PROXY"):
-            if name in env or name == "no_proxy":
-                env[name] = ",".join(filter(None, [env.get(name, "").strip(", "), LOOPBACK_NAMES]))
+        # each of the two spellings the site set (only NO_PROXY: a lowercase one made here would hide it)
+        for name in [name for name in ("no_proxy", "NO_PROXY") if name in env] or ["no_proxy"]:
+            env[name] = with_loopback(env.get(name, ""))
         return [self.relay.url if a == RELAY_ARGUMENT else a for a in self.argv], env
 
     def record(self, phase, message, status="info", **data):
@@ -547,12 +547,21 @@ class Wrapper:
         if self.recorder is not None:
             self.recorder.close()
         drain = self.ending is None
+        if drain and self.relayed is not None:
+            drain = self.relayed.await_credential(self.recorder.config.deadline)
         if self.shipper is not None:
             self.shipper.stop(drain)
         elif self.recorder is not None and drain:
             from .ship import Shipper
 
             Shipper(lambda: self.recorder).stop()
+
+
+def with_loopback(no_proxy: str) -> str:
+    """A ``no_proxy`` value that also names loopback; ``*`` (no proxy for any host) stays as it is."""
+    if no_proxy.strip() == "*":
+        return no_proxy
+    return ",".join(filter(None, [no_proxy.strip(", "), LOOPBACK_NAMES]))
 
 
 #: Bytes a child may print ahead of the wrapper (Linux's default pipe holds 64 KiB): an install

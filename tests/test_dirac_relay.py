@@ -496,11 +496,11 @@ def spawn_tree(depth: int, env: dict) -> subprocess.Popen:
 
 @pytest.mark.parametrize("credential", ["proxy", "hostcreds", None])
 def test_the_pilots_credential_is_taken_only_from_a_process_below_the_child(pki, credential):
-    """pilotcred.borrow: the process at the other end of the connection, two levels below the
+    """pilotcred.poster and borrow: the process at the other end of the connection, two levels below the
     child, gives its X509_USER_PROXY (a host-certificate directory is said as such); the same
     connection judged against another process as the child gives none, nor does a process with
     no X509_USER_PROXY."""
-    from pilotlogger.pilotcred import BorrowError, borrow
+    from pilotlogger.pilotcred import BorrowError, borrow, poster
 
     env = {k: v for k, v in os.environ.items() if k != "X509_USER_PROXY"}
     if credential:
@@ -518,12 +518,12 @@ def test_the_pilots_credential_is_taken_only_from_a_process_below_the_child(pki,
             with conn:
                 assert tree_.stdout.readline().strip() == "connected"
                 with pytest.raises(BorrowError, match="no process of this run's child"):
-                    borrow(conn, other.pid, ca_file=pki.path("ca.pem"))
+                    poster(conn, other.pid)
                 if credential is None:
                     with pytest.raises(BorrowError, match="has no X509_USER_PROXY"):
-                        borrow(conn, tree_.pid, ca_file=pki.path("ca.pem"))
+                        poster(conn, tree_.pid)
                 else:
-                    borrowed = borrow(conn, tree_.pid, ca_file=pki.path("ca.pem"))
+                    borrowed = borrow(poster(conn, tree_.pid), ca_file=pki.path("ca.pem"))
                     assert borrowed.hosts == (credential == "hostcreds")
                     assert re.match(r"X509_USER_PROXY of process \d+ \(the Pilot\)\Z", borrowed.origin)
     finally:

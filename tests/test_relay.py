@@ -227,6 +227,9 @@ def test_a_full_spool_is_answered_ok_false_and_keeps_what_it_acknowledged(pilotl
     assert "is full" in answers[3]["Message"]
     assert [json.loads(json.loads(args)[0]) for _, args in forms(pilotlog)] == ["line 0\n", "line 1\n", "line 2\n"]
     assert status(pilotlog)["dropped_total"] == 3
+    relay.stop()
+    said = [line for line in relay.stderr if "the Pilot's posts are not kept" in line]
+    assert len(said) == 1 and "is full (max_events=3" in said[0], relay.stderr  # once, on the node's log
 
 
 @pytest.fixture
@@ -559,6 +562,36 @@ def test_a_sites_http_proxy_does_not_take_the_pilots_posts_away_from_the_relay(p
     p = pilotlog("run", "--relay", "--", sys.executable, child, "{relay}", "proxied", PILOT, env=env)
     assert p.returncode == 3 and p.stdout.endswith("True\n"), p.stderr
     assert [e["phase"] for e in pilotlog.events()] == ["boot", "CheckWorkerNode", "shutdown"]
+
+
+PROXY_CHECK = r"""
+import json, os, sys, urllib.parse, urllib.request
+host = urllib.parse.urlsplit(os.environ["PILOTLOG_RELAY_URL"]).hostname
+bypass = urllib.request.proxy_bypass_environment
+print(json.dumps({"relay": bool(bypass(host)), "site": bool(bypass("dirac.internal.example.org"))}))
+"""
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        {"no_proxy": "*"},
+        {"NO_PROXY": "dirac.internal.example.org"},
+        {"no_proxy": "dirac.internal.example.org", "NO_PROXY": "dirac.internal.example.org"},
+        {"no_proxy": ".example.org, "},
+    ],
+    ids=["star", "uppercase-only", "both", "domain-with-trailing-comma"],
+)
+def test_the_sites_no_proxy_still_holds_for_the_pilot_beside_the_relays_loopback(pilotlog, tmp_path, site):
+    """The site's proxy-bypass list keeps its meaning for the Pilot's own traffic (its downloads,
+    a DIRAC in the site) while loopback is added for the relay: no_proxy=* stays "every host",
+    a site that set only NO_PROXY is not hidden behind a new lowercase no_proxy."""
+    child = tmp_path / "proxy_check.py"
+    child.write_text(PROXY_CHECK)
+    env = dict(site, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    p = pilotlog("run", "--relay", "--", sys.executable, child, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"relay": True, "site": True}
 
 
 def test_run_relay_and_capture_together_record_each_road_once(pilotlog, tmp_path):
@@ -1067,3 +1100,134 @@ def test_without_a_socket_table_the_weaker_rule_is_loopback_only(monkeypatch):
                 with conn:
                     refusal = Relay.refusal_of(conn)
                     assert (refusal is not None) == refused and (not refused or address in refusal), refusal
+
+
+# -- answered whatever the node's file systems do ---------------------------------------------
+
+SLOW_CA_PILOT = r"""
+import json, os, sys, urllib.parse, urllib.request
+args = json.dumps((json.dumps("2026-12-04T10:00:00.000000Z INFO [CheckWorkerNode] first line\n"), sys.argv[1], ""))
+data = urllib.parse.urlencode({"method": "sendMessage", "args": args}).encode()
+try:
+    print("answered", json.loads(urllib.request.urlopen(os.environ["PILOTLOG_RELAY_URL"], data).read())["OK"], flush=True)
+except Exception as exc:
+    print("raised", repr(exc), flush=True)  # the Pilot would exit 1 here
+    sys.exit(1)
+sys.stdin.read()  # until the test has made the CA directory readable
+"""
+
+
+def test_the_pilots_post_is_answered_while_its_ca_directory_cannot_be_read(pilotlog, pki, tmp_path):
+    """run --relay with no credential of its own borrows the Pilot's, and reads the Pilot's
+    X509_CERT_DIR whole to forward with it. That directory may sit on a cold CVMFS cache or a
+    stalled NFS: here one of its files is a FIFO nobody writes until the test says so. The
+    Pilot's post is answered {"OK": true} while that read is still blocked (before, the read
+    ran inside the request, the request's deadline cut the connection, the Pilot's urlopen
+    raised and the pilot exited 1). Once the directory can be read, the run ends with the
+    Pilot's own exit code and its line kept (the sink is down: kept for a replay)."""
+    ca_dir = tmp_path / "certificates"
+    ca_dir.mkdir()
+    fifo = ca_dir / "0123abcd.0"
+    os.mkfifo(str(fifo))
+    child = tmp_path / "pilot.py"
+    child.write_text(SLOW_CA_PILOT)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        sink = "https://127.0.0.1:%d/WorkloadManagement/TornadoPilotLogging" % unused.getsockname()[1]
+    env = {"PILOTLOG_SINK": sink, "PILOTLOG_HTTP_PROTOCOL": "dirac", "PILOTLOG_DEADLINE": "3"}
+    script = "X509_USER_PROXY=%s X509_CERT_DIR=%s exec %s %s %s" % (
+        pki.path("proxy.pem"),
+        ca_dir,
+        sys.executable,
+        child,
+        PILOT,
+    )
+    run = pilotlog.start(
+        "run", "--relay", "--", "sh", "-c", script, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        answer = run.stdout.readline()
+        assert answer == "answered True\n", (answer, run.stderr.read() if run.poll() is not None else "")
+        with open(open_fifo_for_writing(fifo), "wb") as feed:
+            feed.write(Path(pki.path("ca.pem")).read_bytes())
+        run.stdin.close()
+        assert run.wait(120) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(30)
+    stderr = run.stderr.read()
+    assert "connection dropped" not in stderr, stderr
+    relayed = [e for e in pilotlog.events() if e["phase"] == "CheckWorkerNode"]
+    assert [e["message"] for e in relayed] == ["2026-12-04T10:00:00.000000Z INFO [CheckWorkerNode] first line"], stderr
+
+
+def test_a_request_whose_storing_outlives_its_deadline_is_still_answered_200(pilotlog, monkeypatch):
+    """A spool that stays locked past a request's deadline (as a disk that stalls would): the
+    Pilot gets HTTP 200 with {"OK": false} at the deadline, never a cut connection (its urlopen
+    would raise and the pilot exit 1), and the stalled work's own answer, when it comes, is not
+    written after it. The request is stored all the same once the lock is free."""
+    from pilotlogger import config as configuration
+    from pilotlogger import httpd
+    from pilotlogger.relay import Relay
+
+    monkeypatch.setattr(httpd, "DEFAULT_REQUEST_TIMEOUT", 1.0)  # the deadline, short for the test
+    relay = Relay(configuration.load(environ=dict(pilotlog.env)), "127.0.0.1:0").start()
+    try:
+        assert pilot_post(relay.url, "sendMessage", "first\n", PILOT)[1]["OK"] is True
+        relay.intake.spool.lock_timeout = 600.0  # it waits for the lock far past the deadline
+        holder = subprocess.Popen(
+            [sys.executable, "-c", LOCK_HOLDER, str(pilotlog.spool / "lock")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        )
+        try:
+            assert holder.stdout.readline() == "held\n"
+            body = urlencode({"method": "sendMessage", "args": pilot_args("second\n", PILOT)}).encode()
+            with socket.create_connection(address(relay), timeout=120) as conn:
+                conn.sendall(
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+                    % (FORM.encode(), len(body), body)
+                )
+                received = b""
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+        finally:
+            holder.stdin.close()
+            holder.wait(30)
+        head, _, document = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and received.count(b"HTTP/1.1") == 1, received
+        answer = json.loads(document.decode("utf-8"))
+        assert answer["OK"] is False and "not answered in time" in answer["Message"]
+        ends = time.monotonic() + 60
+        while len(pilotlog.events()) < 2 and time.monotonic() < ends:
+            time.sleep(0.05)
+        assert [e["message"] for e in pilotlog.events()] == ["first", "second"]
+        assert pilot_post(relay.url, "sendMessage", "third\n", PILOT)[1]["OK"] is True
+    finally:
+        relay.stop()
+
+
+def open_fifo_for_writing(fifo: Path, wait: float = 60.0) -> int:
+    """The FIFO's writing end, once a reader has it open (ENXIO until then)."""
+    ends = time.monotonic() + wait
+    while True:
+        try:
+            return os.open(str(fifo), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if time.monotonic() > ends:
+                raise
+            time.sleep(0.05)
+
+
+LOCK_HOLDER = r"""
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX)  # the spool's locks are POSIX record locks: held by this other process
+print("held", flush=True)
+sys.stdin.read()
+"""
