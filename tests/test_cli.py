@@ -23,8 +23,9 @@ def test_bundle_is_a_small_executable_zipapp(bundle):
     assert not [n for n in listed if "test" in n or n.endswith(".pyc")]
     # ~130 KB with the sans-IO session, serve's defences, DIRAC's rules, the relay; ~155 KB with the
     # relay around DIRAC's pilot wrapper (one log, each line once, the Pilot's credential); ~162 KB with fork
-    # and signal safety (concurrency.py, and the spool's, handler's, wrapper's parts): growth past this is a choice
-    assert bundle.stat().st_size < 168 * 1024
+    # and signal safety (concurrency.py, and the spool's, handler's, wrapper's parts); ~168 KB with the relay's
+    # answers on a stalled node (late answers, the credential read beside the request): growth past this is a choice
+    assert bundle.stat().st_size < 172 * 1024
 
 
 def test_bundle_is_importable(bundle, tmp_path):
