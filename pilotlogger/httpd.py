@@ -57,6 +57,7 @@ MAX_HEADERS = 100  # as http.client reads them
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 15.0  # seconds for one whole request, handshake to last body byte
 ANSWERED = True  # a connection's late answer, once the watchdog sent it
+MAX_DISTINCT_LINES = 100  # lines a receiver saying each line once says at most
 DEFAULT_MAX_CONNECTIONS = 100
 BACKLOG = 1024  # pending connections the kernel keeps (capped by net.core.somaxconn)
 REFUSED_AT_ONCE = 4  # connections ``admit`` refused, answered at once (within 2 s); past that closed at once
@@ -295,11 +296,8 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
             what = "%s %s" % (self.command, self.path) if self.command else self.requestline or "-"
             self.log_message('"%s" %s', mask_url(what)[:200], code)
 
-        def log_message(self, fmt, *args):  # one short line per request on stderr
-            import sys
-
-            sys.stderr.write("pilotlog %s: %s %s\n" % (name, self.address_string(), escape_controls(fmt % args)))
-            sys.stderr.flush()  # before 3.9 a piped stderr is block-buffered: lines lost when serve is killed
+        def log_message(self, fmt, *args):  # one short line per request on stderr (the relay: each line once)
+            self.server.say("pilotlog %s: %s %s" % (name, self.address_string(), escape_controls(fmt % args)))
 
         def _respond(self, produce) -> None:
             """Answer with ``produce()``'s value, or the refusal it raised; a bug of ours is a 500
@@ -397,11 +395,13 @@ class Server:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         name: str = "serve",
         admit=None,
+        each_line_once: bool = False,
     ):
         from http.server import HTTPServer
 
         host, port = parse_listen(listen)
         self.name, self.admit = name, admit
+        self.said: "set | None" = set() if each_line_once else None  # lines said, when each is said once
         self.refusing = 0  # refused connections being answered
         self.context, self.request_timeout, self.max_connections = context, request_timeout, max_connections
         self.lock = threading.Lock()
@@ -436,6 +436,9 @@ class Server:
 
             def claim_answer(self):
                 return owner.claim_answer()
+
+            def say(self, line):
+                owner.say(line)
 
         self.listener = Listener((host, port), handler)
         self.listener.max_connections = max_connections
@@ -602,10 +605,26 @@ class Server:
     def _error(self, client_address) -> None:  # failed handshakes and the like: one line, no traceback
         import sys
 
-        sys.stderr.write(
-            "pilotlog %s: %s: %s\n" % (self.name, client_address[0], escape_controls(str(sys.exc_info()[1])))
-        )
-        sys.stderr.flush()
+        self.say("pilotlog %s: %s: %s" % (self.name, client_address[0], escape_controls(str(sys.exc_info()[1]))))
+
+    def say(self, line: str) -> None:
+        """A line on stderr; with ``each_line_once`` (the relay, whose stderr is the pilot job's),
+        each distinct line once and at most MAX_DISTINCT_LINES of them: a peer refused in a loop
+        must not fill the job's stderr file."""
+        import sys
+
+        if self.said is not None:
+            with self.lock:
+                if line in self.said or len(self.said) > MAX_DISTINCT_LINES:
+                    return
+                self.said.add(line)
+                if len(self.said) > MAX_DISTINCT_LINES:
+                    line = "pilotlog %s: %d different messages said: no more are shown" % (
+                        self.name,
+                        MAX_DISTINCT_LINES,
+                    )
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()  # before 3.9 a piped stderr is block-buffered: lines lost when serve is killed
 
     # -- running -----------------------------------------------------------------------------
 

@@ -403,6 +403,7 @@ class Relay:
                 MAX_CONNECTIONS,
                 "relay",
                 admit=self.refusal_of,
+                each_line_once=True,
             )
         except BaseException:
             if self.intake is not None:
