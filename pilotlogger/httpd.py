@@ -160,6 +160,17 @@ def reachable(address: str) -> str:
     return address
 
 
+def check_connectable(listen: str) -> None:
+    """Raise OSError when a local client could not connect to what ``listen`` names: binding
+    works on a loopback that is down (a container's network namespace), connecting does not,
+    and a Pilot that cannot reach its relay exits 1.  Tried on a throwaway port of its own."""
+    host = reachable(parse_listen(listen)[0])
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        probe.listen(1)
+        socket.create_connection(probe.getsockname()[:2], timeout=2).close()
+
+
 def parse_listen(listen: str):
     """``HOST:PORT`` (``[v6]:PORT``, or ``:PORT`` for loopback) → (host, port); ValueError names the problem."""
     host, colon, port = listen.rpartition(":")

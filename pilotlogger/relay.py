@@ -389,6 +389,7 @@ class Relay:
     def __init__(self, config, listen: str = DEFAULT_LISTEN, problem=None, context=None, allowed_cns=()):
         self.problem = problem
         self.allowed_cns = frozenset(allowed_cns)
+        httpd.check_connectable(listen)  # before anything is opened
         self.intake = Intake(config) if config is not None else None
         #: ``on_post(sock)``, called with each connection before its request is taken (``run
         #: --relay``: relayrun.py, to find the Pilot's credential while its socket is there).

@@ -196,6 +196,8 @@ class Wrapper:
     def __init__(self, config, argv, capture=False, patterns=(), ship_every=SHIP_EVERY, relay=False):
         self.argv, self.capture, self.patterns, self.ship_every = argv, capture, patterns, ship_every
         self.relay = self._relay(config) if relay else None
+        #: with no relay after all, what the child gets for {relay}: DIRAC's own URL when that is the sink
+        self.direct_url = _diracs_url(config) if relay and self.relay is None else None
         self.recorder = None
         try:
             self.recorder = Recorder(config, group_log_fsyncs=True) if config is not None else None
@@ -225,9 +227,15 @@ class Wrapper:
         try:
             return Relay(config, problem="the configuration could not be read, nothing is recorded").start()
         except Exception as exc:  # no loopback, no port, no thread: the child still runs
+            direct = _diracs_url(config)
             warn(
-                "cannot start the relay (%s): %s is left as it is"
-                % (getattr(exc, "strerror", None) or exc, RELAY_ARGUMENT)
+                "cannot start the relay (%s): %s"
+                % (
+                    getattr(exc, "strerror", None) or exc,
+                    "the child is given DIRAC's URL for %s and posts there itself" % RELAY_ARGUMENT
+                    if direct
+                    else "%s is left as it is (the sink is not DIRAC's service)" % RELAY_ARGUMENT,
+                )
             )
             return None
 
@@ -236,6 +244,8 @@ class Wrapper:
         and loopback in ``no_proxy``: with a site's ``http_proxy`` set, urllib would otherwise send
         the Pilot's posts for 127.0.0.1 to the proxy, which cannot reach our loopback."""
         if self.relay is None:
+            if self.direct_url:
+                return [self.direct_url if a == RELAY_ARGUMENT else a for a in self.argv], None
             return self.argv, None
         env = dict(os.environ)  # passed through to the child, with what the relay needs added
         env[RELAY_VARIABLE] = self.relay.url
@@ -555,6 +565,14 @@ class Wrapper:
             from .ship import Shipper
 
             Shipper(lambda: self.recorder).stop()
+
+
+def _diracs_url(config) -> "str | None":
+    """The sink's URL when it is DIRAC's pilot-logging service (the Pilot can post there itself)."""
+    if config is None or config.http_protocol != "dirac":
+        return None
+    sink = config.sink or ""
+    return sink if sink.startswith(("https://", "http://")) else None
 
 
 def with_loopback(no_proxy: str) -> str:

@@ -594,6 +594,46 @@ def test_the_sites_no_proxy_still_holds_for_the_pilot_beside_the_relays_loopback
     assert json.loads(p.stdout) == {"relay": True, "site": True}
 
 
+@pytest.mark.parametrize("sink", ["dirac", "broker"])
+def test_with_no_loopback_for_the_relay_the_pilot_posts_to_dirac_itself(pilotlog, sink):
+    """A node (or container) without a working loopback: the relay cannot listen. The child still
+    runs, and a Pilot told `-g {relay}` gets DIRAC's own URL when DIRAC is the sink (it posts there
+    itself, as without pilotlogger) instead of the text "{relay}", which its urlopen would refuse
+    (exit 1). With another sink there is no URL to give: it is left, and said so."""
+    if subprocess.run(["unshare", "-n", "true"], stderr=subprocess.DEVNULL).returncode != 0:
+        unavailable("unshare -n (a network namespace with loopback down) needs root")
+    dirac = "https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging"
+    env = {"PILOTLOG_SINK": dirac, "PILOTLOG_HTTP_PROTOCOL": "dirac"} if sink == "dirac" else {}
+    show = "import os, sys; print(sys.argv[1], os.environ.get('PILOTLOG_RELAY_URL'))"
+    p = subprocess.run(
+        ["unshare", "-n", pilotlog.python, "-I", "-S", str(pilotlog.bundle)]
+        + ["run", "--relay", "--", sys.executable, "-c", show, "{relay}"],
+        env=pilotlog._env(env),
+        cwd=str(pilotlog.cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    if sink == "dirac":
+        assert p.stdout == "%s None\n" % dirac
+        assert "cannot start the relay" in p.stderr and "posts there itself" in p.stderr
+    else:
+        assert p.stdout == "{relay} None\n"
+        assert "{relay} is left as it is (the sink is not DIRAC's service)" in p.stderr
+        alone = subprocess.run(  # pilotlog relay there: no URL printed that nobody could reach
+            ["unshare", "-n", pilotlog.python, "-I", "-S", str(pilotlog.bundle), "relay"],
+            env=pilotlog._env(env),
+            cwd=str(pilotlog.cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=120,
+        )
+        assert (alone.returncode, alone.stdout) == (1, "") and "cannot relay on" in alone.stderr, alone.stderr
+
+
 def test_run_relay_and_capture_together_record_each_road_once(pilotlog, tmp_path):
     child = tmp_path / "stand_in.py"
     child.write_text(STAND_IN)
