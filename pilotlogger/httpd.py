@@ -155,7 +155,11 @@ def reachable(address: str) -> str:
     is every address (``0.0.0.0``, ``::``), of which loopback is one."""
     import ipaddress
 
-    if ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified:
+    try:
+        unspecified = ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified
+    except ValueError:  # a host name (localhost): connected to as it is
+        return address
+    if unspecified:
         return "::1" if ":" in address else "127.0.0.1"
     return address
 

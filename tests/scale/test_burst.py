@@ -222,13 +222,26 @@ def test_a_burst_of_pilots_against_the_cluster(cluster, pki, bundle, tmp_path):
 
 def test_at_the_edge_a_connection_limit_leaves_events_spooled_and_pilots_unharmed(cluster, pki, bundle, tmp_path):
     destination = cluster.declare_quorum_queue("edge-" + uuid.uuid4().hex[:8])
+    """The vhost's connection limit reached (two connections held by the test, whatever the
+    machine's load: pilots started one after another would otherwise slip in one at a time and
+    the limit never bite): every pilot exits with its own code, its events kept, and all of them
+    arrive once the limit is lifted and the spools replayed."""
+    import stomp
+
     n = 12
     first = cluster.nodes[0]
     first.ctl("set_vhost_limits", "-p", "/", '{"max-connections": 2}')
+    held = []
     try:
+        for _ in range(2):
+            conn = stomp.Connection12([("127.0.0.1", first.plain)], vhost="/", heartbeats=(0, 0))
+            conn.connect(USER, PASSWORD, wait=True)
+            held.append(conn)
         pilots = start_pilots(bundle, tmp_path, n, pilot_env(cluster, pki, destination, PILOTLOG_DEADLINE="5"), "edge")
         results = wait_pilots(pilots)
     finally:
+        for conn in held:
+            conn.disconnect()
         first.ctl("set_vhost_limits", "-p", "/", '{"max-connections": -1}')
     kept = sum(spooled(spool) for _, spool, _ in pilots)
     refused = sum(1 for _, _, err in results if "refused" in err or "limit" in err.lower())
