@@ -202,6 +202,7 @@ class HttpsSink:
         pending = list(self._requests(batch))
         while pending:
             request = pending.pop(0)
+            tried = time.monotonic()
             try:
                 self._post(request)
             except _Refused as exc:
@@ -215,7 +216,7 @@ class HttpsSink:
                 continue
             except _Retry as exc:
                 self._close()
-                end = end or time.monotonic() + self.config.deadline
+                end = end or tried + self.config.deadline  # from the first attempt's start
                 delay = self.backoff.next_delay()
                 if time.monotonic() + delay >= end:
                     raise SinkError(

@@ -150,6 +150,7 @@ class Shipper:
         self._lock = ProcessLock(reentrant=True)  # not the parent's, held by its thread at a fork
         self._stop = threading.Event()
         self._thread = None
+        self.last_failed = False  # the last run ended with an error (said on stderr)
         if every:
             self._thread = threading.Thread(target=self._loop, args=(every,), name="pilotlog-ship", daemon=True)
             self._thread.start()
@@ -163,16 +164,39 @@ class Shipper:
             try:
                 recorder = self._recorder()
                 result = recorder.ship(defer)
-                if result is not None and result.error:
+                self.last_failed = bool(result is not None and result.error)
+                if self.last_failed:
                     warn("%s; %d event(s) kept in spool %s" % (result.error, result.remaining, recorder.spool.path))
             except Exception as exc:
+                self.last_failed = True
                 warn("shipping failed: %s: %s" % (type(exc).__name__, exc))
 
     def stop(self, drain: bool = True) -> None:
-        """Stop the thread (waiting at most 1 s for a run in progress) and ship what is left
-        (unless ``drain`` is False: the caller must end now; the events stay spooled)."""
+        """Stop the thread and ship what is left (unless ``drain`` is False: the caller must end
+        now; the events stay spooled, and a run in progress is waited for 1 s at most).
+
+        A run still in progress (a slow or silent sink) is the drain's first part: it is waited
+        for up to ``deadline``, and when it fails the drain ends there — a second run to the
+        sink that just failed would hold the pilot's slot for a second deadline."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is None:
+            busy = False
+        else:
             self._thread.join(timeout=1)
-        if drain:
-            self.ship_once()
+            busy = self._thread.is_alive()
+        if not drain:
+            return
+        if busy:
+            self._thread.join(timeout=self._deadline())
+            if self._thread.is_alive():
+                warn("a delivery in progress did not end within its deadline: what is left stays spooled")
+                return
+            if self.last_failed:
+                return
+        self.ship_once()
+
+    def _deadline(self) -> float:
+        try:
+            return float(self._recorder().config.deadline)
+        except Exception:  # no recorder to be had: the setting's default
+            return 20.0

@@ -603,7 +603,9 @@ def test_with_no_loopback_for_the_relay_the_pilot_posts_to_dirac_itself(pilotlog
     if subprocess.run(["unshare", "-n", "true"], stderr=subprocess.DEVNULL).returncode != 0:
         unavailable("unshare -n (a network namespace with loopback down) needs root")
     dirac = "https://dirac.example.org:8444/WorkloadManagement/TornadoPilotLogging"
-    env = {"PILOTLOG_SINK": dirac, "PILOTLOG_HTTP_PROTOCOL": "dirac"} if sink == "dirac" else {}
+    env = (
+        {"PILOTLOG_SINK": dirac, "PILOTLOG_HTTP_PROTOCOL": "dirac", "PILOTLOG_DEADLINE": "1"} if sink == "dirac" else {}
+    )
     show = "import os, sys; print(sys.argv[1], os.environ.get('PILOTLOG_RELAY_URL'))"
     p = subprocess.run(
         ["unshare", "-n", pilotlog.python, "-I", "-S", str(pilotlog.bundle)]

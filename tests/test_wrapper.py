@@ -441,3 +441,22 @@ def test_a_sigterm_that_comes_while_the_child_is_being_started_reaches_it_at_onc
     assert proc.wait(20) == 128 + signal.SIGTERM
     events = [json.loads(p.read_text()) for p in sorted((tmp_path / "spool" / "events").iterdir())]
     assert events[-1]["phase"] == "shutdown" and events[-1]["data"]["signal"] == "SIGTERM"
+
+
+def test_a_delivery_stuck_at_the_end_is_the_drain_not_a_second_deadline(pilotlog):
+    """The sink accepts and never answers. When the child ends, a background delivery is stuck
+    on it: the final drain waits for that one (its deadline) instead of starting a second, so
+    the batch slot is held one deadline, not two, and the failure is said once."""
+    from helpers import SilentListener
+
+    with SilentListener() as silent:
+        env = {
+            "PILOTLOG_SINK": "http://127.0.0.1:%d/" % silent.port,
+            "PILOTLOG_TIMEOUT": "1",
+            "PILOTLOG_DEADLINE": "3",
+        }
+        p = pilotlog("run", "--ship-every", "0.2", "--", "sh", "-c", "sleep 1; exit 4", env=env, timeout=120)
+    assert p.returncode == 4, p.stderr
+    failures = [line for line in p.stderr.splitlines() if "still failing" in line]
+    assert len(failures) == 1 and "event(s) kept in spool" in failures[0], p.stderr
+    assert [e["phase"] for e in pilotlog.events()][-1] == "shutdown"
