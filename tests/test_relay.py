@@ -607,25 +607,10 @@ def test_with_no_loopback_for_the_relay_the_pilot_posts_to_dirac_itself(pilotlog
         {"PILOTLOG_SINK": dirac, "PILOTLOG_HTTP_PROTOCOL": "dirac", "PILOTLOG_DEADLINE": "1"} if sink == "dirac" else {}
     )
     show = "import os, sys; print(sys.argv[1], os.environ.get('PILOTLOG_RELAY_URL'))"
-    p = subprocess.run(
-        ["unshare", "-n", pilotlog.python, "-I", "-S", str(pilotlog.bundle)]
-        + ["run", "--relay", "--", sys.executable, "-c", show, "{relay}"],
-        env=pilotlog._env(env),
-        cwd=str(pilotlog.cwd),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr
-    if sink == "dirac":
-        assert p.stdout == "%s None\n" % dirac
-        assert "cannot start the relay" in p.stderr and "posts there itself" in p.stderr
-    else:
-        assert p.stdout == "{relay} None\n"
-        assert "{relay} is left as it is (the sink is not DIRAC's service)" in p.stderr
-        alone = subprocess.run(  # pilotlog relay there: no URL printed that nobody could reach
-            ["unshare", "-n", pilotlog.python, "-I", "-S", str(pilotlog.bundle), "relay"],
+
+    def without_loopback(*args):
+        return subprocess.run(
+            ["unshare", "-n", pilotlog.python, "-I", "-S", str(pilotlog.bundle)] + list(args),
             env=pilotlog._env(env),
             cwd=str(pilotlog.cwd),
             stdout=subprocess.PIPE,
@@ -633,6 +618,16 @@ def test_with_no_loopback_for_the_relay_the_pilot_posts_to_dirac_itself(pilotlog
             universal_newlines=True,
             timeout=120,
         )
+
+    p = without_loopback("run", "--relay", "--", sys.executable, "-c", show, "{relay}")
+    assert p.returncode == 0, p.stderr
+    if sink == "dirac":
+        assert p.stdout == "%s None\n" % dirac
+        assert "cannot start the relay" in p.stderr and "posts there itself" in p.stderr
+    else:
+        assert p.stdout == "{relay} None\n"
+        assert "{relay} is left as it is (the sink is not DIRAC's service)" in p.stderr
+        alone = without_loopback("relay")  # pilotlog relay there: no URL printed that nobody could reach
         assert (alone.returncode, alone.stdout) == (1, "") and "cannot relay on" in alone.stderr, alone.stderr
 
 
