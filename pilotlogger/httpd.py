@@ -190,6 +190,8 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
     """The request handler class a receiver called ``name`` (``serve``, ``relay``) subclasses."""
     from http.server import BaseHTTPRequestHandler
 
+    late_answer = _late_answer("pilotlog-" + name) if always_200 else b""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "pilotlog-" + name
         protocol_version = "HTTP/1.1"  # keep-alive, until anything goes wrong
@@ -368,20 +370,22 @@ def handler_base(name: str, max_body: int, request_timeout: float = DEFAULT_REQU
             elif encoding != "identity":
                 raise Reject(415, "Content-Encoding %r is not supported (gzip or none)" % encoding[:40])
             if always_200:
-                self.server.answer_late_with(self._late_answer())  # type: ignore[attr-defined]  # Server.Listener
+                self.server.answer_late_with(late_answer)  # type: ignore[attr-defined]  # Server.Listener
             return body
 
-        def _late_answer(self) -> bytes:
-            """What the watchdog answers when the work on this request outlives its deadline."""
-            message = "not answered in time (the receiver's disk or spool lock is slow): this request may not be kept"
-            data = json.dumps({"OK": False, "Message": message}).encode("utf-8")
-            head = "HTTP/1.1 200 OK\r\nServer: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
-                self.server_version,
-                len(data),
-            )
-            return head.encode("ascii") + b"Connection: close\r\n\r\n" + data
-
     return Handler
+
+
+def _late_answer(server: str) -> bytes:
+    """What the watchdog answers when the work on a request outlives its deadline (made once per
+    receiver, not per request: the relay answers every post of the Pilot)."""
+    message = "not answered in time (the receiver's disk or spool lock is slow): this request may not be kept"
+    data = json.dumps({"OK": False, "Message": message}).encode("utf-8")
+    head = "HTTP/1.1 200 OK\r\nServer: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
+        server,
+        len(data),
+    )
+    return head.encode("ascii") + b"Connection: close\r\n\r\n" + data
 
 
 class Server:

@@ -244,15 +244,17 @@ class Wrapper:
         and loopback in ``no_proxy``: with a site's ``http_proxy`` set, urllib would otherwise send
         the Pilot's posts for 127.0.0.1 to the proxy, which cannot reach our loopback."""
         if self.relay is None:
-            if self.direct_url:
-                return [self.direct_url if a == RELAY_ARGUMENT else a for a in self.argv], None
-            return self.argv, None
+            return self._argv_with(self.direct_url), None
         env = dict(os.environ)  # passed through to the child, with what the relay needs added
         env[RELAY_VARIABLE] = self.relay.url
         # each of the two spellings the site set (only NO_PROXY: a lowercase one made here would hide it)
         for name in [name for name in ("no_proxy", "NO_PROXY") if name in env] or ["no_proxy"]:
             env[name] = with_loopback(env.get(name, ""))
-        return [self.relay.url if a == RELAY_ARGUMENT else a for a in self.argv], env
+        return self._argv_with(self.relay.url), env
+
+    def _argv_with(self, url: "str | None") -> list:
+        """The child's argv with ``url`` in place of each RELAY_ARGUMENT (None: as it is)."""
+        return [url if url and a == RELAY_ARGUMENT else a for a in self.argv]
 
     def record(self, phase, message, status="info", **data):
         """The event recorded, or None."""
